@@ -1,0 +1,293 @@
+//! The command line (API.md §7). Parsing has no side effects; each command is a function
+//! that returns the process exit code, so `main.rs` stays a few lines.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{App, Clock};
+use crate::config::Config;
+use crate::server::{self, Listeners};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An authentication sidecar: verifies tokens, enforces route policies, serves the auth endpoints."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file for the default `serve` command.
+    #[arg(long, env = "GATEHOUSE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the sidecar (the default command).
+    Serve,
+    /// Validate a config file; print every error with its key; exit 1 on any.
+    CheckConfig,
+    /// Test route policies without deploying them.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Manage users directly in the store while the server is stopped.
+    User {
+        #[command(subcommand)]
+        command: crate::usercli::UserCommand,
+    },
+    /// Run gatehouse in front of a demo echo upstream with an embedded config.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Show which rule matches a request and the verdict.
+    Explain {
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Request path, e.g. /api/users/7 (normalised as the proxy would).
+        path: String,
+        /// Roles of the caller, comma-separated; omit for an anonymous caller.
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Address gatehouse listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match require_config(cli.config.as_deref()) {
+            Ok(path) => serve(&path),
+            Err(code) => code,
+        },
+        Command::CheckConfig => match require_config(cli.config.as_deref()) {
+            Ok(path) => check_config(&path),
+            Err(code) => code,
+        },
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    method,
+                    path,
+                    roles,
+                },
+        } => match require_config(cli.config.as_deref()) {
+            Ok(config) => explain(&config, &method, &path, roles.as_deref()),
+            Err(code) => code,
+        },
+        Command::User { command } => match require_config(cli.config.as_deref()) {
+            Ok(config) => crate::usercli::run(&config, command),
+            Err(code) => code,
+        },
+        Command::Demo(args) => demo(&args),
+    }
+}
+
+fn require_config(path: Option<&Path>) -> Result<PathBuf, ExitCode> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => {
+            eprintln!("error: --config FILE is required (or set GATEHOUSE_CONFIG)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Loads a config or prints every error.
+pub fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} route rules, default {})",
+                path.display(),
+                config.policy.len(),
+                config.policy.default_label()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn explain(config: &Path, method: &str, path: &str, roles: Option<&[String]>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let normalized = match crate::path::normalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            println!(
+                "{method} {path}\n  refused before policy: 400 INVALID_REQUEST ({})",
+                e.reason()
+            );
+            return ExitCode::SUCCESS;
+        }
+    };
+    if normalized != path {
+        println!("path normalised: {path} -> {normalized}");
+    }
+    println!(
+        "{}",
+        config
+            .policy
+            .explain(&method.to_ascii_uppercase(), &normalized, roles)
+    );
+    ExitCode::SUCCESS
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().thread_name("gatehouse").build()
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::logging::init(&config.log);
+    let rt = match runtime(config.server.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match start(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Builds the app, binds and serves until SIGTERM or SIGINT.
+async fn start(config: Config) -> Result<(), String> {
+    let app = Arc::new(App::start(config, Clock::System).await?);
+    let listeners = Listeners::bind(&app)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", app.config.server.listen))?;
+    tracing::info!(
+        listen = %app.config.server.listen,
+        upstream = %app.config.upstream.url.authority,
+        "gatehouse ready"
+    );
+    server::run(app, listeners, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn demo(args: &DemoArgs) -> ExitCode {
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
+    let code = rt.block_on(async {
+        let upstream = match crate::demo::echo_upstream().await {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("error: cannot start the demo upstream: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let secret = match crate::token::random_token() {
+            Ok(secret) => secret,
+            Err(e) => {
+                eprintln!("error: cannot generate a secret: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let text = crate::demo::demo_config(upstream, &store, &secret)
+            .replace("127.0.0.1:8080", &args.listen);
+        let config = match Config::from_toml(&text, std::env::vars()) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprintln!("error: demo config: {errors}");
+                return ExitCode::FAILURE;
+            }
+        };
+        crate::logging::init(&config.log);
+        let base = format!("http://{}", config.server.listen);
+        let p = config.auth.prefix.clone();
+        println!(
+            "\ngatehouse demo: gatehouse on {base} in front of an echo upstream on {upstream}\n\
+             Try:\n\
+             \x20 curl -s {base}/public/hello\n\
+             \x20 curl -s {base}/api/items                       # 401 TOKEN_MISSING\n\
+             \x20 curl -s -XPOST {base}{p}/register -H 'content-type: application/json' \\\n\
+             \x20      -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'\n\
+             \x20 TOKEN=$(curl -s -XPOST {base}{p}/login -H 'content-type: application/json' \\\n\
+             \x20      -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n\
+             \x20 curl -s {base}/api/items -H \"authorization: Bearer $TOKEN\"   # forwarded with X-Auth-* headers\n\
+             \x20 curl -s -XPOST {base}/api/items -H \"authorization: Bearer $TOKEN\"   # 403: needs creator\n\
+             \x20 curl -s {base}/metrics | grep gatehouse_requests_total\n\
+             Ctrl-C stops it.\n"
+        );
+        match start(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&store);
+    code
+}

@@ -1,0 +1,387 @@
+//! The one error type gatehouse answers with.
+//!
+//! Every refusal, on the auth endpoints and on the proxy path alike, is an [`Error`]. The enum
+//! knows its HTTP status, its stable `code` from API.md §3, and its [`Source`] (who is at
+//! fault), which decides the log level: client mistakes log at `debug`, upstream faults at
+//! `warn`, our own bugs at `error`. The JSON body never carries the cause of an internal or
+//! upstream fault; the cause goes to the log, tagged with the request id.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Who caused an error. Decides log level and the `source` label on error metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we refuse; nothing is wrong with gatehouse.
+    Downstream,
+    /// The upstream API failed, timed out or sent garbage.
+    Upstream,
+    /// A bug or an environment failure inside gatehouse (store IO, a panic in a task).
+    Internal,
+}
+
+/// Why a bearer token was refused. The label is a metric label value and a log field, so it
+/// is a fixed, small set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No `Authorization: Bearer` header where one is required.
+    Missing,
+    /// Malformed, bad signature, wrong issuer/audience/type/algorithm, oversized.
+    Invalid(&'static str),
+    /// `exp` has passed.
+    Expired,
+    /// Logged out, session revoked, password changed, refresh token reused.
+    Revoked,
+}
+
+impl TokenRefusal {
+    /// The reason label used in `gatehouse_auth_failures_total{reason}` and in logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenRefusal::Missing => "missing",
+            TokenRefusal::Invalid(reason) => reason,
+            TokenRefusal::Expired => "expired",
+            TokenRefusal::Revoked => "revoked",
+        }
+    }
+}
+
+/// Every error gatehouse answers with. See API.md §3 for the codes.
+#[derive(Debug)]
+pub enum Error {
+    /// 400: malformed JSON, wrong content type, missing field, refused path.
+    InvalidRequest(Cow<'static, str>),
+    /// 422: a field is present but not acceptable; `fields` maps field name to reason.
+    ValidationFailed(Vec<(String, String)>),
+    /// 422: the password policy refused the password.
+    WeakPassword(Cow<'static, str>),
+    /// 401: wrong login name or password, or unknown user (indistinguishable).
+    InvalidCredentials,
+    /// 401: a bearer token was missing or refused.
+    Token(TokenRefusal),
+    /// 403: authenticated, but the route's roles are not met (or the route is denied).
+    Forbidden,
+    /// 403: the route or config requires a verified email.
+    EmailNotVerified,
+    /// 404: unknown auth endpoint or admin resource.
+    NotFound,
+    /// 405 on auth endpoints: the path exists but not with this method.
+    MethodNotAllowed(&'static str),
+    /// 409: register with a taken email or username.
+    Conflict(&'static str),
+    /// 413: body over the configured limit.
+    PayloadTooLarge,
+    /// 414: request target over the configured limit.
+    UriTooLong,
+    /// 423: too many failed logins for this login name, or locked by an admin.
+    AccountLocked { retry_after_secs: Option<u64> },
+    /// 400: reset or verification token unknown, used, or expired.
+    InvalidResetToken,
+    /// 429: over a rate limit.
+    RateLimited { retry_after_secs: u64 },
+    /// 502: the upstream refused the connection, reset it or sent garbage.
+    UpstreamUnavailable(String),
+    /// 504: the upstream did not answer within `upstream.timeout`.
+    UpstreamTimeout,
+    /// 503: not ready (store closed, shutting down).
+    Unavailable(&'static str),
+    /// 500: a bug or environment failure; the cause is logged, never sent.
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for a 500 whose cause is logged but never shown to the client.
+    pub fn internal(cause: impl fmt::Display) -> Error {
+        Error::Internal(cause.to_string())
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidRequest(_) | Error::InvalidResetToken => StatusCode::BAD_REQUEST,
+            Error::ValidationFailed(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::InvalidCredentials | Error::Token(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden | Error::EmailNotVerified => StatusCode::FORBIDDEN,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UriTooLong => StatusCode::URI_TOO_LONG,
+            Error::AccountLocked { .. } => StatusCode::LOCKED,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of API.md §3.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "INVALID_REQUEST",
+            Error::ValidationFailed(_) => "VALIDATION_FAILED",
+            Error::WeakPassword(_) => "WEAK_PASSWORD",
+            Error::InvalidCredentials => "INVALID_CREDENTIALS",
+            Error::Token(TokenRefusal::Missing) => "TOKEN_MISSING",
+            Error::Token(TokenRefusal::Invalid(_)) => "TOKEN_INVALID",
+            Error::Token(TokenRefusal::Expired) => "TOKEN_EXPIRED",
+            Error::Token(TokenRefusal::Revoked) => "TOKEN_REVOKED",
+            Error::Forbidden => "FORBIDDEN",
+            Error::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Error::NotFound => "NOT_FOUND",
+            Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            Error::Conflict("username") => "USERNAME_ALREADY_EXISTS",
+            Error::Conflict(_) => "EMAIL_ALREADY_EXISTS",
+            Error::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Error::UriTooLong => "URI_TOO_LONG",
+            Error::AccountLocked { .. } => "ACCOUNT_LOCKED",
+            Error::InvalidResetToken => "INVALID_RESET_TOKEN",
+            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
+            Error::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Who is at fault; decides the log level.
+    pub fn source(&self) -> Source {
+        match self {
+            Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Source::Upstream,
+            Error::Internal(_) | Error::Unavailable(_) => Source::Internal,
+            _ => Source::Downstream,
+        }
+    }
+
+    /// The human sentence sent to the client. Never carries internals: upstream and internal
+    /// causes stay in the log.
+    pub fn message(&self) -> Cow<'static, str> {
+        match self {
+            Error::InvalidRequest(msg) => msg.clone(),
+            Error::ValidationFailed(_) => "One or more fields are not acceptable".into(),
+            Error::WeakPassword(reason) => reason.clone(),
+            Error::InvalidCredentials => "Invalid email or password".into(),
+            Error::Token(TokenRefusal::Missing) => "A bearer token is required".into(),
+            Error::Token(TokenRefusal::Invalid(_)) => "The bearer token is not valid".into(),
+            Error::Token(TokenRefusal::Expired) => "The bearer token has expired".into(),
+            Error::Token(TokenRefusal::Revoked) => "The bearer token has been revoked".into(),
+            Error::Forbidden => "You do not have access to this resource".into(),
+            Error::EmailNotVerified => "The email address must be verified first".into(),
+            Error::NotFound => "Not found".into(),
+            Error::MethodNotAllowed(_) => "Method not allowed".into(),
+            Error::Conflict("username") => "That username is already taken".into(),
+            Error::Conflict(_) => "An account with that email already exists".into(),
+            Error::PayloadTooLarge => "The request body is too large".into(),
+            Error::UriTooLong => "The request target is too long".into(),
+            Error::AccountLocked { .. } => {
+                "Too many failed attempts or the account is locked; try again later".into()
+            }
+            Error::InvalidResetToken => "The link is invalid, expired or already used".into(),
+            Error::RateLimited { .. } => "Too many requests; slow down".into(),
+            Error::UpstreamUnavailable(_) => "The upstream service is unavailable".into(),
+            Error::UpstreamTimeout => "The upstream service did not answer in time".into(),
+            Error::Unavailable(_) => "The service is not ready".into(),
+            Error::Internal(_) => "Internal error".into(),
+        }
+    }
+
+    /// Logs the error at the level its source calls for, with the request id when known.
+    /// Causes of upstream and internal faults appear here and only here.
+    pub fn log(&self, request_id: &str) {
+        match (self.source(), self) {
+            (Source::Upstream, Error::UpstreamUnavailable(cause)) => {
+                tracing::warn!(request_id, code = self.code(), cause = %cause, "upstream error")
+            }
+            (Source::Upstream, _) => {
+                tracing::warn!(request_id, code = self.code(), "upstream error")
+            }
+            (Source::Internal, Error::Internal(cause)) => {
+                tracing::error!(request_id, cause = %cause, "internal error")
+            }
+            (Source::Internal, Error::Unavailable(why)) => {
+                tracing::warn!(request_id, why, "not ready")
+            }
+            _ => tracing::debug!(request_id, code = self.code(), "request refused"),
+        }
+    }
+
+    /// Renders the error as the JSON response of API.md §3, with the headers the code calls
+    /// for (`WWW-Authenticate` per RFC 6750, `Retry-After`, `Allow`).
+    pub fn into_response<B>(self) -> Response<B>
+    where
+        B: From<Full<Bytes>>,
+    {
+        let body = self.json_body();
+        let mut response = Response::new(B::from(Full::new(Bytes::from(body))));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Error::Token(refusal) => {
+                headers.insert(header::WWW_AUTHENTICATE, www_authenticate(*refusal));
+            }
+            Error::AccountLocked {
+                retry_after_secs: Some(secs),
+            }
+            | Error::RateLimited {
+                retry_after_secs: secs,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            Error::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// The JSON body: `{"error": {"code", "message", "fields"?}}`.
+    pub fn json_body(&self) -> Vec<u8> {
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), self.code().into());
+        error.insert("message".into(), self.message().into_owned().into());
+        if let Error::ValidationFailed(fields) = self {
+            let fields: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect();
+            error.insert("fields".into(), fields.into());
+        }
+        let body = serde_json::json!({ "error": error });
+        // Serialising a Value built from strings cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// `WWW-Authenticate` per RFC 6750 §3: no error attribute when the token is simply missing,
+/// `invalid_token` otherwise. The description is a fixed string, never the token.
+fn www_authenticate(refusal: TokenRefusal) -> HeaderValue {
+    HeaderValue::from_static(match refusal {
+        TokenRefusal::Missing => "Bearer realm=\"gatehouse\"",
+        TokenRefusal::Invalid(_) => {
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"The token is not valid\""
+        }
+        TokenRefusal::Expired => {
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"The token has expired\""
+        }
+        TokenRefusal::Revoked => {
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"The token has been revoked\""
+        }
+    })
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.code(), self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn check(error: Error, status: u16, code: &str) {
+        assert_eq!(error.status().as_u16(), status, "{error:?}");
+        assert_eq!(error.code(), code, "{error:?}");
+        let body: serde_json::Value = serde_json::from_slice(&error.json_body()).unwrap();
+        assert_eq!(body["error"]["code"], code);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
+    #[test]
+    fn codes_and_statuses_follow_the_contract() {
+        check(Error::InvalidRequest("x".into()), 400, "INVALID_REQUEST");
+        check(Error::ValidationFailed(vec![]), 422, "VALIDATION_FAILED");
+        check(Error::WeakPassword("short".into()), 422, "WEAK_PASSWORD");
+        check(Error::InvalidCredentials, 401, "INVALID_CREDENTIALS");
+        check(Error::Token(TokenRefusal::Missing), 401, "TOKEN_MISSING");
+        check(
+            Error::Token(TokenRefusal::Invalid("signature")),
+            401,
+            "TOKEN_INVALID",
+        );
+        check(Error::Token(TokenRefusal::Expired), 401, "TOKEN_EXPIRED");
+        check(Error::Token(TokenRefusal::Revoked), 401, "TOKEN_REVOKED");
+        check(Error::Forbidden, 403, "FORBIDDEN");
+        check(Error::EmailNotVerified, 403, "EMAIL_NOT_VERIFIED");
+        check(Error::NotFound, 404, "NOT_FOUND");
+        check(Error::Conflict("email"), 409, "EMAIL_ALREADY_EXISTS");
+        check(Error::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE");
+        check(
+            Error::AccountLocked {
+                retry_after_secs: Some(3),
+            },
+            423,
+            "ACCOUNT_LOCKED",
+        );
+        check(Error::InvalidResetToken, 400, "INVALID_RESET_TOKEN");
+        check(
+            Error::RateLimited {
+                retry_after_secs: 1,
+            },
+            429,
+            "RATE_LIMITED",
+        );
+        check(
+            Error::UpstreamUnavailable("x".into()),
+            502,
+            "UPSTREAM_UNAVAILABLE",
+        );
+        check(Error::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT");
+        check(Error::Internal("x".into()), 500, "INTERNAL");
+    }
+
+    #[test]
+    fn internal_and_upstream_causes_never_reach_the_body() {
+        for error in [
+            Error::Internal("sled: io error at /var/lib/secret".into()),
+            Error::UpstreamUnavailable("connect 10.0.0.7:3000 refused".into()),
+        ] {
+            let body = String::from_utf8(error.json_body()).unwrap();
+            assert!(
+                !body.contains("10.0.0.7") && !body.contains("/var/lib"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn validation_failures_list_their_fields() {
+        let error = Error::ValidationFailed(vec![("email".into(), "not an email".into())]);
+        let body: serde_json::Value = serde_json::from_slice(&error.json_body()).unwrap();
+        assert_eq!(body["error"]["fields"]["email"], "not an email");
+    }
+
+    #[tokio::test]
+    async fn responses_carry_rfc6750_and_retry_headers() {
+        let response: Response<Full<Bytes>> = Error::Token(TokenRefusal::Expired).into_response();
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(challenge.starts_with("Bearer ") && challenge.contains("invalid_token"));
+        let response: Response<Full<Bytes>> = Error::RateLimited {
+            retry_after_secs: 7,
+        }
+        .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"{\"error\""));
+    }
+}

@@ -1,0 +1,47 @@
+//! gatehouse: an authentication sidecar.
+//!
+//! A reverse proxy in front of an unmodified upstream API. It serves the auth endpoints
+//! itself (users and sessions in an embedded sled store, argon2id passwords), and on every
+//! other request verifies the bearer JWT, checks revocation in memory, applies route
+//! policies and rate limits, and forwards with identity headers.
+//!
+//! # Layout, in reading order
+//!
+//! - [`server`]: listeners, connections, graceful shutdown.
+//! - [`gate`]: the request pipeline, one async function from request to response.
+//! - [`path`]: request-path normalisation, done once before policy.
+//! - [`policy`]: route rules and roles, compiled once; no IO.
+//! - [`token`]: access-token issue and verification; opaque token helpers.
+//! - [`revocation`]: the in-memory revocation cache the proxy path checks.
+//! - [`client_ip`], [`ratelimit`]: who the client is; per-key rate limits.
+//! - [`proxy`]: the only module that talks to the upstream; header rewriting both ways.
+//! - [`auth`]: the identity service endpoints under `auth.prefix`.
+//! - [`store`]: the store trait and its sled implementation (the only sled importer).
+//! - [`password`]: argon2id hashing on the blocking pool, password policy.
+//! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
+//! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
+//! - [`app`]: the shared state; [`cli`], [`usercli`], [`demo`]: the command line.
+//!
+//! ARCHITECTURE.md tells the life of a request step by step.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod client_ip;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gate;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod password;
+pub mod path;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod revocation;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod usercli;

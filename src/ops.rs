@@ -1,0 +1,66 @@
+//! The ops surface: `/healthz` (the process is alive), `/readyz` (it can serve: not draining,
+//! store open, upstream answering when a health path is configured) and `/metrics`
+//! (Prometheus text). Served on the main listener, or only on `server.admin_listen` when set.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::app::App;
+
+/// Answers an ops path, or `None` when the path is not one.
+pub async fn handle<B>(app: &App, request: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    let path = request.uri().path();
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return None;
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = crate::error::Error::MethodNotAllowed("GET, HEAD").into_response();
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return Some(response);
+    }
+    Some(match path {
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/readyz" => match readiness(app).await {
+            Ok(()) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            Err(why) => {
+                tracing::debug!(why, "not ready");
+                let body = serde_json::json!({ "status": "not_ready", "reason": why });
+                json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+            }
+        },
+        _ => {
+            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+    })
+}
+
+/// What `/readyz` checks. Reasons are fixed phrases, never addresses or paths.
+async fn readiness(app: &App) -> Result<(), String> {
+    if app.is_shutting_down() {
+        return Err("shutting down".into());
+    }
+    app.check_store()?;
+    app.upstream
+        .check_health()
+        .await
+        .map_err(|_| "upstream not answering".to_string())
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

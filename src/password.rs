@@ -1,0 +1,659 @@
+//! Password hashing (argon2id) and the password policy.
+//!
+//! Decisions, and why:
+//!
+//! - **argon2id with the argon2 crate's defaults** (19 MiB, 2 iterations, 1 lane: the OWASP
+//!   recommendation), stored as PHC strings (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) so the
+//!   parameters travel with each hash. [`VerifyOutcome::Match`] says `needs_rehash` when a
+//!   stored hash was made with other parameters, so raising the cost upgrades users as they
+//!   log in.
+//! - **Bounded CPU and memory.** Hashing runs on tokio's blocking pool behind a semaphore of
+//!   `max_concurrent` permits (default: one per core). Each hash holds `memory_kib` of memory,
+//!   so the semaphore also caps memory at `max_concurrent × memory_kib`. The permit moves into
+//!   the blocking task, so a client that disconnects mid-login cannot free a slot before the
+//!   work it started is done.
+//! - **No user enumeration through timing.** Verifying for an unknown user runs the same
+//!   argon2id computation against a dummy hash made at start-up with the configured
+//!   parameters, and always answers [`VerifyOutcome::Mismatch`].
+//! - **Long passwords are refused before any hashing** (`max_length` bytes), so a megabyte
+//!   "password" costs nothing. A password over the limit never matches.
+//! - **Policy per NIST SP 800-63B**: a minimum length in characters, a maximum in bytes, a
+//!   list of common passwords (`common_passwords.txt`, embedded, case-insensitive), no
+//!   password equal to the account's email, its local part or username, and no single
+//!   repeated character. No composition rules (they make passwords worse, not stronger).
+//!   Unicode normalisation is not applied: passwords are compared byte for byte, as typed.
+//! - **Secrets stay out of logs**: nothing here that holds a password derives `Debug`, and the
+//!   password bytes are overwritten once hashed (best effort: copies made by callers, e.g. the
+//!   JSON body, are theirs to handle).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+/// The shortest password accepted, in characters: NIST SP 800-63B's minimum for passwords
+/// chosen by users.
+pub const DEFAULT_MIN_LENGTH: usize = 8;
+
+/// The longest password accepted, in bytes. NIST asks to allow at least 64 characters; 256
+/// bytes leaves room for pass phrases in any script while bounding the work per request.
+pub const DEFAULT_MAX_LENGTH: usize = 256;
+
+/// Salt length in bytes: the PHC recommendation of 16.
+const SALT_LEN: usize = 16;
+
+/// Common passwords, one per line, lowercase; `#` lines are comments.
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+/// Hashing cost and policy settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswordSettings {
+    /// Minimum length in characters (Unicode scalar values).
+    pub min_length: usize,
+    /// Maximum length in bytes.
+    pub max_length: usize,
+    /// argon2id memory cost in KiB.
+    pub memory_kib: u32,
+    /// argon2id time cost (passes over memory).
+    pub iterations: u32,
+    /// argon2id lanes.
+    pub parallelism: u32,
+    /// Hashes computed at once; more wait for a slot.
+    pub max_concurrent: usize,
+}
+
+impl Default for PasswordSettings {
+    fn default() -> Self {
+        PasswordSettings {
+            min_length: DEFAULT_MIN_LENGTH,
+            max_length: DEFAULT_MAX_LENGTH,
+            memory_kib: Params::DEFAULT_M_COST,
+            iterations: Params::DEFAULT_T_COST,
+            parallelism: Params::DEFAULT_P_COST,
+            max_concurrent: std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+}
+
+/// The answer of [`Hasher::verify`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// The password is right. When `needs_rehash`, hash it again with [`Hasher::hash`] and
+    /// store the new hash: it was made with other parameters or another algorithm.
+    Match { needs_rehash: bool },
+    /// Wrong password, unknown user, over-long password or unreadable stored hash.
+    Mismatch,
+}
+
+/// Why [`Hasher::hash`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordError {
+    /// Longer than `max_length` bytes; refused without hashing.
+    TooLong { max: usize },
+    /// The hashing itself failed (randomness unavailable, worker panicked): a server fault.
+    Internal(String),
+}
+
+impl fmt::Display for PasswordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswordError::TooLong { max } => write!(f, "password longer than {max} bytes"),
+            PasswordError::Internal(detail) => write!(f, "password hashing failed: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for PasswordError {}
+
+/// Why the policy refused a password. `Display` gives the reason for the `WEAK_PASSWORD` error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeakPassword {
+    TooShort {
+        min: usize,
+    },
+    TooLong {
+        max: usize,
+    },
+    /// On the list of common passwords.
+    Common,
+    /// Equal to the account's email, its local part, or username.
+    MatchesIdentity,
+    /// One character repeated.
+    Repetitive,
+}
+
+impl fmt::Display for WeakPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeakPassword::TooShort { min } => write!(f, "must be at least {min} characters"),
+            WeakPassword::TooLong { max } => write!(f, "must be at most {max} bytes"),
+            WeakPassword::Common => f.write_str("is too common; choose a less guessable one"),
+            WeakPassword::MatchesIdentity => f.write_str("must not be your email or username"),
+            WeakPassword::Repetitive => f.write_str("must not be a single repeated character"),
+        }
+    }
+}
+
+impl std::error::Error for WeakPassword {}
+
+/// Hashes and verifies passwords, and applies the policy. Share it behind an `Arc`.
+pub struct Hasher {
+    params: Params,
+    min_length: usize,
+    max_length: usize,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password, verified against when the user does not exist.
+    dummy_hash: Arc<str>,
+    common: HashSet<&'static str>,
+}
+
+impl Hasher {
+    /// Validates the settings, loads the common-password list and computes the dummy hash
+    /// (one argon2id run: call it at start-up, not on a request path).
+    pub fn new(settings: &PasswordSettings) -> Result<Self, String> {
+        if settings.min_length == 0 {
+            return Err("password min_length must be at least 1".into());
+        }
+        if settings.max_length < settings.min_length {
+            return Err(format!(
+                "password max_length ({}) must not be below min_length ({})",
+                settings.max_length, settings.min_length
+            ));
+        }
+        if settings.max_concurrent == 0 || settings.max_concurrent > Semaphore::MAX_PERMITS {
+            return Err(format!(
+                "password max_concurrent must be between 1 and {}",
+                Semaphore::MAX_PERMITS
+            ));
+        }
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )
+        .map_err(|e| format!("invalid argon2id parameters: {e}"))?;
+
+        let mut dummy_password = [0u8; 32];
+        getrandom::fill(&mut dummy_password)
+            .map_err(|e| format!("no randomness for the dummy hash: {e}"))?;
+        let dummy_hash = hash_with(&params, &dummy_password).map_err(|e| e.to_string())?;
+
+        let common = COMMON_PASSWORDS
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect();
+
+        Ok(Hasher {
+            params,
+            min_length: settings.min_length,
+            max_length: settings.max_length,
+            permits: Arc::new(Semaphore::new(settings.max_concurrent)),
+            dummy_hash: dummy_hash.into(),
+            common,
+        })
+    }
+
+    /// Hashes a password into a PHC string. Refuses over-long passwords without hashing; does
+    /// not apply the rest of the policy (call [`Hasher::check_policy`] first).
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        if password.len() > self.max_length {
+            return Err(PasswordError::TooLong {
+                max: self.max_length,
+            });
+        }
+        let params = self.params.clone();
+        self.run_limited(move || {
+            let mut password = password.into_bytes();
+            let hashed = hash_with(&params, &password);
+            wipe(&mut password);
+            hashed
+        })
+        .await
+        .and_then(|hashed| hashed)
+    }
+
+    /// Checks a password against a stored hash, or against the dummy hash when `stored` is
+    /// `None` (unknown user), which costs the same and never matches.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> VerifyOutcome {
+        if password.len() > self.max_length {
+            return VerifyOutcome::Mismatch;
+        }
+        let params = self.params.clone();
+        let dummy = Arc::clone(&self.dummy_hash);
+        let outcome = self
+            .run_limited(move || {
+                let mut password = password.into_bytes();
+                let outcome = verify_with(&params, &password, stored.as_deref(), &dummy);
+                wipe(&mut password);
+                outcome
+            })
+            .await;
+        outcome.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "password verification did not run");
+            VerifyOutcome::Mismatch
+        })
+    }
+
+    /// Applies the password policy. `context` holds the account's identifiers (email,
+    /// username); a password equal to one of them, ignoring case, is refused. The byte-length
+    /// limit is checked first, before anything costs time.
+    pub fn check_policy(&self, password: &str, context: &[&str]) -> Result<(), WeakPassword> {
+        if password.len() > self.max_length {
+            return Err(WeakPassword::TooLong {
+                max: self.max_length,
+            });
+        }
+        if password.chars().count() < self.min_length {
+            return Err(WeakPassword::TooShort {
+                min: self.min_length,
+            });
+        }
+        let mut chars = password.chars();
+        let first = chars.next();
+        if chars.all(|c| Some(c) == first) {
+            return Err(WeakPassword::Repetitive);
+        }
+        let lowered = password.to_lowercase();
+        if self.common.contains(lowered.as_str()) {
+            return Err(WeakPassword::Common);
+        }
+        let matches = |identifier: &str| {
+            let identifier = identifier.trim();
+            !identifier.is_empty() && identifier.to_lowercase() == lowered
+        };
+        for identifier in context {
+            let local_part = identifier.split_once('@').map(|(local, _)| local);
+            if matches(identifier) || local_part.is_some_and(matches) {
+                return Err(WeakPassword::MatchesIdentity);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs blocking work on tokio's blocking pool once a permit is free, holding the permit
+    /// until the work is done even if the caller goes away.
+    async fn run_limited<T, F>(&self, work: F) -> Result<T, PasswordError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| PasswordError::Internal("hashing semaphore closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| PasswordError::Internal(format!("hashing task failed: {e}")))
+    }
+}
+
+fn argon2(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_with(params: &Params, password: &[u8]) -> Result<String, PasswordError> {
+    let mut salt = [0u8; SALT_LEN];
+    getrandom::fill(&mut salt)
+        .map_err(|e| PasswordError::Internal(format!("no randomness for a salt: {e}")))?;
+    let salt = SaltString::encode_b64(&salt)
+        .map_err(|e| PasswordError::Internal(format!("salt encoding: {e}")))?;
+    argon2(params)
+        .hash_password(password, &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| PasswordError::Internal(format!("argon2id: {e}")))
+}
+
+fn verify_with(
+    params: &Params,
+    password: &[u8],
+    stored: Option<&str>,
+    dummy: &str,
+) -> VerifyOutcome {
+    let hasher = argon2(params);
+    let Some(stored) = stored else {
+        // Unknown user: spend the same effort, then answer no whatever the result.
+        if let Ok(dummy) = PasswordHash::new(dummy) {
+            let _ = hasher.verify_password(password, &dummy);
+        }
+        return VerifyOutcome::Mismatch;
+    };
+    let parsed = match PasswordHash::new(stored) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // The hash itself is not logged: it is offline-crackable material.
+            tracing::error!(error = %e, "stored password hash is unreadable");
+            return VerifyOutcome::Mismatch;
+        }
+    };
+    // `verify_password` uses the algorithm and parameters recorded in the stored hash and
+    // compares outputs in constant time.
+    match hasher.verify_password(password, &parsed) {
+        Ok(()) => VerifyOutcome::Match {
+            needs_rehash: needs_rehash(params, &parsed),
+        },
+        Err(_) => VerifyOutcome::Mismatch,
+    }
+}
+
+/// Whether a stored hash differs from what [`Hasher::hash`] would produce today.
+fn needs_rehash(params: &Params, stored: &PasswordHash<'_>) -> bool {
+    if stored.algorithm != Algorithm::Argon2id.ident()
+        || stored.version != Some(Version::V0x13.into())
+    {
+        return true;
+    }
+    let Ok(stored_params) = Params::try_from(stored) else {
+        return true;
+    };
+    stored_params.m_cost() != params.m_cost()
+        || stored_params.t_cost() != params.t_cost()
+        || stored_params.p_cost() != params.p_cost()
+        || stored.hash.map(|h| h.len()) != Some(Params::DEFAULT_OUTPUT_LEN)
+}
+
+/// Overwrites a password buffer. `black_box` keeps the compiler from dropping the writes as
+/// dead stores to memory about to be freed.
+fn wipe(buffer: &mut [u8]) {
+    buffer.fill(0);
+    std::hint::black_box(buffer);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The smallest parameters argon2 accepts, so tests run fast.
+    fn settings() -> PasswordSettings {
+        PasswordSettings {
+            min_length: 8,
+            max_length: 64,
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 2,
+        }
+    }
+
+    fn hasher() -> Hasher {
+        Hasher::new(&settings()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hash_and_verify_round_trip() {
+        let hasher = hasher();
+        let hash = hasher.hash("correct horse".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{hash}");
+        assert_ne!(
+            hash,
+            hasher.hash("correct horse".into()).await.unwrap(),
+            "salted"
+        );
+        assert_eq!(
+            hasher
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await,
+            VerifyOutcome::Match {
+                needs_rehash: false
+            }
+        );
+        assert_eq!(
+            hasher.verify("Correct horse".into(), Some(hash)).await,
+            VerifyOutcome::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_user_and_bad_input_never_match() {
+        let hasher = hasher();
+        assert_eq!(
+            hasher.verify("anything at all".into(), None).await,
+            VerifyOutcome::Mismatch
+        );
+        assert_eq!(
+            hasher.verify(String::new(), None).await,
+            VerifyOutcome::Mismatch
+        );
+        assert_eq!(
+            hasher
+                .verify("pw".into(), Some("not a phc string".into()))
+                .await,
+            VerifyOutcome::Mismatch
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            hasher.hash(long.clone()).await,
+            Err(PasswordError::TooLong { max: 64 })
+        );
+        let hash = hasher.hash("x".repeat(64)).await.unwrap();
+        assert_eq!(
+            hasher.verify(long, Some(hash)).await,
+            VerifyOutcome::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn rehash_when_parameters_change() {
+        // (settings the hash was made with, expected needs_rehash under `settings()`)
+        async fn check(made_with: PasswordSettings, expect: bool) {
+            let old = Hasher::new(&made_with).unwrap();
+            let hash = old.hash("correct horse".into()).await.unwrap();
+            let outcome = hasher()
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await;
+            assert_eq!(
+                outcome,
+                VerifyOutcome::Match {
+                    needs_rehash: expect
+                },
+                "{hash}"
+            );
+        }
+        check(settings(), false).await;
+        check(
+            PasswordSettings {
+                memory_kib: 16,
+                ..settings()
+            },
+            true,
+        )
+        .await;
+        check(
+            PasswordSettings {
+                iterations: 2,
+                ..settings()
+            },
+            true,
+        )
+        .await;
+        check(
+            PasswordSettings {
+                parallelism: 1,
+                memory_kib: 8,
+                max_length: 100,
+                ..settings()
+            },
+            false,
+        )
+        .await;
+
+        // Another argon2 variant with the same parameters still verifies, and asks for a rehash.
+        let params = Params::new(8, 1, 1, None).unwrap();
+        let salt = SaltString::encode_b64(&[7; 16]).unwrap();
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, params);
+        let hash = argon2i
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            hasher().verify("correct horse".into(), Some(hash)).await,
+            VerifyOutcome::Match { needs_rehash: true }
+        );
+    }
+
+    #[test]
+    fn policy() {
+        fn check(password: &str, expect: Result<(), WeakPassword>) {
+            let got = hasher().check_policy(password, &["Alice.Smith@Example.com", "alice_s", ""]);
+            assert_eq!(got, expect, "password {password:?}");
+        }
+        check("correct horse battery", Ok(()));
+        check("zq8#Lm2!", Ok(()));
+        check("seven77", Err(WeakPassword::TooShort { min: 8 }));
+        check("", Err(WeakPassword::TooShort { min: 8 }));
+        // Length counts characters, not bytes: 8 two-byte characters pass.
+        check("éàüößçñø", Ok(()));
+        check("éàüößçñ", Err(WeakPassword::TooShort { min: 8 }));
+        check(&"a".repeat(65), Err(WeakPassword::TooLong { max: 64 }));
+        check(&"é".repeat(33), Err(WeakPassword::TooLong { max: 64 }));
+        check("password", Err(WeakPassword::Common));
+        check("PassWord1", Err(WeakPassword::Common));
+        check("iloveyou", Err(WeakPassword::Common));
+        check("qwerty123", Err(WeakPassword::Common));
+        check("aaaaaaaaaa", Err(WeakPassword::Repetitive));
+        check(
+            "alice.smith@example.com",
+            Err(WeakPassword::MatchesIdentity),
+        );
+        check("ALICE.SMITH", Err(WeakPassword::MatchesIdentity));
+        check("Alice_S1", Ok(()));
+        check("alice_s_", Ok(()));
+        assert!(hasher().check_policy("alice_s8", &["alice_s8"]).is_err());
+        assert_eq!(
+            WeakPassword::TooShort { min: 8 }.to_string(),
+            "must be at least 8 characters"
+        );
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        fn check(settings: PasswordSettings, ok: bool) {
+            assert_eq!(Hasher::new(&settings).is_ok(), ok, "{settings:?}");
+        }
+        check(settings(), true);
+        check(
+            PasswordSettings {
+                min_length: 0,
+                ..settings()
+            },
+            false,
+        );
+        check(
+            PasswordSettings {
+                max_length: 7,
+                ..settings()
+            },
+            false,
+        );
+        check(
+            PasswordSettings {
+                max_concurrent: 0,
+                ..settings()
+            },
+            false,
+        );
+        check(
+            PasswordSettings {
+                memory_kib: 1,
+                ..settings()
+            },
+            false,
+        );
+        check(
+            PasswordSettings {
+                iterations: 0,
+                ..settings()
+            },
+            false,
+        );
+        let defaults = PasswordSettings::default();
+        assert_eq!(
+            (
+                defaults.memory_kib,
+                defaults.iterations,
+                defaults.parallelism
+            ),
+            (19 * 1024, 2, 1)
+        );
+        assert!(defaults.max_concurrent >= 1);
+    }
+
+    #[test]
+    fn common_list_is_loaded() {
+        let hasher = hasher();
+        assert!(hasher.common.len() > 3000, "{}", hasher.common.len());
+        assert!(
+            hasher.common.iter().all(|p| *p == p.to_lowercase()),
+            "entries are lowercase"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn semaphore_caps_concurrency() {
+        let hasher = Arc::new(
+            Hasher::new(&PasswordSettings {
+                max_concurrent: 1,
+                ..settings()
+            })
+            .unwrap(),
+        );
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let (hasher, in_flight, peak) = (
+                    Arc::clone(&hasher),
+                    Arc::clone(&in_flight),
+                    Arc::clone(&peak),
+                );
+                tokio::spawn(async move {
+                    let permits = Arc::clone(&hasher.permits);
+                    let params = hasher.params.clone();
+                    hasher
+                        .run_limited(move || {
+                            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(now, Ordering::SeqCst);
+                            // The one permit is held by this work while it runs.
+                            assert_eq!(permits.available_permits(), 0);
+                            let hashed = hash_with(&params, format!("password {i}").as_bytes());
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            hashed
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            hasher.permits.available_permits(),
+            1,
+            "every permit came back"
+        );
+
+        // A held permit makes hashing wait: take it, start a hash, and see it is not done.
+        let held = Arc::clone(&hasher.permits).acquire_owned().await.unwrap();
+        let waiting = tokio::spawn({
+            let hasher = Arc::clone(&hasher);
+            async move { hasher.hash("correct horse".into()).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "hash ran without a permit");
+        drop(held);
+        assert!(waiting.await.unwrap().is_ok());
+    }
+}

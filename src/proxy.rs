@@ -1,0 +1,463 @@
+//! The only module that talks to the upstream.
+//!
+//! It owns the pooled keep-alive client and the header rewriting both ways:
+//!
+//! * request: hop-by-hop headers go (those RFC 9110 §7.6.1 names and any listed in
+//!   `Connection`), identity headers a client tried to send go (the configured names, anything
+//!   under the configured prefix, in any case and in `_` spelling, because some upstream
+//!   frameworks fold `_` into `-`), forwarding headers from untrusted peers go, and then
+//!   gatehouse sets its own: identity from the verified claims, `X-Forwarded-For/Proto/Host`,
+//!   the request id;
+//! * response: hop-by-hop headers go, the request id is added.
+//!
+//! Bodies are never buffered: the client's body streams to the upstream (capped by
+//! `server.max_body_bytes` through [`Limited`]) and the upstream's streams back.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Config, HeadersConfig, UpstreamUrl};
+use crate::error::Error;
+
+/// The body sent upstream: the client's body, capped.
+pub type UpstreamBody = Limited<Incoming>;
+
+/// Headers that describe one connection and never cross a proxy (RFC 9110 §7.6.1), plus the
+/// non-standard ones that behave like them.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Forwarding headers a client could use to lie about where it is; believed only from a
+/// trusted proxy and otherwise replaced or removed.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The identity gatehouse vouches for, taken from verified claims.
+pub struct Identity<'a> {
+    pub user_id: &'a str,
+    pub email: &'a str,
+    pub roles: &'a [String],
+    pub session_id: &'a str,
+}
+
+/// What the gate knows about the connection, for the forwarding headers.
+pub struct Forwarding<'a> {
+    /// The `X-Forwarded-For` value to send: the believed chain ending with the peer.
+    pub forwarded_for: String,
+    /// The socket peer is a trusted proxy: its X-Forwarded-* values are kept.
+    pub peer_trusted: bool,
+    pub tls: bool,
+    pub request_id: &'a HeaderValue,
+}
+
+/// The upstream: a pooled client and the URL parts every request is sent to.
+pub struct Upstream {
+    client: Client<HttpConnector, UpstreamBody>,
+    url: UpstreamUrl,
+    timeout: Duration,
+    health_path: Option<String>,
+}
+
+/// Why forwarding failed, for the `kind` label of `gatehouse_upstream_errors_total`.
+pub enum ForwardError {
+    Connect(String),
+    Timeout,
+    /// Reset, protocol error, garbage.
+    Broken(String),
+    /// The client's body went over `server.max_body_bytes` while streaming.
+    BodyTooLarge,
+}
+
+impl ForwardError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) => "connect",
+            ForwardError::Timeout => "timeout",
+            ForwardError::Broken(_) => "broken",
+            ForwardError::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    pub fn into_error(self) -> Error {
+        match self {
+            ForwardError::Connect(cause) | ForwardError::Broken(cause) => {
+                Error::UpstreamUnavailable(cause)
+            }
+            ForwardError::Timeout => Error::UpstreamTimeout,
+            ForwardError::BodyTooLarge => Error::PayloadTooLarge,
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Upstream {
+        let u = &config.upstream;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(u.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(u.pool_idle_timeout)
+            .pool_max_idle_per_host(u.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // Header casing and order are the client's; the upstream sees what a direct
+            // client would have sent, minus what we strip.
+            .http1_preserve_header_case(false)
+            .build(connector);
+        Upstream {
+            client,
+            url: u.url.clone(),
+            timeout: u.timeout,
+            health_path: u.health_path.clone(),
+        }
+    }
+
+    /// Builds the upstream URI from the normalised path and the original query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Error> {
+        let mut pq = String::with_capacity(
+            self.url.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        pq.push_str(&self.url.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.url.scheme.clone())
+            .authority(self.url.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| Error::InvalidRequest(format!("cannot forward this target: {e}").into()))
+    }
+
+    /// Sends the request and waits for the response headers, at most `upstream.timeout`.
+    pub async fn forward(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(classify(e)),
+        }
+    }
+
+    /// For `/readyz`: is the upstream answering? With `upstream.health_path` a GET must
+    /// answer below 500; without it, nothing is checked.
+    pub async fn check_health(&self) -> Result<(), String> {
+        let Some(path) = &self.health_path else {
+            return Ok(());
+        };
+        let uri = self.uri(path, None).map_err(|e| e.to_string())?;
+        let client: Client<HttpConnector, http_body_util::Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::get(uri)
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(
+            self.timeout.min(Duration::from_secs(2)),
+            client.request(request),
+        )
+        .await
+        {
+            Ok(Ok(r)) if r.status().as_u16() < 500 => Ok(()),
+            Ok(Ok(r)) => Err(format!("upstream health check answered {}", r.status())),
+            Ok(Err(e)) => Err(format!("upstream health check failed: {e}")),
+            Err(_) => Err("upstream health check timed out".into()),
+        }
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
+    if e.is_connect() {
+        return ForwardError::Connect(format!("{e:?}"));
+    }
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ForwardError::BodyTooLarge;
+        }
+        source = s.source();
+    }
+    ForwardError::Broken(format!("{e:?}"))
+}
+
+/// Compares a lower-case header name with a lower-case pattern, treating `_` in the name as
+/// `-`. `exact` = whole name, otherwise prefix.
+fn name_matches(name: &str, pattern: &str, exact: bool) -> bool {
+    let (n, p) = (name.as_bytes(), pattern.as_bytes());
+    if n.len() < p.len() || (exact && n.len() != p.len()) {
+        return false;
+    }
+    n.iter()
+        .zip(p)
+        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// True when a client-sent header claims to be identity and must be removed.
+fn is_identity_header(name: &HeaderName, rules: &HeadersConfig) -> bool {
+    let name = name.as_str();
+    (!rules.strip_prefix.is_empty() && name_matches(name, &rules.strip_prefix, false))
+        || name_matches(name, rules.user_id.as_str(), true)
+        || name_matches(name, rules.email.as_str(), true)
+        || name_matches(name, rules.roles.as_str(), true)
+        || rules
+            .session_id
+            .as_ref()
+            .is_some_and(|h| name_matches(name, h.as_str(), true))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header nominates.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        // Collected first because the map cannot be changed while its values are borrowed;
+        // only requests that carry a Connection header pay for it.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Rewrites a client's request headers for the upstream. See the module doc for the order.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    rules: &HeadersConfig,
+    identity: Option<&Identity<'_>>,
+    fwd: &Forwarding<'_>,
+    original_host: Option<HeaderValue>,
+) {
+    remove_hop_by_hop(headers);
+
+    // Scan once; the common request carries nothing to strip and allocates nothing.
+    let strip = |name: &HeaderName| {
+        is_identity_header(name, rules)
+            || (!fwd.peer_trusted && FORWARDING.contains(&name.as_str()))
+            || (!rules.forward_authorization && name == header::AUTHORIZATION)
+            || name == header::HOST
+    };
+    if headers.keys().any(strip) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| strip(n)).cloned().collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+
+    if let Some(id) = identity {
+        if let Ok(v) = HeaderValue::from_str(id.user_id) {
+            headers.insert(rules.user_id.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(id.email) {
+            headers.insert(rules.email.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&id.roles.join(",")) {
+            headers.insert(rules.roles.clone(), v);
+        }
+        if let Some(name) = &rules.session_id
+            && let Ok(v) = HeaderValue::from_str(id.session_id)
+        {
+            headers.insert(name.clone(), v);
+        }
+    }
+
+    // X-Forwarded-For: the chain gatehouse believes (see `client_ip`); a client's own value
+    // was removed above unless the peer is a trusted proxy, and is replaced either way.
+    if let Ok(v) = HeaderValue::from_str(&fwd.forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if fwd.tls { "https" } else { "http" }),
+        );
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = original_host
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    headers.insert(rules.request_id.clone(), fwd.request_id.clone());
+}
+
+/// Rewrites the upstream's response headers for the client.
+pub fn rewrite_response(headers: &mut HeaderMap, rules: &HeadersConfig, request_id: &HeaderValue) {
+    remove_hop_by_hop(headers);
+    headers.insert(rules.request_id.clone(), request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> HeadersConfig {
+        let config = crate::config::Config::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[tokens]\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            Vec::new(),
+        )
+        .unwrap();
+        config.headers
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn rewrite(pairs: &[(&str, &str)], trusted: bool, identity: bool) -> HeaderMap {
+        let mut map = headers(pairs);
+        let rid = HeaderValue::from_static("rid-1");
+        let roles = vec!["reader".to_string(), "creator".to_string()];
+        let id = Identity {
+            user_id: "u1",
+            email: "a@example.com",
+            roles: &roles,
+            session_id: "s1",
+        };
+        let fwd = Forwarding {
+            forwarded_for: if trusted {
+                "1.2.3.4, 10.0.0.1".into()
+            } else {
+                "203.0.113.9".into()
+            },
+            peer_trusted: trusted,
+            tls: false,
+            request_id: &rid,
+        };
+        let host = map.get(header::HOST).cloned();
+        rewrite_request(&mut map, &rules(), identity.then_some(&id), &fwd, host);
+        map
+    }
+
+    #[test]
+    fn spoofed_identity_headers_are_removed_in_every_spelling() {
+        let map = rewrite(
+            &[
+                ("x-auth-user-id", "admin"),
+                ("X-AUTH-ROLES", "admin"),
+                ("x_auth_email", "boss@example.com"),
+                ("x-auth-anything", "1"),
+                ("x_auth_other", "1"),
+                ("x-authx", "kept"),
+            ],
+            false,
+            false,
+        );
+        for gone in [
+            "x-auth-user-id",
+            "x-auth-roles",
+            "x_auth_email",
+            "x-auth-anything",
+            "x_auth_other",
+        ] {
+            assert!(!map.contains_key(gone), "{gone} survived: {map:?}");
+        }
+        assert_eq!(map["x-authx"], "kept");
+    }
+
+    #[test]
+    fn identity_comes_from_the_claims_only() {
+        let map = rewrite(&[("x-auth-user-id", "admin")], false, true);
+        assert_eq!(map.get_all("x-auth-user-id").iter().count(), 1);
+        assert_eq!(map["x-auth-user-id"], "u1");
+        assert_eq!(map["x-auth-roles"], "reader,creator");
+        assert_eq!(map["x-auth-email"], "a@example.com");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let map = rewrite(
+            &[
+                ("connection", "keep-alive, x-secret-hop"),
+                ("x-secret-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-authorization", "Basic x"),
+                ("upgrade", "h2c"),
+                ("x-app", "kept"),
+            ],
+            false,
+            false,
+        );
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ] {
+            assert!(!map.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(map["x-app"], "kept");
+    }
+
+    #[test]
+    fn forwarding_headers_are_believed_only_from_trusted_peers() {
+        let spoof = [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "1.2.3.4"),
+            ("host", "app.example.com"),
+        ];
+        let untrusted = rewrite(&spoof, false, false);
+        assert_eq!(untrusted["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-forwarded-host"], "app.example.com");
+        assert!(!untrusted.contains_key("x-real-ip"));
+        assert!(!untrusted.contains_key("host"));
+        let trusted = rewrite(&spoof, true, false);
+        assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn authorization_is_not_forwarded_by_default() {
+        let map = rewrite(&[("authorization", "Bearer x")], false, true);
+        assert!(!map.contains_key("authorization"));
+        assert_eq!(map["x-request-id"], "rid-1");
+    }
+}

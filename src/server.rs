@@ -1,0 +1,158 @@
+//! Listeners, connections and graceful shutdown.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future (the mini-redis seam), so tests
+//! bind `127.0.0.1:0` and stop the server by completing a future. Each accepted connection
+//! is served by hyper-util's auto builder (HTTP/1.1 and HTTP/2, with upgrades) under the
+//! limits from `[server]`. On shutdown the listeners close at once, `/readyz` turns 503, and
+//! in-flight requests get up to `server.shutdown_timeout` to finish before `run` returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::gate::{self, ConnInfo};
+
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const HYPER_MIN_BUF: usize = 8192;
+/// Headers per HTTP/1 request; far above what clients send, low enough to bound parsing.
+const MAX_HEADERS: usize = 100;
+
+/// The listeners `run` serves.
+pub struct Listeners {
+    pub main: TcpListener,
+    /// Ops endpoints only, when `server.admin_listen` is set.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(app: &App) -> std::io::Result<Listeners> {
+        let main = TcpListener::bind(app.config.server.listen).await?;
+        let admin = match app.config.server.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { main, admin })
+    }
+}
+
+fn builder(app: &App) -> auto::Builder<TokioExecutor> {
+    let s = &app.config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes.max(HYPER_MIN_BUF))
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(s.idle_timeout / 2))
+        .keep_alive_timeout(s.idle_timeout / 4);
+    builder
+}
+
+/// Serves until `shutdown` completes, then drains. Returns when every connection has closed
+/// or the drain deadline passed.
+pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let builder = builder(&app);
+    let slots = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let Listeners { main, admin } = listeners;
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = main.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                // Over the cap the connection is closed at once: cheaper than queueing it
+                // and the client's retry lands on another replica.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    app.metrics.connections_refused.inc();
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let gauge = app.metrics.connections_open.clone();
+                let app = app.clone();
+                let conn = ConnInfo { peer, tls: false };
+                let service = service_fn(move |request| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(gate::handle(app, conn, request).await) }
+                });
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let watched = graceful.watch(connection);
+                gauge.inc();
+                tokio::spawn(async move {
+                    // Connection errors (client resets, timeouts) are the client's business;
+                    // hyper has already answered what could be answered.
+                    let _ = watched.await;
+                    gauge.dec();
+                    drop(slot);
+                });
+            }
+            accepted = accept_admin(admin.as_ref()) => {
+                if let Ok((stream, _)) = accepted {
+                    serve_admin(&app, &builder, &graceful, stream);
+                }
+            }
+        }
+    }
+
+    drop(main);
+    drop(admin);
+    app.begin_shutdown();
+    tracing::info!("shutting down: draining in-flight requests");
+    match tokio::time::timeout(app.config.server.shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
+    }
+}
+
+async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match admin {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn serve_admin(
+    app: &Arc<App>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+) {
+    let app = app.clone();
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move {
+            let response = match crate::ops::handle(&app, &request).await {
+                Some(response) => response,
+                None => crate::error::Error::NotFound.into_response(),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let watched = graceful.watch(connection);
+    tokio::spawn(async move {
+        let _ = watched.await;
+    });
+}

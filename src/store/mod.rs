@@ -1,0 +1,590 @@
+//! The identity store: users, sessions (refresh-token families), revocations, login-failure
+//! counters and one-time tokens, behind one [`Store`] trait.
+//!
+//! Only this module (and its [`sled`] implementation) knows how identity data is kept on disk;
+//! handlers see plain record types and [`StoreError`]. Decisions, and why:
+//!
+//! - **Synchronous methods.** Every backend we care about (sled now, PostgreSQL later through a
+//!   blocking pool or a sync client) can implement them, and the caller decides where blocking
+//!   work runs (`tokio::task::spawn_blocking`). The trait is object safe so the app can hold an
+//!   `Arc<dyn Store>`.
+//! - **Durability.** An `Ok` from a write means the write is on disk: implementations flush
+//!   before returning, so an acknowledged registration, rotation or revocation survives a crash.
+//! - **Atomicity.** Every operation that touches more than one key (a user and its unique
+//!   indexes, a rotation and its session) is one transaction: a failure leaves nothing behind.
+//! - **Times are injected.** All timestamps are Unix seconds (`u64`) supplied by the caller; the
+//!   store never reads the clock, which keeps expiry logic testable.
+//! - **Secrets never reach the store in clear.** Refresh and one-time tokens are stored as
+//!   SHA-256 hashes ([`token_hash`]); a leaked store file does not yield usable tokens. Password
+//!   hashes are argon2id strings produced by `password.rs` and are redacted from `Debug` output.
+//! - **Case-folded uniqueness.** Emails and usernames are unique after [`fold`] (trim and
+//!   lowercase), so `Alice@Example.com` and `alice@example.com ` are the same account, while the
+//!   record keeps the spelling the user chose.
+
+pub mod sled;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The SHA-256 of a bearer secret (refresh token, reset or verification token).
+pub type TokenHash = [u8; 32];
+
+/// Hashes a bearer secret for storage and lookup. Tokens carry at least 128 bits of randomness,
+/// so a fast unsalted hash is enough: there is nothing to brute-force.
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh record identifier: a UUID v7 in its hyphenated lowercase form. Version 7 ids sort by
+/// creation time, which gives [`Store::list_users`] a stable, meaningful order.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The form under which emails, usernames and login names are compared: trimmed, lowercased.
+pub fn fold(value: &str) -> String {
+    value.trim().to_lowercase()
+}
+
+/// An account.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// UUID v7 string, see [`new_id`]. Never changes.
+    pub id: String,
+    /// Unique after [`fold`].
+    pub email: String,
+    /// Unique after [`fold`] when present. Handlers must refuse `@` in usernames, since
+    /// [`Store::find_user_by_login`] treats a login containing `@` as an email.
+    pub username: Option<String>,
+    pub name: Option<String>,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub email_verified: bool,
+    /// Locked by an administrator: refresh is refused and login must be refused by the caller.
+    pub locked: bool,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub password_changed_at: u64,
+}
+
+// Written by hand so that the password hash never lands in a log line through `{:?}`.
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("name", &self.name)
+            .field("password_hash", &"<redacted>")
+            .field("roles", &self.roles)
+            .field("email_verified", &self.email_verified)
+            .field("locked", &self.locked)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("password_changed_at", &self.password_changed_at)
+            .finish()
+    }
+}
+
+/// A session: one refresh-token family, named by `sid` in access tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The `sid`, a UUID v7 string.
+    pub id: String,
+    pub user_id: String,
+    pub created_at: u64,
+    /// Updated on every successful rotation; drives the idle timeout.
+    pub last_used_at: u64,
+    /// Absolute end of the session: no rotation extends it.
+    pub expires_at: u64,
+    pub revoked: bool,
+}
+
+/// The result of presenting a refresh token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was current: it is now rotated, the new hash is current, and `session` is the
+    /// updated session (`last_used_at = now`). `user` is the owner, for issuing the access token.
+    Rotated {
+        session: SessionRecord,
+        user: UserRecord,
+    },
+    /// The token had already been rotated: it was stolen or replayed. The whole family,
+    /// successor included, has been revoked in the same transaction. The caller should also
+    /// revoke the session's access tokens ([`Revocation::Session`]).
+    Reused { session: SessionRecord },
+    /// Unknown token, session revoked or expired (absolute or idle), or user gone or locked.
+    Invalid,
+}
+
+/// What the in-memory revocation cache is loaded from at start. Entries are kept until `until`
+/// (the moment every access token they cover has expired anyway), then purged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    /// Every access token carrying this `sid`.
+    Session { sid: String, until: u64 },
+    /// Every access token of this user issued before `issued_before` (`iat <`), except those
+    /// of session `except_sid` (the session that asked, e.g. on a password change).
+    User {
+        user_id: String,
+        issued_before: u64,
+        except_sid: Option<String>,
+        until: u64,
+    },
+}
+
+impl Revocation {
+    /// When the entry stops mattering.
+    pub fn until(&self) -> u64 {
+        match self {
+            Revocation::Session { until, .. } | Revocation::User { until, .. } => *until,
+        }
+    }
+}
+
+/// How failed logins turn into a lock. Time values are seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    /// Failures within one window that lock the login name.
+    pub max_failures: u32,
+    /// A window opens at the first failure; failures older than this are forgotten.
+    pub window_secs: u64,
+    /// How long a lock lasts.
+    pub lock_secs: u64,
+}
+
+/// The failure counter of one login name at a given moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailureState {
+    /// Failures in the current window (the failure that locked included).
+    pub count: u32,
+    /// Set while the login name is locked: refuse with `ACCOUNT_LOCKED` and
+    /// `Retry-After: locked_until - now`.
+    pub locked_until: Option<u64>,
+}
+
+/// The two kinds of single-use tokens mailed to users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OneTimeKind {
+    PasswordReset,
+    EmailVerification,
+}
+
+/// A one-time token. `email` is the address it was sent to, so the caller can refuse a token
+/// once the account's email has changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimeRecord {
+    pub user_id: String,
+    pub email: String,
+    pub expires_at: u64,
+}
+
+/// One page of [`Store::list_users`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserPage {
+    pub users: Vec<UserRecord>,
+    /// Pass back as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What [`Store::purge_expired`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    pub sessions: usize,
+    pub refresh_tokens: usize,
+    pub one_time_tokens: usize,
+    pub revocations: usize,
+    pub login_failures: usize,
+}
+
+/// Entry counts for an admin view or metrics. Counting walks each collection, so call it
+/// occasionally, not per request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub users: usize,
+    pub sessions: usize,
+    pub refresh_tokens: usize,
+    pub password_reset_tokens: usize,
+    pub email_verification_tokens: usize,
+    pub revocations: usize,
+    pub login_failures: usize,
+}
+
+/// Which unique key a write collided on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UniqueKey {
+    Email,
+    Username,
+    /// A record id (user or session) or a token hash already exists. With UUID v7 ids and
+    /// 128-bit tokens this points at a bug, not at a user mistake.
+    Id,
+}
+
+/// Everything a store operation can fail with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// A unique key is taken; nothing was written.
+    Conflict(UniqueKey),
+    /// The record the operation is about does not exist.
+    NotFound,
+    /// Another process holds the store (a running server, or a second `gatehouse user`).
+    Locked { path: String },
+    /// The store was written by a different version of gatehouse.
+    SchemaMismatch { found: u32, expected: u32 },
+    /// The data on disk cannot be decoded or the engine reports corruption.
+    Corrupt(String),
+    /// Any other I/O or engine failure.
+    Io(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Conflict(UniqueKey::Email) => f.write_str("email already registered"),
+            StoreError::Conflict(UniqueKey::Username) => f.write_str("username already taken"),
+            StoreError::Conflict(UniqueKey::Id) => f.write_str("record id already exists"),
+            StoreError::NotFound => f.write_str("record not found"),
+            StoreError::Locked { path } => write!(
+                f,
+                "the store at {path} is in use by another process (is a gatehouse server \
+                 running?); stop it or manage users through the admin API"
+            ),
+            StoreError::SchemaMismatch { found, expected } => write!(
+                f,
+                "the store has schema version {found} but this gatehouse expects version \
+                 {expected}"
+            ),
+            StoreError::Corrupt(detail) => write!(f, "the store is corrupt: {detail}"),
+            StoreError::Io(detail) => write!(f, "store I/O error: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The identity store. Methods block: call them from `tokio::task::spawn_blocking`. Every write
+/// is atomic and durable when it returns `Ok`.
+pub trait Store: Send + Sync {
+    // ----- users -----
+
+    /// Inserts a new user. Fails with `Conflict(Email | Username | Id)` when a unique key is
+    /// taken, in which case nothing is written.
+    fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+
+    fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Looks a user up by email, compared after [`fold`].
+    fn find_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Looks a user up by username, compared after [`fold`].
+    fn find_user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Looks a user up by a login name: an email when it contains `@`, a username otherwise.
+    fn find_user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
+        if login.contains('@') {
+            self.find_user_by_email(login)
+        } else {
+            self.find_user_by_username(login)
+        }
+    }
+
+    /// Reads, edits and writes a user in one transaction, re-indexing email and username when
+    /// they change, and returns the stored result. `edit` gets a fresh copy (it may be called
+    /// again if the backend retries) and can abort with any error, which is passed through.
+    /// The caller sets `updated_at`; a changed `id` is ignored. `NotFound` if the user does not
+    /// exist, `Conflict` if the new email or username belongs to someone else.
+    fn update_user(
+        &self,
+        id: &str,
+        edit: &mut dyn FnMut(&mut UserRecord) -> Result<(), StoreError>,
+    ) -> Result<UserRecord, StoreError>;
+
+    /// Deletes a user with its indexes, sessions and one-time tokens. Returns the sessions that
+    /// were still live (not revoked), so the caller can revoke their access tokens. `NotFound`
+    /// if there is no such user.
+    fn delete_user(&self, id: &str) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Up to `limit` users ordered by id (creation order), starting after `cursor`.
+    fn list_users(&self, limit: usize, cursor: Option<&str>) -> Result<UserPage, StoreError>;
+
+    fn count_users(&self) -> Result<usize, StoreError>;
+
+    // ----- sessions and refresh tokens -----
+
+    /// Opens a session whose first refresh token hashes to `refresh_hash`. `NotFound` if the
+    /// user does not exist (e.g. deleted meanwhile).
+    fn create_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &TokenHash,
+    ) -> Result<(), StoreError>;
+
+    /// Exchanges the refresh token `old` for `new`. An `idle_timeout_secs` of 0 disables the
+    /// idle check. Two concurrent calls with the same `old` yield at most one `Rotated`; the
+    /// other sees a rotated token, i.e. `Reused`, and the family is revoked.
+    fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        new: &TokenHash,
+        now: u64,
+        idle_timeout_secs: u64,
+    ) -> Result<RotateOutcome, StoreError>;
+
+    fn get_session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Revokes one session. Returns it if this call revoked it; `None` if it is unknown or was
+    /// already revoked.
+    fn revoke_session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Revokes every live session of a user but `except`, atomically, and returns those this
+    /// call revoked.
+    fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
+    // ----- access-token revocations -----
+
+    /// Records a revocation. Recording the same one again keeps the later `until`.
+    fn put_revocation(&self, revocation: &Revocation) -> Result<(), StoreError>;
+
+    /// Every revocation still in force at `now`.
+    fn load_revocations(&self, now: u64) -> Result<Vec<Revocation>, StoreError>;
+
+    // ----- login-failure counters -----
+
+    /// The state of a login name (folded) at `now`, without recording anything.
+    fn login_failures(
+        &self,
+        login: &str,
+        now: u64,
+        policy: &LockoutPolicy,
+    ) -> Result<FailureState, StoreError>;
+
+    /// Counts one failed login for a login name (folded), whether or not an account exists.
+    /// See [`apply_failure`] for the rules.
+    fn record_login_failure(
+        &self,
+        login: &str,
+        now: u64,
+        policy: &LockoutPolicy,
+    ) -> Result<FailureState, StoreError>;
+
+    /// Forgets the failures of a login name (after a successful login or an admin unlock).
+    fn clear_login_failures(&self, login: &str) -> Result<(), StoreError>;
+
+    // ----- one-time tokens -----
+
+    /// Stores a token and voids every older token of the same kind for that user.
+    fn put_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        record: &OneTimeRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Consumes a token: at most one caller ever gets `Some` for a given token. An expired
+    /// token is removed and yields `None`.
+    fn take_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<OneTimeRecord>, StoreError>;
+
+    /// Reads a token without consuming it (`None` if unknown or expired).
+    fn peek_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<OneTimeRecord>, StoreError>;
+
+    /// Voids the user's outstanding token of this kind, if any; `true` if there was one.
+    fn void_one_time_for_user(&self, kind: OneTimeKind, user_id: &str) -> Result<bool, StoreError>;
+
+    // ----- housekeeping -----
+
+    /// Removes everything whose time has passed: sessions past `expires_at`, refresh hashes of
+    /// expired or deleted sessions, expired one-time tokens, revocations and failure counters.
+    fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
+
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+}
+
+/// The persisted failure counter of one login name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    pub window_start: u64,
+    pub count: u32,
+    /// 0 when not locked.
+    pub locked_until: u64,
+    /// When the record stops mattering and can be purged.
+    pub expires_at: u64,
+}
+
+/// Applies one failed login to a counter. The rules: a window opens at the first failure and
+/// lasts `window_secs`; reaching `max_failures` within it locks the name for `lock_secs`.
+/// Failures while locked change nothing (callers refuse before checking the password, so they
+/// should not even get here), which means a lock is never extended by an attacker hammering
+/// it. Once a lock or a window has run out, counting starts afresh.
+pub fn apply_failure(
+    previous: Option<FailureRecord>,
+    now: u64,
+    policy: &LockoutPolicy,
+) -> FailureRecord {
+    let mut record = previous.unwrap_or_default();
+    if record.locked_until > now {
+        return record;
+    }
+    let window_over = now >= record.window_start.saturating_add(policy.window_secs);
+    if record.count == 0 || record.locked_until != 0 || window_over {
+        record = FailureRecord {
+            window_start: now,
+            ..FailureRecord::default()
+        };
+    }
+    record.count = record.count.saturating_add(1);
+    if record.count >= policy.max_failures.max(1) {
+        record.locked_until = now.saturating_add(policy.lock_secs);
+    }
+    record.expires_at = record
+        .window_start
+        .saturating_add(policy.window_secs)
+        .max(record.locked_until);
+    record
+}
+
+/// What a stored counter means at `now`.
+pub fn failure_state(
+    record: Option<FailureRecord>,
+    now: u64,
+    policy: &LockoutPolicy,
+) -> FailureState {
+    let Some(record) = record else {
+        return FailureState::default();
+    };
+    if record.locked_until > now {
+        return FailureState {
+            count: record.count,
+            locked_until: Some(record.locked_until),
+        };
+    }
+    let window_over = now >= record.window_start.saturating_add(policy.window_secs);
+    if record.locked_until != 0 || window_over {
+        return FailureState::default();
+    }
+    FailureState {
+        count: record.count,
+        locked_until: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: LockoutPolicy = LockoutPolicy {
+        max_failures: 3,
+        window_secs: 100,
+        lock_secs: 50,
+    };
+
+    /// Replays failures at the given times and checks the state after each.
+    fn check(failures_at: &[u64], expect: &[(u32, Option<u64>)]) {
+        let mut record = None;
+        for (i, &now) in failures_at.iter().enumerate() {
+            let next = apply_failure(record, now, &POLICY);
+            record = Some(next);
+            let state = failure_state(record, now, &POLICY);
+            assert_eq!(
+                (state.count, state.locked_until),
+                expect[i],
+                "after failure #{i} at t={now} of {failures_at:?}: {next:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lockout_rules() {
+        // Below the threshold.
+        check(&[10, 20], &[(1, None), (2, None)]);
+        // Third failure inside the window locks for lock_secs from that failure.
+        check(&[10, 20, 30], &[(1, None), (2, None), (3, Some(80))]);
+        // Failures while locked neither count nor extend the lock.
+        check(
+            &[10, 20, 30, 79],
+            &[(1, None), (2, None), (3, Some(80)), (3, Some(80))],
+        );
+        // After the lock runs out, counting starts afresh.
+        check(
+            &[10, 20, 30, 80],
+            &[(1, None), (2, None), (3, Some(80)), (1, None)],
+        );
+        // The window runs from the first failure: at t=110 it is over.
+        check(&[10, 20, 110], &[(1, None), (2, None), (1, None)]);
+        check(&[10, 20, 109], &[(1, None), (2, None), (3, Some(159))]);
+    }
+
+    #[test]
+    fn state_forgets_after_window_and_lock() {
+        let record = apply_failure(None, 10, &POLICY);
+        assert_eq!(failure_state(Some(record), 109, &POLICY).count, 1);
+        assert_eq!(
+            failure_state(Some(record), 110, &POLICY),
+            FailureState::default()
+        );
+        assert_eq!(record.expires_at, 110);
+
+        let mut locked = None;
+        for now in [10, 11, 12] {
+            locked = Some(apply_failure(locked, now, &POLICY));
+        }
+        let locked = locked.unwrap();
+        assert_eq!(
+            locked.expires_at, 110,
+            "window end outlasts the lock end (62)"
+        );
+        assert_eq!(
+            failure_state(Some(locked), 61, &POLICY).locked_until,
+            Some(62)
+        );
+        assert_eq!(
+            failure_state(Some(locked), 62, &POLICY),
+            FailureState::default()
+        );
+    }
+
+    #[test]
+    fn fold_and_hash() {
+        assert_eq!(fold("  Alice@Example.COM "), "alice@example.com");
+        assert_eq!(token_hash("abc"), token_hash("abc"));
+        assert_ne!(token_hash("abc"), token_hash("abd"));
+        let (a, b) = (new_id(), new_id());
+        assert!(a < b, "v7 ids sort by creation: {a} {b}");
+    }
+
+    #[test]
+    fn debug_redacts_password_hash() {
+        let user = UserRecord {
+            id: new_id(),
+            email: "a@b.c".into(),
+            username: None,
+            name: None,
+            password_hash: "$argon2id$secret".into(),
+            roles: vec![],
+            email_verified: false,
+            locked: false,
+            created_at: 0,
+            updated_at: 0,
+            password_changed_at: 0,
+        };
+        let shown = format!("{user:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests: gatehouse in-process (and, where it matters, the real binary) against
+//! real upstreams on ephemeral ports. One test binary, a module per area.
+
+mod harness;
