@@ -8,11 +8,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 
 use crate::config::{Config, RateLimitConfig};
+use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::password::{Hasher, PasswordSettings};
 use crate::proxy::Upstream;
 use crate::ratelimit::{Rate, RateLimiter};
-use crate::revocation::Revocations;
+use crate::revocation::{Revocations, UserCutoff};
+use crate::store::sled::SledStore;
+use crate::store::{Revocation, Store, StoreError};
 use crate::token::{TokenSettings, Tokens};
+
+/// How often expired sessions, tokens, revocations and counters are purged from the store.
+const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Unix time for token claims, lockouts and expiries. Injected so tests can move it without
 /// sleeping: the manual clock is an atomic that tests advance.
@@ -111,6 +118,8 @@ impl Limits {
 /// Everything a request needs, built once.
 pub struct App {
     pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub hasher: Hasher,
     pub tokens: Tokens,
     pub revocations: Revocations,
     pub metrics: Metrics,
@@ -122,8 +131,9 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the shared state. Fails only on start-up problems (metrics registry).
-    pub fn new(config: Config, clock: Clock) -> Result<App, String> {
+    /// Builds the shared state on an open store. Loads every revocation still in force into
+    /// the in-memory cache, so the proxy path never has to read the store.
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Result<App, String> {
         // Two rules may share a glob (e.g. writes for creators, reads for everyone); their
         // metric labels get the rule index so the series stay apart.
         let mut rule_labels: Vec<String> = Vec::with_capacity(config.policy.len());
@@ -143,9 +153,49 @@ impl App {
             access_ttl_secs: config.tokens.access_ttl.as_secs(),
             leeway_secs: config.tokens.leeway.as_secs(),
         });
+        let p = &config.auth.password;
+        let defaults = PasswordSettings::default();
+        let hasher = Hasher::new(&PasswordSettings {
+            min_length: p.min_length,
+            max_length: p.max_length,
+            memory_kib: if p.memory_kib == 0 {
+                defaults.memory_kib
+            } else {
+                p.memory_kib
+            },
+            iterations: if p.iterations == 0 {
+                defaults.iterations
+            } else {
+                p.iterations
+            },
+            parallelism: if p.parallelism == 0 {
+                defaults.parallelism
+            } else {
+                p.parallelism
+            },
+            max_concurrent: if p.max_concurrent == 0 {
+                defaults.max_concurrent
+            } else {
+                p.max_concurrent
+            },
+        })
+        .map_err(|e| format!("auth.password: {e}"))?;
+
+        let revocations = Revocations::new();
+        let now = clock.now();
+        let loaded = store
+            .load_revocations(now)
+            .map_err(|e| format!("cannot load revocations: {e}"))?;
+        for entry in &loaded {
+            apply_revocation(&revocations, entry, now);
+        }
+        metrics.revocations_cached.set(revocations.len() as i64);
+
         Ok(App {
+            store,
+            hasher,
             tokens,
-            revocations: Revocations::new(),
+            revocations,
             metrics,
             upstream: Upstream::new(&config),
             limits: Limits::new(&config.rate_limits),
@@ -156,9 +206,84 @@ impl App {
         })
     }
 
-    /// Builds the app for serving: opens the store and loads what the proxy path needs.
-    pub async fn start(config: Config, clock: Clock) -> Result<App, String> {
-        App::new(config, clock)
+    /// Builds the app for serving: opens the sled store at `store.path` (a clear error when
+    /// another process holds it), loads revocations and starts the purge task.
+    pub async fn start(config: Config, clock: Clock) -> Result<Arc<App>, String> {
+        let path = config.store_path.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&path))
+            .await
+            .map_err(|e| format!("store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let app = Arc::new(App::new(config, Arc::new(store), clock)?);
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                let now = app.clock.now();
+                let result = app.db(move |s| s.purge_expired(now)).await;
+                if let Err(e) = result {
+                    e.log("purge");
+                }
+                app.metrics
+                    .revocations_cached
+                    .set(app.revocations.len() as i64);
+            }
+        });
+        Ok(app)
+    }
+
+    /// Runs a store call on the blocking pool: sled flushes (fsync) must not stall the
+    /// runtime threads that serve the proxy path.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| Error::internal(format!("store task: {e}")))?
+            .map_err(store_error)
+    }
+
+    /// Persists a revocation, then writes it through to the in-memory cache. In this order,
+    /// so that an acknowledged logout survives a crash and the cache never promises more
+    /// than the store holds.
+    pub async fn revoke(&self, revocation: Revocation) -> Result<(), Error> {
+        let entry = revocation.clone();
+        self.db(move |s| s.put_revocation(&entry)).await?;
+        apply_revocation(&self.revocations, &revocation, self.clock.now());
+        self.metrics
+            .revocations_cached
+            .set(self.revocations.len() as i64);
+        Ok(())
+    }
+
+    /// Revokes every access token of a user issued until now, except those of `except_sid`.
+    /// The cutoff is at least the user's current `min_iat`: tokens minted in the same second
+    /// as an earlier revocation carry an `iat` raised past it, and must be covered too.
+    pub async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        except_sid: Option<&str>,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let cutoff = now.max(self.revocations.min_iat(user_id));
+        self.revoke(Revocation::User {
+            user_id: user_id.to_string(),
+            issued_before: cutoff,
+            except_sid: except_sid.map(str::to_string),
+            until: self.revocation_until(cutoff),
+        })
+        .await
+    }
+
+    /// When an access token issued now stops verifying: revocations must outlive it.
+    pub fn revocation_until(&self, now: u64) -> u64 {
+        now + self.config.tokens.access_ttl.as_secs() + self.config.tokens.leeway.as_secs() + 1
     }
 
     /// For `/readyz`: is the store usable?
@@ -173,6 +298,39 @@ impl App {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes one stored revocation into the cache.
+fn apply_revocation(cache: &Revocations, entry: &Revocation, now: u64) {
+    match entry {
+        Revocation::Session { sid, until } => cache.revoke_session(sid, *until, now),
+        Revocation::User {
+            user_id,
+            issued_before,
+            except_sid,
+            until,
+        } => cache.revoke_user_before(
+            &UserCutoff {
+                user_id,
+                cutoff_iat: *issued_before,
+                except_sid: except_sid.as_deref(),
+                until_unix: *until,
+            },
+            now,
+        ),
+    }
+}
+
+/// Maps store failures to the error taxonomy. Conflicts and missing records are the
+/// client's business; everything else is ours and logged, never shown.
+pub fn store_error(e: StoreError) -> Error {
+    use crate::store::UniqueKey;
+    match e {
+        StoreError::Conflict(UniqueKey::Username) => Error::Conflict("username"),
+        StoreError::Conflict(_) => Error::Conflict("email"),
+        StoreError::NotFound => Error::NotFound,
+        other => Error::internal(format!("store: {other}")),
     }
 }
 

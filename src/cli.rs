@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -194,7 +193,7 @@ fn serve(path: &Path) -> ExitCode {
 
 /// Builds the app, binds and serves until SIGTERM or SIGINT.
 async fn start(config: Config) -> Result<(), String> {
-    let app = Arc::new(App::start(config, Clock::System).await?);
+    let app = App::start(config, Clock::System).await?;
     let listeners = Listeners::bind(&app)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", app.config.server.listen))?;

@@ -65,6 +65,8 @@ pub enum Error {
     Token(TokenRefusal),
     /// 403: authenticated, but the route's roles are not met (or the route is denied).
     Forbidden,
+    /// 403 with a specific reason (e.g. registration closed).
+    ForbiddenBecause(&'static str),
     /// 403: the route or config requires a verified email.
     EmailNotVerified,
     /// 404: unknown auth endpoint or admin resource.
@@ -105,7 +107,9 @@ impl Error {
             Error::InvalidRequest(_) | Error::InvalidResetToken => StatusCode::BAD_REQUEST,
             Error::ValidationFailed(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidCredentials | Error::Token(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden | Error::EmailNotVerified => StatusCode::FORBIDDEN,
+            Error::Forbidden | Error::ForbiddenBecause(_) | Error::EmailNotVerified => {
+                StatusCode::FORBIDDEN
+            }
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -131,7 +135,7 @@ impl Error {
             Error::Token(TokenRefusal::Invalid(_)) => "TOKEN_INVALID",
             Error::Token(TokenRefusal::Expired) => "TOKEN_EXPIRED",
             Error::Token(TokenRefusal::Revoked) => "TOKEN_REVOKED",
-            Error::Forbidden => "FORBIDDEN",
+            Error::Forbidden | Error::ForbiddenBecause(_) => "FORBIDDEN",
             Error::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Error::NotFound => "NOT_FOUND",
             Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
@@ -171,6 +175,7 @@ impl Error {
             Error::Token(TokenRefusal::Expired) => "The bearer token has expired".into(),
             Error::Token(TokenRefusal::Revoked) => "The bearer token has been revoked".into(),
             Error::Forbidden => "You do not have access to this resource".into(),
+            Error::ForbiddenBecause(why) => (*why).into(),
             Error::EmailNotVerified => "The email address must be verified first".into(),
             Error::NotFound => "Not found".into(),
             Error::MethodNotAllowed(_) => "Method not allowed".into(),

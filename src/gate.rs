@@ -124,7 +124,7 @@ fn outcome_of(error: &Error) -> Outcome {
 }
 
 async fn gate(
-    app: &App,
+    app: &Arc<App>,
     conn: ConnInfo,
     request: Request<Incoming>,
     request_id: &HeaderValue,
@@ -159,6 +159,11 @@ async fn gate(
     // 4. One normalisation; this exact string is decided on and forwarded.
     let path = path::normalize(uri.path()).map_err(|e| Error::InvalidRequest(e.reason().into()))?;
 
+    // The client as the trusted proxies report it: keys rate limits and audit events.
+    let trusted = &config.server.trusted_proxies;
+    let peer_ip = conn.peer.ip();
+    let client = client_ip::client_ip(peer_ip, request.headers(), trusted);
+
     // 5. The identity service.
     if path.starts_with(config.auth.prefix.as_str())
         && matches!(
@@ -167,7 +172,8 @@ async fn gate(
         )
     {
         let path = path.into_owned();
-        return crate::auth::handle(app, conn, request, &path)
+        let caller = crate::auth::Caller { ip: client };
+        return crate::auth::handle(app, caller, request, &path)
             .await
             .map(Routed::Local);
     }
@@ -202,10 +208,7 @@ async fn gate(
         return Err(Error::EmailNotVerified);
     }
 
-    // 9. Rate limits, keyed by the client as the trusted proxies report it.
-    let trusted = &config.server.trusted_proxies;
-    let peer_ip = conn.peer.ip();
-    let client = client_ip::client_ip(peer_ip, request.headers(), trusted);
+    // 9. Rate limits, keyed by the client.
     let peer_trusted = !trusted.is_empty()
         && trusted
             .iter()
@@ -286,7 +289,7 @@ async fn gate(
 }
 
 /// Verifies the bearer token if one is present. `Ok(None)` = anonymous.
-fn authenticate(app: &App, headers: &http::HeaderMap) -> Result<Option<Claims>, Error> {
+pub fn authenticate(app: &App, headers: &http::HeaderMap) -> Result<Option<Claims>, Error> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -317,7 +320,7 @@ pub fn token_refusal(e: TokenError) -> TokenRefusal {
     }
 }
 
-fn check_rate(
+pub fn check_rate(
     app: &App,
     limiter: &RateLimiter,
     client: std::net::IpAddr,

@@ -260,6 +260,19 @@ impl Policy {
         )
     }
 
+    /// What a rule requiring `roles` (any of) would require: the roles' own bits, without
+    /// inheritance. `Access::Roles(policy.requirement(["admin"])).allows(user)` asks whether a
+    /// user holds `admin` or a role that inherits it. Unknown names require nothing, so an
+    /// empty requirement allows no one.
+    pub fn requirement<'a>(&self, roles: impl IntoIterator<Item = &'a str>) -> RoleMask {
+        RoleMask(
+            roles
+                .into_iter()
+                .filter_map(|name| self.roles.index_of(name))
+                .fold(0, |mask, i| mask | (1u128 << i)),
+        )
+    }
+
     /// How many route rules there are.
     pub fn len(&self) -> usize {
         self.rules.len()

@@ -1,17 +1,266 @@
-//! `gatehouse user …`: user management directly on the store while the server is stopped.
+//! `gatehouse user …`: user management directly on the store while the server is stopped,
+//! so an operator can create the first admin before the first start.
+//!
+//! sled allows one process per store, so while a server runs these commands refuse with a
+//! clear message and change nothing; a running server is managed through the admin API.
+//! The commands go through the same code as the HTTP endpoints (validation, password
+//! policy, hashing, revocation), on an [`App`] built over the opened store.
 
+use std::io::BufRead;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Subcommand;
 
+use crate::app::{App, Clock};
+use crate::auth::account::{NewUser, create_user, revoke_user};
+use crate::auth::admin::check_roles;
+use crate::error::Error;
+use crate::store::sled::SledStore;
+use crate::store::{StoreError, UserRecord, fold};
+
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
+    /// Create a user; the password is read from standard input (never from an argument,
+    /// which would land in shell history and `ps`).
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated; defaults to auth.default_roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Mark the email as verified.
+        #[arg(long)]
+        verified: bool,
+    },
     /// List users.
-    List,
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Replace a user's roles.
+    SetRoles {
+        /// User id, email or username.
+        user: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+    },
+    /// Lock a user: logins refused, sessions revoked.
+    Lock { user: String },
+    /// Unlock a user and clear failed-login counters.
+    Unlock { user: String },
+    /// Delete a user and revoke their sessions.
+    Delete { user: String },
 }
 
-/// Runs a user command against the configured store.
-pub fn run(_config: &Path, _command: UserCommand) -> ExitCode {
-    ExitCode::FAILURE
+/// Runs a user command against the store of the given config.
+pub fn run(config_path: &Path, command: UserCommand) -> ExitCode {
+    let config = match crate::cli::load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match SledStore::open(&config.store_path) {
+        Ok(s) => s,
+        Err(StoreError::Locked { path }) => {
+            eprintln!(
+                "error: the store at {path} is held by a running gatehouse server; nothing was changed.\n\
+                 Stop the server, or manage users through the admin API ({}/admin/users).",
+                config.auth.prefix
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: cannot open the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match App::new(config, Arc::new(store), Clock::System) {
+        Ok(app) => Arc::new(app),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(&app, command)) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as an operator should read it: the client message, plus field reasons.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::ValidationFailed(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Error::Internal(cause) => format!("internal error: {cause}"),
+        other => other.message().into_owned(),
+    }
+}
+
+async fn find(app: &App, who: &str) -> Result<UserRecord, Error> {
+    let who = who.to_string();
+    app.db(move |s| match s.get_user(&who)? {
+        Some(user) => Ok(Some(user)),
+        None => s.find_user_by_login(&fold(&who)),
+    })
+    .await?
+    .ok_or_else(|| Error::InvalidRequest("no such user".into()))
+}
+
+async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> {
+    let now = app.clock.now();
+    match command {
+        UserCommand::Add {
+            email,
+            username,
+            name,
+            roles,
+            password_stdin,
+            verified,
+        } => {
+            if !password_stdin {
+                return Err(Error::InvalidRequest(
+                    "pass --password-stdin and write the password to standard input".into(),
+                ));
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .map_err(|e| Error::InvalidRequest(format!("cannot read stdin: {e}").into()))?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            let roles = roles.unwrap_or_else(|| app.config.auth.default_roles.clone());
+            check_roles(app, &roles)?;
+            let user = create_user(
+                app,
+                NewUser {
+                    email,
+                    password,
+                    username,
+                    name,
+                    roles,
+                    email_verified: verified,
+                },
+            )
+            .await?;
+            Ok(format!(
+                "created user {} <{}> roles={}",
+                user.id,
+                user.email,
+                user.roles.join(",")
+            ))
+        }
+        UserCommand::List { limit } => {
+            let mut out = String::new();
+            let mut cursor: Option<String> = None;
+            let mut shown = 0;
+            while shown < limit {
+                let c = cursor.clone();
+                let page = app
+                    .db(move |s| s.list_users(100.min(limit - shown), c.as_deref()))
+                    .await?;
+                for u in &page.users {
+                    out.push_str(&format!(
+                        "{}  {}  {}  roles={}{}{}\n",
+                        u.id,
+                        u.email,
+                        u.username.as_deref().unwrap_or("-"),
+                        u.roles.join(","),
+                        if u.locked { "  LOCKED" } else { "" },
+                        if u.email_verified { "" } else { "  unverified" },
+                    ));
+                }
+                shown += page.users.len();
+                match page.next_cursor {
+                    Some(next) if !page.users.is_empty() => cursor = Some(next),
+                    _ => break,
+                }
+            }
+            if out.is_empty() {
+                out.push_str("no users\n");
+            }
+            Ok(out.trim_end().to_string())
+        }
+        UserCommand::SetRoles { user, roles } => {
+            check_roles(app, &roles)?;
+            let user = find(app, &user).await?;
+            let id = user.id.clone();
+            let r = roles.clone();
+            app.db(move |s| {
+                s.update_user(&id, &mut |u| {
+                    u.roles = r.clone();
+                    u.updated_at = now;
+                    Ok(())
+                })
+            })
+            .await?;
+            app.revoke_user_tokens(&user.id, None).await?;
+            Ok(format!("{} roles={}", user.email, roles.join(",")))
+        }
+        UserCommand::Lock { user } => {
+            let user = set_locked(app, &user, true, now).await?;
+            revoke_user(app, &user.id, None).await?;
+            Ok(format!("{} locked; sessions revoked", user.email))
+        }
+        UserCommand::Unlock { user } => {
+            let user = set_locked(app, &user, false, now).await?;
+            let mut names = vec![fold(&user.email)];
+            names.extend(user.username.as_deref().map(fold));
+            app.db(move |s| {
+                for n in &names {
+                    s.clear_login_failures(n)?;
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(format!("{} unlocked", user.email))
+        }
+        UserCommand::Delete { user } => {
+            let user = find(app, &user).await?;
+            let id = user.id.clone();
+            app.db(move |s| s.delete_user(&id)).await?;
+            app.revoke_user_tokens(&user.id, None).await?;
+            Ok(format!("{} deleted", user.email))
+        }
+    }
+}
+
+async fn set_locked(app: &App, who: &str, locked: bool, now: u64) -> Result<UserRecord, Error> {
+    let user = find(app, who).await?;
+    let id = user.id.clone();
+    app.db(move |s| {
+        s.update_user(&id, &mut |u| {
+            u.locked = locked;
+            u.updated_at = now;
+            Ok(())
+        })
+    })
+    .await
 }

@@ -127,7 +127,8 @@ pub enum RotateOutcome {
 pub enum Revocation {
     /// Every access token carrying this `sid`.
     Session { sid: String, until: u64 },
-    /// Every access token of this user issued before `issued_before` (`iat <`), except those
+    /// Every access token of this user issued at or before `issued_before` (`iat <=`, the
+    /// revocation cache's cutoff), except those
     /// of session `except_sid` (the session that asked, e.g. on a password change).
     User {
         user_id: String,

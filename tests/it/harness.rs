@@ -2,20 +2,24 @@
 //! a temp dir, a manual clock, and a small HTTP client whose failures print the whole
 //! exchange.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::app::{App, Clock};
 use gatehouse::config::Config;
 use gatehouse::server::{self, Listeners};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
@@ -54,10 +58,14 @@ access = "deny"
 /// A running gatehouse.
 pub struct Gatehouse {
     pub addr: SocketAddr,
+    /// The admin listener, when the test asked for one ([`Setup::admin`]).
+    pub admin: Option<SocketAddr>,
     pub upstream: SocketAddr,
     pub app: Arc<App>,
     pub now: Arc<AtomicU64>,
     pub dir: tempfile::TempDir,
+    extra: String,
+    env: Vec<(String, String)>,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -86,6 +94,14 @@ memory_kib = 1024
 iterations = 1
 parallelism = 1
 
+# Rate limits are off unless a test turns one on (with a GATEHOUSE_RATE_LIMITS_* override):
+# tests make many requests from 127.0.0.1.
+[rate_limits]
+login = "0"
+register = "0"
+refresh = "0"
+forgot_password = "0"
+
 [log]
 level = "warn"
 {extra}
@@ -104,24 +120,74 @@ impl Gatehouse {
 
     /// gatehouse in front of a given upstream.
     pub async fn start_with(upstream: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Gatehouse {
-        let dir = tempfile::tempdir().unwrap();
+        Gatehouse::launch(Setup {
+            env,
+            ..Setup::new(upstream, extra)
+        })
+        .await
+    }
+
+    /// gatehouse as `setup` describes it.
+    pub async fn launch(setup: Setup<'_>) -> Gatehouse {
+        Gatehouse::launch_in(setup, tempfile::tempdir().unwrap(), T0).await
+    }
+
+    /// Stops this gatehouse and starts a new one on the same store, config and clock time,
+    /// as a process restart would.
+    pub async fn restart(mut self) -> Gatehouse {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let (upstream, extra, env) = (self.upstream, self.extra.clone(), self.env.clone());
+        let now = self.now.load(Ordering::SeqCst);
+        self.stop().await;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Gatehouse::launch_in(
+            Setup {
+                env: &env,
+                ..Setup::new(upstream, &extra)
+            },
+            dir,
+            now,
+        )
+        .await
+    }
+
+    /// gatehouse on the store in `dir`, its clock at `start_time`.
+    pub async fn launch_in(setup: Setup<'_>, dir: tempfile::TempDir, start_time: u64) -> Gatehouse {
+        let Setup {
+            upstream,
+            extra,
+            env,
+            admin,
+            wait_for,
+        } = setup;
         let text = base_config(upstream, &dir.path().join("store"), extra);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let config = Config::from_toml(&text, env)
+        let config = Config::from_toml(&text, env.clone())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
-        let (clock, now) = Clock::manual(T0);
-        let app = Arc::new(App::start(config, clock).await.unwrap());
+        assert_eq!(
+            admin,
+            config.server.admin_listen.is_some(),
+            "Setup::admin and server.admin_listen must agree"
+        );
+        let (clock, now) = Clock::manual(start_time);
+        let app = App::start(config, clock).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = if admin {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let admin = admin_listener.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(
             app.clone(),
             Listeners {
                 main: listener,
-                admin: None,
+                admin: admin_listener,
             },
             async {
                 let _ = rx.await;
@@ -130,23 +196,32 @@ impl Gatehouse {
         let client = Client::builder(TokioExecutor::new()).build_http();
         let gh = Gatehouse {
             addr,
+            admin,
             upstream,
             app,
             now,
             dir,
+            extra: extra.to_string(),
+            env,
             client,
             shutdown: Some(tx),
             task: Some(task),
         };
-        gh.wait_ready().await;
+        gh.wait_for(wait_for).await;
         gh
     }
 
     /// Polls `/readyz` until it answers 200; no fixed sleeps.
     pub async fn wait_ready(&self) {
+        self.wait_for("/readyz").await;
+    }
+
+    /// Polls an ops path (on the admin listener when there is one) until it answers 200.
+    pub async fn wait_for(&self, path: &str) {
+        let ops = self.ops_addr();
         for _ in 0..500 {
             if let Ok(r) = self
-                .try_send(Method::GET, "/readyz", &[], Bytes::new())
+                .try_send_to(ops, Method::GET, path, &[], Bytes::new())
                 .await
                 && r.status == StatusCode::OK
             {
@@ -155,7 +230,12 @@ impl Gatehouse {
             tokio::task::yield_now().await;
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("gatehouse never became ready");
+        panic!("gatehouse never answered 200 on {path}");
+    }
+
+    /// Where the ops endpoints are served: the admin listener if any, else the main one.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.admin.unwrap_or(self.addr)
     }
 
     /// Moves the manual clock forward.
@@ -208,26 +288,79 @@ impl Gatehouse {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Reply, String> {
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(format!("http://{}{path}", self.addr));
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
+        self.try_send_to(self.addr, method, path, headers, body)
             .await
-            .map_err(|e| format!("{e:?}"))?;
+    }
+
+    /// A request to the admin listener (which the test must have asked for).
+    pub async fn admin_send(&self, method: Method, path: &str) -> Reply {
+        let admin = self.admin.expect("no admin listener: use Setup::admin");
+        self.try_send_to(admin, method.clone(), path, &[], Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"))
+    }
+
+    async fn try_send_to(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let response = self
+            .try_request(addr, method.clone(), path, headers, body)
+            .await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Reply {
-            request: format!("{method} {path}"),
+            request: format!("{method} {path} {headers:?}"),
             status: parts.status,
             headers: parts.headers,
             body,
         })
+    }
+
+    async fn try_request(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response<Incoming>, String> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// A request whose response body is left unread, for tests that stream it or expect it
+    /// to break off.
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
+        let description = format!("{method} {path} {headers:?}");
+        self.try_request(self.addr, method, path, headers, Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("{description}: {e}"))
+    }
+
+    /// Writes `request` as raw bytes on a fresh connection and reads one response: for
+    /// requests an HTTP client library would refuse or repair (dot segments, odd header
+    /// spellings, absolute-form targets, hand-made chunked bodies).
+    pub async fn raw(&self, request: impl AsRef<[u8]>) -> Reply {
+        raw_exchange(self.addr, request.as_ref()).await
     }
 
     /// Mints an access token directly, for proxy-path tests that need a given identity.
@@ -270,6 +403,220 @@ impl Drop for Gatehouse {
             let _ = tx.send(());
         }
     }
+}
+
+/// How to start gatehouse; [`Gatehouse::start`] and [`Gatehouse::start_with`] cover the
+/// common cases.
+pub struct Setup<'a> {
+    pub upstream: SocketAddr,
+    /// TOML appended to [`base_config`].
+    pub extra: &'a str,
+    /// `GATEHOUSE_*` overrides.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Bind a separate admin listener; `extra` must then set `server.admin_listen`.
+    pub admin: bool,
+    /// The ops path that must answer 200 before the test starts: `/readyz` normally,
+    /// `/healthz` for a gatehouse that is expected not to be ready.
+    pub wait_for: &'a str,
+}
+
+impl<'a> Setup<'a> {
+    pub fn new(upstream: SocketAddr, extra: &'a str) -> Setup<'a> {
+        Setup {
+            upstream,
+            extra,
+            env: &[],
+            admin: false,
+            wait_for: "/readyz",
+        }
+    }
+}
+
+/// An address where nothing listens: bound, then released.
+pub fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// An upstream written by the test at the TCP level: `on_connection` runs for every accepted
+/// connection, in its own task.
+pub async fn tcp_upstream<F, Fut>(on_connection: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(on_connection(stream));
+        }
+    });
+    addr
+}
+
+/// An upstream that answers every request head with the bytes `respond` returns, keeping the
+/// connection alive between requests. Request bodies are not expected.
+pub async fn raw_upstream<F>(respond: F) -> SocketAddr
+where
+    F: Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
+    tcp_upstream(move |mut stream| {
+        let respond = respond.clone();
+        async move {
+            while let Some(head) = read_head(&mut stream).await {
+                if stream.write_all(&respond(&head)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Reads one request or response head (up to the blank line); `None` at end of stream.
+pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte so nothing after the head is consumed; heads are small.
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection; see [`Gatehouse::raw`].
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Reply {
+    let shown = String::from_utf8_lossy(&request[..request.len().min(600)])
+        .escape_debug()
+        .to_string();
+    let head_only = request.starts_with(b"HEAD ");
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(request).await?;
+        read_response(&mut stream, head_only).await
+    };
+    // A safety net so a server that never answers fails the test instead of hanging it.
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(Ok((status, headers, body))) => Reply {
+            request: shown,
+            status,
+            headers,
+            body,
+        },
+        Ok(Err(e)) => panic!("raw request {shown}: {e}"),
+        Err(_) => panic!("raw request {shown}: no response within 30s"),
+    }
+}
+
+/// Reads one HTTP/1.1 response: Content-Length, chunked, or until the connection closes.
+async fn read_response(
+    stream: &mut TcpStream,
+    head_only: bool,
+) -> std::io::Result<(StatusCode, HeaderMap, Bytes)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let head = read_head(stream)
+        .await
+        .ok_or_else(|| bad("connection closed before a response head"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| bad(status_line))?;
+    let mut headers = HeaderMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or_else(|| bad(line))?;
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad(line))?,
+            HeaderValue::from_str(value.trim()).map_err(|_| bad(line))?,
+        );
+    }
+    let mut body = Vec::new();
+    let no_body = head_only || status.is_informational() || status == StatusCode::NO_CONTENT;
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    if no_body {
+    } else if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        stream.read_exact(&mut body).await?;
+    } else if chunked {
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        body = dechunk(&raw).ok_or_else(|| bad("bad chunked body"))?;
+    } else {
+        stream.read_to_end(&mut body).await?;
+    }
+    Ok((status, headers, Bytes::from(body)))
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+/// A slow upstream's controls: each request reports its arrival, then waits for a release.
+pub struct Gate {
+    pub arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub release: Arc<tokio::sync::Notify>,
+}
+
+impl Gate {
+    /// Waits until the next request has reached the upstream.
+    pub async fn arrived(&mut self) {
+        self.arrived.recv().await.expect("upstream gone");
+    }
+
+    /// Lets one waiting (or the next) request be answered.
+    pub fn release_one(&self) {
+        self.release.notify_one();
+    }
+}
+
+/// An upstream that answers `200 done` to each request only once the test releases it.
+pub async fn gated_upstream() -> (SocketAddr, Gate) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let release_upstream = release.clone();
+    let addr = tcp_upstream(move |mut stream| {
+        let arrived_tx = arrived_tx.clone();
+        let release = release_upstream.clone();
+        async move {
+            while read_head(&mut stream).await.is_some() {
+                let _ = arrived_tx.send(());
+                release.notified().await;
+                let written = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+                    .await;
+                if written.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, Gate { arrived, release })
 }
 
 /// A response with everything needed to explain a failed assertion.

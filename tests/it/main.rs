@@ -1,4 +1,6 @@
 //! Integration tests: gatehouse in-process (and, where it matters, the real binary) against
 //! real upstreams on ephemeral ports. One test binary, a module per area.
 
+mod auth;
 mod harness;
+mod proxy;

@@ -1,0 +1,387 @@
+//! Accounts: register, me, change-password, and [`create_user`], the one way a user comes
+//! to exist (sign-up, the admin API and `gatehouse user add` all call it).
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{Caller, audit, json, limit, read_json, require_bearer, user_json};
+use crate::app::App;
+use crate::config::Registration;
+use crate::error::Error;
+use crate::store::{UserRecord, new_id};
+
+/// The longest email address SMTP can carry (RFC 5321 §4.5.3.1).
+const MAX_EMAIL: usize = 254;
+/// Display names are for humans; this is generous.
+const MAX_NAME: usize = 200;
+const MIN_USERNAME: usize = 3;
+const MAX_USERNAME: usize = 32;
+
+/// What it takes to make a user.
+pub struct NewUser {
+    pub email: String,
+    pub password: String,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    pub email_verified: bool,
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    email: String,
+    password: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
+}
+
+/// `POST {prefix}/register`.
+pub async fn register(
+    app: &App,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    limit(app, app.limits.register.as_ref(), caller, "register")?;
+    if app.config.auth.registration == Registration::Closed {
+        return Err(Error::ForbiddenBecause("Registration is closed"));
+    }
+    let (_, body): (_, RegisterBody) = read_json(app, request).await?;
+    let roles = match body.roles {
+        None => app.config.auth.default_roles.clone(),
+        Some(roles) => {
+            let allowed = &app.config.auth.selectable_roles;
+            if let Some(bad) = roles.iter().find(|r| !allowed.contains(r)) {
+                let reason = if allowed.is_empty() {
+                    "roles cannot be chosen at sign-up".to_string()
+                } else {
+                    format!(
+                        "{bad:?} cannot be chosen; choose from {}",
+                        allowed.join(", ")
+                    )
+                };
+                return Err(Error::ValidationFailed(vec![("roles".into(), reason)]));
+            }
+            if roles.is_empty() {
+                app.config.auth.default_roles.clone()
+            } else {
+                roles
+            }
+        }
+    };
+    let user = create_user(
+        app,
+        NewUser {
+            email: body.email,
+            password: body.password,
+            username: body.username,
+            name: body.name,
+            roles,
+            email_verified: false,
+        },
+    )
+    .await;
+    match user {
+        Ok(user) => {
+            audit(app, "register", "ok", Some(&user.id), caller.ip);
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({ "user": user_json(&user, false) }),
+            ))
+        }
+        Err(e) => {
+            if matches!(e, Error::Conflict(_)) {
+                audit(app, "register", "conflict", None, caller.ip);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Validates, hashes and stores a new user. The password is hashed before the uniqueness
+/// check so a taken address costs the same time as a free one.
+pub async fn create_user(app: &App, new: NewUser) -> Result<UserRecord, Error> {
+    let email = new.email.trim().to_string();
+    let username = new
+        .username
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty());
+    let name = new
+        .name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    let mut fields = Vec::new();
+    if let Err(reason) = check_email(&email) {
+        fields.push(("email".to_string(), reason.to_string()));
+    }
+    if let Some(u) = &username
+        && let Err(reason) = check_username(u)
+    {
+        fields.push(("username".to_string(), reason.to_string()));
+    }
+    if let Some(n) = &name
+        && (n.chars().count() > MAX_NAME || n.chars().any(char::is_control))
+    {
+        fields.push((
+            "name".to_string(),
+            format!("at most {MAX_NAME} characters, no control characters"),
+        ));
+    }
+    if let Some(bad) = new.roles.iter().find(|r| !valid_role_name(r)) {
+        fields.push((
+            "roles".to_string(),
+            format!("{bad:?} is not a valid role name"),
+        ));
+    }
+    if !fields.is_empty() {
+        return Err(Error::ValidationFailed(fields));
+    }
+    let context: Vec<&str> = std::iter::once(email.as_str())
+        .chain(username.as_deref())
+        .collect();
+    app.hasher
+        .check_policy(&new.password, &context)
+        .map_err(|weak| Error::WeakPassword(weak.to_string().into()))?;
+    let hash = app
+        .hasher
+        .hash(new.password)
+        .await
+        .map_err(|e| Error::internal(format!("hash: {e:?}")))?;
+    let now = app.clock.now();
+    let user = UserRecord {
+        id: new_id(),
+        email,
+        username,
+        name,
+        password_hash: hash,
+        roles: new.roles,
+        email_verified: new.email_verified,
+        locked: false,
+        created_at: now,
+        updated_at: now,
+        password_changed_at: now,
+    };
+    let record = user.clone();
+    app.db(move |s| s.create_user(&record)).await?;
+    Ok(user)
+}
+
+/// A pragmatic address check: the mail server is the real judge, this catches typos and
+/// injection (no whitespace or control characters, which could break mail headers).
+pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if email.is_empty() {
+        return Err("is required");
+    }
+    if email.len() > MAX_EMAIL {
+        return Err("is too long");
+    }
+    if email
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+    {
+        return Err("contains characters not allowed in an address");
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return Err("is not an email address");
+    };
+    if local.is_empty() || local.len() > 64 || local.contains('@') {
+        return Err("is not an email address");
+    }
+    if domain.len() < 3
+        || !domain.contains('.')
+        || domain.starts_with(['.', '-'])
+        || domain.ends_with(['.', '-'])
+        || domain.contains("..")
+    {
+        return Err("has no valid domain");
+    }
+    Ok(())
+}
+
+/// Usernames: 3–32 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit. No `@`, so a
+/// login name is unambiguously an email or a username.
+pub fn check_username(username: &str) -> Result<(), &'static str> {
+    let len = username.chars().count();
+    if !(MIN_USERNAME..=MAX_USERNAME).contains(&len) {
+        return Err("must be 3 to 32 characters");
+    }
+    if !username.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("must start with a letter or digit");
+    }
+    if !username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err("may contain only letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Role names travel comma-separated in a header: no commas, spaces or control characters.
+pub fn valid_role_name(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= 64
+        && role
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
+/// `GET {prefix}/me`: the user as stored now (roles may have changed since the token).
+pub async fn me<B>(app: &App, request: &Request<B>) -> Result<Response<Full<Bytes>>, Error> {
+    let claims = require_bearer(app, request)?;
+    let id = claims.sub.clone();
+    let user = app
+        .db(move |s| s.get_user(&id))
+        .await?
+        .ok_or(Error::Token(crate::error::TokenRefusal::Revoked))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "user": user_json(&user, false) }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ChangePasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// `PUT {prefix}/change-password`: needs the current password; revokes every other session
+/// and every access token but the caller's.
+pub async fn change_password(
+    app: &App,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let claims = require_bearer(app, &request)?;
+    limit(app, app.limits.login.as_ref(), caller, "login")?;
+    let (_, body): (_, ChangePasswordBody) = read_json(app, request).await?;
+    let id = claims.sub.clone();
+    let user = app
+        .db(move |s| s.get_user(&id))
+        .await?
+        .ok_or(Error::Token(crate::error::TokenRefusal::Revoked))?;
+    match app
+        .hasher
+        .verify(body.current_password, Some(user.password_hash.clone()))
+        .await
+    {
+        crate::password::VerifyOutcome::Match { .. } => {}
+        crate::password::VerifyOutcome::Mismatch => {
+            audit(
+                app,
+                "password_change",
+                "wrong_password",
+                Some(&user.id),
+                caller.ip,
+            );
+            return Err(Error::InvalidCredentials);
+        }
+    }
+    let context: Vec<&str> = std::iter::once(user.email.as_str())
+        .chain(user.username.as_deref())
+        .collect();
+    app.hasher
+        .check_policy(&body.new_password, &context)
+        .map_err(|weak| Error::WeakPassword(weak.to_string().into()))?;
+    let hash = app
+        .hasher
+        .hash(body.new_password)
+        .await
+        .map_err(|e| Error::internal(format!("hash: {e:?}")))?;
+    set_password(app, &user.id, hash, Some(&claims.sid)).await?;
+    audit(app, "password_change", "ok", Some(&user.id), caller.ip);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "password_changed": true }),
+    ))
+}
+
+/// Stores a new password hash and revokes every session but `keep_sid` (none on a reset),
+/// with the access tokens they issued. Sessions are revoked first: if the process dies in
+/// between, the user is logged out with the old password still set, never left with a new
+/// password and live stolen sessions.
+pub async fn set_password(
+    app: &App,
+    user_id: &str,
+    hash: String,
+    keep_sid: Option<&str>,
+) -> Result<(), Error> {
+    revoke_user(app, user_id, keep_sid).await?;
+    let now = app.clock.now();
+    let id = user_id.to_string();
+    app.db(move |s| {
+        s.update_user(&id, &mut |u| {
+            u.password_hash = hash.clone();
+            u.password_changed_at = now;
+            u.updated_at = now;
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+/// Revokes every session of a user except `keep_sid`, and every access token issued until
+/// now except those of `keep_sid`; durable before it returns.
+pub async fn revoke_user(app: &App, user_id: &str, keep_sid: Option<&str>) -> Result<usize, Error> {
+    let id = user_id.to_string();
+    let keep = keep_sid.map(str::to_string);
+    let revoked = app
+        .db(move |s| s.revoke_user_sessions(&id, keep.as_deref()))
+        .await?;
+    app.revoke_user_tokens(user_id, keep_sid).await?;
+    Ok(revoked.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        for ok in ["a@b.co", "first.last+tag@example.com", "x@sub.example.org"] {
+            assert!(check_email(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.co",
+            "a@b",
+            "a b@c.de",
+            "a@b..co",
+            "a@.b.co",
+            "a@b.co\r\nBcc: x",
+            "<a@b.co>",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_email(&format!("{}@b.co", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn usernames() {
+        for ok in ["ada", "ada.l", "a_1-b", "007"] {
+            assert!(check_username(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "a@b", "-ada", "ada lovelace", "ädä", &"a".repeat(33)] {
+            assert!(check_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn role_names() {
+        assert!(valid_role_name("reader"));
+        assert!(valid_role_name("team:ops"));
+        assert!(!valid_role_name("a,b"));
+        assert!(!valid_role_name("a b"));
+        assert!(!valid_role_name(""));
+    }
+}

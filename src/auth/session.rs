@@ -1,0 +1,321 @@
+//! Sessions: login, refresh (rotation with reuse detection), logout, verify.
+//!
+//! A session is a refresh-token family. Login opens one; every refresh replaces its token
+//! (the old one is kept, marked rotated); presenting a rotated token again means it was
+//! stolen or replayed, so the whole family is revoked, its access tokens with it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{Caller, audit, json, limit, read_json, require_bearer, rfc3339, user_json};
+use crate::app::App;
+use crate::error::{Error, TokenRefusal};
+use crate::password::VerifyOutcome;
+use crate::store::{
+    LockoutPolicy, Revocation, RotateOutcome, SessionRecord, UserRecord, fold, new_id, token_hash,
+};
+use crate::token::{Identity, random_token};
+
+#[derive(Deserialize)]
+struct LoginBody {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    password: String,
+}
+
+fn lockout_policy(app: &App) -> Option<LockoutPolicy> {
+    let l = &app.config.auth.lockout;
+    (l.max_failures > 0).then(|| LockoutPolicy {
+        max_failures: l.max_failures,
+        window_secs: l.window.as_secs(),
+        lock_secs: l.duration.as_secs(),
+    })
+}
+
+/// `POST {prefix}/login`. Unknown login names and wrong passwords are indistinguishable:
+/// same status, same body, and the same argon2 work (a dummy hash stands in for a missing
+/// user). Failures count per login name whether or not an account exists.
+pub async fn login(
+    app: &Arc<App>,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    limit(app, app.limits.login.as_ref(), caller, "login")?;
+    let (_, body): (_, LoginBody) = read_json(app, request).await?;
+    let login = match (body.email, body.username) {
+        (Some(e), _) if !e.trim().is_empty() => e,
+        (_, Some(u)) if !u.trim().is_empty() => u,
+        _ => {
+            return Err(Error::InvalidRequest(
+                "email or username is required".into(),
+            ));
+        }
+    };
+    let key = fold(&login);
+    let now = app.clock.now();
+    let policy = lockout_policy(app);
+
+    if let Some(policy) = policy {
+        let (k, p) = (key.clone(), policy);
+        let state = app.db(move |s| s.login_failures(&k, now, &p)).await?;
+        if let Some(until) = state.locked_until {
+            audit(app, "login", "locked_out", None, caller.ip);
+            return Err(Error::AccountLocked {
+                retry_after_secs: Some(until.saturating_sub(now).max(1)),
+            });
+        }
+    }
+
+    let k = key.clone();
+    let user = app.db(move |s| s.find_user_by_login(&k)).await?;
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let outcome = app.hasher.verify(body.password.clone(), stored).await;
+    let (user, needs_rehash) = match (user, outcome) {
+        (Some(user), VerifyOutcome::Match { needs_rehash }) => (user, needs_rehash),
+        (user, _) => {
+            let user_id = user.as_ref().map(|u| u.id.clone());
+            audit(app, "login", "failed", user_id.as_deref(), caller.ip);
+            if let Some(policy) = policy {
+                let k = key.clone();
+                let state = app
+                    .db(move |s| s.record_login_failure(&k, now, &policy))
+                    .await?;
+                if let Some(until) = state.locked_until {
+                    audit(app, "lockout", "locked", user_id.as_deref(), caller.ip);
+                    return Err(Error::AccountLocked {
+                        retry_after_secs: Some(until.saturating_sub(now).max(1)),
+                    });
+                }
+            }
+            return Err(Error::InvalidCredentials);
+        }
+    };
+    // An admin lock is revealed only to someone who knows the password.
+    if user.locked {
+        audit(app, "login", "account_locked", Some(&user.id), caller.ip);
+        return Err(Error::AccountLocked {
+            retry_after_secs: None,
+        });
+    }
+    if policy.is_some() {
+        app.db(move |s| s.clear_login_failures(&key)).await?;
+    }
+    if needs_rehash {
+        rehash_later(app, &user.id, body.password);
+    }
+    let response = open_session(app, &user).await?;
+    audit(app, "login", "ok", Some(&user.id), caller.ip);
+    Ok(response)
+}
+
+/// Re-hashes a password whose stored hash uses old parameters, off the request path. Best
+/// effort: a failure leaves the old (still valid) hash.
+fn rehash_later(app: &Arc<App>, user_id: &str, password: String) {
+    let app = app.clone();
+    let id = user_id.to_string();
+    tokio::spawn(async move {
+        let Ok(hash) = app.hasher.hash(password).await else {
+            return;
+        };
+        let now = app.clock.now();
+        let result = app
+            .db(move |s| {
+                s.update_user(&id, &mut |u| {
+                    u.password_hash = hash.clone();
+                    u.updated_at = now;
+                    Ok(())
+                })
+            })
+            .await;
+        if let Err(e) = result {
+            e.log("rehash");
+        }
+    });
+}
+
+/// Opens a session for a user and answers with the token response.
+pub async fn open_session(app: &App, user: &UserRecord) -> Result<Response<Full<Bytes>>, Error> {
+    let now = app.clock.now();
+    let refresh = random_token().map_err(|e| Error::internal(e.0))?;
+    let session = SessionRecord {
+        id: new_id(),
+        user_id: user.id.clone(),
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + app.config.tokens.refresh_ttl.as_secs(),
+        revoked: false,
+    };
+    let (record, hash) = (session.clone(), token_hash(&refresh));
+    app.db(move |s| s.create_session(&record, &hash)).await?;
+    token_response(app, user, &session, refresh, now)
+}
+
+/// The token response of API.md §2 (RFC 6749 §5.1 field names).
+fn token_response(
+    app: &App,
+    user: &UserRecord,
+    session: &SessionRecord,
+    refresh: String,
+    now: u64,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let identity = Identity {
+        user_id: &user.id,
+        email: &user.email,
+        roles: &user.roles,
+        email_verified: user.email_verified,
+        session_id: &session.id,
+        min_iat: app.revocations.min_iat(&user.id),
+    };
+    let (access, claims) = app
+        .tokens
+        .issue(&identity, now)
+        .map_err(|e| Error::internal(format!("mint: {}", e.0)))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": claims.exp.saturating_sub(now),
+            "refresh_token": refresh,
+            "refresh_expires_in": session.expires_at.saturating_sub(now),
+            "user": user_json(user, false),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST {prefix}/refresh`: rotates the refresh token. A token that was already rotated
+/// revokes its whole family (reuse detection); two concurrent refreshes of one token yield
+/// at most one success because the store's rotation is one transaction.
+pub async fn refresh(
+    app: &App,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    limit(app, app.limits.refresh.as_ref(), caller, "refresh")?;
+    let (_, body): (_, RefreshBody) = read_json(app, request).await?;
+    if body.refresh_token.is_empty() || body.refresh_token.len() > 256 {
+        return Err(Error::Token(TokenRefusal::Invalid("malformed")));
+    }
+    let now = app.clock.now();
+    let old = token_hash(&body.refresh_token);
+    let next = random_token().map_err(|e| Error::internal(e.0))?;
+    let new = token_hash(&next);
+    let idle = app.config.tokens.refresh_idle_ttl.as_secs();
+    match app
+        .db(move |s| s.rotate_refresh(&old, &new, now, idle))
+        .await?
+    {
+        RotateOutcome::Rotated { session, user } => {
+            audit(app, "refresh", "ok", Some(&user.id), caller.ip);
+            token_response(app, &user, &session, next, now)
+        }
+        RotateOutcome::Reused { session } => {
+            app.revoke(Revocation::Session {
+                sid: session.id.clone(),
+                until: app.revocation_until(now),
+            })
+            .await?;
+            tracing::warn!(
+                target: "gatehouse::audit",
+                event = "refresh_reuse",
+                user_id = %session.user_id,
+                session_id = %session.id,
+                ip = %caller.ip,
+                "refresh token reused: session revoked"
+            );
+            app.metrics.auth_event("refresh", "reuse");
+            Err(Error::Token(TokenRefusal::Revoked))
+        }
+        RotateOutcome::Invalid => {
+            audit(app, "refresh", "invalid", None, caller.ip);
+            Err(Error::Token(TokenRefusal::Invalid("refresh")))
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct LogoutBody {
+    /// Accepted for clients that send it; the session is the access token's `sid`, whose
+    /// refresh tokens all stop working.
+    #[serde(default)]
+    #[allow(dead_code)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    all_sessions: bool,
+}
+
+/// `POST {prefix}/logout`: ends this session (or all of the user's), effective at once on
+/// the proxy path.
+pub async fn logout(
+    app: &App,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let claims = require_bearer(app, &request)?;
+    // An empty body is a plain logout.
+    let has_body = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_none_or(|v| v != "0");
+    let body: LogoutBody = if has_body && request.headers().contains_key(http::header::CONTENT_TYPE)
+    {
+        read_json(app, request).await?.1
+    } else {
+        LogoutBody::default()
+    };
+    let now = app.clock.now();
+    let sessions = if body.all_sessions {
+        super::account::revoke_user(app, &claims.sub, None).await?
+    } else {
+        let sid = claims.sid.clone();
+        let revoked = app.db(move |s| s.revoke_session(&sid)).await?;
+        app.revoke(Revocation::Session {
+            sid: claims.sid.clone(),
+            until: app.revocation_until(now),
+        })
+        .await?;
+        usize::from(revoked.is_some())
+    };
+    let event = if body.all_sessions {
+        "logout_all"
+    } else {
+        "logout"
+    };
+    audit(app, event, "ok", Some(&claims.sub), caller.ip);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "logged_out": true, "sessions_revoked": sessions }),
+    ))
+}
+
+/// `GET {prefix}/verify`: is this token good right now? Answers from the token and the
+/// revocation cache alone, so other services can call it cheaply.
+pub fn verify<B>(app: &App, request: &Request<B>) -> Result<Response<Full<Bytes>>, Error> {
+    let claims = require_bearer(app, request)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "valid": true,
+            "user": {
+                "id": claims.sub,
+                "email": claims.email,
+                "roles": claims.roles,
+                "email_verified": claims.email_verified,
+            },
+            "session_id": claims.sid,
+            "expires_at": rfc3339(claims.exp),
+        }),
+    ))
+}

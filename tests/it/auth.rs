@@ -1,0 +1,591 @@
+//! The identity service through real HTTP: register, login, refresh with rotation and reuse
+//! detection, logout, change-password, lockout, enumeration resistance, admin API.
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Gatehouse, ROUTES};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn gatehouse() -> Gatehouse {
+    Gatehouse::start(ROUTES, &[]).await
+}
+
+async fn register(gh: &Gatehouse, email: &str) -> Value {
+    gh.json(
+        Method::POST,
+        "/auth/register",
+        None,
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await
+    .expect(201)
+    .json()
+}
+
+async fn login(gh: &Gatehouse, email: &str, password: &str) -> crate::harness::Reply {
+    gh.json(
+        Method::POST,
+        "/auth/login",
+        None,
+        json!({"email": email, "password": password}),
+    )
+    .await
+}
+
+async fn tokens(gh: &Gatehouse, email: &str) -> (String, String) {
+    let body = login(gh, email, PASSWORD).await.expect(200).json();
+    (
+        body["access_token"].as_str().unwrap().to_string(),
+        body["refresh_token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn refresh(gh: &Gatehouse, refresh_token: &str) -> crate::harness::Reply {
+    gh.json(
+        Method::POST,
+        "/auth/refresh",
+        None,
+        json!({"refresh_token": refresh_token}),
+    )
+    .await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn full_session_lifecycle() {
+    let gh = gatehouse().await;
+    let user = register(&gh, "ada@example.com").await;
+    assert_eq!(user["user"]["email"], "ada@example.com");
+    assert_eq!(user["user"]["roles"], json!(["reader"]));
+    assert!(user["user"].get("password_hash").is_none());
+
+    let body = login(&gh, "ada@example.com", PASSWORD)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["refresh_expires_in"], 30 * 86400);
+    let access = body["access_token"].as_str().unwrap().to_string();
+    let refresh1 = body["refresh_token"].as_str().unwrap().to_string();
+    assert!(
+        refresh1.len() >= 22,
+        "refresh token carries at least 128 bits"
+    );
+
+    // The proxied call carries the identity.
+    let proxied = gh
+        .get_with("/api/items", &[("authorization", &bearer(&access))])
+        .await;
+    proxied.expect(200);
+    assert_eq!(
+        proxied.upstream_header("x-auth-user-id").as_deref(),
+        user["user"]["id"].as_str()
+    );
+    assert_eq!(
+        proxied.upstream_header("x-auth-email").as_deref(),
+        Some("ada@example.com")
+    );
+    assert_eq!(
+        proxied.upstream_header("x-auth-roles").as_deref(),
+        Some("reader")
+    );
+
+    // verify and me.
+    let verified = gh
+        .get_with("/auth/verify", &[("authorization", &bearer(&access))])
+        .await;
+    assert_eq!(verified.expect(200).json()["valid"], true);
+    let me = gh
+        .get_with("/auth/me", &[("authorization", &bearer(&access))])
+        .await;
+    assert_eq!(me.expect(200).json()["user"]["email"], "ada@example.com");
+
+    // Refresh rotates.
+    let rotated = refresh(&gh, &refresh1).await.expect(200).json();
+    let refresh2 = rotated["refresh_token"].as_str().unwrap().to_string();
+    let access2 = rotated["access_token"].as_str().unwrap().to_string();
+    assert_ne!(refresh1, refresh2);
+
+    // Reusing the rotated token revokes the family, successor included, and its access
+    // tokens on the proxy path.
+    refresh(&gh, &refresh1)
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+    refresh(&gh, &refresh2)
+        .await
+        .expect_error(401, "TOKEN_INVALID");
+    gh.get_with("/api/items", &[("authorization", &bearer(&access2))])
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+
+    // A new login, then logout: the access token stops at once.
+    let (access3, refresh3) = tokens(&gh, "ada@example.com").await;
+    gh.get_with("/api/items", &[("authorization", &bearer(&access3))])
+        .await
+        .expect(200);
+    gh.json(Method::POST, "/auth/logout", Some(&access3), json!({}))
+        .await
+        .expect(200);
+    gh.get_with("/api/items", &[("authorization", &bearer(&access3))])
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+    refresh(&gh, &refresh3)
+        .await
+        .expect_error(401, "TOKEN_INVALID");
+
+    let metrics = gh.get("/metrics").await.text();
+    assert!(
+        metrics.contains(r#"gatehouse_auth_events_total{event="refresh",outcome="reuse"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"gatehouse_auth_events_total{event="login",outcome="ok"}"#));
+}
+
+#[tokio::test]
+async fn logout_all_sessions_and_restart_keeps_revocations() {
+    let gh = gatehouse().await;
+    register(&gh, "bo@example.com").await;
+    let (a1, _) = tokens(&gh, "bo@example.com").await;
+    let (a2, r2) = tokens(&gh, "bo@example.com").await;
+    gh.json(
+        Method::POST,
+        "/auth/logout",
+        Some(&a1),
+        json!({"all_sessions": true}),
+    )
+    .await
+    .expect(200);
+    for token in [&a1, &a2] {
+        gh.get_with("/api/items", &[("authorization", &bearer(token))])
+            .await
+            .expect_error(401, "TOKEN_REVOKED");
+    }
+    refresh(&gh, &r2).await.expect_error(401, "TOKEN_INVALID");
+
+    // The revocations are durable: a restarted gatehouse still refuses the tokens.
+    let gh = gh.restart().await;
+    gh.get_with("/api/items", &[("authorization", &bearer(&a2))])
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+    // And a fresh login works.
+    let (a3, _) = tokens(&gh, "bo@example.com").await;
+    gh.get_with("/api/items", &[("authorization", &bearer(&a3))])
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_yield_at_most_one_success() {
+    let gh = gatehouse().await;
+    register(&gh, "race@example.com").await;
+    for _ in 0..5 {
+        let (_, refresh_token) = tokens(&gh, "race@example.com").await;
+        let results =
+            futures_join(refresh(&gh, &refresh_token), refresh(&gh, &refresh_token)).await;
+        let ok = results.iter().filter(|r| r.status == 200).count();
+        assert!(
+            ok <= 1,
+            "two refreshes of one token both succeeded: {results:?}"
+        );
+        for r in results.iter().filter(|r| r.status != 200) {
+            r.expect_error(401, "TOKEN_REVOKED");
+        }
+    }
+}
+
+async fn futures_join<A, B>(a: A, b: B) -> Vec<crate::harness::Reply>
+where
+    A: std::future::Future<Output = crate::harness::Reply>,
+    B: std::future::Future<Output = crate::harness::Reply>,
+{
+    let (a, b) = tokio::join!(a, b);
+    vec![a, b]
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_are_indistinguishable() {
+    let gh = gatehouse().await;
+    register(&gh, "cy@example.com").await;
+    let wrong = login(&gh, "cy@example.com", "not the password").await;
+    let unknown = login(&gh, "nobody@example.com", "not the password").await;
+    wrong.expect_error(401, "INVALID_CREDENTIALS");
+    unknown.expect_error(401, "INVALID_CREDENTIALS");
+    assert_eq!(wrong.body, unknown.body);
+    let strip = |r: &crate::harness::Reply| {
+        let mut h = r.headers.clone();
+        h.remove("date");
+        h.remove("x-request-id");
+        h
+    };
+    assert_eq!(strip(&wrong), strip(&unknown));
+}
+
+#[tokio::test]
+async fn lockout_counts_per_login_name_and_survives_restart() {
+    let gh = Gatehouse::start(
+        ROUTES,
+        &[
+            ("GATEHOUSE_AUTH_LOCKOUT_MAX_FAILURES", "3"),
+            ("GATEHOUSE_RATE_LIMITS_LOGIN", "0"),
+        ],
+    )
+    .await;
+    register(&gh, "dee@example.com").await;
+    for _ in 0..2 {
+        login(&gh, "dee@example.com", "wrong password!")
+            .await
+            .expect_error(401, "INVALID_CREDENTIALS");
+    }
+    // A success resets the counter.
+    login(&gh, "dee@example.com", PASSWORD).await.expect(200);
+    for _ in 0..2 {
+        login(&gh, "dee@example.com", "wrong password!")
+            .await
+            .expect_error(401, "INVALID_CREDENTIALS");
+    }
+    let locked = login(&gh, "dee@example.com", "wrong password!").await;
+    locked.expect_error(423, "ACCOUNT_LOCKED");
+    assert!(
+        locked
+            .header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().unwrap() > 0)
+    );
+    // Even the right password is refused while locked.
+    login(&gh, "dee@example.com", PASSWORD)
+        .await
+        .expect_error(423, "ACCOUNT_LOCKED");
+
+    // Unknown names lock the same way: the lockout reveals nothing.
+    for _ in 0..3 {
+        login(&gh, "ghost@example.com", "wrong password!").await;
+    }
+    login(&gh, "ghost@example.com", "wrong password!")
+        .await
+        .expect_error(423, "ACCOUNT_LOCKED");
+
+    // Counters survive a restart, and expire with the lock duration.
+    let gh = gh.restart().await;
+    login(&gh, "dee@example.com", PASSWORD)
+        .await
+        .expect_error(423, "ACCOUNT_LOCKED");
+    gh.advance(15 * 60 + 1);
+    login(&gh, "dee@example.com", PASSWORD).await.expect(200);
+}
+
+#[tokio::test]
+async fn registration_refuses_bad_input_and_writes_nothing() {
+    let gh = gatehouse().await;
+    // Wrong content type, malformed JSON, missing field: 400.
+    gh.send(
+        Method::POST,
+        "/auth/register",
+        &[("content-type", "text/plain")],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    gh.send(
+        Method::POST,
+        "/auth/register",
+        &[("content-type", "application/json")],
+        Bytes::from_static(b"{\"email\":"),
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    gh.json(
+        Method::POST,
+        "/auth/register",
+        None,
+        json!({"email": "x@example.com"}),
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    // Oversized body: 413, before hashing anything.
+    let huge = json!({"email": "x@example.com", "password": "p".repeat(200_000)});
+    gh.json(Method::POST, "/auth/register", None, huge)
+        .await
+        .expect_error(413, "PAYLOAD_TOO_LARGE");
+    // Bad values: 422 with the field named.
+    let bad = gh
+        .json(
+            Method::POST,
+            "/auth/register",
+            None,
+            json!({"email": "not-an-email", "password": PASSWORD, "username": "a@b"}),
+        )
+        .await;
+    let body = bad.expect_error(422, "VALIDATION_FAILED").json();
+    assert!(
+        body["error"]["fields"]["email"].is_string()
+            && body["error"]["fields"]["username"].is_string(),
+        "{body}"
+    );
+    // Weak passwords: too short, common, a 1 MB one refused fast.
+    for password in ["short", "password123", "qwertyuiop"] {
+        gh.json(
+            Method::POST,
+            "/auth/register",
+            None,
+            json!({"email": "w@example.com", "password": password}),
+        )
+        .await
+        .expect_error(422, "WEAK_PASSWORD");
+    }
+    // Choosing a role not on the sign-up list.
+    gh.json(
+        Method::POST,
+        "/auth/register",
+        None,
+        json!({"email": "r@example.com", "password": PASSWORD, "roles": ["admin"]}),
+    )
+    .await
+    .expect_error(422, "VALIDATION_FAILED");
+    // Nothing was written: each address is still free.
+    for email in ["x@example.com", "w@example.com", "r@example.com"] {
+        register(&gh, email).await;
+    }
+    // A taken address (in any case): 409.
+    gh.json(
+        Method::POST,
+        "/auth/register",
+        None,
+        json!({"email": "X@Example.com", "password": PASSWORD}),
+    )
+    .await
+    .expect_error(409, "EMAIL_ALREADY_EXISTS");
+}
+
+#[tokio::test]
+async fn closed_registration_and_selectable_roles() {
+    let closed = Gatehouse::start(ROUTES, &[("GATEHOUSE_AUTH_REGISTRATION", "closed")]).await;
+    closed
+        .json(
+            Method::POST,
+            "/auth/register",
+            None,
+            json!({"email": "a@example.com", "password": PASSWORD}),
+        )
+        .await
+        .expect_error(403, "FORBIDDEN");
+
+    let open = Gatehouse::start(
+        ROUTES,
+        &[("GATEHOUSE_AUTH_SELECTABLE_ROLES", "reader,creator")],
+    )
+    .await;
+    let user = open
+        .json(
+            Method::POST,
+            "/auth/register",
+            None,
+            json!({"email": "c@example.com", "password": PASSWORD, "roles": ["creator"], "username": "cree"}),
+        )
+        .await
+        .expect(201)
+        .json();
+    assert_eq!(user["user"]["roles"], json!(["creator"]));
+    // Login by username works too.
+    open.json(
+        Method::POST,
+        "/auth/login",
+        None,
+        json!({"username": "CREE", "password": PASSWORD}),
+    )
+    .await
+    .expect(200);
+}
+
+#[tokio::test]
+async fn change_password_revokes_other_sessions() {
+    let gh = gatehouse().await;
+    register(&gh, "eve@example.com").await;
+    let (mine, _) = tokens(&gh, "eve@example.com").await;
+    let (other, other_refresh) = tokens(&gh, "eve@example.com").await;
+    gh.json(
+        Method::PUT,
+        "/auth/change-password",
+        Some(&mine),
+        json!({"current_password": "wrong one!!", "new_password": "a brand new secret"}),
+    )
+    .await
+    .expect_error(401, "INVALID_CREDENTIALS");
+    gh.json(
+        Method::PUT,
+        "/auth/change-password",
+        Some(&mine),
+        json!({"current_password": PASSWORD, "new_password": "a brand new secret"}),
+    )
+    .await
+    .expect(200);
+    gh.get_with("/api/items", &[("authorization", &bearer(&mine))])
+        .await
+        .expect(200);
+    gh.get_with("/api/items", &[("authorization", &bearer(&other))])
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+    refresh(&gh, &other_refresh)
+        .await
+        .expect_error(401, "TOKEN_INVALID");
+    login(&gh, "eve@example.com", PASSWORD)
+        .await
+        .expect_error(401, "INVALID_CREDENTIALS");
+    login(&gh, "eve@example.com", "a brand new secret")
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn unknown_auth_endpoints_and_methods() {
+    let gh = gatehouse().await;
+    gh.get("/auth/nope").await.expect_error(404, "NOT_FOUND");
+    let r = gh.get("/auth/login").await;
+    r.expect(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    gh.get("/auth/me").await.expect_error(401, "TOKEN_MISSING");
+}
+
+#[tokio::test]
+async fn admin_api_manages_users() {
+    let gh = gatehouse().await;
+    let admin = gh.token("root", &["admin"]);
+    let reader = gh.token("someone", &["reader"]);
+    gh.get_with("/auth/admin/users", &[("authorization", &bearer(&reader))])
+        .await
+        .expect_error(403, "FORBIDDEN");
+    gh.get("/auth/admin/users")
+        .await
+        .expect_error(401, "TOKEN_MISSING");
+
+    let created = gh
+        .json(
+            Method::POST,
+            "/auth/admin/users",
+            Some(&admin),
+            json!({"email": "fay@example.com", "password": PASSWORD, "roles": ["creator"]}),
+        )
+        .await
+        .expect(201)
+        .json();
+    let id = created["user"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["user"]["locked"], false);
+    for i in 0..3 {
+        register(&gh, &format!("u{i}@example.com")).await;
+    }
+    // Pagination.
+    let page1 = gh
+        .get_with(
+            "/auth/admin/users?limit=2",
+            &[("authorization", &bearer(&admin))],
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page1["users"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2 = gh
+        .get_with(
+            &format!("/auth/admin/users?limit=2&cursor={cursor}"),
+            &[("authorization", &bearer(&admin))],
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page2["users"].as_array().unwrap().len(), 2);
+
+    // Roles: unknown ones refused; a change ends the user's current access tokens.
+    let (fay, fay_refresh) = tokens(&gh, "fay@example.com").await;
+    gh.json(
+        Method::PATCH,
+        &format!("/auth/admin/users/{id}"),
+        Some(&admin),
+        json!({"roles": ["wizard"]}),
+    )
+    .await
+    .expect_error(422, "VALIDATION_FAILED");
+    gh.advance(1);
+    let patched = gh
+        .json(
+            Method::PATCH,
+            &format!("/auth/admin/users/{id}"),
+            Some(&admin),
+            json!({"roles": ["reader"]}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(patched["user"]["roles"], json!(["reader"]));
+    gh.get_with("/api/items", &[("authorization", &bearer(&fay))])
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+    let renewed = refresh(&gh, &fay_refresh).await.expect(200).json();
+    assert_eq!(renewed["user"]["roles"], json!(["reader"]));
+
+    // Lock: logins refused, sessions gone; unlock restores.
+    gh.json(
+        Method::PATCH,
+        &format!("/auth/admin/users/{id}"),
+        Some(&admin),
+        json!({"locked": true}),
+    )
+    .await
+    .expect(200);
+    login(&gh, "fay@example.com", PASSWORD)
+        .await
+        .expect_error(423, "ACCOUNT_LOCKED");
+    gh.json(
+        Method::PATCH,
+        &format!("/auth/admin/users/{id}"),
+        Some(&admin),
+        json!({"locked": false}),
+    )
+    .await
+    .expect(200);
+    let (fay2, _) = tokens(&gh, "fay@example.com").await;
+
+    let got = gh
+        .get_with(
+            &format!("/auth/admin/users/{id}"),
+            &[("authorization", &bearer(&admin))],
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(got["user"]["email"], "fay@example.com");
+
+    gh.json(
+        Method::POST,
+        &format!("/auth/admin/users/{id}/revoke-sessions"),
+        Some(&admin),
+        json!({}),
+    )
+    .await
+    .expect(200);
+    gh.get_with("/api/items", &[("authorization", &bearer(&fay2))])
+        .await
+        .expect_error(401, "TOKEN_REVOKED");
+
+    gh.send(
+        Method::DELETE,
+        &format!("/auth/admin/users/{id}"),
+        &[("authorization", &bearer(&admin))],
+        Bytes::new(),
+    )
+    .await
+    .expect(204);
+    gh.get_with(
+        &format!("/auth/admin/users/{id}"),
+        &[("authorization", &bearer(&admin))],
+    )
+    .await
+    .expect_error(404, "NOT_FOUND");
+    login(&gh, "fay@example.com", PASSWORD)
+        .await
+        .expect_error(401, "INVALID_CREDENTIALS");
+}
