@@ -197,9 +197,16 @@ async fn start(config: Config) -> Result<(), String> {
     let listeners = Listeners::bind(&app)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", app.config.server.listen))?;
+    // The bound address, not the configured one: with port 0 this is how scripts and tests
+    // learn where gatehouse listens.
+    let bound = listeners
+        .main
+        .local_addr()
+        .map_or_else(|_| app.config.server.listen.to_string(), |a| a.to_string());
     tracing::info!(
-        listen = %app.config.server.listen,
+        listen = %bound,
         upstream = %app.config.upstream.url.authority,
+        tls = app.config.server.tls.is_some(),
         "gatehouse ready"
     );
     server::run(app, listeners, shutdown_signal()).await;

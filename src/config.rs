@@ -1591,6 +1591,35 @@ mod tests {
         assert!(paths.len() > 50);
     }
 
+    /// The documented example is valid and documents every key.
+    #[test]
+    fn example_config_is_valid_and_complete() {
+        let text = include_str!("../config.toml.example");
+        let env = vec![("GATEHOUSE_TOKENS_SECRET".to_string(), SECRET.to_string())];
+        Config::from_toml(text, env).unwrap();
+        fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(t) => walk(&path, t, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        let mut documented = Vec::new();
+        walk("", &text.parse::<toml::Table>().unwrap(), &mut documented);
+        for (path, _) in OVERRIDABLE {
+            assert!(
+                documented.iter().any(|d| d == path),
+                "{path} is not in config.toml.example"
+            );
+        }
+    }
+
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("900ms").unwrap(), Duration::from_millis(900));

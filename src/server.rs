@@ -4,7 +4,9 @@
 //! bind `127.0.0.1:0` and stop the server by completing a future. Each accepted connection
 //! is served by hyper-util's auto builder (HTTP/1.1 and HTTP/2, with upgrades) under the
 //! limits from `[server]`. On shutdown the listeners close at once, `/readyz` turns 503, and
-//! in-flight requests get up to `server.shutdown_timeout` to finish before `run` returns.
+//! in-flight requests get up to `server.shutdown_timeout` to finish; connections still open
+//! at that deadline are closed (their requests cancelled) before `run` returns, so an
+//! embedding process is not left with connections serving after `run` said it was done.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::app::App;
 use crate::gate::{self, ConnInfo};
@@ -71,6 +73,8 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     let graceful = GracefulShutdown::new();
     let builder = builder(&app);
     let slots = Arc::new(Semaphore::new(app.config.server.max_connections));
+    // Flips to true at the drain deadline; every connection task watches it.
+    let (deadline_passed, closing) = watch::channel(false);
     let Listeners { main, admin } = listeners;
     tokio::pin!(shutdown);
 
@@ -98,17 +102,21 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                     .into_owned();
                 let watched = graceful.watch(connection);
                 gauge.inc();
+                let closing = closing.clone();
                 tokio::spawn(async move {
                     // Connection errors (client resets, timeouts) are the client's business;
                     // hyper has already answered what could be answered.
-                    let _ = watched.await;
+                    tokio::select! {
+                        _ = watched => {}
+                        () = until_closed(closing) => {}
+                    }
                     gauge.dec();
                     drop(slot);
                 });
             }
             accepted = accept_admin(admin.as_ref()) => {
                 if let Ok((stream, _)) = accepted {
-                    serve_admin(&app, &builder, &graceful, stream);
+                    serve_admin(&app, &builder, &graceful, closing.clone(), stream);
                 }
             }
         }
@@ -120,8 +128,18 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     tracing::info!("shutting down: draining in-flight requests");
     match tokio::time::timeout(app.config.server.shutdown_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
+        Err(_) => {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+            // Each task drops its connection, which closes the socket and cancels the
+            // request still in flight on it.
+            deadline_passed.send_replace(true);
+        }
     }
+}
+
+/// Completes once the drain deadline has passed (or `run` is gone).
+async fn until_closed(mut closing: watch::Receiver<bool>) {
+    let _ = closing.wait_for(|&passed| passed).await;
 }
 
 async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -135,6 +153,7 @@ fn serve_admin(
     app: &Arc<App>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
+    closing: watch::Receiver<bool>,
     stream: TcpStream,
 ) {
     let app = app.clone();
@@ -153,6 +172,9 @@ fn serve_admin(
         .into_owned();
     let watched = graceful.watch(connection);
     tokio::spawn(async move {
-        let _ = watched.await;
+        tokio::select! {
+            _ = watched => {}
+            () = until_closed(closing) => {}
+        }
     });
 }

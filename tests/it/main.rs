@@ -2,5 +2,9 @@
 //! real upstreams on ephemeral ports. One test binary, a module per area.
 
 mod auth;
+mod crash;
 mod harness;
+mod ops;
+mod policy;
 mod proxy;
+mod tokens;

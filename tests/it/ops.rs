@@ -1,0 +1,363 @@
+//! The ops surface and the server's life (issue 2, points 3 and 9): health, readiness,
+//! Prometheus metrics, the admin listener, and graceful shutdown in-process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::harness::{
+    Gatehouse, ROUTES, Setup, dead_addr, gated_upstream, raw_exchange, raw_upstream,
+};
+
+#[tokio::test]
+async fn healthz_and_readyz() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let r = gh.get("/healthz").await;
+    r.expect(200);
+    assert_eq!(r.json()["status"], "ok");
+    let r = gh.get("/readyz").await;
+    r.expect(200);
+    assert_eq!(r.json()["status"], "ready");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // HEAD works, other methods do not.
+    gh.send(Method::HEAD, "/healthz", &[], Bytes::new())
+        .await
+        .expect(200);
+    gh.send(Method::POST, "/healthz", &[], Bytes::new())
+        .await
+        .expect(405);
+    gh.send(Method::DELETE, "/metrics", &[], Bytes::new())
+        .await
+        .expect(405);
+}
+
+#[tokio::test]
+async fn readyz_checks_the_upstream_health_path() {
+    // A healthy upstream.
+    let gh = Gatehouse::start(ROUTES, &[("GATEHOUSE_UPSTREAM_HEALTH_PATH", "/health")]).await;
+    gh.get("/readyz").await.expect(200);
+
+    // A down upstream: alive, but not ready, and the reason names no address.
+    let down = dead_addr();
+    let gh = Gatehouse::launch(Setup {
+        env: &[("GATEHOUSE_UPSTREAM_HEALTH_PATH", "/health")],
+        wait_for: "/healthz",
+        ..Setup::new(down, ROUTES)
+    })
+    .await;
+    let r = gh.get("/readyz").await;
+    r.expect(503);
+    assert_eq!(r.json()["status"], "not_ready", "{}", r.text());
+    for leak in [down.ip().to_string(), down.port().to_string()] {
+        assert!(!r.text().contains(&leak), "{}", r.text());
+    }
+    gh.get("/healthz").await.expect(200);
+
+    // An upstream whose health check fails with a 5xx.
+    let sick = raw_upstream(|head| {
+        if head.starts_with("GET /health ") {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
+        }
+    })
+    .await;
+    let gh = Gatehouse::launch(Setup {
+        env: &[("GATEHOUSE_UPSTREAM_HEALTH_PATH", "/health")],
+        wait_for: "/healthz",
+        ..Setup::new(sick, ROUTES)
+    })
+    .await;
+    gh.get("/readyz").await.expect(503);
+    // Without a health path the upstream is not probed at all.
+    let gh = Gatehouse::start_with(sick, ROUTES, &[]).await;
+    gh.get("/readyz").await.expect(200);
+}
+
+/// Parses the Prometheus text format strictly enough to catch malformed output: every
+/// sample belongs to a family with HELP and TYPE, names carry the prefix, counters end in
+/// `_total`, values are numbers. Returns `sample (name{labels}) → value`.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut types: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut helps: Vec<&str> = Vec::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!help.is_empty(), "no help text: {line}");
+            helps.push(name);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect(line);
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter without _total: {line}");
+            }
+            types.insert(name, kind);
+        } else if !line.is_empty() {
+            let (sample, value) = line.rsplit_once(' ').expect(line);
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            let name = sample.split('{').next().unwrap();
+            assert!(name.starts_with("gatehouse_"), "unprefixed: {line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| types.get(f) == Some(&"histogram"))
+                })
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "no TYPE before {line}");
+            assert!(helps.contains(&family), "no HELP before {line}");
+            samples.insert(sample.to_string(), value);
+        }
+    }
+    samples
+}
+
+fn sample(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
+    samples.get(key).copied().unwrap_or_else(|| {
+        let near: Vec<&String> = samples
+            .keys()
+            .filter(|k| k.starts_with(key.split('{').next().unwrap()))
+            .collect();
+        panic!("no sample {key}; have {near:#?}")
+    })
+}
+
+fn requests(route: &str, class: &str, outcome: &str) -> String {
+    format!(
+        "gatehouse_requests_total{{method_class=\"{class}\",outcome=\"{outcome}\",route=\"{route}\"}}"
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_rule_class_and_outcome() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let reader = format!("Bearer {}", gh.token("u1", &["reader"]));
+    let auth = [("authorization", reader.as_str())];
+    gh.get("/public/a").await.expect(200);
+    gh.get("/public/b").await.expect(200);
+    gh.send(Method::POST, "/public/c", &[], Bytes::new())
+        .await
+        .expect(200);
+    gh.get_with("/api/items", &auth).await.expect(200);
+    gh.send(Method::POST, "/api/items", &auth, Bytes::new())
+        .await
+        .expect(403);
+    gh.send(Method::POST, "/api/items", &[], Bytes::new())
+        .await
+        .expect(401);
+    gh.get_with("/api/items", &[("authorization", "Bearer x.y.z")])
+        .await
+        .expect(401);
+    gh.get("/blocked/x").await.expect(403);
+    gh.get("/elsewhere").await.expect(403);
+    gh.send(Method::TRACE, "/elsewhere", &[], Bytes::new())
+        .await
+        .expect(403);
+    gh.get("/public/a%2Fb").await.expect(400);
+
+    let r = gh.get("/metrics").await;
+    r.expect(200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{r:?}"
+    );
+    let m = parse_metrics(&r.text());
+    // Rules 2 and 3 share the glob `/api/**`; the later one is told apart by its index.
+    for (key, want) in [
+        (requests("/public/**", "read", "forwarded"), 2.0),
+        (requests("/public/**", "write", "forwarded"), 1.0),
+        (requests("/api/**#3", "read", "forwarded"), 1.0),
+        (requests("/api/**", "write", "forbidden"), 1.0),
+        (requests("/api/**", "write", "unauthenticated"), 1.0),
+        (requests("/api/**#3", "read", "unauthenticated"), 1.0),
+        (requests("/blocked/**", "read", "forbidden"), 1.0),
+        (requests("default", "read", "forbidden"), 1.0),
+        (requests("default", "other", "forbidden"), 1.0),
+        (requests("default", "read", "rejected"), 1.0),
+        (requests("/public/**", "read", "upstream_error"), 0.0),
+        (
+            "gatehouse_auth_failures_total{reason=\"missing\"}".into(),
+            1.0,
+        ),
+        (
+            "gatehouse_auth_failures_total{reason=\"malformed\"}".into(),
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&m, &key), want, "{key}");
+    }
+    // Both histograms, so gatehouse's own share can be read off: every counted request is
+    // in the whole-request histogram, only forwarded ones in the upstream one.
+    assert_eq!(sample(&m, "gatehouse_request_duration_seconds_count"), 11.0);
+    assert_eq!(sample(&m, "gatehouse_upstream_duration_seconds_count"), 4.0);
+    assert_eq!(
+        sample(&m, "gatehouse_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        11.0
+    );
+    assert!(sample(&m, "gatehouse_request_duration_seconds_sum") > 0.0);
+    assert!(
+        sample(&m, "gatehouse_request_duration_seconds_sum")
+            >= sample(&m, "gatehouse_upstream_duration_seconds_sum")
+    );
+    // Ops requests are not proxied requests.
+    let again = parse_metrics(&gh.get("/metrics").await.text());
+    assert_eq!(
+        sample(&again, "gatehouse_request_duration_seconds_count"),
+        11.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_upstream_errors_by_kind() {
+    let gh = Gatehouse::start_with(dead_addr(), ROUTES, &[]).await;
+    gh.get("/public/a").await.expect(502);
+    gh.get("/public/b").await.expect(502);
+    let garbage = raw_upstream(|_| b"garbage\r\n\r\n".to_vec()).await;
+    let gh2 = Gatehouse::start_with(garbage, ROUTES, &[]).await;
+    gh2.get("/public/a").await.expect(502);
+
+    let m = parse_metrics(&gh.get("/metrics").await.text());
+    assert_eq!(
+        sample(&m, "gatehouse_upstream_errors_total{kind=\"connect\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, &requests("/public/**", "read", "upstream_error")),
+        2.0
+    );
+    let m = parse_metrics(&gh2.get("/metrics").await.text());
+    assert_eq!(
+        sample(&m, "gatehouse_upstream_errors_total{kind=\"broken\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_admin_listener_takes_the_ops_endpoints_off_the_main_one() {
+    let extra = format!(
+        "[[routes]]\npath = \"/metrics\"\naccess = \"public\"\n\n\
+         [[routes]]\npath = \"/healthz\"\naccess = \"public\"\n{ROUTES}"
+    );
+    let echo = gatehouse::demo::echo_upstream().await.unwrap();
+    let gh = Gatehouse::launch(Setup {
+        admin: true,
+        env: &[("GATEHOUSE_SERVER_ADMIN_LISTEN", "127.0.0.1:0")],
+        ..Setup::new(echo, &extra)
+    })
+    .await;
+
+    // The main listener forwards these paths like any other.
+    for path in ["/metrics", "/healthz"] {
+        let r = gh.get(path).await;
+        r.expect(200);
+        assert_eq!(r.json()["path"], path, "{}", r.text());
+    }
+    // /readyz has no rule, so the default denies it.
+    gh.get("/readyz").await.expect_error(403, "FORBIDDEN");
+
+    // The admin listener serves ops, and nothing else.
+    gh.admin_send(Method::GET, "/healthz").await.expect(200);
+    gh.admin_send(Method::GET, "/readyz").await.expect(200);
+    gh.admin_send(Method::POST, "/readyz").await.expect(405);
+    gh.admin_send(Method::GET, "/public/x")
+        .await
+        .expect_error(404, "NOT_FOUND");
+    let r = gh.admin_send(Method::GET, "/metrics").await;
+    r.expect(200);
+    let m = parse_metrics(&r.text());
+    assert_eq!(sample(&m, &requests("/metrics", "read", "forwarded")), 1.0);
+    assert_eq!(sample(&m, &requests("default", "read", "forbidden")), 1.0);
+}
+
+/// Shutdown: the listener closes at once, the in-flight request still completes, and the
+/// server returns once it has.
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let (upstream, mut gate) = gated_upstream().await;
+    let gh = Gatehouse::start_with(upstream, ROUTES, &[]).await;
+    let addr = gh.addr;
+    let in_flight = tokio::spawn(async move {
+        raw_exchange(
+            addr,
+            b"GET /public/slow HTTP/1.1\r\nHost: gh\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    gate.arrived().await;
+
+    let stopped = tokio::spawn(gh.stop());
+    wait_until_refused(addr).await;
+    assert!(
+        !stopped.is_finished(),
+        "stopped before the request finished"
+    );
+
+    gate.release_one();
+    let r = in_flight.await.unwrap();
+    r.expect(200);
+    assert_eq!(r.text(), "done");
+    stopped.await.unwrap();
+}
+
+/// Past `server.shutdown_timeout` the server stops waiting and closes what is left.
+#[tokio::test]
+async fn shutdown_gives_up_after_the_drain_deadline() {
+    let (upstream, mut gate) = gated_upstream().await;
+    let gh = Gatehouse::start_with(
+        upstream,
+        ROUTES,
+        &[("GATEHOUSE_SERVER_SHUTDOWN_TIMEOUT", "300ms")],
+    )
+    .await;
+    let addr = gh.addr;
+    let in_flight = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /public/stuck HTTP/1.1\r\nHost: gh\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        answer
+    });
+    gate.arrived().await;
+
+    let started = std::time::Instant::now();
+    gh.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(4),
+        "stop took {took:?}"
+    );
+    // The stuck request's connection was closed rather than left to the upstream timeout.
+    let answer = tokio::time::timeout(Duration::from_secs(3), in_flight)
+        .await
+        .expect("the stuck connection was left open after the deadline")
+        .unwrap();
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// Polls until new connections are refused: the listener has closed.
+async fn wait_until_refused(addr: std::net::SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{addr} still accepts connections");
+}
