@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
+use crate::auth::recovery::Recovery;
 use crate::config::{Config, RateLimitConfig};
+use crate::email::Mailer;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::password::{Hasher, PasswordSettings};
@@ -16,6 +18,7 @@ use crate::ratelimit::{Rate, RateLimiter};
 use crate::revocation::{Revocations, UserCutoff};
 use crate::store::sled::SledStore;
 use crate::store::{Revocation, Store, StoreError};
+use crate::tls::ServerTls;
 use crate::token::{TokenSettings, Tokens};
 
 /// How often expired sessions, tokens, revocations and counters are purged from the store.
@@ -127,6 +130,13 @@ pub struct App {
     pub limits: Limits,
     pub clock: Clock,
     pub request_ids: RequestIds,
+    /// Outgoing mail (reset, verification, notices), delivered off the request path.
+    pub mailer: Mailer,
+    /// Forgot-password cooldowns and the background-job budget.
+    pub recovery: Recovery,
+    /// The listener's TLS when `server.tls` is set; loaded by [`App::start`] only, so the
+    /// offline `user` commands never need the certificate files.
+    pub tls: Option<ServerTls>,
     shutting_down: AtomicBool,
 }
 
@@ -190,6 +200,14 @@ impl App {
             apply_revocation(&revocations, entry, now);
         }
         metrics.revocations_cached.set(revocations.len() as i64);
+        // Checked here so that a bad sender or SMTP URL fails the start; nothing is spawned
+        // until `start`, so the offline CLI can build an App too.
+        let mailer = Mailer::new(
+            &config.email,
+            config.auth.expose_debug_tokens,
+            metrics.mail.clone(),
+        )?;
+        let recovery = Recovery::new(config.auth.forgot_cooldown);
 
         Ok(App {
             store,
@@ -197,24 +215,51 @@ impl App {
             tokens,
             revocations,
             metrics,
-            upstream: Upstream::new(&config),
+            upstream: Upstream::new(&config)?,
             limits: Limits::new(&config.rate_limits),
             clock,
             request_ids: RequestIds::new(),
+            mailer,
+            recovery,
+            tls: None,
             shutting_down: AtomicBool::new(false),
             config,
         })
     }
 
-    /// Builds the app for serving: opens the sled store at `store.path` (a clear error when
-    /// another process holds it), loads revocations and starts the purge task.
+    /// Builds the app for serving: loads the TLS certificate, opens the sled store at
+    /// `store.path` (a clear error when another process holds it), loads revocations and
+    /// starts the purge and certificate-reload tasks.
     pub async fn start(config: Config, clock: Clock) -> Result<Arc<App>, String> {
+        // Before the store: a bad certificate file fails the start without touching data.
+        let tls = match &config.server.tls {
+            Some(files) => Some(ServerTls::load(files).map_err(|e| format!("server.tls: {e}"))?),
+            None => None,
+        };
         let path = config.store_path.clone();
         let store = tokio::task::spawn_blocking(move || SledStore::open(&path))
             .await
             .map_err(|e| format!("store: {e}"))?
             .map_err(|e| e.to_string())?;
-        let app = Arc::new(App::new(config, Arc::new(store), clock)?);
+        let mut app = App::new(config, Arc::new(store), clock)?;
+        if let Some(tls) = &tls {
+            tls.spawn_reloader();
+        }
+        app.tls = tls;
+        let app = Arc::new(app);
+        app.mailer.start();
+        if app.config.auth.expose_debug_tokens {
+            tracing::warn!(
+                "auth.expose_debug_tokens is ON: reset and verification tokens appear in API \
+                 answers and logs, and forgot-password reveals which addresses have accounts. \
+                 Development only: never run this in production."
+            );
+        }
+        if app.mailer.mode() == "log" {
+            tracing::info!(
+                "email.mode = \"log\": no mail is sent; reset and verification mails are only logged"
+            );
+        }
         let weak = Arc::downgrade(&app);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PURGE_INTERVAL);
@@ -288,7 +333,9 @@ impl App {
 
     /// For `/readyz`: is the store usable?
     pub fn check_store(&self) -> Result<(), String> {
-        Ok(())
+        self.store
+            .health()
+            .map_err(|_| "store not readable".to_string())
     }
 
     /// Marks the app as draining: `/readyz` answers 503 so load balancers stop sending.

@@ -49,7 +49,7 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 /// `X-Forwarded-For` line is read in order; `trusted` are the trusted-proxy CIDRs. The result
 /// is always canonical: an IPv4-mapped IPv6 address comes back as IPv4. Never allocates.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    resolve(peer, headers, trusted).client
+    resolve(peer, headers, trusted, |_| {}).client
 }
 
 /// The `X-Forwarded-For` value to send upstream, for the same inputs as [`client_ip`].
@@ -60,17 +60,15 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 /// wrote is replaced. The string contains only ASCII digits, hex letters, `.`, `:`, `,` and
 /// spaces, so it is always a valid header value.
 pub fn forwarded_for_value(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> String {
-    let resolved = resolve(peer, headers, trusted);
+    // The walk visits the believed hops right to left; a Vec stays unallocated when the peer
+    // is not trusted, and holds a handful of addresses otherwise.
+    let mut hops = Vec::new();
+    let resolved = resolve(peer, headers, trusted, |hop| hops.push(hop));
     // Each address is at most 39 characters (full IPv6) plus the separator.
-    let mut out = String::with_capacity((resolved.hops + 1) * 41);
-    if resolved.hops > 0 {
-        // The walk stopped after `hops` well-formed entries counted from the right, so the
-        // last `hops` non-empty entries are exactly the believed ones, in order.
-        let skip = elements(headers).count() - resolved.hops;
-        for addr in elements(headers).skip(skip).filter_map(parse_addr) {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{addr}, ");
-        }
+    let mut out = String::with_capacity((hops.len() + 1) * 41);
+    for hop in hops.iter().rev() {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{hop}, ");
     }
     let _ = write!(out, "{}", resolved.peer);
     out
@@ -94,27 +92,27 @@ struct Resolved {
     peer: IpAddr,
     /// The client address.
     client: IpAddr,
-    /// How many `X-Forwarded-For` entries, counted from the right, make up the believed
-    /// chain (the client and the trusted hops after it); zero when the peer is the client.
-    hops: usize,
 }
 
-fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Resolved {
+/// Walks the chain, calling `on_hop` with each `X-Forwarded-For` entry it believes (the
+/// client and the trusted hops after it), right to left.
+fn resolve(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    mut on_hop: impl FnMut(IpAddr),
+) -> Resolved {
     let peer = peer.to_canonical();
-    let mut resolved = Resolved {
-        peer,
-        client: peer,
-        hops: 0,
-    };
+    let mut resolved = Resolved { peer, client: peer };
     if !is_trusted(peer, trusted) {
         return resolved;
     }
-    for element in elements(headers).rev() {
+    for element in elements_reversed(headers) {
         let Some(addr) = parse_addr(element) else {
             break;
         };
         resolved.client = addr;
-        resolved.hops += 1;
+        on_hop(addr);
         if !is_trusted(addr, trusted) {
             break;
         }
@@ -122,12 +120,13 @@ fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Resolved {
     resolved
 }
 
-/// The non-empty, whitespace-trimmed elements of every `X-Forwarded-For` line, in order.
-fn elements(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
+/// The non-empty, whitespace-trimmed elements of every `X-Forwarded-For` line, last first.
+fn elements_reversed(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .rev()
+        .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','))
         .map(|element| element.trim_ascii())
         .filter(|element| !element.is_empty())
 }

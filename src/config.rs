@@ -1044,9 +1044,8 @@ impl RawConfig {
             }
         }
         let public_url = s.public_url.trim_end_matches('/').to_string();
-        if !public_url.is_empty()
-            && !(public_url.starts_with("https://") || public_url.starts_with("http://"))
-        {
+        let absolute = public_url.starts_with("https://") || public_url.starts_with("http://");
+        if !public_url.is_empty() && !absolute {
             c.err("server.public_url", "must be an absolute http(s) URL");
         }
         let tls = match (s.tls.cert.is_empty(), s.tls.key.is_empty()) {

@@ -83,8 +83,12 @@ pub enum Error {
     AccountLocked { retry_after_secs: Option<u64> },
     /// 400: reset or verification token unknown, used, or expired.
     InvalidResetToken,
-    /// 429: over a rate limit.
-    RateLimited { retry_after_secs: u64 },
+    /// 429: over a rate limit. `quota` is `(limit, reset_secs)` for the IETF `RateLimit-*`
+    /// headers when the refusal came from a per-IP limiter.
+    RateLimited {
+        retry_after_secs: u64,
+        quota: Option<(u32, u64)>,
+    },
     /// 502: the upstream refused the connection, reset it or sent garbage.
     UpstreamUnavailable(String),
     /// 504: the upstream did not answer within `upstream.timeout`.
@@ -236,11 +240,21 @@ impl Error {
             }
             Error::AccountLocked {
                 retry_after_secs: Some(secs),
-            }
-            | Error::RateLimited {
-                retry_after_secs: secs,
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            Error::RateLimited {
+                retry_after_secs,
+                quota,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                if let Some((limit, reset)) = quota {
+                    // draft-ietf-httpapi-ratelimit-headers: the quota, what is left (nothing,
+                    // we are refusing) and when it is whole again.
+                    headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                    headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
+                    headers.insert("ratelimit-reset", HeaderValue::from(*reset));
+                }
             }
             Error::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -340,6 +354,7 @@ mod tests {
         check(
             Error::RateLimited {
                 retry_after_secs: 1,
+                quota: None,
             },
             429,
             "RATE_LIMITED",
@@ -383,9 +398,13 @@ mod tests {
         assert!(challenge.starts_with("Bearer ") && challenge.contains("invalid_token"));
         let response: Response<Full<Bytes>> = Error::RateLimited {
             retry_after_secs: 7,
+            quota: Some((5, 900)),
         }
         .into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(response.headers()["ratelimit-limit"], "5");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        assert_eq!(response.headers()["ratelimit-reset"], "900");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(body.starts_with(b"{\"error\""));
     }

@@ -13,7 +13,8 @@
 //!    routes, then check revocation in memory ([`crate::token`], [`crate::revocation`]);
 //! 8. apply the rule's verdict and the verified-email requirement;
 //! 9. apply per-IP rate limits ([`crate::ratelimit`]);
-//! 10. rewrite headers and forward, streaming ([`crate::proxy`]);
+//! 10. rewrite headers and forward, streaming ([`crate::proxy`]); a WebSocket handshake that
+//!     got this far is spliced both ways after the upstream's 101 ([`crate::websocket`]);
 //! 11. count and (optionally) log the request.
 
 use std::net::SocketAddr;
@@ -137,6 +138,23 @@ async fn gate(
     if request.method() == Method::CONNECT {
         return Err(Error::InvalidRequest("CONNECT is not supported".into()));
     }
+    // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths) never
+    // reaches this point: hyper refuses conflicting lengths and non-chunked
+    // Transfer-Encoding with 400, and when both headers come it frames by the chunked
+    // encoding alone, drops Content-Length and closes the connection after the response
+    // (RFC 9112 §6.3). The upstream therefore only ever sees one unambiguous framing.
+    let headers = request.headers();
+    // An h2c upgrade would switch the connection to a protocol the policy never saw.
+    if headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        || headers.contains_key("http2-settings")
+    {
+        return Err(Error::InvalidRequest(
+            "h2c upgrades are not supported".into(),
+        ));
+    }
     let uri = request.uri();
     if request.version() < http::Version::HTTP_2
         && let Some(authority) = uri.authority()
@@ -243,6 +261,9 @@ async fn gate(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let mut request = request;
+    let client_upgrade =
+        crate::websocket::is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     parts.uri = upstream_uri;
     parts.version = http::Version::HTTP_11;
@@ -265,6 +286,9 @@ async fn gate(
         &forwarding,
         original_host,
     );
+    if client_upgrade.is_some() {
+        crate::websocket::restore_handshake_headers(&mut parts.headers);
+    }
     let body = Limited::new(
         body,
         usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -280,8 +304,28 @@ async fn gate(
         })?;
     app.metrics
         .record_upstream(upstream_start.elapsed().as_secs_f64());
+    let mut response = response;
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let spliced = match client_upgrade {
+        Some(client) if switching => {
+            let upstream = hyper::upgrade::on(&mut response);
+            let id = request_id.to_str().unwrap_or_default().to_string();
+            tokio::spawn(crate::websocket::splice(client, upstream, id));
+            true
+        }
+        // A 101 nobody asked for would hand the client a raw upstream socket.
+        _ if switching => {
+            return Err(Error::UpstreamUnavailable(
+                "unexpected 101 from upstream".into(),
+            ));
+        }
+        _ => false,
+    };
     let (mut parts, body) = response.into_parts();
     crate::proxy::rewrite_response(&mut parts.headers, &config.headers, request_id);
+    if spliced {
+        crate::websocket::restore_handshake_headers(&mut parts.headers);
+    }
     Ok(Routed::Proxied(Response::from_parts(
         parts,
         Either::Left(body),
@@ -329,10 +373,15 @@ pub fn check_rate(
     match limiter.check(client_ip::rate_key(client), Instant::now()) {
         crate::ratelimit::Outcome::Allowed { .. } => Ok(()),
         crate::ratelimit::Outcome::Limited {
-            retry_after_secs, ..
+            limit,
+            retry_after_secs,
+            reset_secs,
         } => {
             app.metrics.rate_limited(class);
-            Err(Error::RateLimited { retry_after_secs })
+            Err(Error::RateLimited {
+                retry_after_secs,
+                quota: Some((limit, reset_secs)),
+            })
         }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! # Layout, in reading order
 //!
-//! - [`server`]: listeners, connections, graceful shutdown.
+//! - [`server`]: listeners, connections, graceful shutdown; [`tls`]: certificates, reload.
 //! - [`gate`]: the request pipeline, one async function from request to response.
 //! - [`path`]: request-path normalisation, done once before policy.
 //! - [`policy`]: route rules and roles, compiled once; no IO.
@@ -15,9 +15,11 @@
 //! - [`revocation`]: the in-memory revocation cache the proxy path checks.
 //! - [`client_ip`], [`ratelimit`]: who the client is; per-key rate limits.
 //! - [`proxy`]: the only module that talks to the upstream; header rewriting both ways.
+//! - [`websocket`]: splicing an authorised WebSocket upgrade both ways.
 //! - [`auth`]: the identity service endpoints under `auth.prefix`.
 //! - [`store`]: the store trait and its sled implementation (the only sled importer).
 //! - [`password`]: argon2id hashing on the blocking pool, password policy.
+//! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
 //! - [`app`]: the shared state; [`cli`], [`usercli`], [`demo`]: the command line.
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod demo;
+pub mod email;
 pub mod error;
 pub mod gate;
 pub mod logging;
@@ -43,5 +46,7 @@ pub mod ratelimit;
 pub mod revocation;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod usercli;
+pub mod websocket;

@@ -12,6 +12,9 @@
 //!
 //! Bodies are never buffered: the client's body streams to the upstream (capped by
 //! `server.max_body_bytes` through [`Limited`]) and the upstream's streams back.
+//!
+//! `https://` upstreams are reached through rustls with the roots [`crate::tls`] chooses
+//! (`upstream.ca_file`, or the public roots).
 
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -78,7 +82,9 @@ pub struct Forwarding<'a> {
 
 /// The upstream: a pooled client and the URL parts every request is sent to.
 pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// For health checks, which open their own connections with the same TLS settings.
+    connector: HttpsConnector<HttpConnector>,
     url: UpstreamUrl,
     timeout: Duration,
     health_path: Option<String>,
@@ -116,12 +122,16 @@ impl ForwardError {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> Upstream {
+    /// Builds the pooled client; fails when `upstream.ca_file` cannot be used.
+    pub fn new(config: &Config) -> Result<Upstream, String> {
         let u = &config.upstream;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(u.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(u.connect_timeout));
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        // `https://` upstreams go through rustls, `http://` ones straight to TCP.
+        let connector = crate::tls::upstream_connector(tcp, u.ca_file.as_deref())
+            .map_err(|e| format!("upstream TLS: {e}"))?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(u.pool_idle_timeout)
             .pool_max_idle_per_host(u.pool_max_idle)
@@ -130,13 +140,14 @@ impl Upstream {
             // Header casing and order are the client's; the upstream sees what a direct
             // client would have sent, minus what we strip.
             .http1_preserve_header_case(false)
-            .build(connector);
-        Upstream {
+            .build(connector.clone());
+        Ok(Upstream {
             client,
+            connector,
             url: u.url.clone(),
             timeout: u.timeout,
             health_path: u.health_path.clone(),
-        }
+        })
     }
 
     /// Builds the upstream URI from the normalised path and the original query.
@@ -177,8 +188,8 @@ impl Upstream {
             return Ok(());
         };
         let uri = self.uri(path, None).map_err(|e| e.to_string())?;
-        let client: Client<HttpConnector, http_body_util::Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<_, http_body_util::Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(self.connector.clone());
         let request = Request::get(uri)
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;

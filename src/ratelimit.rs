@@ -384,19 +384,20 @@ impl RateLimiter {
         loop {
             // Evict the slot that would drain soonest: empty and expired slots have backlog
             // 0 and lose nothing; otherwise the lightest user goes first.
-            let mut victim: Option<(&AtomicU64, u64, u64)> = None;
-            for slot in &bucket.slots {
-                let word = slot.load(Ordering::Acquire);
-                let backlog = if word == 0 {
+            // Ties go to the first slot. Every real backlog is below u64::MAX, so the first
+            // slot always replaces the placeholder.
+            let (mut slot, mut word, mut least) = (&bucket.slots[0], 0, u64::MAX);
+            for candidate in &bucket.slots {
+                let candidate_word = candidate.load(Ordering::Acquire);
+                let backlog = if candidate_word == 0 {
                     0
                 } else {
-                    self.backlog(word, now)
+                    self.backlog(candidate_word, now)
                 };
-                if victim.is_none_or(|(_, _, least)| backlog < least) {
-                    victim = Some((slot, word, backlog));
+                if backlog < least {
+                    (slot, word, least) = (candidate, candidate_word, backlog);
                 }
             }
-            let (slot, word, _) = victim?;
             if slot
                 .compare_exchange(word, new_word, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -635,7 +636,7 @@ mod tests {
     fn keys_are_independent() {
         let limiter = RateLimiter::new(rate("2/1m"), 1_000);
         let t = limiter.epoch;
-        let keys = distinct_keys(&limiter, 3);
+        let keys = distinct_keys(&limiter, 3, WAYS);
         for &key in &keys {
             assert_eq!(limiter.check(key, t), allowed(2, 1, 30));
         }
@@ -690,7 +691,7 @@ mod tests {
         let limiter = RateLimiter::new(rate("3/1m"), 1);
         assert_eq!(limiter.capacity(), WAYS);
         let t = limiter.epoch;
-        let keys = distinct_keys(&limiter, WAYS + 3);
+        let keys = distinct_keys(&limiter, WAYS + 3, WAYS + 3);
         let (heavy, rest) = keys.split_first().unwrap();
         for _ in 0..3 {
             assert!(limiter.check(*heavy, t).is_allowed());
@@ -711,24 +712,24 @@ mod tests {
     #[test]
     fn concurrent_checks_never_exceed_the_budget() {
         const THREADS: usize = 4;
-        const KEYS: usize = 64;
-        const TRIES: usize = 10;
+        const KEYS: usize = 1_000;
+        const TRIES: usize = 5;
         let limiter = RateLimiter::new(rate("3/1h"), 10_000);
-        let keys = distinct_keys(&limiter, KEYS);
+        let keys = distinct_keys(&limiter, KEYS, WAYS);
         let t = limiter.epoch;
         let granted: Vec<AtomicU32> = (0..KEYS).map(|_| AtomicU32::new(0)).collect();
         let start = std::sync::Barrier::new(THREADS);
         std::thread::scope(|scope| {
-            for thread in 0..THREADS {
+            for _ in 0..THREADS {
                 let (limiter, keys, granted, start) = (&limiter, &keys, &granted, &start);
                 scope.spawn(move || {
                     start.wait();
-                    // Every thread races on every key from its first, uninserted request.
-                    for round in 0..TRIES {
-                        for i in 0..KEYS {
-                            let i = (i + thread * round) % KEYS;
-                            if limiter.check(keys[i], t).is_allowed() {
-                                granted[i].fetch_add(1, Ordering::Relaxed);
+                    // All threads walk the keys in the same order, so they race on each key's
+                    // first requests, when it is not yet in the table.
+                    for (key, granted) in keys.iter().zip(granted) {
+                        for _ in 0..TRIES {
+                            if limiter.check(*key, t).is_allowed() {
+                                granted.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
@@ -740,12 +741,11 @@ mod tests {
         }
     }
 
-    /// `n` keys that get slots of their own in `limiter`: pairwise distinct (bucket,
-    /// fingerprint) and at most a bucket's worth per bucket, so that tests do not depend on
-    /// the random hash key.
-    fn distinct_keys(limiter: &RateLimiter, n: usize) -> Vec<u128> {
+    /// `n` keys with pairwise distinct (bucket, fingerprint) in `limiter`, at most
+    /// `per_bucket` of them in any bucket, so that tests do not depend on the random hash key.
+    fn distinct_keys(limiter: &RateLimiter, n: usize, per_bucket: usize) -> Vec<u128> {
         let mut seen = HashMap::new();
-        let mut per_bucket = HashMap::new();
+        let mut used_per_bucket = HashMap::new();
         let mut keys = Vec::new();
         for key in 0u128.. {
             if keys.len() == n {
@@ -754,8 +754,8 @@ mod tests {
             let hash = limiter.hasher.hash_one(key);
             let bucket = ((u128::from(hash) * limiter.buckets.len() as u128) >> 64) as usize;
             let fingerprint = (hash & FINGERPRINT_MASK).max(1);
-            let used = per_bucket.entry(bucket).or_insert(0);
-            if *used < WAYS && seen.insert((bucket, fingerprint), key).is_none() {
+            let used = used_per_bucket.entry(bucket).or_insert(0);
+            if *used < per_bucket && seen.insert((bucket, fingerprint), key).is_none() {
                 *used += 1;
                 keys.push(key);
             }

@@ -7,6 +7,13 @@
 //! in-flight requests get up to `server.shutdown_timeout` to finish; connections still open
 //! at that deadline are closed (their requests cancelled) before `run` returns, so an
 //! embedding process is not left with connections serving after `run` said it was done.
+//!
+//! With `server.tls` the main listener speaks TLS only (the admin listener stays plain, for
+//! in-cluster probes and scrapes). The handshake runs in the connection's own task, bounded
+//! by `server.header_read_timeout` like the request head that follows it, so a slow or silent
+//! client costs one connection slot for that long and never the accept loop. The protocol
+//! ALPN chose needs no special case: the auto builder tells HTTP/2 from HTTP/1.1 by the
+//! client's preface.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -76,6 +83,8 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     // Flips to true at the drain deadline; every connection task watches it.
     let (deadline_passed, closing) = watch::channel(false);
     let Listeners { main, admin } = listeners;
+    let tls = app.tls.as_ref().map(|tls| tls.acceptor().clone());
+    let handshake_timeout = app.config.server.header_read_timeout;
     tokio::pin!(shutdown);
 
     loop {
@@ -92,11 +101,46 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                 let _ = stream.set_nodelay(true);
                 let gauge = app.metrics.connections_open.clone();
                 let app = app.clone();
-                let conn = ConnInfo { peer, tls: false };
+                let conn = ConnInfo { peer, tls: tls.is_some() };
                 let service = service_fn(move |request| {
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(gate::handle(app, conn, request).await) }
                 });
+                if let Some(acceptor) = tls.clone() {
+                    // The watcher is taken now so a drain also waits for handshakes in flight.
+                    let watcher = graceful.watcher();
+                    let builder = builder.clone();
+                    gauge.inc();
+                    let closing = closing.clone();
+                    tokio::spawn(async move {
+                        let serve = async {
+                            let handshake = acceptor.accept(stream);
+                            let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
+                                Ok(Ok(stream)) => stream,
+                                // Plain HTTP on the TLS port, scanners, expired client trust
+                                // stores: the client's problem, worth a debug line at most.
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(connection).await;
+                        };
+                        tokio::select! {
+                            () = serve => {}
+                            () = until_closed(closing) => {}
+                        }
+                        gauge.dec();
+                        drop(slot);
+                    });
+                    continue;
+                }
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();

@@ -11,7 +11,7 @@ use super::{Caller, audit, json, limit, read_json, require_bearer, user_json};
 use crate::app::App;
 use crate::config::Registration;
 use crate::error::Error;
-use crate::store::{UserRecord, new_id};
+use crate::store::{OneTimeKind, UserRecord, new_id};
 
 /// The longest email address SMTP can carry (RFC 5321 §4.5.3.1).
 const MAX_EMAIL: usize = 254;
@@ -90,6 +90,7 @@ pub async fn register(
     match user {
         Ok(user) => {
             audit(app, "register", "ok", Some(&user.id), caller.ip);
+            super::recovery::after_register(app, &user).await;
             Ok(json(
                 StatusCode::CREATED,
                 &serde_json::json!({ "user": user_json(&user, false) }),
@@ -304,7 +305,8 @@ pub async fn change_password(
 }
 
 /// Stores a new password hash and revokes every session but `keep_sid` (none on a reset),
-/// with the access tokens they issued. Sessions are revoked first: if the process dies in
+/// with the access tokens they issued, and voids any pending reset token (a link mailed
+/// before the change must not undo it). Sessions are revoked first: if the process dies in
 /// between, the user is logged out with the old password still set, never left with a new
 /// password and live stolen sessions.
 pub async fn set_password(
@@ -322,7 +324,8 @@ pub async fn set_password(
             u.password_changed_at = now;
             u.updated_at = now;
             Ok(())
-        })
+        })?;
+        s.void_one_time_for_user(OneTimeKind::PasswordReset, &id)
     })
     .await?;
     Ok(())

@@ -1,5 +1,6 @@
 //! The admin API (API.md §7), behind the admin role (`auth.admin_role`, inheritance
-//! included). Every action is an audit event naming the acting admin.
+//! included). Every action is an audit event naming the acting admin. `GET …/admin/recovery`
+//! (pending reset and verification tokens, mail counts) is served by `recovery`.
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub async fn handle(
             revoke_sessions(app, caller, &admin, id).await
         }
         (["users", _, "revoke-sessions"], _) => Err(Error::MethodNotAllowed("POST")),
+        (["recovery"], &Method::GET) => super::recovery::admin_view(app).await,
+        (["recovery"], _) => Err(Error::MethodNotAllowed("GET")),
         _ => Err(Error::NotFound),
     }
 }

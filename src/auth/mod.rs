@@ -5,6 +5,7 @@
 //! - [`account`]: register, me, change-password, and the user creation shared with the admin
 //!   API and the `gatehouse user` CLI;
 //! - [`session`]: login, refresh, logout, verify;
+//! - [`recovery`]: forgot/reset password, email verification, and their pages;
 //! - [`admin`]: user management behind the admin role.
 //!
 //! Shared here: reading a JSON body (content type, size cap, clear 400/413/422), the JSON
@@ -13,6 +14,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod recovery;
 pub mod session;
 
 use std::net::IpAddr;
@@ -63,7 +65,30 @@ pub async fn handle(
         "/change-password" if m == Method::PUT || m == Method::POST => {
             account::change_password(app, &caller, request).await
         }
+        "/forgot-password" if m == Method::POST => {
+            recovery::forgot_password(app, &caller, request).await
+        }
+        "/reset-password/validate" if m == Method::POST => {
+            recovery::validate_reset(app, request).await
+        }
+        "/reset-password" if m == Method::POST => {
+            recovery::reset_password(app, &caller, request).await
+        }
+        "/reset-password" if m == Method::GET || m == Method::HEAD => {
+            recovery::reset_page(app, &request).await
+        }
+        "/verify-email" if m == Method::POST => recovery::verify_email(app, &caller, request).await,
+        "/verify-email" if m == Method::GET || m == Method::HEAD => {
+            recovery::verify_page(app, &request).await
+        }
+        "/verify-email/resend" if m == Method::POST => {
+            recovery::resend_verification(app, &caller, request).await
+        }
         "/register" | "/login" | "/refresh" | "/logout" => Err(Error::MethodNotAllowed("POST")),
+        "/forgot-password" | "/reset-password/validate" | "/verify-email/resend" => {
+            Err(Error::MethodNotAllowed("POST"))
+        }
+        "/reset-password" | "/verify-email" => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
         "/verify" | "/me" => Err(Error::MethodNotAllowed("GET, HEAD")),
         "/change-password" => Err(Error::MethodNotAllowed("PUT")),
         _ if rest == "/admin" || rest.starts_with("/admin/") => {

@@ -32,7 +32,7 @@ struct LoginBody {
 
 fn lockout_policy(app: &App) -> Option<LockoutPolicy> {
     let l = &app.config.auth.lockout;
-    (l.max_failures > 0).then(|| LockoutPolicy {
+    (l.max_failures > 0).then_some(LockoutPolicy {
         max_failures: l.max_failures,
         window_secs: l.window.as_secs(),
         lock_secs: l.duration.as_secs(),

@@ -416,6 +416,9 @@ pub trait Store: Send + Sync {
     fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
 
     fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// A cheap probe for readiness: the store answers reads.
+    fn health(&self) -> Result<(), StoreError>;
 }
 
 /// The persisted failure counter of one login name.

@@ -798,6 +798,11 @@ impl Store for SledStore {
         Ok(stats)
     }
 
+    fn health(&self) -> Result<(), StoreError> {
+        self.meta.get(SCHEMA_KEY).map_err(sled_error)?;
+        Ok(())
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let count_kind = |kind: OneTimeKind| {
             self.one_time

@@ -1,10 +1,16 @@
 //! Integration tests: gatehouse in-process (and, where it matters, the real binary) against
 //! real upstreams on ephemeral ports. One test binary, a module per area.
 
+mod abuse;
 mod auth;
+mod binary;
 mod crash;
 mod harness;
 mod ops;
 mod policy;
 mod proxy;
+mod recovery;
+mod smtp_sink;
+mod tls;
 mod tokens;
+mod websocket;

@@ -2,6 +2,8 @@
 //! Prometheus metrics, the admin listener, and graceful shutdown in-process.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,9 +57,11 @@ async fn readyz_checks_the_upstream_health_path() {
     }
     gh.get("/healthz").await.expect(200);
 
-    // An upstream whose health check fails with a 5xx.
-    let sick = raw_upstream(|head| {
-        if head.starts_with("GET /health ") {
+    // An upstream whose health check fails with a 5xx until it recovers.
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    let sick = raw_upstream(move |head| {
+        if head.starts_with("GET /health ") && !flag.load(Ordering::SeqCst) {
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec()
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
@@ -71,6 +75,9 @@ async fn readyz_checks_the_upstream_health_path() {
     })
     .await;
     gh.get("/readyz").await.expect(503);
+    // Readiness follows the upstream back without a restart.
+    healthy.store(true, Ordering::SeqCst);
+    gh.wait_ready().await;
     // Without a health path the upstream is not probed at all.
     let gh = Gatehouse::start_with(sick, ROUTES, &[]).await;
     gh.get("/readyz").await.expect(200);

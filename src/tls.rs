@@ -1,0 +1,661 @@
+//! TLS on both sides of the proxy: the listener's certificate, reloaded when its files
+//! change, and the upstream client's trust roots.
+//!
+//! # Serving
+//!
+//! [`ServerTls::load`] reads `server.tls.cert` (a PEM chain, leaf first) and
+//! `server.tls.key` (PKCS#8, PKCS#1 or SEC1 PEM) with `rustls-pki-types`, checks that the key
+//! matches the leaf, and builds a rustls [`ServerConfig`] offering ALPN `h2` and `http/1.1`.
+//! A bad file at start-up is an error that names the file; the process does not start.
+//!
+//! The certificate is not baked into the config: a [`ResolvesServerCert`] hands every
+//! handshake the current `Arc<CertifiedKey>` from a slot that the reload task swaps. A
+//! handshake costs one uncontended read lock and one reference-count increment; connections
+//! already established keep the certificate they were handshaken with.
+//!
+//! # Reloading
+//!
+//! cert-manager and the kubelet rotate certificates by writing a new directory and swapping a
+//! `..data` symlink; other tools rename files into place or rewrite them. Metadata is a weak
+//! signal for all of these: the visible path's own mtime does not change when a symlink
+//! further up is swapped, two certificates for the same names usually have the same length,
+//! and coarse timestamps can hide a rewrite within one tick. So every `reload_interval` the
+//! task reads both files through their paths (following every symlink to the current
+//! target) and compares a SHA-256 of their contents with the last one seen. Two small files
+//! every few seconds cost nothing, and no rotation scheme can slip past a content hash. The
+//! reads run on the blocking pool so a slow volume never stalls a runtime thread.
+//!
+//! A change is acted on once: good files are swapped in and logged at `info` with the leaf's
+//! SHA-256 fingerprint (the one `openssl x509 -fingerprint -sha256` prints); bad files
+//! (missing, not PEM, a key that does not match) are logged at `error` once and the previous
+//! certificate keeps being served until the files change again. A rotation that writes the
+//! certificate and the key in two steps may be seen half-way, log one error, and be picked up
+//! complete on the next tick. [`ServerTls::reload_stats`] counts both outcomes for metrics.
+//!
+//! # Upstream
+//!
+//! [`upstream_connector`] wraps the plain TCP connector so `https://` upstreams work. With
+//! `upstream.ca_file` the bundle's certificates are the only roots trusted (like `curl
+//! --cacert`): a private upstream is pinned to its private CA rather than to any public one.
+//! Without it the Mozilla roots bundled by `webpki-roots` are used, so the behaviour does not
+//! depend on the image's CA store.
+//!
+//! Every config is built with an explicit aws-lc-rs provider rather than the process-wide
+//! default, so nothing here depends on, or changes, global state.
+
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio::time::MissedTickBehavior;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// Protocols offered by ALPN, most preferred first: HTTP/2 where the client speaks it.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Why TLS material could not be used.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A file is missing, unreadable, or does not hold what it should.
+    File { path: PathBuf, reason: String },
+    /// rustls refused to build a config (it does not with the default provider).
+    Config(rustls::Error),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::File { path, reason } => write!(f, "{}: {reason}", path.display()),
+            TlsError::Config(e) => write!(f, "cannot build the TLS configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Config(e)
+    }
+}
+
+fn file_error(path: &Path, reason: impl Into<String>) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The one crypto provider linked into the binary.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reload counters, for metrics and for tests that must know a check has happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadStats {
+    /// New certificates swapped in since start.
+    pub reloads: u64,
+    /// Changes refused because the new files were unusable.
+    pub failures: u64,
+}
+
+/// The listener's TLS: an acceptor whose certificate follows the files on disk.
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    certs: Arc<ReloadingCert>,
+    reload_interval: Duration,
+}
+
+impl ServerTls {
+    /// Loads the certificate and key and builds the server config. Errors name the file.
+    pub fn load(config: &TlsConfig) -> Result<ServerTls, TlsError> {
+        let provider = provider();
+        let certs = Arc::new(ReloadingCert::load(
+            config.cert.clone(),
+            config.key.clone(),
+            provider.clone(),
+        )?);
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            certs,
+            reload_interval: config.reload_interval,
+        })
+    }
+
+    /// The acceptor for incoming connections; cheap to clone.
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// Starts the task that checks the files every `reload_interval`. Call once. The task
+    /// ends when the last config using these certificates is gone.
+    pub fn spawn_reloader(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.certs);
+        let period = self.reload_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            // A check that overran (a slow volume) is not followed by a burst of catch-ups.
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            // The first tick completes at once; the files were read a moment ago.
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(certs) = weak.upgrade() else { return };
+                if let Err(e) = tokio::task::spawn_blocking(move || certs.check()).await {
+                    tracing::error!(error = %e, "TLS certificate check failed to run");
+                }
+            }
+        })
+    }
+
+    /// How many reloads succeeded and failed so far.
+    pub fn reload_stats(&self) -> ReloadStats {
+        ReloadStats {
+            reloads: self.certs.reloads.load(Ordering::Relaxed),
+            failures: self.certs.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the reload task saw on its last look, so each change is acted on and logged once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Both files were read; the SHA-256 of their contents.
+    Files([u8; 32]),
+    /// A file could not be read, for this reason.
+    Unreadable(String),
+}
+
+/// What one check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Unchanged,
+    Reloaded,
+    Rejected,
+}
+
+/// The certificate resolver: the current certificate in a swappable slot, and the files it
+/// came from.
+struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Only the reload task takes this lock.
+    seen: Mutex<Seen>,
+    reloads: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock means a writer panicked, and the only write is one pointer
+        // assignment: the slot still holds a whole certificate, so keep serving it.
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+impl ReloadingCert {
+    fn load(
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ReloadingCert, TlsError> {
+        let (cert, key) = read_pair(&cert_path, &key_path)?;
+        let certified = certified_key(&cert, &key, &cert_path, &key_path, &provider)?;
+        Ok(ReloadingCert {
+            seen: Mutex::new(Seen::Files(digest(&cert, &key))),
+            current: RwLock::new(Arc::new(certified)),
+            cert_path,
+            key_path,
+            provider,
+            reloads: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads the files and swaps in a new certificate when their contents changed and are
+    /// good. Blocking: runs on the blocking pool.
+    fn check(&self) -> Outcome {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let (cert, key) = match read_pair(&self.cert_path, &self.key_path) {
+            Ok(pair) => pair,
+            Err(e) => {
+                let now = Seen::Unreadable(e.to_string());
+                if *seen == now {
+                    return Outcome::Unchanged;
+                }
+                *seen = now;
+                return self.reject(&e);
+            }
+        };
+        let now = Seen::Files(digest(&cert, &key));
+        if *seen == now {
+            return Outcome::Unchanged;
+        }
+        *seen = now;
+        // Parsed from the very bytes that were hashed, so a file replaced between the two
+        // steps is seen as another change on the next tick rather than mixed into this one.
+        match certified_key(&cert, &key, &self.cert_path, &self.key_path, &self.provider) {
+            Ok(certified) => {
+                let fingerprint = leaf_fingerprint(&certified);
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    cert = %self.cert_path.display(),
+                    sha256 = %fingerprint,
+                    "TLS certificate reloaded"
+                );
+                Outcome::Reloaded
+            }
+            Err(e) => self.reject(&e),
+        }
+    }
+
+    fn reject(&self, e: &TlsError) -> Outcome {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error = %e,
+            "TLS certificate files changed but cannot be used; still serving the previous certificate"
+        );
+        Outcome::Rejected
+    }
+}
+
+/// Reads both files whole, following symlinks to their current targets.
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| file_error(path, e.to_string()));
+    Ok((read(cert_path)?, read(key_path)?))
+}
+
+/// SHA-256 over both files; the length prefix keeps (cert, key) pairs from colliding by
+/// moving bytes from one file to the other.
+fn digest(cert: &[u8], key: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update((cert.len() as u64).to_le_bytes());
+    hasher.update(cert);
+    hasher.update(key);
+    hasher.finalize().into()
+}
+
+/// Parses a PEM chain and key and checks that they belong together.
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(cert_path, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(file_error(cert_path, "contains no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        file_error(
+            key_path,
+            format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => file_error(
+            key_path,
+            format!("does not match the certificate in {}", cert_path.display()),
+        ),
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            file_error(cert_path, format!("unusable certificate: {e}"))
+        }
+        other => file_error(key_path, format!("unusable private key: {other}")),
+    })
+}
+
+/// The leaf certificate's SHA-256 fingerprint in hex, as operators compare it.
+fn leaf_fingerprint(certified: &CertifiedKey) -> String {
+    let Some(leaf) = certified.cert.first() else {
+        return String::new();
+    };
+    let mut hex = String::with_capacity(64);
+    for byte in Sha256::digest(leaf.as_ref()) {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// The upstream connector: plain TCP for `http://`, rustls for `https://` (HTTP/1.1 only,
+/// as the upstream pool speaks). `ca_file` replaces the public roots with its certificates.
+pub fn upstream_connector(
+    mut http: HttpConnector,
+    ca_file: Option<&Path>,
+) -> Result<HttpsConnector<HttpConnector>, TlsError> {
+    // The TCP connector refuses https:// URIs unless told that a TLS layer sits above it.
+    http.enforce_http(false);
+    let builder = HttpsConnectorBuilder::new();
+    let builder = match ca_file {
+        Some(path) => builder.with_tls_config(
+            ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(load_roots(path)?)
+                .with_no_client_auth(),
+        ),
+        None => builder.with_provider_and_webpki_roots(provider())?,
+    };
+    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
+}
+
+/// Every certificate in a PEM bundle, as trust anchors. Anything unusable in the bundle is
+/// an error rather than skipped: a silently dropped root shows up much later as an outage.
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e.to_string()))?;
+    for (i, cert) in certs.enumerate() {
+        let cert = cert.map_err(|e| file_error(path, format!("not a PEM bundle: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("certificate #{}: {e}", i + 1)))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(path, "contains no PEM certificate"));
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    /// A certificate for `localhost` and its key, as PEM.
+    struct Pair {
+        cert: String,
+        key: String,
+        der: Vec<u8>,
+    }
+
+    fn pair() -> Pair {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    fn ca_pem() -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            Files {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Writes `contents` to `name`, or removes it for `None`.
+        fn put(&self, name: &str, contents: Option<&str>) {
+            match contents {
+                Some(text) => std::fs::write(self.path(name), text).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(self.path(name));
+                }
+            }
+        }
+
+        fn config(&self) -> TlsConfig {
+            TlsConfig {
+                cert: self.path("tls.crt"),
+                key: self.path("tls.key"),
+                reload_interval: Duration::from_secs(10),
+            }
+        }
+    }
+
+    fn served(tls: &ServerTls) -> Vec<u8> {
+        tls.certs.current.read().unwrap().cert[0].to_vec()
+    }
+
+    /// Loads `cert`/`key` (`None` = missing file) and expects success or an error containing
+    /// `expect` that names `blamed`.
+    fn check(cert: Option<&str>, key: Option<&str>, expect: Result<(), (&str, &str)>) {
+        let files = Files::new();
+        files.put("tls.crt", cert);
+        files.put("tls.key", key);
+        match (ServerTls::load(&files.config()), expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err((blamed, fragment))) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(blamed) && text.contains(fragment),
+                    "expected {fragment:?} about {blamed}, got {text:?}"
+                );
+            }
+            (Ok(_), Err(expected)) => panic!("loaded, expected error {expected:?}"),
+            (Err(e), Ok(())) => panic!("expected success, got {e}"),
+        }
+    }
+
+    #[test]
+    fn startup_accepts_good_files_and_names_the_bad_one() {
+        let good = pair();
+        let other = pair();
+        let chain = format!("{}{}", good.cert, ca_pem());
+        let key_then_cert = format!("{}{}", good.key, good.cert);
+        let garbage_pem = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+        let not_a_cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        check(Some(&good.cert), Some(&good.key), Ok(()));
+        // A chain with an intermediate, and a key file that also holds the certificate.
+        check(Some(&chain), Some(&key_then_cert), Ok(()));
+        check(None, Some(&good.key), Err(("tls.crt", "No such file")));
+        check(Some(&good.cert), None, Err(("tls.key", "No such file")));
+        check(Some("hello"), Some(&good.key), Err(("tls.crt", "no PEM")));
+        check(Some(&good.key), Some(&good.key), Err(("tls.crt", "no PEM")));
+        check(
+            Some(garbage_pem),
+            Some(&good.key),
+            Err(("tls.crt", "not a PEM")),
+        );
+        check(
+            Some(not_a_cert),
+            Some(&good.key),
+            Err(("tls.crt", "unusable certificate")),
+        );
+        check(
+            Some(&good.cert),
+            Some("hello"),
+            Err(("tls.key", "private key")),
+        );
+        check(
+            Some(&good.cert),
+            Some(&good.cert),
+            Err(("tls.key", "private key")),
+        );
+        check(
+            Some(&good.cert),
+            Some(&other.key),
+            Err(("tls.key", "does not match")),
+        );
+    }
+
+    #[test]
+    fn alpn_offers_h2_then_http1() {
+        let files = Files::new();
+        let good = pair();
+        files.put("tls.crt", Some(&good.cert));
+        files.put("tls.key", Some(&good.key));
+        let tls = ServerTls::load(&files.config()).unwrap();
+        assert_eq!(
+            tls.acceptor().config().alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(served(&tls), good.der);
+    }
+
+    /// One step of a rotation: the files as written, what the check does, which certificate
+    /// is served afterwards (an index into the generated pairs) and the counters.
+    struct Step {
+        cert: Option<usize>,
+        key: Option<usize>,
+        garbage_cert: bool,
+        outcome: Outcome,
+        served: usize,
+        stats: (u64, u64),
+    }
+
+    #[test]
+    fn reload_follows_good_changes_and_keeps_the_old_certificate_on_bad_ones() {
+        let pairs = [pair(), pair(), pair()];
+        let files = Files::new();
+        files.put("tls.crt", Some(&pairs[0].cert));
+        files.put("tls.key", Some(&pairs[0].key));
+        let tls = ServerTls::load(&files.config()).unwrap();
+        let step = |cert, key, garbage_cert, outcome, served, stats| Step {
+            cert,
+            key,
+            garbage_cert,
+            outcome,
+            served,
+            stats,
+        };
+        let steps = [
+            // Nothing changed.
+            step(Some(0), Some(0), false, Outcome::Unchanged, 0, (0, 0)),
+            // A new pair.
+            step(Some(1), Some(1), false, Outcome::Reloaded, 1, (1, 0)),
+            // Half-way through a rotation: new cert, old key.
+            step(Some(2), Some(1), false, Outcome::Rejected, 1, (1, 1)),
+            // The same bad state is not reported again.
+            step(Some(2), Some(1), false, Outcome::Unchanged, 1, (1, 1)),
+            step(Some(2), Some(2), false, Outcome::Reloaded, 2, (2, 1)),
+            // Garbage, then a missing key, each reported once.
+            step(None, Some(2), true, Outcome::Rejected, 2, (2, 2)),
+            step(None, Some(2), true, Outcome::Unchanged, 2, (2, 2)),
+            step(Some(2), None, false, Outcome::Rejected, 2, (2, 3)),
+            step(Some(2), None, false, Outcome::Unchanged, 2, (2, 3)),
+            // Back to a good pair, even the one served before.
+            step(Some(0), Some(0), false, Outcome::Reloaded, 0, (3, 3)),
+        ];
+        for (i, s) in steps.iter().enumerate() {
+            let cert = if s.garbage_cert {
+                Some("garbage")
+            } else {
+                s.cert.map(|c| pairs[c].cert.as_str())
+            };
+            files.put("tls.crt", cert);
+            files.put("tls.key", s.key.map(|k| pairs[k].key.as_str()));
+            assert_eq!(tls.certs.check(), s.outcome, "step {i}");
+            assert_eq!(served(&tls), pairs[s.served].der, "step {i}: served");
+            let stats = tls.reload_stats();
+            assert_eq!((stats.reloads, stats.failures), s.stats, "step {i}: stats");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn reload_follows_a_kubernetes_style_symlink_swap() {
+        use std::os::unix::fs::symlink;
+        let pairs = [pair(), pair()];
+        let files = Files::new();
+        for (i, p) in pairs.iter().enumerate() {
+            std::fs::create_dir(files.path(&format!("..v{i}"))).unwrap();
+            files.put(&format!("..v{i}/tls.crt"), Some(&p.cert));
+            files.put(&format!("..v{i}/tls.key"), Some(&p.key));
+        }
+        symlink("..v0", files.path("..data")).unwrap();
+        symlink("..data/tls.crt", files.path("tls.crt")).unwrap();
+        symlink("..data/tls.key", files.path("tls.key")).unwrap();
+        let tls = ServerTls::load(&files.config()).unwrap();
+        assert_eq!(served(&tls), pairs[0].der);
+        // The kubelet's atomic writer: a new symlink renamed over `..data`.
+        symlink("..v1", files.path("..data_tmp")).unwrap();
+        std::fs::rename(files.path("..data_tmp"), files.path("..data")).unwrap();
+        assert_eq!(tls.certs.check(), Outcome::Reloaded);
+        assert_eq!(served(&tls), pairs[1].der);
+    }
+
+    fn check_roots(bundle: Option<&str>, expect: Result<(), &str>) {
+        let files = Files::new();
+        files.put("ca.pem", bundle);
+        let result = upstream_connector(HttpConnector::new(), Some(&files.path("ca.pem")));
+        match (result, expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(fragment)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("ca.pem") && text.contains(fragment),
+                    "expected {fragment:?}, got {text:?}"
+                );
+            }
+            (Ok(_), Err(fragment)) => panic!("accepted, expected {fragment:?}"),
+            (Err(e), Ok(())) => panic!("refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn upstream_ca_bundles_must_hold_only_certificates() {
+        let two = format!("{}{}", ca_pem(), ca_pem());
+        let garbage_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        check_roots(Some(&ca_pem()), Ok(()));
+        check_roots(Some(&two), Ok(()));
+        check_roots(None, Err("No such file"));
+        check_roots(Some(""), Err("no PEM certificate"));
+        check_roots(Some(&pair().key), Err("no PEM certificate"));
+        check_roots(Some(garbage_pem), Err("certificate #1"));
+    }
+
+    #[test]
+    fn upstream_without_a_bundle_uses_the_public_roots() {
+        assert!(upstream_connector(HttpConnector::new(), None).is_ok());
+    }
+}
