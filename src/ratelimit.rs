@@ -712,7 +712,7 @@ mod tests {
     #[test]
     fn concurrent_checks_never_exceed_the_budget() {
         const THREADS: usize = 4;
-        const KEYS: usize = 1_000;
+        const KEYS: usize = 500;
         const TRIES: usize = 5;
         let limiter = RateLimiter::new(rate("3/1h"), 10_000);
         let keys = distinct_keys(&limiter, KEYS, WAYS);
@@ -723,10 +723,10 @@ mod tests {
             for _ in 0..THREADS {
                 let (limiter, keys, granted, start) = (&limiter, &keys, &granted, &start);
                 scope.spawn(move || {
-                    start.wait();
-                    // All threads walk the keys in the same order, so they race on each key's
-                    // first requests, when it is not yet in the table.
+                    // All threads start on each key together, so they race on its first
+                    // requests, while it is not yet in the table.
                     for (key, granted) in keys.iter().zip(granted) {
+                        start.wait();
                         for _ in 0..TRIES {
                             if limiter.check(*key, t).is_allowed() {
                                 granted.fetch_add(1, Ordering::Relaxed);

@@ -123,7 +123,7 @@ async fn absolute_form_and_connect_are_refused() {
         &Expect::Refused(400, "INVALID_REQUEST"),
     );
     check(
-        &raw_get(&gh, format!("http://evil.example/public/x").as_bytes(), &me).await,
+        &raw_get(&gh, b"http://evil.example/public/x", &me).await,
         &Expect::Refused(400, "INVALID_REQUEST"),
     );
     // Absolute form for ourselves is an ordinary request, normalised like any other.

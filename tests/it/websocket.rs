@@ -8,6 +8,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::harness::{Gatehouse, ROUTES};
 
 /// A WebSocket echo upstream that also echoes the identity header it was given.
+// The handshake callback's signature (a large `Err` variant) is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 async fn ws_echo_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
