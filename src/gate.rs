@@ -138,6 +138,15 @@ async fn gate(
     if request.method() == Method::CONNECT {
         return Err(Error::InvalidRequest("CONNECT is not supported".into()));
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request with no Host or with several is refused; which one
+    // would the upstream believe?
+    if request.version() == http::Version::HTTP_11
+        && request.headers().get_all(header::HOST).iter().count() != 1
+    {
+        return Err(Error::InvalidRequest(
+            "exactly one Host header is required".into(),
+        ));
+    }
     // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths) never
     // reaches this point: hyper refuses conflicting lengths and non-chunked
     // Transfer-Encoding with 400, and when both headers come it frames by the chunked

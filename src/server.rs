@@ -30,6 +30,8 @@ use tokio::sync::{Semaphore, watch};
 use crate::app::App;
 use crate::gate::{self, ConnInfo};
 
+/// Pause after a failed accept (out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const HYPER_MIN_BUF: usize = 8192;
 /// Headers per HTTP/1 request; far above what clients send, low enough to bound parsing.
@@ -91,7 +93,16 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
         tokio::select! {
             () = &mut shutdown => break,
             accepted = main.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Usually EMFILE/ENFILE: out of descriptors. Retrying at once would
+                        // spin a core; a short pause lets connections close.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
                 // Over the cap the connection is closed at once: cheaper than queueing it
                 // and the client's retry lands on another replica.
                 let Ok(slot) = slots.clone().try_acquire_owned() else {

@@ -218,3 +218,17 @@ async fn smuggling_shaped_requests_are_never_forwarded_ambiguously() {
     .await
     .expect_error(400, "INVALID_REQUEST");
 }
+
+#[tokio::test]
+async fn http11_requests_need_exactly_one_host() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    for request in [
+        "GET /public/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        gh.raw(request).await.expect_error(400, "INVALID_REQUEST");
+    }
+    gh.raw("GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect(200);
+}

@@ -719,10 +719,46 @@ where
     (total, peak.max(rss_bytes()))
 }
 
+/// Set in the child process that runs the streaming scenario alone.
+const STREAM_CHILD: &str = "IT_STREAM_SCENARIO_CHILD";
+
 /// A large body in either direction passes through without gatehouse holding it: the
 /// process (which also holds both ends) grows by a small fraction of the body size.
+///
+/// RSS is a per-process figure, so the scenario runs in a child process that executes only
+/// this test: other tests running alongside (or a failing one symbolising its backtrace,
+/// which maps tens of MiB of debug info) cannot blur it.
 #[tokio::test]
 async fn bodies_stream_both_ways_without_buffering() {
+    if std::env::var_os(STREAM_CHILD).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(exe)
+                .args([
+                    "proxy::bodies_stream_both_ways_without_buffering",
+                    "--exact",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(STREAM_CHILD, "1")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "streaming scenario failed:\n{said}");
+        assert!(
+            said.contains("1 passed"),
+            "the scenario did not run:\n{said}"
+        );
+        return;
+    }
+
     const LEN: u64 = 256 * 1024 * 1024;
     const ALLOWED_GROWTH: u64 = 64 * 1024 * 1024;
 
@@ -789,4 +825,62 @@ async fn bodies_stream_both_ways_without_buffering() {
         (peak - before) >> 20,
         LEN >> 20
     );
+}
+
+/// Request framing: ambiguous framing is refused by the HTTP layer, and what is accepted is
+/// re-framed for the upstream, so the upstream can never read a different request boundary
+/// than gatehouse did (no request smuggling through the sidecar).
+#[tokio::test]
+async fn request_framing_is_strict_and_reframed_for_the_upstream() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    // Content-Length and chunked together: chunked wins (RFC 9112 §6.3) and the client's
+    // Content-Length does not reach the upstream.
+    let r = gh
+        .raw(
+            "POST /public/x HTTP/1.1\r\nHost: gh\r\nContent-Length: 4\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(r.json()["body_bytes"], 5, "{}", r.text());
+    assert_ne!(r.upstream_header("content-length").as_deref(), Some("4"));
+    for request in [
+        // Two different lengths.
+        "POST /public/x HTTP/1.1\r\nHost: gh\r\nContent-Length: 4\r\nContent-Length: 5\r\n\
+         Connection: close\r\n\r\nhello",
+        // Transfer codings nobody agrees on.
+        "POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding: xchunked\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding: chunked, identity\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        // Whitespace before the colon.
+        "POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding : chunked\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        gh.raw(request).await.expect(400);
+    }
+}
+
+/// `Expect: 100-continue` (curl sends it for bodies over 1 MiB): the client is told to go
+/// on, and the body it then sends reaches the upstream.
+#[tokio::test]
+async fn expect_continue_bodies_are_forwarded() {
+    use tokio::io::AsyncReadExt;
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /public/x HTTP/1.1\r\nHost: gh\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let interim = read_head(&mut stream).await.unwrap();
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim:?}");
+    stream.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
+    assert!(rest.contains("\"body_bytes\":5"), "{rest}");
 }
