@@ -180,7 +180,7 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        match start(config).await {
+        match start(config, |_| {}).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -192,7 +192,8 @@ fn serve(path: &Path) -> ExitCode {
 }
 
 /// Builds the app, binds and serves until SIGTERM or SIGINT.
-async fn start(config: Config) -> Result<(), String> {
+/// `on_ready` is told the bound address before serving starts.
+async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), String> {
     let app = App::start(config, Clock::System).await?;
     let listeners = Listeners::bind(&app)
         .await
@@ -209,6 +210,7 @@ async fn start(config: Config) -> Result<(), String> {
         tls = app.config.server.tls.is_some(),
         "gatehouse ready"
     );
+    on_ready(&bound);
     server::run(app, listeners, shutdown_signal()).await;
     Ok(())
 }
@@ -270,23 +272,9 @@ fn demo(args: &DemoArgs) -> ExitCode {
             }
         };
         crate::logging::init(&config.log);
-        let base = format!("http://{}", config.server.listen);
-        let p = config.auth.prefix.clone();
-        println!(
-            "\ngatehouse demo: gatehouse on {base} in front of an echo upstream on {upstream}\n\
-             Try:\n\
-             \x20 curl -s {base}/public/hello\n\
-             \x20 curl -s {base}/api/items                       # 401 TOKEN_MISSING\n\
-             \x20 curl -s -XPOST {base}{p}/register -H 'content-type: application/json' \\\n\
-             \x20      -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'\n\
-             \x20 TOKEN=$(curl -s -XPOST {base}{p}/login -H 'content-type: application/json' \\\n\
-             \x20      -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n\
-             \x20 curl -s {base}/api/items -H \"authorization: Bearer $TOKEN\"   # forwarded with X-Auth-* headers\n\
-             \x20 curl -s -XPOST {base}/api/items -H \"authorization: Bearer $TOKEN\"   # 403: needs creator\n\
-             \x20 curl -s {base}/metrics | grep gatehouse_requests_total\n\
-             Ctrl-C stops it.\n"
-        );
-        match start(config).await {
+        let prefix = config.auth.prefix.clone();
+        let banner = move |bound: &str| print_demo_banner(bound, upstream, &prefix);
+        match start(config, banner).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -296,4 +284,23 @@ fn demo(args: &DemoArgs) -> ExitCode {
     });
     let _ = std::fs::remove_dir_all(&store);
     code
+}
+
+/// The demo's welcome text, with the address gatehouse actually bound.
+fn print_demo_banner(bound: &str, upstream: std::net::SocketAddr, p: &str) {
+    let base = format!("http://{bound}");
+    println!(
+        "\ngatehouse demo: gatehouse on {base} in front of an echo upstream on {upstream}\n\
+         Try:\n\
+         \x20 curl -s {base}/public/hello\n\
+         \x20 curl -s {base}/api/items                       # 401 TOKEN_MISSING\n\
+         \x20 curl -s -XPOST {base}{p}/register -H 'content-type: application/json' \\\n\
+         \x20      -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'\n\
+         \x20 TOKEN=$(curl -s -XPOST {base}{p}/login -H 'content-type: application/json' \\\n\
+         \x20      -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n\
+         \x20 curl -s {base}/api/items -H \"authorization: Bearer $TOKEN\"   # forwarded with X-Auth-* headers\n\
+         \x20 curl -s -XPOST {base}/api/items -H \"authorization: Bearer $TOKEN\"   # 403: needs creator\n\
+         \x20 curl -s {base}/metrics | grep gatehouse_requests_total\n\
+         Ctrl-C stops it.\n"
+    );
 }

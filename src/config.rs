@@ -291,7 +291,27 @@ pub struct RawAuth {
     pub forgot_cooldown: String,
     pub password: RawPassword,
     pub lockout: RawLockout,
+    /// Renamed endpoints: `login = "/signin"` serves login at `{prefix}/signin` (and no
+    /// longer at `{prefix}/login`).
+    pub paths: BTreeMap<String, String>,
 }
+
+/// Endpoint names that `[auth.paths]` may rename, with their default paths.
+pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
+    ("register", "/register"),
+    ("login", "/login"),
+    ("refresh", "/refresh"),
+    ("logout", "/logout"),
+    ("verify", "/verify"),
+    ("me", "/me"),
+    ("change_password", "/change-password"),
+    ("forgot_password", "/forgot-password"),
+    ("reset_password", "/reset-password"),
+    ("reset_password_validate", "/reset-password/validate"),
+    ("verify_email", "/verify-email"),
+    ("verify_email_resend", "/verify-email/resend"),
+    ("admin", "/admin"),
+];
 
 impl Default for RawAuth {
     fn default() -> Self {
@@ -308,6 +328,7 @@ impl Default for RawAuth {
             forgot_cooldown: DEFAULT_FORGOT_COOLDOWN.into(),
             password: RawPassword::default(),
             lockout: RawLockout::default(),
+            paths: BTreeMap::new(),
         }
     }
 }
@@ -811,6 +832,42 @@ pub struct AuthConfig {
     pub forgot_cooldown: Duration,
     pub password: PasswordConfig,
     pub lockout: LockoutConfig,
+    /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
+    pub renames: Vec<(&'static str, String)>,
+}
+
+impl AuthConfig {
+    /// Maps a request path (relative to `prefix`) to the endpoint's default path, which the
+    /// router matches on. `None` when the path is a default path whose endpoint was renamed:
+    /// a rename moves the endpoint, it does not add an alias.
+    pub fn canonical<'a>(&self, rest: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        for (default, renamed) in &self.renames {
+            if let Some(tail) = rest.strip_prefix(renamed.as_str())
+                && (tail.is_empty() || (*default == "/admin" && tail.starts_with('/')))
+            {
+                return Some(Cow::Owned(format!("{default}{tail}")));
+            }
+        }
+        for (default, _) in &self.renames {
+            if let Some(tail) = rest.strip_prefix(default)
+                && (tail.is_empty() || (*default == "/admin" && tail.starts_with('/')))
+            {
+                return None;
+            }
+        }
+        Some(Cow::Borrowed(rest))
+    }
+
+    /// The full path an endpoint is served at, for links and forms: `prefix` + its path.
+    pub fn path_of(&self, default: &str) -> String {
+        let path = self
+            .renames
+            .iter()
+            .find(|(d, _)| *d == default)
+            .map_or(default, |(_, r)| r.as_str());
+        format!("{}{path}", self.prefix)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1211,6 +1268,7 @@ impl RawConfig {
             reset_token_ttl: c.positive("auth.reset_token_ttl", &a.reset_token_ttl),
             verify_token_ttl: c.positive("auth.verify_token_ttl", &a.verify_token_ttl),
             forgot_cooldown: c.duration("auth.forgot_cooldown", &a.forgot_cooldown),
+            renames: Vec::new(),
             password: PasswordConfig {
                 min_length: a.password.min_length,
                 max_length: a.password.max_length,
@@ -1225,6 +1283,30 @@ impl RawConfig {
                 duration: c.positive("auth.lockout.duration", &a.lockout.duration),
             },
         };
+        let mut auth = auth;
+        for (name, path) in &a.paths {
+            let key = format!("auth.paths.{name}");
+            let Some((_, default)) = AUTH_ENDPOINTS.iter().find(|(n, _)| n == name) else {
+                let names: Vec<&str> = AUTH_ENDPOINTS.iter().map(|(n, _)| *n).collect();
+                c.err(
+                    key,
+                    format!("unknown endpoint; one of {}", names.join(", ")),
+                );
+                continue;
+            };
+            let normal = crate::path::normalize(path).is_ok_and(|n| n == path.as_str());
+            if !normal || path == "/" || path.ends_with('/') || path.contains('%') {
+                c.err(key, "must be a plain normalised path like \"/signin\"");
+            } else if auth.renames.iter().any(|(_, p)| p == path)
+                || AUTH_ENDPOINTS
+                    .iter()
+                    .any(|(n, d)| d == path && !a.paths.contains_key(*n))
+            {
+                c.err(key, format!("{path} is already used by another endpoint"));
+            } else {
+                auth.renames.push((default, path.clone()));
+            }
+        }
         if auth.selectable_roles.contains(&auth.admin_role) {
             c.err(
                 "auth.selectable_roles",
@@ -1301,12 +1383,12 @@ impl RawConfig {
             mode,
             from: e.from.clone(),
             reset_url: if e.reset_url.is_empty() {
-                format!("{base}{}/reset-password?token={{token}}", auth.prefix)
+                format!("{base}{}?token={{token}}", auth.path_of("/reset-password"))
             } else {
                 e.reset_url.clone()
             },
             verify_url: if e.verify_url.is_empty() {
-                format!("{base}{}/verify-email?token={{token}}", auth.prefix)
+                format!("{base}{}?token={{token}}", auth.path_of("/verify-email"))
             } else {
                 e.verify_url.clone()
             },
@@ -1616,6 +1698,34 @@ mod tests {
                 documented.iter().any(|d| d == path),
                 "{path} is not in config.toml.example"
             );
+        }
+    }
+
+    #[test]
+    fn auth_endpoints_can_be_renamed() {
+        let text = format!(
+            "{}\n[auth.paths]\nlogin = \"/signin\"\nadmin = \"/manage\"\n",
+            minimal()
+        );
+        let config = Config::from_toml(&text, no_env()).unwrap();
+        let auth = &config.auth;
+        assert_eq!(auth.canonical("/signin").as_deref(), Some("/login"));
+        assert_eq!(auth.canonical("/login"), None);
+        assert_eq!(
+            auth.canonical("/manage/users/7").as_deref(),
+            Some("/admin/users/7")
+        );
+        assert_eq!(auth.canonical("/admin/users"), None);
+        assert_eq!(auth.canonical("/register").as_deref(), Some("/register"));
+        assert_eq!(auth.path_of("/login"), "/auth/signin");
+        for bad in [
+            "nope = \"/x\"",
+            "login = \"signin\"",
+            "login = \"/register\"",
+            "login = \"/a/../b\"",
+        ] {
+            let text = format!("{}\n[auth.paths]\n{bad}\n", minimal());
+            assert!(!errors_of(&text, no_env()).is_empty(), "{bad} accepted");
         }
     }
 

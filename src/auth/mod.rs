@@ -53,6 +53,10 @@ pub async fn handle(
     } else {
         rest
     };
+    let Some(rest) = app.config.auth.canonical(rest) else {
+        return Err(Error::NotFound);
+    };
+    let rest = rest.as_ref();
     let method = request.method().clone();
     let m = &method;
     let response = match rest {

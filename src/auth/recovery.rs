@@ -450,7 +450,7 @@ fn reset_form_page(
          memorable password.</p>\n\
          <button type=\"submit\">Set the new password</button>\n\
          </form>",
-        action = escape(&format!("{}/reset-password", app.config.auth.prefix)),
+        action = escape(&app.config.auth.path_of("/reset-password")),
         token = escape(well_formed(token).unwrap_or_default()),
     );
     page(status, "Choose a new password", &body, Some(RESET_SCRIPT))
@@ -579,7 +579,7 @@ pub async fn verify_page<B>(
                  <input type=\"hidden\" name=\"token\" value=\"{token}\">\n\
                  <button type=\"submit\">Confirm my email address</button>\n\
                  </form>",
-                action = escape(&format!("{}/verify-email", app.config.auth.prefix)),
+                action = escape(&app.config.auth.path_of("/verify-email")),
                 token = escape(&token),
             );
             page(StatusCode::OK, "Confirm your email address", &body, None)

@@ -589,3 +589,33 @@ async fn admin_api_manages_users() {
         .await
         .expect_error(401, "INVALID_CREDENTIALS");
 }
+
+#[tokio::test]
+async fn renamed_endpoints_move() {
+    let extra = format!("{ROUTES}\n[auth.paths]\nlogin = \"/signin\"\nadmin = \"/manage\"\n");
+    let gh = Gatehouse::start(&extra, &[]).await;
+    register(&gh, "ren@example.com").await;
+    gh.json(
+        Method::POST,
+        "/auth/signin",
+        None,
+        json!({"email": "ren@example.com", "password": PASSWORD}),
+    )
+    .await
+    .expect(200);
+    gh.json(
+        Method::POST,
+        "/auth/login",
+        None,
+        json!({"email": "ren@example.com", "password": PASSWORD}),
+    )
+    .await
+    .expect_error(404, "NOT_FOUND");
+    let admin = gh.token("root", &["admin"]);
+    gh.get_with("/auth/manage/users", &[("authorization", &bearer(&admin))])
+        .await
+        .expect(200);
+    gh.get_with("/auth/admin/users", &[("authorization", &bearer(&admin))])
+        .await
+        .expect_error(404, "NOT_FOUND");
+}
