@@ -223,7 +223,7 @@ fn bench_rewrite(c: &mut Criterion) {
                     session_id: "s",
                 };
                 let fwd = Forwarding {
-                    forwarded_for: "203.0.113.9".into(),
+                    forwarded_for: HeaderValue::from_static("203.0.113.9"),
                     peer_trusted: false,
                     tls: false,
                     request_id: &request_id,
@@ -306,7 +306,7 @@ fn bench_together(c: &mut Criterion) {
                     session_id: &claims.sid,
                 };
                 let fwd = Forwarding {
-                    forwarded_for: "203.0.113.9".into(),
+                    forwarded_for: HeaderValue::from_static("203.0.113.9"),
                     peer_trusted: false,
                     tls: false,
                     request_id: &request_id,

@@ -70,9 +70,19 @@ impl RequestIds {
 
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:016x}{:08x}", self.prefix, n);
+        // `{prefix:016x}{n:08x}`, written on the stack: 16 hex digits of the prefix, then the
+        // counter in at least 8 (more once it passes 2^32, as `{:08x}` would print it).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 32];
+        for (i, slot) in buf[..16].iter_mut().enumerate() {
+            *slot = HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        let digits = (16 - n.leading_zeros() as usize / 4).max(8);
+        for (i, slot) in buf[16..16 + digits].iter_mut().enumerate() {
+            *slot = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
         // Hex digits are always a valid header value.
-        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"))
+        HeaderValue::from_bytes(&buf[..16 + digits]).unwrap_or(HeaderValue::from_static("invalid"))
     }
 
     /// Accepts a client's id when it is short and made of safe characters, so ids from an
@@ -384,6 +394,23 @@ pub fn store_error(e: StoreError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_and_counter_in_hex() {
+        for (prefix, n) in [
+            (0u64, 0u64),
+            (0x0123_4567_89ab_cdef, 1),
+            (u64::MAX, 0xffff_ffff),
+            (0xdead_beef, 0x1_0000_0000),
+            (1, u64::MAX),
+        ] {
+            let ids = RequestIds {
+                prefix,
+                counter: AtomicU64::new(n),
+            };
+            assert_eq!(ids.next(), format!("{prefix:016x}{n:08x}").as_str());
+        }
+    }
 
     #[test]
     fn request_ids_are_unique_and_safe() {

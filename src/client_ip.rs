@@ -37,7 +37,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// The `X-Forwarded-For` header name (not among `http`'s predefined constants).
@@ -72,6 +72,53 @@ pub fn forwarded_for_value(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet])
     }
     let _ = write!(out, "{}", resolved.peer);
     out
+}
+
+/// [`forwarded_for_value`] as a header value. The common case, a peer that is not a trusted
+/// proxy, writes the peer address on the stack and allocates only the header value itself.
+pub fn forwarded_for_header(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> HeaderValue {
+    let canonical = peer.to_canonical();
+    let value = if is_trusted(canonical, trusted) {
+        HeaderValue::from_str(&forwarded_for_value(peer, headers, trusted))
+    } else {
+        // A full IPv6 address is at most 39 characters.
+        let mut buf = StackBuf::<48>::new();
+        let _ = write!(buf, "{canonical}");
+        HeaderValue::from_bytes(buf.as_bytes())
+    };
+    // Digits, hex letters, `.`, `:`, `,` and spaces are always a valid header value.
+    value.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A fixed-size `fmt::Write` target; writes past the end fail.
+struct StackBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuf<N> {
+    fn new() -> Self {
+        StackBuf {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackBuf<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The key a client is rate-limited under.
@@ -185,6 +232,11 @@ mod tests {
         let trusted = trusted();
         let client = client_ip(peer, &map, &trusted);
         let forwarded = forwarded_for_value(peer, &map, &trusted);
+        assert_eq!(
+            forwarded_for_header(peer, &map, &trusted),
+            forwarded.as_str(),
+            "header form of {forwarded:?}"
+        );
         assert_eq!(
             (client.to_string().as_str(), forwarded.as_str()),
             (expect_client, expect_forwarded),

@@ -1446,6 +1446,28 @@ impl RawConfig {
                 None
             }
         };
+        // No role a user gets at sign-up may reach the admin role, directly or through
+        // inheritance: that would make registration an admin grant.
+        if let Some(policy) = &policy {
+            let admin = policy.requirement([auth.admin_role.as_str()]);
+            for (key, list) in [
+                ("auth.default_roles", &auth.default_roles),
+                ("auth.selectable_roles", &auth.selectable_roles),
+            ] {
+                for role in list {
+                    let held = policy.roles_mask([role.as_str()]);
+                    if matches!(
+                        crate::policy::Access::Roles(admin).allows(Some(held)),
+                        crate::policy::Verdict::Allow
+                    ) {
+                        c.err(
+                            key,
+                            format!("{role:?} is or inherits the admin role: anyone who registers would be an admin"),
+                        );
+                    }
+                }
+            }
+        }
         // Roles handed out at registration must exist in the role model when one is given.
         if !raw.roles.is_empty() {
             let defined = |role: &String| {
@@ -1750,6 +1772,30 @@ mod tests {
         assert!(parse_upstream_url("ftp://a").is_err());
         assert!(parse_upstream_url("http://u:p@a").is_err());
         assert!(parse_upstream_url("").is_err());
+    }
+
+    #[test]
+    fn sign_up_roles_cannot_inherit_admin() {
+        let text = format!(
+            "{}\n[auth]\nselectable_roles = [\"owner\"]\n[roles]\nowner = {{ inherits = [\"admin\"] }}\n",
+            minimal()
+        );
+        let errors = errors_of(&text, no_env());
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("auth.selectable_roles")),
+            "{errors:?}"
+        );
+        let env = vec![(
+            "GATEHOUSE_AUTH_DEFAULT_ROLES".to_string(),
+            "admin".to_string(),
+        )];
+        let errors = errors_of(&minimal(), env);
+        assert!(
+            errors.iter().any(|e| e.starts_with("auth.default_roles")),
+            "{errors:?}"
+        );
     }
 
     #[test]

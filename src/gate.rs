@@ -263,7 +263,7 @@ async fn gate(
     {
         return Err(Error::PayloadTooLarge);
     }
-    let upstream_uri = app.upstream.uri(&path, uri.query())?;
+    let upstream_uri = app.upstream.uri_for(uri, &path)?;
     let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
         request
             .uri()
@@ -283,7 +283,7 @@ async fn gate(
         session_id: &c.sid,
     });
     let forwarding = Forwarding {
-        forwarded_for: client_ip::forwarded_for_value(peer_ip, &parts.headers, trusted),
+        forwarded_for: client_ip::forwarded_for_header(peer_ip, &parts.headers, trusted),
         peer_trusted,
         tls: conn.tls,
         request_id,

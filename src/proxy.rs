@@ -72,8 +72,9 @@ pub struct Identity<'a> {
 
 /// What the gate knows about the connection, for the forwarding headers.
 pub struct Forwarding<'a> {
-    /// The `X-Forwarded-For` value to send: the believed chain ending with the peer.
-    pub forwarded_for: String,
+    /// The `X-Forwarded-For` value to send: the believed chain ending with the peer
+    /// ([`crate::client_ip::forwarded_for_header`]).
+    pub forwarded_for: HeaderValue,
     /// The socket peer is a trusted proxy: its X-Forwarded-* values are kept.
     pub peer_trusted: bool,
     pub tls: bool,
@@ -167,6 +168,27 @@ impl Upstream {
             .path_and_query(pq)
             .build()
             .map_err(|e| Error::InvalidRequest(format!("cannot forward this target: {e}").into()))
+    }
+
+    /// [`Upstream::uri`] for a request whose target is `original`. When there is no base path
+    /// and normalisation left the path as it was, the original path-and-query is reused as is
+    /// (a reference-counted clone, no copy, no re-parse): it is byte for byte what
+    /// [`Upstream::uri`] would build.
+    pub fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, Error> {
+        if self.url.base_path.is_empty()
+            && let Some(pq) = original.path_and_query()
+            && pq.as_str().starts_with('/')
+            && pq.path() == path
+        {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.url.scheme.clone());
+            parts.authority = Some(self.url.authority.clone());
+            parts.path_and_query = Some(pq.clone());
+            if let Ok(uri) = Uri::from_parts(parts) {
+                return Ok(uri);
+            }
+        }
+        self.uri(path, original.query())
     }
 
     /// Sends the request and waits for the response headers, at most `upstream.timeout`.
@@ -299,7 +321,8 @@ pub fn rewrite_request(
         if let Ok(v) = HeaderValue::from_str(id.email) {
             headers.insert(rules.email.clone(), v);
         }
-        if let Ok(v) = HeaderValue::from_str(&id.roles.join(",")) {
+        // The joined string becomes the value's storage, with no second copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(id.roles.join(","))) {
             headers.insert(rules.roles.clone(), v);
         }
         if let Some(name) = &rules.session_id
@@ -311,9 +334,7 @@ pub fn rewrite_request(
 
     // X-Forwarded-For: the chain gatehouse believes (see `client_ip`); a client's own value
     // was removed above unless the peer is a trusted proxy, and is replaced either way.
-    if let Ok(v) = HeaderValue::from_str(&fwd.forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), fwd.forwarded_for.clone());
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(
             X_FORWARDED_PROTO.clone(),
@@ -369,11 +390,11 @@ mod tests {
             session_id: "s1",
         };
         let fwd = Forwarding {
-            forwarded_for: if trusted {
-                "1.2.3.4, 10.0.0.1".into()
+            forwarded_for: HeaderValue::from_static(if trusted {
+                "1.2.3.4, 10.0.0.1"
             } else {
-                "203.0.113.9".into()
-            },
+                "203.0.113.9"
+            }),
             peer_trusted: trusted,
             tls: false,
             request_id: &rid,

@@ -38,6 +38,7 @@
 
 use std::fmt;
 
+use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
@@ -176,6 +177,11 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     header: Header,
+    /// The HS256 key, prepared once for the fast verification path.
+    hmac_key: hmac::Key,
+    /// The exact first segment of every token [`Tokens::issue`] mints, followed by `.`. A token
+    /// that starts with it takes the fast path; any other header goes through the library.
+    header_prefix: String,
     issuer: String,
     audience: String,
     access_ttl_secs: u64,
@@ -210,12 +216,22 @@ impl Tokens {
 
         let mut header = Header::new(Algorithm::HS256);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        let encoding = EncodingKey::from_secret(&s.secret);
+        // The header segment exactly as the library writes it when issuing. Should that ever
+        // fail, the prefix stays empty and every token takes the library path.
+        let header_prefix = jsonwebtoken::encode(&header, &serde_json::Map::new(), &encoding)
+            .ok()
+            .and_then(|t| t.split('.').next().map(|h| format!("{h}.")))
+            .filter(|h| h.len() > 1)
+            .unwrap_or_default();
 
         Tokens {
-            encoding: EncodingKey::from_secret(&s.secret),
+            encoding,
             decoding: DecodingKey::from_secret(&s.secret),
             validation,
             header,
+            hmac_key: hmac::Key::new(hmac::HMAC_SHA256, &s.secret),
+            header_prefix,
             issuer: s.issuer,
             audience: s.audience,
             access_ttl_secs: s.access_ttl_secs,
@@ -258,14 +274,11 @@ impl Tokens {
         }
         check_shape(token.as_bytes())?;
 
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| library_error(&e, token))?;
-
-        // Both markers are signed, so checking them after the signature costs nothing in safety.
-        if !is_access_typ(data.header.typ.as_deref()) || data.claims.token_use != ACCESS_TOKEN_USE {
-            return Err(TokenError::Invalid("type"));
-        }
-        let claims = data.claims;
+        let claims = if !self.header_prefix.is_empty() && token.starts_with(&self.header_prefix) {
+            self.verify_own_header(token)?
+        } else {
+            self.verify_with_library(token)?
+        };
         if now_unix.saturating_add(self.leeway_secs) < claims.nbf {
             return Err(TokenError::Invalid("not_yet_valid"));
         }
@@ -273,6 +286,81 @@ impl Tokens {
             return Err(TokenError::Expired);
         }
         Ok(claims)
+    }
+
+    /// The fast path, for a token whose header segment is byte for byte the one we issue
+    /// (`alg` HS256, `typ` at+jwt), so the header needs no decoding. It makes the same checks in
+    /// the same order as `jsonwebtoken::decode` under `self.validation`, with the same outcome
+    /// and reason label: signature (base64 first), then the payload decoded once and the claims
+    /// deserialised once, then issuer and audience, then the type.
+    fn verify_own_header(&self, token: &str) -> Result<Claims, TokenError> {
+        // `check_shape` guarantees three non-empty segments.
+        let (message, signature) = token.rsplit_once('.').ok_or(MALFORMED)?;
+        let payload = &message[self.header_prefix.len()..];
+
+        // 64 base64 characters decode to at most 48 bytes; a longer signature is never ours
+        // and is decoded on the heap only to tell bad base64 from a wrong signature.
+        let mut sig_buf = [0u8; 48];
+        let signature = if signature.len() <= 64 {
+            let n = URL_SAFE_NO_PAD
+                .decode_slice(signature, &mut sig_buf)
+                .map_err(|_| MALFORMED)?;
+            &sig_buf[..n]
+        } else {
+            return Err(long_signature(signature));
+        };
+        hmac::verify(&self.hmac_key, message.as_bytes(), signature)
+            .map_err(|_| TokenError::Invalid("signature"))?;
+
+        // Our payloads are a few hundred bytes: decode on the stack when they fit.
+        let mut payload_buf = [0u8; 1536];
+        let heap;
+        let json: &[u8] = if payload.len() <= payload_buf.len() / 3 * 4 {
+            let n = URL_SAFE_NO_PAD
+                .decode_slice(payload, &mut payload_buf)
+                .map_err(|_| MALFORMED)?;
+            &payload_buf[..n]
+        } else {
+            heap = URL_SAFE_NO_PAD.decode(payload).map_err(|_| MALFORMED)?;
+            &heap
+        };
+        let claims: Claims =
+            serde_json::from_slice(json).map_err(|_| TokenError::Invalid("claims"))?;
+        // Every required claim is a non-optional field of `Claims`, so presence is settled;
+        // `iss` and `aud` are single strings, matched like the library matches them.
+        if claims.iss != self.issuer {
+            return Err(TokenError::Invalid("issuer"));
+        }
+        if claims.aud != self.audience {
+            return Err(TokenError::Invalid("audience"));
+        }
+        // `typ` is at+jwt: the header is ours.
+        if claims.token_use != ACCESS_TOKEN_USE {
+            return Err(TokenError::Invalid("type"));
+        }
+        Ok(claims)
+    }
+
+    /// The general path through `jsonwebtoken`, for any other header.
+    fn verify_with_library(&self, token: &str) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| library_error(&e, token))?;
+
+        // Both markers are signed, so checking them after the signature costs nothing in safety.
+        if !is_access_typ(data.header.typ.as_deref()) || data.claims.token_use != ACCESS_TOKEN_USE {
+            return Err(TokenError::Invalid("type"));
+        }
+        Ok(data.claims)
+    }
+}
+
+/// A signature segment too long to be an HS256 tag: bad base64 is `malformed`, as the library
+/// has it, and anything else cannot match.
+#[cold]
+fn long_signature(signature: &str) -> TokenError {
+    match URL_SAFE_NO_PAD.decode(signature) {
+        Ok(_) => TokenError::Invalid("signature"),
+        Err(_) => MALFORMED,
     }
 }
 
@@ -686,6 +774,88 @@ mod tests {
                 assert!(
                     tokens.verify(&mutated, NOW).is_err(),
                     "accepted {mutated:?} (byte {i} set to {replacement:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_library() {
+        let fast = tokens();
+        let (issued, _) = issue_at(NOW, 0);
+        assert!(!fast.header_prefix.is_empty());
+        assert!(issued.starts_with(&fast.header_prefix));
+        let mut library = tokens();
+        library.header_prefix.clear();
+        let (h, p) = (header, payload);
+        let own = || fast.header_prefix.trim_end_matches('.').to_owned();
+        let sign = |message: String| {
+            let signature = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(SECRET),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{message}.{signature}")
+        };
+        let good = forge(&h(), &p());
+        let gp = good.split('.').nth(1).unwrap().to_owned();
+        let mut payloads = vec![
+            p(),
+            with(p(), "iss", json!("evil")),
+            with(p(), "aud", json!("other")),
+            with(p(), "aud", json!(["api"])),
+            with(p(), "iss", json!(["gatehouse"])),
+            with(p(), "token_use", json!("refresh")),
+            without(p(), "token_use"),
+            with(p(), "exp", json!(1.7e9)),
+            with(p(), "nbf", json!(null)),
+            with(p(), "roles", json!("admin")),
+            with(p(), "pad", json!("x".repeat(3000))),
+            json!([1, 2]),
+            json!("claims"),
+        ];
+        for claim in ["sub", "iss", "aud", "exp", "nbf", "jti", "sid"] {
+            payloads.push(without(p(), claim));
+        }
+        let mut cases: Vec<String> = payloads
+            .iter()
+            .map(|payload| sign(format!("{}.{}", own(), b64(payload))))
+            .collect();
+        cases.extend([
+            issued.clone(),
+            sign(format!(
+                "{}.{}",
+                own(),
+                URL_SAFE_NO_PAD.encode(b"{not json")
+            )),
+            sign(format!(
+                "{}.{}",
+                own(),
+                URL_SAFE_NO_PAD.encode(
+                    serde_json::to_string(&p())
+                        .unwrap()
+                        .replace(r#""gatehouse""#, r#""gatehous\u0065""#)
+                )
+            )),
+            sign(format!(
+                "{}.{}",
+                own(),
+                URL_SAFE_NO_PAD.encode(br#"{"sub":"a","sub":"b"}"#)
+            )),
+            sign(format!("{}.{gp}A", own())),
+            format!("{}.{gp}.{}", own(), "A".repeat(43)),
+            format!("{}.{gp}.{}", own(), "A".repeat(86)),
+            format!("{}.{gp}.{}", own(), "A".repeat(85)),
+            format!("{}.{gp}.AB", own()),
+            format!("{}.{gp}.ABC", own()),
+        ]);
+        for token in &cases {
+            for now in [0, NOW, NOW + TTL + LEEWAY] {
+                assert_eq!(
+                    fast.verify(token, now),
+                    library.verify(token, now),
+                    "token {token:?} at {now}"
                 );
             }
         }

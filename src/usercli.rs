@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 
 use crate::app::{App, Clock};
-use crate::auth::account::{NewUser, create_user, revoke_user};
+use crate::auth::account::{NewUser, clear_lockouts, create_user, revoke_user};
 use crate::auth::admin::check_roles;
 use crate::error::Error;
 use crate::store::sled::SledStore;
@@ -231,15 +231,7 @@ async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> 
         }
         UserCommand::Unlock { user } => {
             let user = set_locked(app, &user, false, now).await?;
-            let mut names = vec![fold(&user.email)];
-            names.extend(user.username.as_deref().map(fold));
-            app.db(move |s| {
-                for n in &names {
-                    s.clear_login_failures(n)?;
-                }
-                Ok(())
-            })
-            .await?;
+            clear_lockouts(app, &user).await?;
             Ok(format!("{} unlocked", user.email))
         }
         UserCommand::Delete { user } => {

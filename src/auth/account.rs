@@ -11,7 +11,7 @@ use super::{Caller, audit, json, limit, read_json, require_bearer, user_json};
 use crate::app::App;
 use crate::config::Registration;
 use crate::error::Error;
-use crate::store::{OneTimeKind, UserRecord, new_id};
+use crate::store::{OneTimeKind, Revocation, UserRecord, new_id};
 
 /// The longest email address SMTP can carry (RFC 5321 §4.5.3.1).
 const MAX_EMAIL: usize = 254;
@@ -182,9 +182,11 @@ pub fn check_email(email: &str) -> Result<(), &'static str> {
     if email.len() > MAX_EMAIL {
         return Err("is too long");
     }
-    if email
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+    // Printable ASCII only: no CR/LF for header injection, no bidi overrides or zero-width
+    // characters to spoof addresses in lists and mails (SMTP without SMTPUTF8 could not carry
+    // them anyway).
+    if !email.bytes().all(|b| b.is_ascii_graphic())
+        || email.contains(['<', '>', ',', ';', '"', '(', ')', '[', ']', '\\'])
     {
         return Err("contains characters not allowed in an address");
     }
@@ -328,7 +330,25 @@ pub async fn set_password(
         s.void_one_time_for_user(OneTimeKind::PasswordReset, &id)
     })
     .await?;
+    // Again after the new hash is in: a login that verified the old password just before
+    // the first pass may have opened a session in between; the store refuses sessions for
+    // a stale hash from now on, and this pass ends any that slipped in.
+    revoke_user(app, user_id, keep_sid).await?;
     Ok(())
+}
+
+/// Clears the failed-login counters under every login name of a user (email and username),
+/// as an unlock or a password reset should.
+pub async fn clear_lockouts(app: &App, user: &UserRecord) -> Result<(), Error> {
+    let mut names = vec![crate::store::fold(&user.email)];
+    names.extend(user.username.as_deref().map(crate::store::fold));
+    app.db(move |s| {
+        for n in &names {
+            s.clear_login_failures(n)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Revokes every session of a user except `keep_sid`, and every access token issued until
@@ -340,6 +360,17 @@ pub async fn revoke_user(app: &App, user_id: &str, keep_sid: Option<&str>) -> Re
         .db(move |s| s.revoke_user_sessions(&id, keep.as_deref()))
         .await?;
     app.revoke_user_tokens(user_id, keep_sid).await?;
+    // Each revoked session is also revoked by id: a refresh that rotated just before this
+    // mints a token whose `iat` is past the user cutoff, and its session id is what still
+    // catches it.
+    let now = app.clock.now();
+    for session in &revoked {
+        app.revoke(Revocation::Session {
+            sid: session.id.clone(),
+            until: app.revocation_until(now),
+        })
+        .await?;
+    }
     Ok(revoked.len())
 }
 
@@ -363,6 +394,8 @@ mod tests {
             "a@.b.co",
             "a@b.co\r\nBcc: x",
             "<a@b.co>",
+            "a\u{202e}b@c.de",
+            "a\u{200b}@b.co",
         ] {
             assert!(check_email(bad).is_err(), "{bad:?}");
         }

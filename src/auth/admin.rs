@@ -10,12 +10,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::account::{NewUser, create_user, revoke_user, valid_role_name};
+use super::account::{NewUser, clear_lockouts, create_user, revoke_user, valid_role_name};
 use super::{Caller, json, no_content, read_json, require_bearer, user_json};
 use crate::app::App;
 use crate::error::Error;
 use crate::policy::{Access, Verdict};
-use crate::store::fold;
 use crate::token::Claims;
 
 /// Page size when none is asked for, and the most one page may hold.
@@ -216,12 +215,6 @@ async fn update(
         body.name.clone(),
         body.email_verified,
     );
-    let before = {
-        let id = user_id.clone();
-        app.db(move |s| s.get_user(&id))
-            .await?
-            .ok_or(Error::NotFound)?
-    };
     let user = app
         .db(move |s| {
             s.update_user(&user_id, &mut |u| {
@@ -242,25 +235,20 @@ async fn update(
             })
         })
         .await?;
-    if locked == Some(true) && !before.locked {
+    // Revocations run whenever the body asks for the change, even if the store already held
+    // the value: a retry after a failure between the two writes must still revoke.
+    if locked == Some(true) {
         // A locked account keeps nothing: sessions and access tokens end now.
         revoke_user(app, &user.id, None).await?;
-    } else if body.roles.as_ref().is_some_and(|r| *r != before.roles) {
-        // New roles take effect at once: access tokens carrying the old ones stop working
-        // and the client's next refresh mints tokens with the new ones. Sessions survive.
+    } else if body.roles.is_some() || body.email_verified.is_some() {
+        // New roles (or verification state) take effect at once: access tokens carrying the
+        // old claims stop working and the client's next refresh mints tokens with the new
+        // ones. Sessions survive.
         app.revoke_user_tokens(&user.id, None).await?;
     }
     if locked == Some(false) {
         // Unlocking also clears failed-login counters under the user's login names.
-        let mut names = vec![fold(&user.email)];
-        names.extend(user.username.as_deref().map(fold));
-        app.db(move |s| {
-            for n in &names {
-                s.clear_login_failures(n)?;
-            }
-            Ok(())
-        })
-        .await?;
+        clear_lockouts(app, &user).await?;
     }
     admin_audit(app, "admin_update_user", admin, &user.id, caller);
     Ok(json(
@@ -276,8 +264,13 @@ async fn delete(
     id: &str,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let user_id = id.to_string();
-    app.db(move |s| s.delete_user(&user_id)).await?;
-    app.revoke_user_tokens(id, None).await?;
+    let deleted = app.db(move |s| s.delete_user(&user_id)).await;
+    // Revoke even when the user is already gone: this may be the retry of a delete whose
+    // revocation failed after the store write.
+    if matches!(deleted, Ok(_) | Err(Error::NotFound)) {
+        app.revoke_user_tokens(id, None).await?;
+    }
+    deleted?;
     admin_audit(app, "admin_delete_user", admin, id, caller);
     Ok(no_content())
 }

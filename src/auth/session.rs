@@ -62,15 +62,27 @@ pub async fn login(
     let now = app.clock.now();
     let policy = lockout_policy(app);
 
+    // The attempt is counted *before* the password is checked: check-then-count would let
+    // many parallel attempts all pass the check and each get a guess. The store counts
+    // atomically and stops counting once the name is locked, so with a threshold of
+    // max + 1 exactly `max` attempts per window reach argon2; the next one locks.
+    let mut admitted = None;
     if let Some(policy) = policy {
-        let (k, p) = (key.clone(), policy);
-        let state = app.db(move |s| s.login_failures(&k, now, &p)).await?;
+        let ahead = LockoutPolicy {
+            max_failures: policy.max_failures + 1,
+            ..policy
+        };
+        let k = key.clone();
+        let state = app
+            .db(move |s| s.record_login_failure(&k, now, &ahead))
+            .await?;
         if let Some(until) = state.locked_until {
             audit(app, "login", "locked_out", None, caller.ip);
             return Err(Error::AccountLocked {
                 retry_after_secs: Some(until.saturating_sub(now).max(1)),
             });
         }
+        admitted = Some((state.count, ahead));
     }
 
     let k = key.clone();
@@ -82,10 +94,14 @@ pub async fn login(
         (user, _) => {
             let user_id = user.as_ref().map(|u| u.id.clone());
             audit(app, "login", "failed", user_id.as_deref(), caller.ip);
-            if let Some(policy) = policy {
+            // The failure is already counted. The one that used up the budget locks the
+            // name now (one more count crosses the threshold) so Retry-After is exact.
+            if let Some((count, ahead)) = admitted
+                && count > policy.map_or(u32::MAX, |p| p.max_failures.saturating_sub(1))
+            {
                 let k = key.clone();
                 let state = app
-                    .db(move |s| s.record_login_failure(&k, now, &policy))
+                    .db(move |s| s.record_login_failure(&k, now, &ahead))
                     .await?;
                 if let Some(until) = state.locked_until {
                     audit(app, "lockout", "locked", user_id.as_deref(), caller.ip);
@@ -108,18 +124,23 @@ pub async fn login(
         app.db(move |s| s.clear_login_failures(&key)).await?;
     }
     if needs_rehash {
-        rehash_later(app, &user.id, body.password);
+        rehash_later(app, &user.id, &user.password_hash, body.password);
     }
-    let response = open_session(app, &user).await?;
+    let response = match open_session(app, &user, Some(&user.password_hash)).await {
+        // The password changed or the account was locked while argon2 ran.
+        Err(Error::NotFound) => return Err(Error::InvalidCredentials),
+        other => other?,
+    };
     audit(app, "login", "ok", Some(&user.id), caller.ip);
     Ok(response)
 }
 
 /// Re-hashes a password whose stored hash uses old parameters, off the request path. Best
 /// effort: a failure leaves the old (still valid) hash.
-fn rehash_later(app: &Arc<App>, user_id: &str, password: String) {
+fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: String) {
     let app = app.clone();
     let id = user_id.to_string();
+    let verified = verified_hash.to_string();
     tokio::spawn(async move {
         let Ok(hash) = app.hasher.hash(password).await else {
             return;
@@ -128,8 +149,12 @@ fn rehash_later(app: &Arc<App>, user_id: &str, password: String) {
         let result = app
             .db(move |s| {
                 s.update_user(&id, &mut |u| {
-                    u.password_hash = hash.clone();
-                    u.updated_at = now;
+                    // Only if the password is still the one that was verified: a change
+                    // or reset meanwhile must never be undone by this job.
+                    if u.password_hash == verified {
+                        u.password_hash = hash.clone();
+                        u.updated_at = now;
+                    }
                     Ok(())
                 })
             })
@@ -141,7 +166,13 @@ fn rehash_later(app: &Arc<App>, user_id: &str, password: String) {
 }
 
 /// Opens a session for a user and answers with the token response.
-pub async fn open_session(app: &App, user: &UserRecord) -> Result<Response<Full<Bytes>>, Error> {
+/// With `verified_hash`, the session is only created if the user's password hash is still
+/// that one and the user is not locked (checked in the store's transaction).
+pub async fn open_session(
+    app: &App,
+    user: &UserRecord,
+    verified_hash: Option<&str>,
+) -> Result<Response<Full<Bytes>>, Error> {
     let now = app.clock.now();
     let refresh = random_token().map_err(|e| Error::internal(e.0))?;
     let session = SessionRecord {
@@ -153,7 +184,9 @@ pub async fn open_session(app: &App, user: &UserRecord) -> Result<Response<Full<
         revoked: false,
     };
     let (record, hash) = (session.clone(), token_hash(&refresh));
-    app.db(move |s| s.create_session(&record, &hash)).await?;
+    let verified = verified_hash.map(str::to_string);
+    app.db(move |s| s.create_session(&record, &hash, verified.as_deref()))
+        .await?;
     token_response(app, user, &session, refresh, now)
 }
 
@@ -264,6 +297,16 @@ pub async fn logout(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let claims = require_bearer(app, &request)?;
+    // This session ends first, whatever the body says: a client whose logout body we cannot
+    // read must not stay logged in.
+    let now = app.clock.now();
+    let sid = claims.sid.clone();
+    let revoked = app.db(move |s| s.revoke_session(&sid)).await?;
+    app.revoke(Revocation::Session {
+        sid: claims.sid.clone(),
+        until: app.revocation_until(now),
+    })
+    .await?;
     // An empty body is a plain logout.
     let has_body = request
         .headers()
@@ -275,17 +318,9 @@ pub async fn logout(
     } else {
         LogoutBody::default()
     };
-    let now = app.clock.now();
     let sessions = if body.all_sessions {
-        super::account::revoke_user(app, &claims.sub, None).await?
+        usize::from(revoked.is_some()) + super::account::revoke_user(app, &claims.sub, None).await?
     } else {
-        let sid = claims.sid.clone();
-        let revoked = app.db(move |s| s.revoke_session(&sid)).await?;
-        app.revoke(Revocation::Session {
-            sid: claims.sid.clone(),
-            until: app.revocation_until(now),
-        })
-        .await?;
         usize::from(revoked.is_some())
     };
     let event = if body.all_sessions {

@@ -317,11 +317,14 @@ pub trait Store: Send + Sync {
     // ----- sessions and refresh tokens -----
 
     /// Opens a session whose first refresh token hashes to `refresh_hash`. `NotFound` if the
-    /// user does not exist (e.g. deleted meanwhile).
+    /// user does not exist (e.g. deleted meanwhile), or, with `verified_hash`, if the user's
+    /// password hash is no longer that one or the user is locked: a login that verified the
+    /// old password while it was being changed must not get a session.
     fn create_session(
         &self,
         session: &SessionRecord,
         refresh_hash: &TokenHash,
+        verified_hash: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// Exchanges the refresh token `old` for `new`. An `idle_timeout_secs` of 0 disables the

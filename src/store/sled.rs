@@ -386,6 +386,7 @@ impl Store for SledStore {
         &self,
         session: &SessionRecord,
         refresh_hash: &TokenHash,
+        verified_hash: Option<&str>,
     ) -> Result<(), StoreError> {
         let sid = session.id.as_str();
         let user_id = session.user_id.as_str();
@@ -403,8 +404,17 @@ impl Store for SledStore {
                 &self.refresh,
             )
                 .transaction(|(users, sessions, by_user, refresh)| {
-                    if users.get(user_id)?.is_none() {
+                    let Some(user) = users.get(user_id)? else {
                         return Err(abort(StoreError::NotFound));
+                    };
+                    // The login that asked verified a password against a hash read before
+                    // argon2 ran; if the password changed or the account was locked since,
+                    // the session must not be born.
+                    if let Some(verified) = verified_hash {
+                        let user: UserRecord = decode(&user, "user").map_err(abort)?;
+                        if user.locked || user.password_hash != verified {
+                            return Err(abort(StoreError::NotFound));
+                        }
                     }
                     if sessions.get(sid)?.is_some() || refresh.get(refresh_hash)?.is_some() {
                         return Err(abort(StoreError::Conflict(UniqueKey::Id)));
@@ -1154,9 +1164,15 @@ mod tests {
         let live = session(&alice.id, 100, 1000);
         let dead = session(&alice.id, 100, 1000);
         let bobs = session(&bob.id, 100, 1000);
-        store.create_session(&live, &token_hash("live")).unwrap();
-        store.create_session(&dead, &token_hash("dead")).unwrap();
-        store.create_session(&bobs, &token_hash("bob")).unwrap();
+        store
+            .create_session(&live, &token_hash("live"), None)
+            .unwrap();
+        store
+            .create_session(&dead, &token_hash("dead"), None)
+            .unwrap();
+        store
+            .create_session(&bobs, &token_hash("bob"), None)
+            .unwrap();
         store.revoke_session(&dead.id).unwrap();
         store
             .put_one_time(
@@ -1206,7 +1222,7 @@ mod tests {
         assert_eq!(store.delete_user(&alice.id), Err(StoreError::NotFound));
         // Sessions cannot be opened for a deleted user.
         assert_eq!(
-            store.create_session(&session(&alice.id, 100, 10), &token_hash("x")),
+            store.create_session(&session(&alice.id, 100, 10), &token_hash("x"), None),
             Err(StoreError::NotFound)
         );
         let stats = store.stats().unwrap();
@@ -1254,7 +1270,7 @@ mod tests {
         store.create_user(&alice).unwrap();
         let s = session(&alice.id, 100, 1000);
         let [a, b, c, d] = ["a", "b", "c", "d"].map(token_hash);
-        store.create_session(&s, &a).unwrap();
+        store.create_session(&s, &a, None).unwrap();
 
         let RotateOutcome::Rotated { session, user } =
             store.rotate_refresh(&a, &b, 150, 0).unwrap()
@@ -1301,7 +1317,7 @@ mod tests {
             let alice = user("a@example.com", None);
             store.create_user(&alice).unwrap();
             let s = session(&alice.id, 100, 1000);
-            store.create_session(&s, &token_hash("a")).unwrap();
+            store.create_session(&s, &token_hash("a"), None).unwrap();
             setup(&store, &alice, &s);
             let outcome = store
                 .rotate_refresh(&token_hash("a"), &token_hash("b"), now, idle)
@@ -1380,7 +1396,7 @@ mod tests {
             store.create_user(&alice).unwrap();
             let s = session(&alice.id, 100, 1000);
             let old = token_hash("old");
-            store.create_session(&s, &old).unwrap();
+            store.create_session(&s, &old, None).unwrap();
             let barrier = Arc::new(Barrier::new(THREADS));
             let handles: Vec<_> = (0..THREADS)
                 .map(|i| {
@@ -1419,7 +1435,7 @@ mod tests {
         let sessions: Vec<_> = (0..3).map(|_| session(&alice.id, 100, 1000)).collect();
         for (i, s) in sessions.iter().enumerate() {
             store
-                .create_session(s, &token_hash(&i.to_string()))
+                .create_session(s, &token_hash(&i.to_string()), None)
                 .unwrap();
         }
         let one = store.revoke_session(&sessions[0].id).unwrap().unwrap();
@@ -1669,8 +1685,12 @@ mod tests {
         store.create_user(&alice).unwrap();
         let short = session(&alice.id, 100, 100); // expires at 200
         let long = session(&alice.id, 100, 1000);
-        store.create_session(&short, &token_hash("short")).unwrap();
-        store.create_session(&long, &token_hash("long")).unwrap();
+        store
+            .create_session(&short, &token_hash("short"), None)
+            .unwrap();
+        store
+            .create_session(&long, &token_hash("long"), None)
+            .unwrap();
         store
             .rotate_refresh(&token_hash("long"), &token_hash("long2"), 150, 0)
             .unwrap();
@@ -1747,9 +1767,11 @@ mod tests {
         let alice = user("a@example.com", None);
         store.create_user(&alice).unwrap();
         let old = session(&alice.id, 100, 10);
-        store.create_session(&old, &token_hash("old")).unwrap();
         store
-            .create_session(&session(&alice.id, 200, 10), &token_hash("new"))
+            .create_session(&old, &token_hash("old"), None)
+            .unwrap();
+        store
+            .create_session(&session(&alice.id, 200, 10), &token_hash("new"), None)
             .unwrap();
         assert_eq!(store.get_session(&old.id).unwrap(), None);
     }
@@ -1806,7 +1828,7 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.create_user(&alice).unwrap();
-            store.create_session(&s, &token_hash("a")).unwrap();
+            store.create_session(&s, &token_hash("a"), None).unwrap();
             store
                 .rotate_refresh(&token_hash("a"), &token_hash("b"), 150, 0)
                 .unwrap();
