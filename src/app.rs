@@ -12,7 +12,7 @@ use crate::config::{Config, RateLimitConfig};
 use crate::email::Mailer;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::password::{Hasher, PasswordSettings};
+use crate::password::Hasher;
 use crate::proxy::Upstream;
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::revocation::{Revocations, UserCutoff};
@@ -173,33 +173,8 @@ impl App {
             access_ttl_secs: config.tokens.access_ttl.as_secs(),
             leeway_secs: config.tokens.leeway.as_secs(),
         });
-        let p = &config.auth.password;
-        let defaults = PasswordSettings::default();
-        let hasher = Hasher::new(&PasswordSettings {
-            min_length: p.min_length,
-            max_length: p.max_length,
-            memory_kib: if p.memory_kib == 0 {
-                defaults.memory_kib
-            } else {
-                p.memory_kib
-            },
-            iterations: if p.iterations == 0 {
-                defaults.iterations
-            } else {
-                p.iterations
-            },
-            parallelism: if p.parallelism == 0 {
-                defaults.parallelism
-            } else {
-                p.parallelism
-            },
-            max_concurrent: if p.max_concurrent == 0 {
-                defaults.max_concurrent
-            } else {
-                p.max_concurrent
-            },
-        })
-        .map_err(|e| format!("auth.password: {e}"))?;
+        let hasher =
+            Hasher::new(&config.auth.password).map_err(|e| format!("auth.password: {e}"))?;
 
         let revocations = Revocations::new();
         let now = clock.now();

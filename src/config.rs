@@ -801,16 +801,6 @@ impl fmt::Debug for TokensConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct PasswordConfig {
-    pub min_length: usize,
-    pub max_length: usize,
-    pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
-    pub max_concurrent: usize,
-}
-
-#[derive(Debug, Clone)]
 pub struct LockoutConfig {
     pub max_failures: u32,
     pub window: Duration,
@@ -830,7 +820,8 @@ pub struct AuthConfig {
     pub reset_token_ttl: Duration,
     pub verify_token_ttl: Duration,
     pub forgot_cooldown: Duration,
-    pub password: PasswordConfig,
+    /// Zeros in the file are resolved to the argon2 crate's defaults here.
+    pub password: crate::password::PasswordSettings,
     pub lockout: LockoutConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
@@ -1269,13 +1260,21 @@ impl RawConfig {
             verify_token_ttl: c.positive("auth.verify_token_ttl", &a.verify_token_ttl),
             forgot_cooldown: c.duration("auth.forgot_cooldown", &a.forgot_cooldown),
             renames: Vec::new(),
-            password: PasswordConfig {
-                min_length: a.password.min_length,
-                max_length: a.password.max_length,
-                memory_kib: a.password.memory_kib,
-                iterations: a.password.iterations,
-                parallelism: a.password.parallelism,
-                max_concurrent: a.password.max_concurrent,
+            password: {
+                let d = crate::password::PasswordSettings::default();
+                let or = |v: u32, default: u32| if v == 0 { default } else { v };
+                crate::password::PasswordSettings {
+                    min_length: a.password.min_length,
+                    max_length: a.password.max_length,
+                    memory_kib: or(a.password.memory_kib, d.memory_kib),
+                    iterations: or(a.password.iterations, d.iterations),
+                    parallelism: or(a.password.parallelism, d.parallelism),
+                    max_concurrent: if a.password.max_concurrent == 0 {
+                        d.max_concurrent
+                    } else {
+                        a.password.max_concurrent
+                    },
+                }
             },
             lockout: LockoutConfig {
                 max_failures: a.lockout.max_failures,

@@ -143,17 +143,7 @@ pub async fn create_user(app: &App, new: NewUser) -> Result<UserRecord, Error> {
     if !fields.is_empty() {
         return Err(Error::ValidationFailed(fields));
     }
-    let context: Vec<&str> = std::iter::once(email.as_str())
-        .chain(username.as_deref())
-        .collect();
-    app.hasher
-        .check_policy(&new.password, &context)
-        .map_err(|weak| Error::WeakPassword(weak.to_string().into()))?;
-    let hash = app
-        .hasher
-        .hash(new.password)
-        .await
-        .map_err(|e| Error::internal(format!("hash: {e:?}")))?;
+    let hash = hash_new_password(app, new.password, &email, username.as_deref()).await?;
     let now = app.clock.now();
     let user = UserRecord {
         id: new_id(),
@@ -171,6 +161,24 @@ pub async fn create_user(app: &App, new: NewUser) -> Result<UserRecord, Error> {
     let record = user.clone();
     app.db(move |s| s.create_user(&record)).await?;
     Ok(user)
+}
+
+/// Applies the password policy (the account's email and username count as too guessable)
+/// and hashes the password on the blocking pool.
+pub async fn hash_new_password(
+    app: &App,
+    password: String,
+    email: &str,
+    username: Option<&str>,
+) -> Result<String, Error> {
+    let context: Vec<&str> = std::iter::once(email).chain(username).collect();
+    app.hasher
+        .check_policy(&password, &context)
+        .map_err(|weak| Error::WeakPassword(weak.to_string().into()))?;
+    app.hasher
+        .hash(password)
+        .await
+        .map_err(|e| Error::internal(format!("hash: {e:?}")))
 }
 
 /// A pragmatic address check: the mail server is the real judge, this catches typos and
@@ -287,17 +295,13 @@ pub async fn change_password(
             return Err(Error::InvalidCredentials);
         }
     }
-    let context: Vec<&str> = std::iter::once(user.email.as_str())
-        .chain(user.username.as_deref())
-        .collect();
-    app.hasher
-        .check_policy(&body.new_password, &context)
-        .map_err(|weak| Error::WeakPassword(weak.to_string().into()))?;
-    let hash = app
-        .hasher
-        .hash(body.new_password)
-        .await
-        .map_err(|e| Error::internal(format!("hash: {e:?}")))?;
+    let hash = hash_new_password(
+        app,
+        body.new_password,
+        &user.email,
+        user.username.as_deref(),
+    )
+    .await?;
     set_password(app, &user.id, hash, Some(&claims.sid)).await?;
     audit(app, "password_change", "ok", Some(&user.id), caller.ip);
     Ok(json(

@@ -355,17 +355,9 @@ async fn reset(app: &App, caller: &Caller, token: &str, new_password: String) ->
     let (hash, _, user) = live_token(app, OneTimeKind::PasswordReset, token)
         .await
         .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
-    let context: Vec<&str> = std::iter::once(user.email.as_str())
-        .chain(user.username.as_deref())
-        .collect();
-    app.hasher
-        .check_policy(&new_password, &context)
-        .map_err(|weak| Error::WeakPassword(weak.to_string().into()))?;
-    let password_hash = app
-        .hasher
-        .hash(new_password)
-        .await
-        .map_err(|e| Error::internal(format!("hash: {e:?}")))?;
+    let password_hash =
+        super::account::hash_new_password(app, new_password, &user.email, user.username.as_deref())
+            .await?;
     consume(app, OneTimeKind::PasswordReset, hash, &user)
         .await
         .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
