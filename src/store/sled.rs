@@ -59,6 +59,9 @@ use super::{
 pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Live sessions one user may hold; a new login past it revokes the oldest. Generous for
+/// people with many devices, small enough that a login loop cannot bloat the store.
+pub const MAX_SESSIONS_PER_USER: usize = 64;
 
 /// sled's page cache budget. Its default (1 GiB) suits a database server, not a sidecar whose
 /// working set is a few thousand small records.
@@ -434,10 +437,22 @@ impl Store for SledStore {
                             decode(&bytes, "session").map_err(abort)?;
                         if old_session.expires_at <= session.created_at {
                             sessions.remove(old.as_bytes())?;
-                        } else {
-                            kept.push(old);
+                        } else if !old_session.revoked {
+                            // Revoked sessions stay stored (rotated tokens still resolve to
+                            // them for reuse detection) but leave the user's list.
+                            kept.push((old, old_session));
                         }
                     }
+                    // Bound the sessions one account can hold: past the cap the oldest is
+                    // revoked, so logging in over and over cannot make this list (and every
+                    // login that reads it) grow without limit. Its access tokens run out
+                    // within access_ttl; its refresh tokens stop at once.
+                    while kept.len() >= MAX_SESSIONS_PER_USER {
+                        let (oldest, mut record) = kept.remove(0);
+                        record.revoked = true;
+                        sessions.insert(oldest.as_bytes(), encode(&record).map_err(abort)?)?;
+                    }
+                    let mut kept: Vec<String> = kept.into_iter().map(|(id, _)| id).collect();
                     kept.push(session.id.clone());
                     by_user.insert(user_id, encode(&kept).map_err(abort)?)?;
                     sessions.insert(sid, value.as_slice())?;
@@ -1425,6 +1440,34 @@ mod tests {
             );
             assert!(store.get_session(&s.id).unwrap().unwrap().revoked);
         }
+    }
+
+    #[test]
+    fn sessions_per_user_are_capped_and_the_oldest_revoked() {
+        let (_dir, store) = open();
+        let alice = user("a@example.com", None);
+        store.create_user(&alice).unwrap();
+        let sessions: Vec<_> = (0..MAX_SESSIONS_PER_USER + 3)
+            .map(|_| session(&alice.id, 100, 1000))
+            .collect();
+        for (i, s) in sessions.iter().enumerate() {
+            store
+                .create_session(s, &token_hash(&i.to_string()), None)
+                .unwrap();
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            let revoked = store.get_session(&s.id).unwrap().unwrap().revoked;
+            assert_eq!(revoked, i < 3, "session {i}");
+        }
+        // A stale verified hash, or a locked user, gets no session at all.
+        let late = session(&alice.id, 100, 1000);
+        assert!(matches!(
+            store.create_session(&late, &token_hash("late"), Some("not-the-hash")),
+            Err(StoreError::NotFound)
+        ));
+        store
+            .create_session(&late, &token_hash("late"), Some(&alice.password_hash))
+            .unwrap();
     }
 
     #[test]
