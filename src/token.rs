@@ -368,13 +368,17 @@ fn long_signature(signature: &str) -> TokenError {
 /// exactly one space, and a token of RFC 6750 `b64token` characters. Anything else is
 /// `Invalid("malformed")`; an absent header is the caller's `TOKEN_MISSING`.
 pub fn bearer(value: &http::HeaderValue) -> Result<&str, TokenError> {
-    const SCHEME: &str = "bearer ";
-    let value = value.to_str().map_err(|_| MALFORMED)?;
-    let (scheme, token) = value.split_at_checked(SCHEME.len()).ok_or(MALFORMED)?;
-    if !scheme.eq_ignore_ascii_case(SCHEME) || !is_b64token(token.as_bytes()) {
+    const SCHEME: &[u8] = b"bearer ";
+    // Checked on the bytes: an ASCII scheme and b64token characters are visible ASCII, so this
+    // accepts exactly what a `to_str` first would, in one pass fewer.
+    let (scheme, token) = value
+        .as_bytes()
+        .split_at_checked(SCHEME.len())
+        .ok_or(MALFORMED)?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || !is_b64token(token) {
         return Err(MALFORMED);
     }
-    Ok(token)
+    std::str::from_utf8(token).map_err(|_| MALFORMED)
 }
 
 /// A fresh opaque token (refresh, reset, verify-email): 32 bytes from the OS RNG, base64url
