@@ -3,44 +3,12 @@
 
 use bytes::Bytes;
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Gatehouse, ROUTES};
-
-const PASSWORD: &str = "correct horse battery";
+use crate::harness::{Gatehouse, PASSWORD, ROUTES};
 
 async fn gatehouse() -> Gatehouse {
     Gatehouse::start(ROUTES, &[]).await
-}
-
-async fn register(gh: &Gatehouse, email: &str) -> Value {
-    gh.json(
-        Method::POST,
-        "/auth/register",
-        None,
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await
-    .expect(201)
-    .json()
-}
-
-async fn login(gh: &Gatehouse, email: &str, password: &str) -> crate::harness::Reply {
-    gh.json(
-        Method::POST,
-        "/auth/login",
-        None,
-        json!({"email": email, "password": password}),
-    )
-    .await
-}
-
-async fn tokens(gh: &Gatehouse, email: &str) -> (String, String) {
-    let body = login(gh, email, PASSWORD).await.expect(200).json();
-    (
-        body["access_token"].as_str().unwrap().to_string(),
-        body["refresh_token"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn refresh(gh: &Gatehouse, refresh_token: &str) -> crate::harness::Reply {
@@ -60,12 +28,13 @@ fn bearer(token: &str) -> String {
 #[tokio::test]
 async fn full_session_lifecycle() {
     let gh = gatehouse().await;
-    let user = register(&gh, "ada@example.com").await;
+    let user = gh.register("ada@example.com").await;
     assert_eq!(user["user"]["email"], "ada@example.com");
     assert_eq!(user["user"]["roles"], json!(["reader"]));
     assert!(user["user"].get("password_hash").is_none());
 
-    let body = login(&gh, "ada@example.com", PASSWORD)
+    let body = gh
+        .login("ada@example.com", PASSWORD)
         .await
         .expect(200)
         .json();
@@ -126,7 +95,7 @@ async fn full_session_lifecycle() {
         .expect_error(401, "TOKEN_REVOKED");
 
     // A new login, then logout: the access token stops at once.
-    let (access3, refresh3) = tokens(&gh, "ada@example.com").await;
+    let (access3, refresh3) = gh.session("ada@example.com", PASSWORD).await;
     gh.get_with("/api/items", &[("authorization", &bearer(&access3))])
         .await
         .expect(200);
@@ -151,9 +120,9 @@ async fn full_session_lifecycle() {
 #[tokio::test]
 async fn logout_all_sessions_and_restart_keeps_revocations() {
     let gh = gatehouse().await;
-    register(&gh, "bo@example.com").await;
-    let (a1, _) = tokens(&gh, "bo@example.com").await;
-    let (a2, r2) = tokens(&gh, "bo@example.com").await;
+    gh.register("bo@example.com").await;
+    let (a1, _) = gh.session("bo@example.com", PASSWORD).await;
+    let (a2, r2) = gh.session("bo@example.com", PASSWORD).await;
     gh.json(
         Method::POST,
         "/auth/logout",
@@ -175,7 +144,7 @@ async fn logout_all_sessions_and_restart_keeps_revocations() {
         .await
         .expect_error(401, "TOKEN_REVOKED");
     // And a fresh login works.
-    let (a3, _) = tokens(&gh, "bo@example.com").await;
+    let (a3, _) = gh.session("bo@example.com", PASSWORD).await;
     gh.get_with("/api/items", &[("authorization", &bearer(&a3))])
         .await
         .expect(200);
@@ -184,9 +153,9 @@ async fn logout_all_sessions_and_restart_keeps_revocations() {
 #[tokio::test]
 async fn concurrent_refreshes_yield_at_most_one_success() {
     let gh = gatehouse().await;
-    register(&gh, "race@example.com").await;
+    gh.register("race@example.com").await;
     for _ in 0..5 {
-        let (_, refresh_token) = tokens(&gh, "race@example.com").await;
+        let (_, refresh_token) = gh.session("race@example.com", PASSWORD).await;
         let results =
             futures_join(refresh(&gh, &refresh_token), refresh(&gh, &refresh_token)).await;
         let ok = results.iter().filter(|r| r.status == 200).count();
@@ -212,9 +181,9 @@ where
 #[tokio::test]
 async fn unknown_user_and_wrong_password_are_indistinguishable() {
     let gh = gatehouse().await;
-    register(&gh, "cy@example.com").await;
-    let wrong = login(&gh, "cy@example.com", "not the password").await;
-    let unknown = login(&gh, "nobody@example.com", "not the password").await;
+    gh.register("cy@example.com").await;
+    let wrong = gh.login("cy@example.com", "not the password").await;
+    let unknown = gh.login("nobody@example.com", "not the password").await;
     wrong.expect_error(401, "INVALID_CREDENTIALS");
     unknown.expect_error(401, "INVALID_CREDENTIALS");
     assert_eq!(wrong.body, unknown.body);
@@ -237,20 +206,20 @@ async fn lockout_counts_per_login_name_and_survives_restart() {
         ],
     )
     .await;
-    register(&gh, "dee@example.com").await;
+    gh.register("dee@example.com").await;
     for _ in 0..2 {
-        login(&gh, "dee@example.com", "wrong password!")
+        gh.login("dee@example.com", "wrong password!")
             .await
             .expect_error(401, "INVALID_CREDENTIALS");
     }
     // A success resets the counter.
-    login(&gh, "dee@example.com", PASSWORD).await.expect(200);
+    gh.login("dee@example.com", PASSWORD).await.expect(200);
     for _ in 0..2 {
-        login(&gh, "dee@example.com", "wrong password!")
+        gh.login("dee@example.com", "wrong password!")
             .await
             .expect_error(401, "INVALID_CREDENTIALS");
     }
-    let locked = login(&gh, "dee@example.com", "wrong password!").await;
+    let locked = gh.login("dee@example.com", "wrong password!").await;
     locked.expect_error(423, "ACCOUNT_LOCKED");
     assert!(
         locked
@@ -258,25 +227,25 @@ async fn lockout_counts_per_login_name_and_survives_restart() {
             .is_some_and(|v| v.parse::<u64>().unwrap() > 0)
     );
     // Even the right password is refused while locked.
-    login(&gh, "dee@example.com", PASSWORD)
+    gh.login("dee@example.com", PASSWORD)
         .await
         .expect_error(423, "ACCOUNT_LOCKED");
 
     // Unknown names lock the same way: the lockout reveals nothing.
     for _ in 0..3 {
-        login(&gh, "ghost@example.com", "wrong password!").await;
+        gh.login("ghost@example.com", "wrong password!").await;
     }
-    login(&gh, "ghost@example.com", "wrong password!")
+    gh.login("ghost@example.com", "wrong password!")
         .await
         .expect_error(423, "ACCOUNT_LOCKED");
 
     // Counters survive a restart, and expire with the lock duration.
     let gh = gh.restart().await;
-    login(&gh, "dee@example.com", PASSWORD)
+    gh.login("dee@example.com", PASSWORD)
         .await
         .expect_error(423, "ACCOUNT_LOCKED");
     gh.advance(15 * 60 + 1);
-    login(&gh, "dee@example.com", PASSWORD).await.expect(200);
+    gh.login("dee@example.com", PASSWORD).await.expect(200);
 }
 
 #[tokio::test]
@@ -349,7 +318,7 @@ async fn registration_refuses_bad_input_and_writes_nothing() {
     .expect_error(422, "VALIDATION_FAILED");
     // Nothing was written: each address is still free.
     for email in ["x@example.com", "w@example.com", "r@example.com"] {
-        register(&gh, email).await;
+        gh.register(email).await;
     }
     // A taken address (in any case): 409.
     gh.json(
@@ -405,9 +374,9 @@ async fn closed_registration_and_selectable_roles() {
 #[tokio::test]
 async fn change_password_revokes_other_sessions() {
     let gh = gatehouse().await;
-    register(&gh, "eve@example.com").await;
-    let (mine, _) = tokens(&gh, "eve@example.com").await;
-    let (other, other_refresh) = tokens(&gh, "eve@example.com").await;
+    gh.register("eve@example.com").await;
+    let (mine, _) = gh.session("eve@example.com", PASSWORD).await;
+    let (other, other_refresh) = gh.session("eve@example.com", PASSWORD).await;
     gh.json(
         Method::PUT,
         "/auth/change-password",
@@ -433,10 +402,10 @@ async fn change_password_revokes_other_sessions() {
     refresh(&gh, &other_refresh)
         .await
         .expect_error(401, "TOKEN_INVALID");
-    login(&gh, "eve@example.com", PASSWORD)
+    gh.login("eve@example.com", PASSWORD)
         .await
         .expect_error(401, "INVALID_CREDENTIALS");
-    login(&gh, "eve@example.com", "a brand new secret")
+    gh.login("eve@example.com", "a brand new secret")
         .await
         .expect(200);
 }
@@ -476,7 +445,7 @@ async fn admin_api_manages_users() {
     let id = created["user"]["id"].as_str().unwrap().to_string();
     assert_eq!(created["user"]["locked"], false);
     for i in 0..3 {
-        register(&gh, &format!("u{i}@example.com")).await;
+        gh.register(&format!("u{i}@example.com")).await;
     }
     // Pagination.
     let page1 = gh
@@ -500,7 +469,7 @@ async fn admin_api_manages_users() {
     assert_eq!(page2["users"].as_array().unwrap().len(), 2);
 
     // Roles: unknown ones refused; a change ends the user's current access tokens.
-    let (fay, fay_refresh) = tokens(&gh, "fay@example.com").await;
+    let (fay, fay_refresh) = gh.session("fay@example.com", PASSWORD).await;
     gh.json(
         Method::PATCH,
         &format!("/auth/admin/users/{id}"),
@@ -536,7 +505,7 @@ async fn admin_api_manages_users() {
     )
     .await
     .expect(200);
-    login(&gh, "fay@example.com", PASSWORD)
+    gh.login("fay@example.com", PASSWORD)
         .await
         .expect_error(423, "ACCOUNT_LOCKED");
     gh.json(
@@ -547,7 +516,7 @@ async fn admin_api_manages_users() {
     )
     .await
     .expect(200);
-    let (fay2, _) = tokens(&gh, "fay@example.com").await;
+    let (fay2, _) = gh.session("fay@example.com", PASSWORD).await;
 
     let got = gh
         .get_with(
@@ -585,7 +554,7 @@ async fn admin_api_manages_users() {
     )
     .await
     .expect_error(404, "NOT_FOUND");
-    login(&gh, "fay@example.com", PASSWORD)
+    gh.login("fay@example.com", PASSWORD)
         .await
         .expect_error(401, "INVALID_CREDENTIALS");
 }
@@ -594,7 +563,7 @@ async fn admin_api_manages_users() {
 async fn renamed_endpoints_move() {
     let extra = format!("{ROUTES}\n[auth.paths]\nlogin = \"/signin\"\nadmin = \"/manage\"\n");
     let gh = Gatehouse::start(&extra, &[]).await;
-    register(&gh, "ren@example.com").await;
+    gh.register("ren@example.com").await;
     gh.json(
         Method::POST,
         "/auth/signin",

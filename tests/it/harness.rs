@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// The password test users are registered with.
+pub const PASSWORD: &str = "correct horse battery";
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 /// Where the manual clock starts: a fixed, recent instant.
 pub const T0: u64 = 1_800_000_000;
@@ -361,6 +363,38 @@ impl Gatehouse {
     /// spellings, absolute-form targets, hand-made chunked bodies).
     pub async fn raw(&self, request: impl AsRef<[u8]>) -> Reply {
         raw_exchange(self.addr, request.as_ref()).await
+    }
+
+    /// Registers a user with [`PASSWORD`]; the `{user}` body.
+    pub async fn register(&self, email: &str) -> serde_json::Value {
+        self.json(
+            Method::POST,
+            "/auth/register",
+            None,
+            serde_json::json!({"email": email, "password": PASSWORD}),
+        )
+        .await
+        .expect(201)
+        .json()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.json(
+            Method::POST,
+            "/auth/login",
+            None,
+            serde_json::json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// (access token, refresh token) of a fresh session.
+    pub async fn session(&self, email: &str, password: &str) -> (String, String) {
+        let body = self.login(email, password).await.expect(200).json();
+        (
+            body["access_token"].as_str().unwrap().to_string(),
+            body["refresh_token"].as_str().unwrap().to_string(),
+        )
     }
 
     /// Mints an access token directly, for proxy-path tests that need a given identity.

@@ -8,11 +8,10 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Gatehouse, ROUTES, Reply, dead_addr};
+use crate::harness::{Gatehouse, PASSWORD, ROUTES, Reply, dead_addr};
 use crate::smtp_sink::{Captured, SmtpSink};
 
 const PUBLIC_URL: &str = "https://app.test";
-const PASSWORD: &str = "correct horse battery";
 const NEW_PASSWORD: &str = "purple monkey dishwasher";
 const RESET_SUBJECT: &str = "Reset your password";
 const VERIFY_SUBJECT: &str = "Confirm your email address";
@@ -44,37 +43,6 @@ async fn debug_gatehouse(env: &[(&str, &str)]) -> Gatehouse {
     let mut all = vec![("GATEHOUSE_AUTH_EXPOSE_DEBUG_TOKENS", "true")];
     all.extend_from_slice(env);
     Gatehouse::start(ROUTES, &all).await
-}
-
-async fn register(gh: &Gatehouse, email: &str) -> Value {
-    gh.json(
-        Method::POST,
-        "/auth/register",
-        None,
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await
-    .expect(201)
-    .json()
-}
-
-async fn login(gh: &Gatehouse, email: &str, password: &str) -> Reply {
-    gh.json(
-        Method::POST,
-        "/auth/login",
-        None,
-        json!({"email": email, "password": password}),
-    )
-    .await
-}
-
-/// (access token, refresh token) of a fresh session.
-async fn session(gh: &Gatehouse, email: &str, password: &str) -> (String, String) {
-    let body = login(gh, email, password).await.expect(200).json();
-    (
-        body["access_token"].as_str().unwrap().to_string(),
-        body["refresh_token"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn forgot(gh: &Gatehouse, email: &str) -> Reply {
@@ -241,8 +209,8 @@ fn assert_self_contained(reply: &Reply) {
 #[tokio::test]
 async fn reset_flow_from_mail_to_new_login() {
     let (gh, sink) = with_sink(&[]).await;
-    let user = register(&gh, "ada@example.com").await;
-    let (old_access, old_refresh) = session(&gh, "ada@example.com", PASSWORD).await;
+    let user = gh.register("ada@example.com").await;
+    let (old_access, old_refresh) = gh.session("ada@example.com", PASSWORD).await;
     gh.get_with("/api/items", &[("authorization", &bearer(&old_access))])
         .await
         .expect(200);
@@ -292,8 +260,8 @@ async fn reset_flow_from_mail_to_new_login() {
     assert_eq!(done, json!({"password_reset": true}));
 
     // The new password works, the old one does not.
-    let (new_access, _) = session(&gh, "ada@example.com", NEW_PASSWORD).await;
-    login(&gh, "ada@example.com", PASSWORD)
+    let (new_access, _) = gh.session("ada@example.com", NEW_PASSWORD).await;
+    gh.login("ada@example.com", PASSWORD)
         .await
         .expect_error(401, "INVALID_CREDENTIALS");
     gh.get_with("/api/items", &[("authorization", &bearer(&new_access))])
@@ -341,7 +309,7 @@ async fn reset_flow_from_mail_to_new_login() {
 #[tokio::test]
 async fn unknown_and_known_addresses_get_the_same_answer() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let known = forgot(&gh, "ada@example.com").await;
     let unknown = forgot(&gh, "nobody@example.com").await;
     known.expect(202);
@@ -365,7 +333,7 @@ async fn unknown_and_known_addresses_get_the_same_answer() {
 #[tokio::test]
 async fn host_header_cannot_change_the_link() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     gh.send(
         Method::POST,
         "/auth/forgot-password",
@@ -387,7 +355,7 @@ async fn host_header_cannot_change_the_link() {
 #[tokio::test]
 async fn reset_tokens_expire() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     forgot(&gh, "ada@example.com").await.expect(202);
     let mail = sink.wait("ada@example.com", RESET_SUBJECT, 1).await;
     let token = mail.token(RESET_LINK);
@@ -407,13 +375,13 @@ async fn reset_tokens_expire() {
     let page = gh.get(local_path(&mail.link(RESET_LINK))).await;
     page.expect(400);
     assert!(page.text().contains("has expired"), "{}", page.text());
-    login(&gh, "ada@example.com", PASSWORD).await.expect(200);
+    gh.login("ada@example.com", PASSWORD).await.expect(200);
 }
 
 #[tokio::test]
 async fn two_concurrent_submissions_one_success() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     forgot(&gh, "ada@example.com").await.expect(202);
     let token = sink
         .wait("ada@example.com", RESET_SUBJECT, 1)
@@ -433,13 +401,13 @@ async fn two_concurrent_submissions_one_success() {
         ("second concurrent password", &a)
     };
     loser.expect_error(400, "INVALID_RESET_TOKEN");
-    login(&gh, "ada@example.com", winner).await.expect(200);
+    gh.login("ada@example.com", winner).await.expect(200);
 }
 
 #[tokio::test]
 async fn a_weak_password_does_not_burn_the_token() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     forgot(&gh, "ada@example.com").await.expect(202);
     let token = sink
         .wait("ada@example.com", RESET_SUBJECT, 1)
@@ -454,15 +422,13 @@ async fn a_weak_password_does_not_burn_the_token() {
         .expect_error(422, "WEAK_PASSWORD");
     validate(&gh, &token).await.expect(200);
     reset(&gh, &token, NEW_PASSWORD).await.expect(200);
-    login(&gh, "ada@example.com", NEW_PASSWORD)
-        .await
-        .expect(200);
+    gh.login("ada@example.com", NEW_PASSWORD).await.expect(200);
 }
 
 #[tokio::test]
 async fn the_form_works_without_javascript() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     forgot(&gh, "ada@example.com").await.expect(202);
     let token = sink
         .wait("ada@example.com", RESET_SUBJECT, 1)
@@ -523,7 +489,7 @@ async fn the_form_works_without_javascript() {
     assert_page_headers(&done);
     assert_self_contained(&done);
     assert!(done.text().contains("has been changed"), "{}", done.text());
-    login(&gh, "ada@example.com", password).await.expect(200);
+    gh.login("ada@example.com", password).await.expect(200);
 
     let again = post_form(
         &gh,
@@ -547,7 +513,7 @@ async fn the_form_works_without_javascript() {
 async fn smtp_down_still_answers_and_counts_the_failure() {
     let dead = format!("smtp://{}", dead_addr());
     let gh = gatehouse_mailing(&dead, &[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let answer = forgot(&gh, "ada@example.com").await;
     answer.expect(202);
     let unknown = forgot(&gh, "nobody@example.com").await;
@@ -568,7 +534,7 @@ async fn smtp_down_still_answers_and_counts_the_failure() {
 async fn a_refused_mail_is_counted_as_failed() {
     let sink = SmtpSink::rejecting().await;
     let gh = gatehouse_mailing(&sink.url(), &[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     // A 550 is permanent: no retry, counted at once.
     let metrics = wait_for_metric(
         &gh,
@@ -586,13 +552,13 @@ async fn a_refused_mail_is_counted_as_failed() {
 #[tokio::test]
 async fn verification_flow_with_verified_email_required() {
     let (gh, sink) = with_sink(&[("GATEHOUSE_AUTH_REQUIRE_VERIFIED_EMAIL", "true")]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let mail = sink.wait("ada@example.com", VERIFY_SUBJECT, 1).await;
     let link = mail.link(VERIFY_LINK);
     let token = mail.token(VERIFY_LINK);
     assert!(mail.text().contains("24 hours"), "{}", mail.text());
 
-    let (access, refresh) = session(&gh, "ada@example.com", PASSWORD).await;
+    let (access, refresh) = gh.session("ada@example.com", PASSWORD).await;
     let auth = bearer(&access);
     gh.get_with("/api/items", &[("authorization", &auth)])
         .await
@@ -644,7 +610,7 @@ async fn verification_flow_with_verified_email_required() {
 #[tokio::test]
 async fn the_verify_page_posts_a_form() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let token = sink
         .wait("ada@example.com", VERIFY_SUBJECT, 1)
         .await
@@ -665,7 +631,7 @@ async fn the_verify_page_posts_a_form() {
 #[tokio::test]
 async fn reset_and_verification_tokens_are_not_interchangeable() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let verify_token = sink
         .wait("ada@example.com", VERIFY_SUBJECT, 1)
         .await
@@ -700,7 +666,7 @@ async fn reset_and_verification_tokens_are_not_interchangeable() {
 #[tokio::test]
 async fn debug_tokens_and_resend() {
     let gh = debug_gatehouse(&[("GATEHOUSE_AUTH_FORGOT_COOLDOWN", "0s")]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
 
     let answer = forgot(&gh, "ada@example.com").await.expect(202).json();
     let token = answer["debug_token"]
@@ -713,7 +679,7 @@ async fn debug_tokens_and_resend() {
     assert!(unknown.get("debug_token").is_none(), "{unknown}");
     assert_eq!(unknown["message"], answer["message"]);
 
-    let (access, _) = session(&gh, "ada@example.com", PASSWORD).await;
+    let (access, _) = gh.session("ada@example.com", PASSWORD).await;
     let auth = bearer(&access);
     gh.send(Method::POST, "/auth/verify-email/resend", &[], Bytes::new())
         .await
@@ -746,7 +712,7 @@ async fn debug_tokens_and_resend() {
 #[tokio::test]
 async fn cooldown_per_address_and_newer_tokens_void_older() {
     let gh = debug_gatehouse(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let first = forgot(&gh, "ada@example.com").await.expect(202).json();
     let first = first["debug_token"].as_str().unwrap().to_string();
 
@@ -764,7 +730,7 @@ async fn cooldown_per_address_and_newer_tokens_void_older() {
     validate(&gh, &third).await.expect(200);
 
     // Resend has a cooldown of its own, and says so to its (authenticated) caller.
-    let (access, _) = session(&gh, "ada@example.com", PASSWORD).await;
+    let (access, _) = gh.session("ada@example.com", PASSWORD).await;
     let resend = gh
         .send(
             Method::POST,
@@ -789,10 +755,10 @@ async fn cooldown_per_address_and_newer_tokens_void_older() {
 #[tokio::test]
 async fn a_password_change_voids_pending_reset_tokens() {
     let gh = debug_gatehouse(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     let answer = forgot(&gh, "ada@example.com").await.expect(202).json();
     let token = answer["debug_token"].as_str().unwrap().to_string();
-    let (access, _) = session(&gh, "ada@example.com", PASSWORD).await;
+    let (access, _) = gh.session("ada@example.com", PASSWORD).await;
     gh.json(
         Method::PUT,
         "/auth/change-password",
@@ -809,26 +775,24 @@ async fn a_password_change_voids_pending_reset_tokens() {
 #[tokio::test]
 async fn a_reset_lifts_a_lockout() {
     let gh = debug_gatehouse(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     for _ in 0..5 {
-        login(&gh, "ada@example.com", "wrong password").await;
+        gh.login("ada@example.com", "wrong password").await;
     }
-    login(&gh, "ada@example.com", PASSWORD)
+    gh.login("ada@example.com", PASSWORD)
         .await
         .expect_error(423, "ACCOUNT_LOCKED");
     let answer = forgot(&gh, "ada@example.com").await.expect(202).json();
     let token = answer["debug_token"].as_str().unwrap().to_string();
     reset(&gh, &token, NEW_PASSWORD).await.expect(200);
-    login(&gh, "ada@example.com", NEW_PASSWORD)
-        .await
-        .expect(200);
+    gh.login("ada@example.com", NEW_PASSWORD).await.expect(200);
 }
 
 #[tokio::test]
 async fn a_verification_token_dies_with_its_address() {
     let gh = debug_gatehouse(&[("GATEHOUSE_AUTH_FORGOT_COOLDOWN", "0s")]).await;
-    let user = register(&gh, "ada@example.com").await;
-    let (access, _) = session(&gh, "ada@example.com", PASSWORD).await;
+    let user = gh.register("ada@example.com").await;
+    let (access, _) = gh.session("ada@example.com", PASSWORD).await;
     let resent = gh
         .send(
             Method::POST,
@@ -858,7 +822,7 @@ async fn a_verification_token_dies_with_its_address() {
 #[tokio::test]
 async fn the_admin_view_counts_without_showing_tokens() {
     let (gh, sink) = with_sink(&[]).await;
-    register(&gh, "ada@example.com").await;
+    gh.register("ada@example.com").await;
     forgot(&gh, "ada@example.com").await.expect(202);
     let mail: Captured = sink.wait("ada@example.com", RESET_SUBJECT, 1).await;
     let token = mail.token(RESET_LINK);
