@@ -20,42 +20,10 @@ UP_PORT=18081
 PUB_PORT=18082
 PROT_PORT=18083
 
-for tool in wrk nginx curl python3; do
-  if ! command -v "$tool" >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx curl >/dev/null
-    else
-      echo "need $tool" >&2; exit 1
-    fi
-  fi
-done
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_upstream $UP_PORT 1
 
-cargo build --release --quiet
-BIN=target/release/gatehouse
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-cat > "$tmp/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    keepalive_requests 10000000;
-    location / { default_type application/json; return 200 '{"ok":true}'; }
-  }
-}
-EOF
-taskset -c 1 nginx -c "$tmp/nginx.conf" &
-pids+=($!)
-
-secret=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
 common() {
   cat <<EOF
 [server]
@@ -103,16 +71,11 @@ pub_pid=$!; pids+=($pub_pid)
 taskset -c 0 "$BIN" serve --config "$tmp/protected.toml" > "$tmp/protected.log" 2>&1 &
 prot_pid=$!; pids+=($prot_pid)
 
-wait_up() { for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$1$2" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 never came up" >&2; exit 1; }
 wait_up $UP_PORT /
 wait_up $PUB_PORT /readyz
 wait_up $PROT_PORT /readyz
 
-curl -fs -XPOST "http://127.0.0.1:$PROT_PORT/auth/register" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"correct horse battery"}' >/dev/null
-token=$(curl -fs -XPOST "http://127.0.0.1:$PROT_PORT/auth/login" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"correct horse battery"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+token=$(bench_token $PROT_PORT)
 curl -fs "http://127.0.0.1:$PROT_PORT/api/items" -H "authorization: Bearer $token" >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

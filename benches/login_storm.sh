@@ -13,42 +13,10 @@ CONNS=${CONNS:-16}
 UP_PORT=18091
 GH_PORT=18092
 
-for tool in wrk nginx curl python3; do
-  if ! command -v "$tool" >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx curl >/dev/null
-    else
-      echo "need $tool" >&2; exit 1
-    fi
-  fi
-done
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_upstream $UP_PORT
 
-cargo build --release --quiet
-BIN=target/release/gatehouse
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-cat > "$tmp/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    keepalive_requests 10000000;
-    location / { default_type application/json; return 200 '{"ok":true}'; }
-  }
-}
-EOF
-nginx -c "$tmp/nginx.conf" &
-pids+=($!)
-
-secret=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
 cat > "$tmp/gatehouse.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GH_PORT"
@@ -75,13 +43,9 @@ level = "error"
 EOF
 "$BIN" serve --config "$tmp/gatehouse.toml" > "$tmp/gatehouse.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$GH_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+wait_up $GH_PORT /readyz
 
-curl -fs -XPOST "http://127.0.0.1:$GH_PORT/auth/register" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"correct horse battery"}' >/dev/null
-token=$(curl -fs -XPOST "http://127.0.0.1:$GH_PORT/auth/login" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"correct horse battery"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+token=$(bench_token $GH_PORT)
 
 cat > "$tmp/login.lua" <<'EOF'
 wrk.method = "POST"
