@@ -151,9 +151,10 @@ pub async fn forgot_password(
     }
     let email = fold(email);
     let mut answer = serde_json::json!({ "message": FORGOT_MESSAGE });
+    let cooldown_key = format!("r:{email}");
     if app
         .recovery
-        .begin(format!("r:{email}"), app.clock.now())
+        .begin(cooldown_key.clone(), app.clock.now())
         .is_err()
     {
         app.metrics.auth_event("forgot_password", "cooldown");
@@ -177,6 +178,9 @@ pub async fn forgot_password(
             });
         }
         Err(_) => {
+            // Nothing was sent, so the address must not sit in its cooldown: the user's
+            // retry a moment later has to get through.
+            app.recovery.cooldowns.invalidate(&cooldown_key);
             app.metrics.auth_event("forgot_password", "shed");
             tracing::warn!(
                 target: "gatehouse::audit",
