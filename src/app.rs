@@ -148,6 +148,8 @@ pub struct App {
     /// offline `user` commands never need the certificate files.
     pub tls: Option<ServerTls>,
     shutting_down: AtomicBool,
+    /// Bumped after every revocation reaches the cache; see [`App::revocation_epoch`].
+    revocation_epoch: AtomicU64,
 }
 
 impl App {
@@ -208,6 +210,7 @@ impl App {
             recovery,
             tls: None,
             shutting_down: AtomicBool::new(false),
+            revocation_epoch: AtomicU64::new(0),
             config,
         })
     }
@@ -286,10 +289,19 @@ impl App {
         let entry = revocation.clone();
         self.db(move |s| s.put_revocation(&entry)).await?;
         apply_revocation(&self.revocations, &revocation, self.clock.now());
+        self.revocation_epoch.fetch_add(1, Ordering::SeqCst);
         self.metrics
             .revocations_cached
             .set(self.revocations.len() as i64);
         Ok(())
+    }
+
+    /// A counter that moves whenever a revocation lands. Token issuers read it before they
+    /// read the user and again after minting: if it moved, a revocation (a role change, a
+    /// lock, a password reset) may have landed between the two and the token may carry
+    /// claims it no longer covers, so they re-read the user and mint again.
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revocation_epoch.load(Ordering::SeqCst)
     }
 
     /// Revokes every access token of a user issued until now, except those of `except_sid`.

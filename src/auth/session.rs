@@ -85,6 +85,8 @@ pub async fn login(
         admitted = Some((state.count, ahead));
     }
 
+    // Read before the user is: see `mint_stable`.
+    let epoch = app.revocation_epoch();
     let k = key.clone();
     let user = app.db(move |s| s.find_user_by_login(&k)).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -126,7 +128,7 @@ pub async fn login(
     if needs_rehash {
         rehash_later(app, &user.id, &user.password_hash, body.password);
     }
-    let response = match open_session(app, &user, Some(&user.password_hash)).await {
+    let response = match open_session(app, &user, Some(&user.password_hash), epoch).await {
         // The password changed or the account was locked while argon2 ran.
         Err(Error::NotFound) => return Err(Error::InvalidCredentials),
         other => other?,
@@ -167,11 +169,13 @@ fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: St
 
 /// Opens a session for a user and answers with the token response.
 /// With `verified_hash`, the session is only created if the user's password hash is still
-/// that one and the user is not locked (checked in the store's transaction).
+/// that one and the user is not locked (checked in the store's transaction). `epoch` is
+/// the revocation epoch read before `user` was.
 pub async fn open_session(
     app: &App,
     user: &UserRecord,
     verified_hash: Option<&str>,
+    epoch: u64,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let now = app.clock.now();
     let refresh = random_token().map_err(|e| Error::internal(e.0))?;
@@ -187,7 +191,38 @@ pub async fn open_session(
     let verified = verified_hash.map(str::to_string);
     app.db(move |s| s.create_session(&record, &hash, verified.as_deref()))
         .await?;
-    token_response(app, user, &session, refresh, now)
+    mint_stable(app, user.clone(), &session, refresh, now, epoch).await
+}
+
+/// Mints the token response for a user read after `epoch` was taken, and makes sure no
+/// revocation slipped in between the read and the mint: if one did, the user and the
+/// session are read again (fresh roles, lock and verification state) and the token minted
+/// again. Once the epoch holds still across a mint, any later revocation's cutoff covers
+/// the token's `iat`.
+async fn mint_stable(
+    app: &App,
+    mut user: UserRecord,
+    session: &SessionRecord,
+    refresh: String,
+    now: u64,
+    mut epoch: u64,
+) -> Result<Response<Full<Bytes>>, Error> {
+    loop {
+        let response = token_response(app, &user, session, refresh.clone(), now)?;
+        let after = app.revocation_epoch();
+        if after == epoch {
+            return Ok(response);
+        }
+        epoch = after;
+        let (uid, sid) = (user.id.clone(), session.id.clone());
+        let (fresh, current) = app
+            .db(move |s| Ok((s.get_user(&uid)?, s.get_session(&sid)?)))
+            .await?;
+        match (fresh, current) {
+            (Some(fresh), Some(current)) if !fresh.locked && !current.revoked => user = fresh,
+            _ => return Err(Error::Token(TokenRefusal::Revoked)),
+        }
+    }
 }
 
 /// The token response of API.md §2 (RFC 6749 §5.1 field names).
@@ -246,13 +281,15 @@ pub async fn refresh(
     let next = random_token().map_err(|e| Error::internal(e.0))?;
     let new = token_hash(&next);
     let idle = app.config.tokens.refresh_idle_ttl.as_secs();
+    let epoch = app.revocation_epoch();
     match app
         .db(move |s| s.rotate_refresh(&old, &new, now, idle))
         .await?
     {
         RotateOutcome::Rotated { session, user } => {
-            audit(app, "refresh", "ok", Some(&user.id), caller.ip);
-            token_response(app, &user, &session, next, now)
+            let response = mint_stable(app, user, &session, next, now, epoch).await?;
+            audit(app, "refresh", "ok", Some(&session.user_id), caller.ip);
+            Ok(response)
         }
         RotateOutcome::Reused { session } => {
             app.revoke(Revocation::Session {
