@@ -62,7 +62,7 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
     if app.config.server.admin_listen.is_none()
         && let Some(response) = crate::ops::handle(&app, &request).await
     {
-        return local(response);
+        return with_request_id(&app, local(response), &request_id);
     }
 
     let class = MethodClass::of(request.method());

@@ -324,14 +324,16 @@ pub async fn set_password(
     revoke_user(app, user_id, keep_sid).await?;
     let now = app.clock.now();
     let id = user_id.to_string();
+    // Pending reset links die before the new hash lands: a crash in between leaves the old
+    // password and no link (the user asks again), never a new password with a live link.
     app.db(move |s| {
+        s.void_one_time_for_user(OneTimeKind::PasswordReset, &id)?;
         s.update_user(&id, &mut |u| {
             u.password_hash = hash.clone();
             u.password_changed_at = now;
             u.updated_at = now;
             Ok(())
-        })?;
-        s.void_one_time_for_user(OneTimeKind::PasswordReset, &id)
+        })
     })
     .await?;
     // Again after the new hash is in: a login that verified the old password just before
