@@ -103,6 +103,11 @@ pub struct Metrics {
     pub auth_events: IntCounterVec,
     /// Mails by result (`sent`, `failed`, `retried`, `dropped`).
     pub mail: IntCounterVec,
+    /// Certificate reloads by result (`ok`, `failed`), synced from the TLS reloader when
+    /// metrics are rendered.
+    pub tls_reloads: IntCounterVec,
+    /// Two scrapes at once must not both add the same delta.
+    tls_sync: std::sync::Mutex<()>,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub revocations_cached: IntGauge,
@@ -187,6 +192,14 @@ impl Metrics {
             &["kind", "result"],
         )?;
         registry.register(Box::new(mail.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "tls_reloads_total",
+                "Certificate reloads from disk by result; a failed one keeps the old certificate.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tls_reloads.clone()))?;
         let connections_open = IntGauge::new("connections_open", "Client connections open now.")?;
         registry.register(Box::new(connections_open.clone()))?;
         let connections_refused = IntCounter::new(
@@ -223,6 +236,8 @@ impl Metrics {
             rate_limited,
             auth_events,
             mail,
+            tls_reloads,
+            tls_sync: std::sync::Mutex::new(()),
             connections_open,
             connections_refused,
             revocations_cached,
@@ -264,6 +279,20 @@ impl Metrics {
     /// Counts an identity event (`login`/`ok`, `refresh`/`reuse`, …).
     pub fn auth_event(&self, event: &str, outcome: &str) {
         self.auth_events.with_label_values(&[event, outcome]).inc();
+    }
+
+    /// Brings the TLS reload counters up to the reloader's own counts.
+    pub fn sync_tls_reloads(&self, ok: u64, failed: u64) {
+        // A poisoned lock only means another scrape panicked mid-sync; the counters are
+        // still consistent, so carry on.
+        let _guard = self.tls_sync.lock().unwrap_or_else(|e| e.into_inner());
+        for (result, total) in [("ok", ok), ("failed", failed)] {
+            let counter = self.tls_reloads.with_label_values(&[result]);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -30,6 +30,10 @@ pub async fn handle<B>(app: &App, request: &Request<B>) -> Option<Response<Full<
             }
         },
         _ => {
+            if let Some(tls) = &app.tls {
+                let stats = tls.reload_stats();
+                app.metrics.sync_tls_reloads(stats.reloads, stats.failures);
+            }
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -355,6 +355,14 @@ async fn a_bad_certificate_at_reload_keeps_the_old_one() {
     // Once the files are good again, the new certificate is served.
     replace(&files.key(), &second.key);
     wait_for_leaf(gh.addr, &client, &second).await;
+
+    // Operators see both outcomes in /metrics.
+    let stats = wait_for_stats(&gh, |s| s.reloads >= 1).await;
+    let metrics = gh.admin_send(http::Method::GET, "/metrics").await.text();
+    for (result, n) in [("ok", stats.reloads), ("failed", stats.failures)] {
+        let line = format!("gatehouse_tls_reloads_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
