@@ -185,8 +185,12 @@ fn parse_addr(element: &[u8]) -> Option<IpAddr> {
     text.parse::<IpAddr>().ok().map(|addr| addr.to_canonical())
 }
 
-fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|net| net_contains(net, addr))
+/// Whether a (canonical) address is one of the trusted proxies; the one rule every caller
+/// uses, so the gate and the X-Forwarded-For walk never disagree.
+pub fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted
+        .iter()
+        .any(|net| net_contains(net, addr.to_canonical()))
 }
 
 /// Whether `net` contains the canonical address `addr`, treating an IPv6 net that lies wholly

@@ -36,6 +36,13 @@ use crate::proxy::{Forwarding, Identity};
 use crate::ratelimit::RateLimiter;
 use crate::token::{Claims, TokenError, bearer};
 
+/// Headers that ask a framework to run another method than the request line's.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// The response body: the upstream's streamed body, or one gatehouse wrote itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
@@ -138,6 +145,26 @@ async fn gate(
     if request.method() == Method::CONNECT {
         return Err(Error::InvalidRequest("CONNECT is not supported".into()));
     }
+    // Methods are case-sensitive, but many frameworks upper-case them: `delete` would miss
+    // a DELETE-only rule here and run the DELETE handler there.
+    if request
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(Error::InvalidRequest("methods must be upper-case".into()));
+    }
+    // Method-override headers make the upstream run another method than the one the policy
+    // decided on (Rails, Laravel, Express honour them).
+    if METHOD_OVERRIDES
+        .iter()
+        .any(|name| request.headers().contains_key(*name))
+    {
+        return Err(Error::InvalidRequest(
+            "method-override headers are not accepted; send the real method".into(),
+        ));
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request with no Host or with several is refused; which one
     // would the upstream believe?
     if request.version() == http::Version::HTTP_11
@@ -236,10 +263,7 @@ async fn gate(
     }
 
     // 9. Rate limits, keyed by the client.
-    let peer_trusted = !trusted.is_empty()
-        && trusted
-            .iter()
-            .any(|net| net.contains(&peer_ip.to_canonical()));
+    let peer_trusted = !trusted.is_empty() && client_ip::is_trusted(peer_ip, trusted);
     let route_limiter = decision
         .rule
         .and_then(|i| app.limits.routes.get(i))

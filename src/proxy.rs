@@ -58,6 +58,22 @@ const FORWARDING: [&str; 6] = [
     "forwarded",
 ];
 
+/// Headers no client may send upstream at all: other proxies' client-address headers that
+/// gatehouse does not maintain (an upstream might believe them), and URL overrides that make
+/// IIS or older Symfony serve another path than the one the policy decided on.
+const NEVER_FORWARDED: [&str; 10] = [
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-prefix",
+    "x-original-url",
+    "x-rewrite-url",
+    "forwarded",
+];
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -304,6 +320,8 @@ pub fn rewrite_request(
     let strip = |name: &HeaderName| {
         is_identity_header(name, rules)
             || (!fwd.peer_trusted && FORWARDING.contains(&name.as_str()))
+            || NEVER_FORWARDED.contains(&name.as_str())
+            || name.as_str() == "x-real-ip"
             || (!rules.forward_authorization && name == header::AUTHORIZATION)
             || name == header::HOST
     };

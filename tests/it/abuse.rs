@@ -232,3 +232,57 @@ async fn http11_requests_need_exactly_one_host() {
         .await
         .expect(200);
 }
+
+#[tokio::test]
+async fn method_tricks_are_refused() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let reader = gh.token("r", &["reader"]);
+    let auth = format!("Bearer {reader}");
+    // A lower-case method would miss the DELETE-only rule and reach a case-folding upstream.
+    gh.raw(format!(
+        "delete /api/items/1 HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    ))
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    // Method-override headers would run DELETE where the policy decided on POST/GET.
+    for header in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        gh.get_with(
+            "/api/items/1",
+            &[("authorization", &auth), (header, "DELETE")],
+        )
+        .await
+        .expect_error(400, "INVALID_REQUEST");
+    }
+}
+
+#[tokio::test]
+async fn foreign_client_address_and_url_override_headers_never_reach_the_upstream() {
+    let gh = Gatehouse::start(
+        ROUTES,
+        &[("GATEHOUSE_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")],
+    )
+    .await;
+    let sent = [
+        ("x-real-ip", "127.0.0.1"),
+        ("forwarded", "for=10.0.0.1;host=admin.internal"),
+        ("true-client-ip", "10.0.0.1"),
+        ("cf-connecting-ip", "10.0.0.1"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-forwarded-prefix", "/admin"),
+    ];
+    // Even from a trusted proxy: gatehouse does not maintain these, so nobody may set them.
+    let reply = gh.get_with("/public/x", &sent).await;
+    reply.expect(200);
+    for (name, _) in sent {
+        assert_eq!(
+            reply.upstream_header(name),
+            None,
+            "{name} reached the upstream"
+        );
+    }
+}
