@@ -295,8 +295,8 @@ async fn gate(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let mut request = request;
-    let client_upgrade =
-        crate::websocket::is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    let ws_key = crate::websocket::upgrade_key(&request);
+    let client_upgrade = ws_key.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     parts.uri = upstream_uri;
     parts.version = http::Version::HTTP_11;
@@ -340,7 +340,12 @@ async fn gate(
     let mut response = response;
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let spliced = match client_upgrade {
-        Some(client) if switching => {
+        Some(client)
+            if switching
+                && ws_key.as_ref().is_some_and(|key| {
+                    crate::websocket::upstream_accepted(key, response.headers())
+                }) =>
+        {
             let upstream = hyper::upgrade::on(&mut response);
             let id = request_id.to_str().unwrap_or_default().to_string();
             tokio::spawn(crate::websocket::splice(client, upstream, id));

@@ -102,3 +102,20 @@ async fn websocket_is_authorised_then_spliced() {
     }
     ws.close(None).await.unwrap();
 }
+
+/// "WebSocket smuggling": an upstream endpoint that answers 101 without switching to
+/// WebSocket must not get a raw pipe spliced to the client.
+#[tokio::test]
+async fn a_101_without_a_matching_accept_is_not_spliced() {
+    let upstream = crate::harness::raw_upstream(|_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let gh = Gatehouse::start_with(upstream, ROUTES, &[]).await;
+    let token = gh.token("ws-user", &["reader"]);
+    match connect(&gh, Some(&token)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 502),
+        other => panic!("a bogus 101 was spliced: {other:?}"),
+    }
+}
