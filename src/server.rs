@@ -152,17 +152,28 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                     });
                     continue;
                 }
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let watched = graceful.watch(connection);
+                // The watcher is taken now so a drain also waits for connections still
+                // waiting for their first bytes.
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
                 gauge.inc();
                 let closing = closing.clone();
                 tokio::spawn(async move {
-                    // Connection errors (client resets, timeouts) are the client's business;
-                    // hyper has already answered what could be answered.
+                    let serve = async {
+                        // hyper's HTTP/1-or-2 detection reads without a timer of its own: a
+                        // client that connects and sends nothing would hold its slot forever.
+                        if !preface_arrives(&stream, handshake_timeout).await {
+                            tracing::debug!(%peer, "no request bytes in time; closing");
+                            return;
+                        }
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        // Connection errors (client resets, timeouts) are the client's
+                        // business; hyper has already answered what could be answered.
+                        let _ = watcher.watch(connection).await;
+                    };
                     tokio::select! {
-                        _ = watched => {}
+                        () = serve => {}
                         () = until_closed(closing) => {}
                     }
                     gauge.dec();
@@ -190,6 +201,28 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
             deadline_passed.send_replace(true);
         }
     }
+}
+
+/// The HTTP/2 connection preface; hyper tells HTTP/2 from HTTP/1 by it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, at most `limit`, until the client has sent enough bytes for hyper to tell HTTP/1
+/// from HTTP/2: one byte that cannot start the HTTP/2 preface, or the whole preface. False
+/// when the client stays silent (or dribbles a partial preface) or closes.
+async fn preface_arrives(stream: &TcpStream, limit: std::time::Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // A partial HTTP/2 preface: peeking does not consume, so the socket stays
+                // readable; look again at a gentle pace until the rest arrives.
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
 /// Completes once the drain deadline has passed (or `run` is gone).

@@ -286,3 +286,29 @@ async fn foreign_client_address_and_url_override_headers_never_reach_the_upstrea
         );
     }
 }
+
+/// A client that connects and sends nothing (or only part of the HTTP/2 preface) is closed
+/// at the header timeout instead of holding a connection slot forever.
+#[tokio::test]
+async fn silent_connections_do_not_hold_a_slot() {
+    let gh = Gatehouse::start(ROUTES, &[("GATEHOUSE_SERVER_HEADER_READ_TIMEOUT", "300ms")]).await;
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = TcpStream::connect(gh.addr).await.unwrap();
+        stream.write_all(opening).await.unwrap();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection that sent {opening:?} was kept open"
+        );
+    }
+    gh.get("/public/x").await.expect(200);
+}
