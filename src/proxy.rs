@@ -100,12 +100,18 @@ pub struct Forwarding<'a> {
 /// The upstream: a pooled client and the URL parts every request is sent to.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    /// For health checks, which open their own connections with the same TLS settings.
-    connector: HttpsConnector<HttpConnector>,
+    /// For health checks: its own small pool, with the same TLS settings.
+    health_client: Client<HttpsConnector<HttpConnector>, http_body_util::Empty<Bytes>>,
+    /// The last health verdict and when it was taken: `/readyz` may be public, and a flood
+    /// of it must not become a flood of upstream requests.
+    health_cache: std::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
     url: UpstreamUrl,
     timeout: Duration,
     health_path: Option<String>,
 }
+
+/// How long a health verdict is reused.
+const HEALTH_CACHE: Duration = Duration::from_secs(1);
 
 /// Why forwarding failed, for the `kind` label of `gatehouse_upstream_errors_total`.
 pub enum ForwardError {
@@ -160,7 +166,10 @@ impl Upstream {
             .build(connector.clone());
         Ok(Upstream {
             client,
-            connector,
+            health_client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build(connector),
+            health_cache: std::sync::Mutex::new(None),
             url: u.url.clone(),
             timeout: u.timeout,
             health_path: u.health_path.clone(),
@@ -225,15 +234,28 @@ impl Upstream {
         let Some(path) = &self.health_path else {
             return Ok(());
         };
+        let now = tokio::time::Instant::now();
+        // A poisoned lock only means a panic elsewhere mid-update; the cached value is still
+        // a whole verdict.
+        if let Some((at, verdict)) = &*self.health_cache.lock().unwrap_or_else(|e| e.into_inner())
+            && now.duration_since(*at) < HEALTH_CACHE
+        {
+            return verdict.clone();
+        }
+        let verdict = self.probe(path).await;
+        *self.health_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((tokio::time::Instant::now(), verdict.clone()));
+        verdict
+    }
+
+    async fn probe(&self, path: &str) -> Result<(), String> {
         let uri = self.uri(path, None).map_err(|e| e.to_string())?;
-        let client: Client<_, http_body_util::Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(self.connector.clone());
         let request = Request::get(uri)
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;
         match tokio::time::timeout(
             self.timeout.min(Duration::from_secs(2)),
-            client.request(request),
+            self.health_client.request(request),
         )
         .await
         {
