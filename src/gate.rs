@@ -174,6 +174,22 @@ async fn gate(
             "exactly one Host header is required".into(),
         ));
     }
+    // HTTP/2 names the host in :authority (RFC 9113 §8.3.1); a `host` header beside it must
+    // agree, or the upstream could build links from a host the client made up.
+    if request.version() == http::Version::HTTP_2 {
+        let mut hosts = request.headers().get_all(header::HOST).iter();
+        let authority = request.uri().authority().map(|a| a.as_str().as_bytes());
+        let agrees = match (hosts.next(), hosts.next()) {
+            (None, _) => true,
+            (Some(host), None) => authority.is_none_or(|a| a.eq_ignore_ascii_case(host.as_bytes())),
+            (Some(_), Some(_)) => false,
+        };
+        if !agrees {
+            return Err(Error::InvalidRequest(
+                "the host header must match :authority".into(),
+            ));
+        }
+    }
     // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths) never
     // reaches this point: hyper refuses conflicting lengths and non-chunked
     // Transfer-Encoding with 400, and when both headers come it frames by the chunked
@@ -288,12 +304,17 @@ async fn gate(
         return Err(Error::PayloadTooLarge);
     }
     let upstream_uri = app.upstream.uri_for(uri, &path)?;
-    let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
-        request
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The host the client addressed: :authority for HTTP/2, Host for HTTP/1 (an absolute-form
+    // target's authority was checked against Host above).
+    let authority = request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let original_host = if request.version() == http::Version::HTTP_2 {
+        authority.or_else(|| request.headers().get(header::HOST).cloned())
+    } else {
+        request.headers().get(header::HOST).cloned().or(authority)
+    };
     let mut request = request;
     let ws_key = crate::websocket::upgrade_key(&request);
     let client_upgrade = ws_key.is_some().then(|| hyper::upgrade::on(&mut request));

@@ -312,3 +312,31 @@ async fn silent_connections_do_not_hold_a_slot() {
     }
     gh.get("/public/x").await.expect(200);
 }
+
+/// HTTP/2: a `host` header that disagrees with :authority is refused; one that agrees passes.
+#[tokio::test]
+async fn http2_host_must_match_authority() {
+    use http_body_util::{BodyExt, Empty};
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let authority = gh.addr.to_string();
+    for (host, status) in [("evil.example", 400), (authority.as_str(), 200)] {
+        let request = http::Request::get(format!("http://{}/public/x", gh.addr))
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let got = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            got,
+            status,
+            "host {host}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
