@@ -150,6 +150,11 @@ pub struct App {
     shutting_down: AtomicBool,
     /// Bumped after every revocation reaches the cache; see [`App::revocation_epoch`].
     revocation_epoch: AtomicU64,
+    /// One permit per open client connection (`server.max_connections`); a WebSocket splice
+    /// takes its own, since it outlives the HTTP connection it was upgraded from.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Turns true when draining starts; long-lived work (WebSocket splices) ends on it.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -211,6 +216,8 @@ impl App {
             tls: None,
             shutting_down: AtomicBool::new(false),
             revocation_epoch: AtomicU64::new(0),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            draining: tokio::sync::watch::Sender::new(false),
             config,
         })
     }
@@ -338,6 +345,12 @@ impl App {
     /// Marks the app as draining: `/readyz` answers 503 so load balancers stop sending.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        self.draining.send_replace(true);
+    }
+
+    /// A receiver that sees `true` once draining starts.
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -367,9 +367,20 @@ async fn gate(
                     crate::websocket::upstream_accepted(key, response.headers())
                 }) =>
         {
+            // The spliced pair outlives this HTTP connection and its slot: it takes a slot
+            // of its own, and ends when the token expires or the server drains.
+            let Ok(slot) = app.connection_slots.clone().try_acquire_owned() else {
+                return Err(Error::Unavailable("connection limit reached"));
+            };
             let upstream = hyper::upgrade::on(&mut response);
-            let id = request_id.to_str().unwrap_or_default().to_string();
-            tokio::spawn(crate::websocket::splice(client, upstream, id));
+            let splice = crate::websocket::Splice {
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
+                expires_at: claims.as_ref().map(|c| c.exp),
+                now: app.clock.now(),
+                draining: app.draining(),
+                slot,
+            };
+            tokio::spawn(crate::websocket::splice(client, upstream, splice));
             true
         }
         // A 101 nobody asked for would hand the client a raw upstream socket.

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::app::App;
 use crate::gate::{self, ConnInfo};
@@ -81,7 +81,7 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
 pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let builder = builder(&app);
-    let slots = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let slots = app.connection_slots.clone();
     // Flips to true at the drain deadline; every connection task watches it.
     let (deadline_passed, closing) = watch::channel(false);
     let Listeners { main, admin } = listeners;

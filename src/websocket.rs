@@ -1,11 +1,15 @@
 //! WebSocket pass-through. An `Upgrade: websocket` request goes through the whole gate like
 //! any other (path normalisation, token, policy, rate limits) before it is forwarded, so an
-//! unauthenticated upgrade gets its 401 and never a 101. When the upstream answers 101, the
-//! two upgraded connections are spliced both ways until either side closes.
+//! unauthenticated upgrade gets its 401 and never a 101. When the upstream answers a genuine
+//! 101, the two upgraded connections are spliced both ways until either side closes, the
+//! token that authorised them expires, or the server drains; the splice holds a connection
+//! slot of its own meanwhile.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request};
 use hyper::upgrade::OnUpgrade;
+use std::time::Duration;
+
 use hyper_util::rt::TokioIo;
 
 /// The GUID RFC 6455 §1.3 mixes into `Sec-WebSocket-Accept`.
@@ -62,8 +66,30 @@ pub fn restore_handshake_headers(headers: &mut HeaderMap) {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
-/// Copies bytes both ways between the client's and the upstream's upgraded connections.
-pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, request_id: String) {
+/// What a splice needs besides the two connections.
+pub struct Splice {
+    pub request_id: String,
+    /// The token's `exp`: the splice ends then, as the token would have stopped working.
+    /// `None` on a public route.
+    pub expires_at: Option<u64>,
+    /// Unix time now, to turn `expires_at` into a delay.
+    pub now: u64,
+    /// Turns true when the server drains.
+    pub draining: tokio::sync::watch::Receiver<bool>,
+    /// The connection slot the splice holds until it ends.
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections,
+/// until either side closes, the token expires, or the server drains.
+pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, splice: Splice) {
+    let Splice {
+        request_id,
+        expires_at,
+        now,
+        mut draining,
+        slot,
+    } = splice;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -73,16 +99,30 @@ pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, request_id: String) 
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => {
-            tracing::debug!(
-                request_id,
-                bytes_up = up,
-                bytes_down = down,
-                "websocket closed"
-            )
+    let lifetime = expires_at.map_or(Duration::MAX, |exp| {
+        Duration::from_secs(exp.saturating_sub(now))
+    });
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
+            Ok((up, down)) => {
+                tracing::debug!(request_id, bytes_up = up, bytes_down = down, "websocket closed")
+            }
+            Err(e) => tracing::debug!(request_id, error = %e, "websocket ended with an error"),
+        },
+        () = sleep_or_forever(lifetime) => {
+            tracing::debug!(request_id, "websocket closed: the token expired");
         }
-        Err(e) => tracing::debug!(request_id, error = %e, "websocket ended with an error"),
+        _ = draining.wait_for(|&d| d) => {
+            tracing::debug!(request_id, "websocket closed: server draining");
+        }
+    }
+    drop(slot);
+}
+
+async fn sleep_or_forever(delay: Duration) {
+    match tokio::time::Instant::now().checked_add(delay) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -119,3 +119,27 @@ async fn a_101_without_a_matching_accept_is_not_spliced() {
         other => panic!("a bogus 101 was spliced: {other:?}"),
     }
 }
+
+/// A spliced WebSocket ends when the server drains; it does not outlive `run`.
+#[tokio::test]
+async fn a_drain_closes_spliced_websockets() {
+    let upstream = ws_echo_upstream().await;
+    let gh = Gatehouse::start_with(upstream, ROUTES, &[]).await;
+    let token = gh.token("ws-user", &["reader"]);
+    let mut ws = connect(&gh, Some(&token))
+        .await
+        .expect("upgrade with a token");
+    ws.send(Message::Text("ping".into())).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    gh.stop().await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the websocket outlived the server");
+}
