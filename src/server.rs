@@ -117,60 +117,37 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(gate::handle(app, conn, request).await) }
                 });
-                if let Some(acceptor) = tls.clone() {
-                    // The watcher is taken now so a drain also waits for handshakes in flight.
-                    let watcher = graceful.watcher();
-                    let builder = builder.clone();
-                    gauge.inc();
-                    let closing = closing.clone();
-                    tokio::spawn(async move {
-                        let serve = async {
-                            let handshake = acceptor.accept(stream);
-                            let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
-                                Ok(Ok(stream)) => stream,
-                                // Plain HTTP on the TLS port, scanners, expired client trust
-                                // stores: the client's problem, worth a debug line at most.
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            let _ = watcher.watch(connection).await;
-                        };
-                        tokio::select! {
-                            () = serve => {}
-                            () = until_closed(closing) => {}
-                        }
-                        gauge.dec();
-                        drop(slot);
-                    });
-                    continue;
-                }
-                // The watcher is taken now so a drain also waits for connections still
-                // waiting for their first bytes.
+                // The watcher is taken now so a drain also waits for connections still in
+                // their TLS handshake or waiting for their first bytes.
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
+                let acceptor = tls.clone();
                 gauge.inc();
                 let closing = closing.clone();
                 tokio::spawn(async move {
                     let serve = async {
-                        // hyper's HTTP/1-or-2 detection reads without a timer of its own: a
-                        // client that connects and sends nothing would hold its slot forever.
-                        if !preface_arrives(&stream, handshake_timeout).await {
-                            tracing::debug!(%peer, "no request bytes in time; closing");
-                            return;
-                        }
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
                         // Connection errors (client resets, timeouts) are the client's
                         // business; hyper has already answered what could be answered.
-                        let _ = watcher.watch(connection).await;
+                        if let Some(acceptor) = acceptor {
+                            let Some(stream) = tls_handshake(&acceptor, stream, handshake_timeout, peer).await
+                            else {
+                                return;
+                            };
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(connection).await;
+                        } else {
+                            // hyper's HTTP/1-or-2 detection reads without a timer of its own:
+                            // a client that connects and sends nothing would hold its slot
+                            // forever. (Over TLS the handshake deadline covers this.)
+                            if !preface_arrives(&stream, handshake_timeout).await {
+                                tracing::debug!(%peer, "no request bytes in time; closing");
+                                return;
+                            }
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(connection).await;
+                        }
                     };
                     tokio::select! {
                         () = serve => {}
@@ -199,6 +176,28 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
             // Each task drops its connection, which closes the socket and cancels the
             // request still in flight on it.
             deadline_passed.send_replace(true);
+        }
+    }
+}
+
+/// Completes a TLS handshake within `limit`; `None` (logged at debug) when the client fails
+/// it or is too slow: plain HTTP on the TLS port, scanners, stale trust stores are the
+/// client's problem.
+async fn tls_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    limit: std::time::Duration,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
         }
     }
 }
