@@ -45,6 +45,12 @@ async fn debug_gatehouse(env: &[(&str, &str)]) -> Gatehouse {
     Gatehouse::start(ROUTES, &all).await
 }
 
+/// Asks for a reset of `email`'s password and returns the token from the first mail.
+async fn mailed_reset_token(gh: &Gatehouse, sink: &SmtpSink, email: &str) -> String {
+    forgot(gh, email).await.expect(202);
+    sink.wait(email, RESET_SUBJECT, 1).await.token(RESET_LINK)
+}
+
 async fn forgot(gh: &Gatehouse, email: &str) -> Reply {
     gh.json(
         Method::POST,
@@ -382,11 +388,7 @@ async fn reset_tokens_expire() {
 async fn two_concurrent_submissions_one_success() {
     let (gh, sink) = with_sink(&[]).await;
     gh.register("ada@example.com").await;
-    forgot(&gh, "ada@example.com").await.expect(202);
-    let token = sink
-        .wait("ada@example.com", RESET_SUBJECT, 1)
-        .await
-        .token(RESET_LINK);
+    let token = mailed_reset_token(&gh, &sink, "ada@example.com").await;
 
     let (a, b) = tokio::join!(
         reset(&gh, &token, "first concurrent password"),
@@ -408,11 +410,7 @@ async fn two_concurrent_submissions_one_success() {
 async fn a_weak_password_does_not_burn_the_token() {
     let (gh, sink) = with_sink(&[]).await;
     gh.register("ada@example.com").await;
-    forgot(&gh, "ada@example.com").await.expect(202);
-    let token = sink
-        .wait("ada@example.com", RESET_SUBJECT, 1)
-        .await
-        .token(RESET_LINK);
+    let token = mailed_reset_token(&gh, &sink, "ada@example.com").await;
 
     reset(&gh, &token, "short")
         .await
@@ -429,11 +427,7 @@ async fn a_weak_password_does_not_burn_the_token() {
 async fn the_form_works_without_javascript() {
     let (gh, sink) = with_sink(&[]).await;
     gh.register("ada@example.com").await;
-    forgot(&gh, "ada@example.com").await.expect(202);
-    let token = sink
-        .wait("ada@example.com", RESET_SUBJECT, 1)
-        .await
-        .token(RESET_LINK);
+    let token = mailed_reset_token(&gh, &sink, "ada@example.com").await;
     let path = "/auth/reset-password";
 
     // Mismatch and weak passwords show the form again, with the problem, token intact.
