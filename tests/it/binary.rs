@@ -433,17 +433,7 @@ async fn serve_exits_0_at_the_drain_deadline_with_a_request_stuck() {
     let addr = gh.ready_addr().await;
     wait_healthy(addr).await;
 
-    let in_flight = tokio::spawn(async move {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /public/stuck HTTP/1.1\r\nHost: gh\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        answer
-    });
+    let in_flight = crate::harness::request_in_flight(addr, "/public/stuck");
     gate.arrived().await;
 
     let started = std::time::Instant::now();

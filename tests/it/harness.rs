@@ -726,3 +726,16 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
+
+/// Sends `GET path` on a fresh connection and returns, once the server closes it, every
+/// byte it answered: for requests that are still in flight when the server shuts down.
+pub fn request_in_flight(addr: SocketAddr, path: &str) -> tokio::task::JoinHandle<Vec<u8>> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gh\r\n\r\n");
+    tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer).await;
+        answer
+    })
+}

@@ -326,17 +326,7 @@ async fn shutdown_gives_up_after_the_drain_deadline() {
     )
     .await;
     let addr = gh.addr;
-    let in_flight = tokio::spawn(async move {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /public/stuck HTTP/1.1\r\nHost: gh\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        answer
-    });
+    let in_flight = crate::harness::request_in_flight(addr, "/public/stuck");
     gate.arrived().await;
 
     let started = std::time::Instant::now();
