@@ -99,6 +99,8 @@ fn policy_spec() -> PolicySpec {
     PolicySpec {
         routes,
         default: "deny".into(),
+        // The default: every decision also considers the case-folded path.
+        case_sensitive: false,
         roles: vec![
             RoleSpec {
                 name: "admin".into(),
@@ -171,6 +173,10 @@ fn bench_policy(c: &mut Criterion) {
     let mut group = c.benchmark_group("policy_decide_100_rules");
     group.bench_function("gatehouse", |b| {
         b.iter(|| policy.decide(black_box(&Method::GET), black_box("/api/orders/42/lines")))
+    });
+    // A path with upper-case letters is decided twice (exact and case-folded).
+    group.bench_function("gatehouse_mixed_case_path", |b| {
+        b.iter(|| policy.decide(black_box(&Method::GET), black_box("/API/Orders/42/lines")))
     });
     group.bench_function("baseline_naive_scan", |b| {
         b.iter(|| {
@@ -298,7 +304,7 @@ fn bench_together(c: &mut Criterion) {
                 let claims = tokens.verify(&token, NOW).unwrap();
                 let decision = policy.decide(&Method::GET, "/api/orders/42/lines");
                 let mask = policy.roles_mask(claims.roles.iter().map(String::as_str));
-                let verdict = decision.access.allows(Some(mask));
+                let (verdict, _, _) = decision.verdict(Some(mask));
                 let identity = Identity {
                     user_id: &claims.sub,
                     email: &claims.email,

@@ -470,12 +470,16 @@ impl Default for RawHeaders {
 #[serde(deny_unknown_fields, default)]
 pub struct RawPolicy {
     pub default: String,
+    pub case_sensitive: bool,
 }
 
 impl Default for RawPolicy {
     fn default() -> Self {
         RawPolicy {
             default: "deny".into(),
+            // Case-insensitive upstreams are common and the stricter of two verdicts is
+            // never laxer, so folding is on unless the operator knows better.
+            case_sensitive: false,
         }
     }
 }
@@ -596,6 +600,7 @@ const OVERRIDABLE: &[(&str, Kind)] = &[
     ("headers.request_id", Kind::Str),
     ("headers.forward_authorization", Kind::Bool),
     ("policy.default", Kind::Str),
+    ("policy.case_sensitive", Kind::Bool),
     ("log.format", Kind::Str),
     ("log.level", Kind::Str),
     ("log.access", Kind::Bool),
@@ -1435,6 +1440,7 @@ impl RawConfig {
                 })
                 .collect(),
             known_roles,
+            case_sensitive: raw.policy.case_sensitive,
         };
         let policy = match Policy::compile(&spec) {
             Ok(p) => Some(p),

@@ -4,14 +4,15 @@
 //!
 //! 1. take or mint the request id;
 //! 2. answer the ops endpoints (unless they live on the admin listener);
-//! 3. refuse what must never be forwarded (CONNECT, absolute-form targets for another host,
-//!    over-long targets);
+//! 3. refuse what must never be decided on or forwarded: CONNECT, lower-case methods, method
+//!    overrides, ambiguous hosts, absolute-form targets for another host, over-long targets
+//!    ([`crate::hygiene`]);
 //! 4. normalise the path once ([`crate::path`]); that path is decided on and forwarded;
 //! 5. hand `auth.prefix` paths to the identity service ([`crate::auth`]);
-//! 6. decide the route rule ([`crate::policy`]);
+//! 6. decide the route rule, on the exact and the case-folded path ([`crate::policy`]);
 //! 7. verify a bearer token if one is present, invalid tokens being refused even on public
 //!    routes, then check revocation in memory ([`crate::token`], [`crate::revocation`]);
-//! 8. apply the rule's verdict and the verified-email requirement;
+//! 8. apply the stricter verdict and the verified-email requirement;
 //! 9. apply per-IP rate limits ([`crate::ratelimit`]);
 //! 10. rewrite headers and forward, streaming ([`crate::proxy`]); a WebSocket handshake that
 //!     got this far is spliced both ways after the upstream's 101 ([`crate::websocket`]);
@@ -21,8 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
-use http_body_util::{Either, Full, Limited};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -31,17 +32,10 @@ use crate::client_ip;
 use crate::error::{Error, TokenRefusal};
 use crate::metrics::{MethodClass, Outcome};
 use crate::path;
-use crate::policy::{Access, Verdict};
+use crate::policy::Verdict;
 use crate::proxy::{Forwarding, Identity};
 use crate::ratelimit::RateLimiter;
 use crate::token::{Claims, TokenError, bearer};
-
-/// Headers that ask a framework to run another method than the request line's.
-const METHOD_OVERRIDES: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
 
 /// The response body: the upstream's streamed body, or one gatehouse wrote itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -139,92 +133,11 @@ async fn gate(
     rule: &mut Option<usize>,
 ) -> Result<Routed, Error> {
     let config = &app.config;
-
-    // 3. Never forwarded: a proxy that tunnels or that forwards to a host named by the
-    //    client is an open proxy.
-    if request.method() == Method::CONNECT {
-        return Err(Error::InvalidRequest("CONNECT is not supported".into()));
-    }
-    // Methods are case-sensitive, but many frameworks upper-case them: `delete` would miss
-    // a DELETE-only rule here and run the DELETE handler there.
-    if request
-        .method()
-        .as_str()
-        .bytes()
-        .any(|b| b.is_ascii_lowercase())
-    {
-        return Err(Error::InvalidRequest("methods must be upper-case".into()));
-    }
-    // Method-override headers make the upstream run another method than the one the policy
-    // decided on (Rails, Laravel, Express honour them).
-    if METHOD_OVERRIDES
-        .iter()
-        .any(|name| request.headers().contains_key(*name))
-    {
-        return Err(Error::InvalidRequest(
-            "method-override headers are not accepted; send the real method".into(),
-        ));
-    }
-    // RFC 9112 §3.2: an HTTP/1.1 request with no Host or with several is refused; which one
-    // would the upstream believe?
-    if request.version() == http::Version::HTTP_11
-        && request.headers().get_all(header::HOST).iter().count() != 1
-    {
-        return Err(Error::InvalidRequest(
-            "exactly one Host header is required".into(),
-        ));
-    }
-    // HTTP/2 names the host in :authority (RFC 9113 §8.3.1); a `host` header beside it must
-    // agree, or the upstream could build links from a host the client made up.
-    if request.version() == http::Version::HTTP_2 {
-        let mut hosts = request.headers().get_all(header::HOST).iter();
-        let authority = request.uri().authority().map(|a| a.as_str().as_bytes());
-        let agrees = match (hosts.next(), hosts.next()) {
-            (None, _) => true,
-            (Some(host), None) => authority.is_none_or(|a| a.eq_ignore_ascii_case(host.as_bytes())),
-            (Some(_), Some(_)) => false,
-        };
-        if !agrees {
-            return Err(Error::InvalidRequest(
-                "the host header must match :authority".into(),
-            ));
-        }
-    }
-    // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths) never
-    // reaches this point: hyper refuses conflicting lengths and non-chunked
-    // Transfer-Encoding with 400, and when both headers come it frames by the chunked
-    // encoding alone, drops Content-Length and closes the connection after the response
-    // (RFC 9112 §6.3). The upstream therefore only ever sees one unambiguous framing.
-    let headers = request.headers();
-    // An h2c upgrade would switch the connection to a protocol the policy never saw.
-    if headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"))
-        || headers.contains_key("http2-settings")
-    {
-        return Err(Error::InvalidRequest(
-            "h2c upgrades are not supported".into(),
-        ));
-    }
     let uri = request.uri();
-    if request.version() < http::Version::HTTP_2
-        && let Some(authority) = uri.authority()
-    {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .map(HeaderValue::as_bytes);
-        if host != Some(authority.as_str().as_bytes()) {
-            return Err(Error::InvalidRequest(
-                "absolute-form targets for another host are not accepted".into(),
-            ));
-        }
-    }
-    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > config.server.max_uri_bytes {
-        return Err(Error::UriTooLong);
-    }
+
+    // 3. Refuse what must never be decided on or forwarded: tunnels, open-proxy targets,
+    //    method overrides, ambiguous hosts (see `hygiene.rs` for the table and the reasons).
+    crate::hygiene::check(&request, config.server.max_uri_bytes)?;
 
     // 4. One normalisation; this exact string is decided on and forwarded.
     let path = path::normalize(uri.path()).map_err(|e| Error::InvalidRequest(e.reason().into()))?;
@@ -248,10 +161,12 @@ async fn gate(
             .map(Routed::Local);
     }
 
-    // 6. Policy.
+    // 6. Policy: the exact path's rule and, unless the policy is case-sensitive, the
+    //    case-folded path's; the request must pass both.
     let decision = config.policy.decide(request.method(), &path);
-    *rule = decision.rule;
-    if matches!(decision.access, Access::Deny) {
+    *rule = decision.exact.rule;
+    if let Some(denied) = decision.denial() {
+        *rule = denied.rule;
         return Err(Error::Forbidden);
     }
 
@@ -262,8 +177,10 @@ async fn gate(
         .as_ref()
         .map(|c| config.policy.roles_mask(c.roles.iter().map(String::as_str)));
 
-    // 8. Authorisation.
-    match decision.access.allows(mask) {
+    // 8. Authorisation: the stricter verdict of the two spellings.
+    let (verdict, matched, _) = decision.verdict(mask);
+    *rule = matched.rule;
+    match verdict {
         Verdict::Allow => {}
         Verdict::Unauthenticated => {
             app.metrics.auth_failure("missing");
@@ -272,7 +189,7 @@ async fn gate(
         Verdict::Forbidden => return Err(Error::Forbidden),
     }
     if config.auth.require_verified_email
-        && !matches!(decision.access, Access::Public)
+        && !decision.is_public()
         && claims.as_ref().is_some_and(|c| !c.email_verified)
     {
         return Err(Error::EmailNotVerified);
@@ -280,16 +197,13 @@ async fn gate(
 
     // 9. Rate limits, keyed by the client.
     let peer_trusted = !trusted.is_empty() && client_ip::is_trusted(peer_ip, trusted);
-    let route_limiter = decision
-        .rule
-        .and_then(|i| app.limits.routes.get(i))
-        .and_then(Option::as_ref);
-    for (limiter, class) in [
-        (app.limits.proxy.as_ref(), "proxy"),
-        (route_limiter, "route"),
-    ] {
-        if let Some(limiter) = limiter {
-            check_rate(app, limiter, client, class)?;
+    if let Some(limiter) = &app.limits.proxy {
+        check_rate(app, limiter, client, "proxy")?;
+    }
+    // Both spellings' rules count: a case variant cannot dodge a route's limit.
+    for i in decision.rules() {
+        if let Some(limiter) = app.limits.routes.get(i).and_then(Option::as_ref) {
+            check_rate(app, limiter, client, "route")?;
         }
     }
 
@@ -343,17 +257,17 @@ async fn gate(
     if client_upgrade.is_some() {
         crate::websocket::restore_handshake_headers(&mut parts.headers);
     }
-    let body = Limited::new(
-        body,
-        usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
-    );
+    let body = crate::proxy::UpstreamBody::new(body, config.server.max_body_bytes);
     let upstream_start = Instant::now();
     let response = app
         .upstream
         .forward(Request::from_parts(parts, body))
         .await
         .map_err(|e| {
-            app.metrics.upstream_error(e.kind());
+            // A body the client broke is the client's error, not the upstream's.
+            if !matches!(e, crate::proxy::ForwardError::Body(_)) {
+                app.metrics.upstream_error(e.kind());
+            }
             e.into_error()
         })?;
     app.metrics

@@ -9,7 +9,8 @@
 //!
 //! - [`server`]: listeners, connections, graceful shutdown; [`tls`]: certificates, reload.
 //! - [`gate`]: the request pipeline, one async function from request to response.
-//! - [`path`]: request-path normalisation, done once before policy.
+//! - [`hygiene`]: requests refused before anything is decided (overrides, hosts, CONNECT).
+//! - [`path`]: request-path normalisation and case folding, done once before policy.
 //! - [`policy`]: route rules and roles, compiled once; no IO.
 //! - [`token`]: access-token issue and verification; opaque token helpers.
 //! - [`revocation`]: the in-memory revocation cache the proxy path checks.
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod email;
 pub mod error;
 pub mod gate;
+pub mod hygiene;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

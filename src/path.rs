@@ -20,7 +20,7 @@
 //! | raw `\` | refused ([`PathError::Backslash`]) | some servers treat it as `/` |
 //! | raw `;` | refused ([`PathError::Semicolon`]) | path parameters (`/admin;x/..`) are stripped by some servers (Tomcat) and kept by others |
 //! | `%2F`, `%2f`, `%5C`, `%5c` | refused ([`PathError::EncodedSeparator`]) | an encoded separator is a separator to some upstreams and data to others |
-//! | `%00` | refused ([`PathError::EncodedNul`]) | truncates strings in C-based upstreams |
+//! | `%00`–`%1F`, `%7F` | refused ([`PathError::EncodedControl`]) | an encoded control byte is refused like its raw form: `%00` truncates strings in C-based upstreams, and `/admin%0A` decodes to `/admin\n`, which Python's and PCRE's `$` (Starlette, FastAPI, nginx regex locations) match as `/admin` |
 //! | `%` not followed by two hex digits | refused ([`PathError::BadEscape`]) | malformed; upstreams disagree on how to repair it |
 //! | `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) | decoded (`/%61dmin` → `/admin`) | RFC 3986 §6.2.2.2: equivalent spelling |
 //! | any other `%XX` | kept, hex upper-cased (`%3b` → `%3B`) | RFC 3986 §6.2.2.1; decoding it would change the meaning |
@@ -58,8 +58,8 @@ pub enum PathError {
     BadEscape,
     /// `%2F` or `%5C`: an encoded `/` or `\`.
     EncodedSeparator,
-    /// `%00`: an encoded NUL byte.
-    EncodedNul,
+    /// `%00`–`%1F` or `%7F`: an encoded control byte.
+    EncodedControl,
     /// A `..` segment that would climb above the root.
     AboveRoot,
 }
@@ -83,7 +83,9 @@ impl PathError {
             PathError::EncodedSeparator => {
                 "The request path contains an encoded '/' or '\\' (%2F or %5C)."
             }
-            PathError::EncodedNul => "The request path contains an encoded NUL byte (%00).",
+            PathError::EncodedControl => {
+                "The request path contains an encoded control character (%00-%1F or %7F)."
+            }
             PathError::AboveRoot => "The request path climbs above the root with '..'.",
         }
     }
@@ -163,7 +165,7 @@ fn escape(bytes: &[u8], at: usize) -> Result<Escape, PathError> {
     };
     let value = h << 4 | l;
     match value {
-        0 => Err(PathError::EncodedNul),
+        0x00..=0x1F | 0x7F => Err(PathError::EncodedControl),
         b'/' | b'\\' => Err(PathError::EncodedSeparator),
         v if is_unreserved(v) => Ok(Escape::Decode(v)),
         v if hi.is_ascii_lowercase() || lo.is_ascii_lowercase() => Ok(Escape::Upper(v)),
@@ -290,6 +292,116 @@ fn rewrite(bytes: &[u8]) -> Result<String, PathError> {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
+/// The case-folded spelling of a normalised path, for policies that must hold against
+/// upstreams that route without regard to case (Express by default, IIS and ASP.NET, nginx
+/// `~*` locations, case-insensitive regex routers).
+///
+/// ASCII letters are lower-cased. Runs of escapes that decode to UTF-8 are folded too,
+/// because a case-insensitive upstream decodes them first: every character becomes its
+/// lower-case form, and the characters that case-insensitive matchers equate with an ASCII
+/// letter become that letter, unescaped — `K` (U+212A KELVIN SIGN) is `k` to Python's
+/// `re.IGNORECASE` and to JavaScript's `/iu`, `ſ` (U+017F) is `s`, `ı` (U+0131) and `İ`
+/// (U+0130) are `i`. Escapes of ASCII bytes (reserved characters such as `%3B`) and bytes
+/// that are not UTF-8 stay as they are. The input must be the output of [`normalize`];
+/// patterns written as normalised paths fold the same way, so comparing folded path with
+/// folded pattern byte for byte is a case-insensitive comparison.
+///
+/// Borrows (no allocation) when the path has no upper-case letter and no escape, which is
+/// nearly every request.
+pub fn fold_case(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    if !bytes.iter().any(|&b| b.is_ascii_uppercase() || b == b'%') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(char::from(bytes[i].to_ascii_lowercase()));
+            i += 1;
+            continue;
+        }
+        // A run of escapes, decoded. `normalize` guarantees every escape is well formed.
+        let mut run = Vec::new();
+        while bytes.get(i) == Some(&b'%') {
+            let value = (bytes.get(i + 1).copied().and_then(hex_value))
+                .zip(bytes.get(i + 2).copied().and_then(hex_value))
+                .map(|(hi, lo)| hi << 4 | lo);
+            match value {
+                Some(v) => run.push(v),
+                // Not a normalised path after all: keep the rest as it is.
+                None => break,
+            }
+            i += 3;
+        }
+        for chunk in run.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match fold_char(c) {
+                    Folded::Ascii(letter) => out.push(char::from(letter)),
+                    Folded::Char(c) => {
+                        let mut buf = [0u8; 4];
+                        push_escaped(&mut out, c.encode_utf8(&mut buf).as_bytes());
+                    }
+                }
+            }
+            push_escaped(&mut out, chunk.invalid());
+        }
+        if bytes.get(i) == Some(&b'%') {
+            out.push_str(&path[i..]);
+            break;
+        }
+    }
+    Cow::Owned(out)
+}
+
+enum Folded {
+    /// An ASCII letter, written unescaped (as `normalize` writes unreserved characters).
+    Ascii(u8),
+    /// Anything else, written escaped.
+    Char(char),
+}
+
+/// One decoded character's case-folded form; see [`fold_case`].
+fn fold_char(c: char) -> Folded {
+    if c.is_ascii() {
+        // An escaped ASCII byte is a reserved character (unreserved ones were decoded by
+        // `normalize`), which has no case.
+        return Folded::Char(c);
+    }
+    // `İ` lower-cases to `i` + U+0307, which no matcher compares with; matchers that equate
+    // it with a letter equate it with `i`.
+    if c == '\u{130}' {
+        return Folded::Ascii(b'i');
+    }
+    let mut lower = c.to_lowercase();
+    let single_lower = match (lower.next(), lower.next()) {
+        (Some(l), None) => Some(l),
+        _ => None,
+    };
+    if let Some(l) = single_lower
+        && l.is_ascii_alphabetic()
+    {
+        return Folded::Ascii(l as u8);
+    }
+    // `ſ` and `ı` upper-case to `S` and `I`; simple case folding (`/iu`, Python) or
+    // upper-casing comparisons (.NET) equate them with those letters.
+    let mut upper = c.to_uppercase();
+    if let (Some(u), None) = (upper.next(), upper.next())
+        && u.is_ascii_alphabetic()
+    {
+        return Folded::Ascii(u.to_ascii_lowercase() as u8);
+    }
+    Folded::Char(single_lower.unwrap_or(c))
+}
+
+fn push_escaped(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        out.push('%');
+        out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+        out.push(char::from(HEX_UPPER[usize::from(b & 0xF)]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,7 +483,18 @@ mod tests {
             ("/a%2Fb", Err(EncodedSeparator)),
             ("/a%5cb", Err(EncodedSeparator)),
             ("/a%5Cb", Err(EncodedSeparator)),
-            ("/a%00", Err(EncodedNul)),
+            ("/a%00", Err(EncodedControl)),
+            ("/api/admin%0A", Err(EncodedControl)),
+            ("/api/admin%0a", Err(EncodedControl)),
+            ("/api/admin%0D%0A", Err(EncodedControl)),
+            ("/api/%09admin", Err(EncodedControl)),
+            ("/a%1F", Err(EncodedControl)),
+            ("/a%1f/b", Err(EncodedControl)),
+            ("/a%7F", Err(EncodedControl)),
+            ("/a%7f", Err(EncodedControl)),
+            ("/a/../b%0B", Err(EncodedControl)),
+            ("/a%20", Ok("/a%20")),
+            ("/a%80", Ok("/a%80")),
             ("/a%zz", Err(BadEscape)),
             ("/a%", Err(BadEscape)),
             ("/a%4", Err(BadEscape)),
@@ -420,6 +543,55 @@ mod tests {
     }
 
     #[test]
+    fn case_folding_table() {
+        let cases: &[(&str, &str)] = &[
+            ("/api/admin", "/api/admin"),
+            ("/api/ADMIN", "/api/admin"),
+            ("/Api/Admin/", "/api/admin/"),
+            // Reserved escapes have no case and stay escaped.
+            ("/a%3Bb%20C", "/a%3Bb%20c"),
+            // Non-ASCII letters fold to their lower case, escaped.
+            ("/caf%C3%89", "/caf%C3%A9"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/%C3%84PI", "/%C3%A4pi"),
+            // Characters that case-insensitive matchers equate with ASCII letters.
+            ("/api/%E2%84%AAey", "/api/key"),
+            ("/api/%C5%BFessions", "/api/sessions"),
+            ("/api/adm%C4%B1n", "/api/admin"),
+            ("/api/adm%C4%B0n", "/api/admin"),
+            // Bytes that are not UTF-8 (overlong forms, stray continuation bytes) stay.
+            ("/a%C0%AE", "/a%C0%AE"),
+            ("/a%E0%80%AEb", "/a%E0%80%AEb"),
+            ("/a%80B", "/a%80b"),
+            // A valid sequence after invalid bytes is still folded.
+            ("/a%FF%C3%89", "/a%FF%C3%A9"),
+            // Symbols without case are kept.
+            ("/%E2%82%AC", "/%E2%82%AC"),
+        ];
+        for &(input, want) in cases {
+            let normal = normalize(input).map(Cow::into_owned);
+            assert_eq!(normal.as_deref(), Ok(input), "test inputs are normalised");
+            let folded = fold_case(input);
+            assert_eq!(folded, want, "fold_case({input:?})");
+            assert_eq!(
+                matches!(folded, Cow::Borrowed(_)),
+                input == want && !input.contains('%')
+            );
+            // Folding is idempotent and its output is still a normalised path.
+            assert_eq!(
+                fold_case(&folded),
+                want,
+                "fold_case is idempotent on {input:?}"
+            );
+            assert_eq!(
+                normalize(&folded).as_deref(),
+                Ok(want),
+                "{want:?} is normalised"
+            );
+        }
+    }
+
+    #[test]
     fn every_error_has_a_reason() {
         for error in [
             NotAbsolute,
@@ -429,7 +601,7 @@ mod tests {
             Semicolon,
             BadEscape,
             EncodedSeparator,
-            EncodedNul,
+            EncodedControl,
             AboveRoot,
         ] {
             assert!(error.reason().ends_with('.'), "{error:?}");
@@ -458,7 +630,12 @@ mod tests {
                 if s[i] == b'%' {
                     let hex = seg.get(i + 1..i + 3)?;
                     let v = u8::from_str_radix(hex, 16).ok()?;
-                    if hex.starts_with(['+', '-']) || v == 0 || v == b'/' || v == b'\\' {
+                    if hex.starts_with(['+', '-'])
+                        || v < 0x20
+                        || v == 0x7F
+                        || v == b'/'
+                        || v == b'\\'
+                    {
                         return None;
                     }
                     if v.is_ascii_alphanumeric() || b"-._~".contains(&v) {

@@ -17,13 +17,23 @@
 //! - **Globs work on whole segments.** `*` is exactly one non-empty segment; `**` (only as a
 //!   whole segment) is zero or more segments, so `/api/users/**` covers `/api/users` itself;
 //!   a `*` inside a segment (`v*`, `*.json`) matches any run of characters, possibly empty,
-//!   within that segment. Literal segments compare bytes exactly, so case matters. No `?`,
+//!   within that segment. Literal segments compare bytes exactly (but see case below). No `?`,
 //!   `[..]` or `{..}`: they are refused rather than taken literally, because an operator who
 //!   writes them expects them to be wildcards.
 //! - **Patterns are written the way normalised paths look**: no empty segments (`//`, or a
 //!   trailing `/`), no `.`/`..` segments, no characters that normalisation refuses, and
 //!   percent-escapes only for reserved characters, in upper-case hex. A pattern that could
 //!   never match is a configuration error, not a silently dead rule.
+//! - **Case.** Many upstreams route without regard to case (Express by default, IIS and
+//!   ASP.NET, nginx `~*` locations), so by default a request is decided twice: on its exact
+//!   path, and on its case-folded path ([`crate::path::fold_case`]) against the case-folded
+//!   patterns. It must pass both; the stricter verdict wins (403 over 401 over allow). So
+//!   `/API/Admin` gets at least the `/api/admin/**` rule's protection, and on an exact
+//!   upstream, where it is a different resource, it also needs what its own rule asks.
+//!   Folding never makes a request laxer. The second decision is skipped when neither the
+//!   path nor any pattern has anything to fold, which is nearly every request.
+//!   `[policy] case_sensitive = true` decides on the exact path only, for operators who know
+//!   their upstream routes exactly.
 //! - **A trailing slash on the request is ignored** for matching: `/a/b/` matches `/a/b`.
 //! - **Methods**: an empty list means every method, including extension methods. Names are
 //!   upper-cased (so `"get"` in the file means `GET`) and must be HTTP tokens. `GET` implies
@@ -89,6 +99,9 @@ pub struct PolicySpec {
     pub roles: Vec<RoleSpec>,
     /// Role names known from elsewhere in the configuration (default roles, the admin role).
     pub known_roles: Vec<String>,
+    /// `[policy] case_sensitive`: decide on the exact path only. When false (the default),
+    /// every request is also decided on its case-folded path and the stricter verdict wins.
+    pub case_sensitive: bool,
 }
 
 /// One configuration error, with the TOML key it belongs to.
@@ -176,13 +189,84 @@ pub enum Verdict {
     Forbidden,
 }
 
-/// Which rule applied to a request and what it requires.
+impl Verdict {
+    /// Order of strictness, for combining two verdicts.
+    fn severity(self) -> u8 {
+        match self {
+            Verdict::Allow => 0,
+            Verdict::Unauthenticated => 1,
+            Verdict::Forbidden => 2,
+        }
+    }
+}
+
+/// Which rule applied to a path spelling and what it requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
+pub struct Matched {
     /// Index into `[[routes]]`; `None` when no rule matched and the default applied.
     pub rule: Option<usize>,
     /// What the request needs.
     pub access: Access,
+}
+
+/// Which spelling of the path a verdict came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The normalised path, byte for byte.
+    Exact,
+    /// The case-folded path ([`crate::path::fold_case`]).
+    Folded,
+}
+
+/// How the policy treats a request: the rule its exact path matched and, when the policy is
+/// case-insensitive and the case-folded path matched another rule, that rule too. A request
+/// must satisfy both, so a case variant (`/API/Admin`) never gets a laxer rule than the
+/// spelling a case-insensitive upstream routes it as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The exact path's rule.
+    pub exact: Matched,
+    /// The folded path's rule, when it differs from the exact one.
+    pub folded: Option<Matched>,
+}
+
+impl Decision {
+    /// The match that denies the request to everyone, if either spelling's does: no token
+    /// could change the answer.
+    pub fn denial(&self) -> Option<Matched> {
+        self.matched().find(|m| m.access == Access::Deny)
+    }
+
+    /// Whether both spellings are public (no token needed, no e-mail check).
+    pub fn is_public(&self) -> bool {
+        self.matched().all(|m| m.access == Access::Public)
+    }
+
+    /// The verdict for a user and the match it came from: the stricter of the two spellings'
+    /// verdicts (403 over 401 over allow); the exact spelling's on a tie.
+    pub fn verdict(&self, user: Option<RoleMask>) -> (Verdict, Matched, Form) {
+        let exact = (self.exact.access.allows(user), self.exact, Form::Exact);
+        match self.folded {
+            Some(folded) => {
+                let folded = (folded.access.allows(user), folded, Form::Folded);
+                if folded.0.severity() > exact.0.severity() {
+                    folded
+                } else {
+                    exact
+                }
+            }
+            None => exact,
+        }
+    }
+
+    /// The rules involved (for per-route rate limits): one or two.
+    pub fn rules(&self) -> impl Iterator<Item = usize> + '_ {
+        self.matched().filter_map(|m| m.rule)
+    }
+
+    fn matched(&self) -> impl Iterator<Item = Matched> + '_ {
+        std::iter::once(self.exact).chain(self.folded)
+    }
 }
 
 /// The compiled route policy. Build it once with [`Policy::compile`] and share it.
@@ -192,6 +276,50 @@ pub struct Policy {
     default: Access,
     roles: RoleTable,
     index: FirstSegmentIndex,
+    /// The case-folded rules, unless `case_sensitive`.
+    folded: Option<FoldedRules>,
+}
+
+/// The rules' globs compiled from their case-folded patterns, in the same order.
+#[derive(Debug)]
+struct FoldedRules {
+    globs: Box<[Glob]>,
+    index: FirstSegmentIndex,
+    /// Some pattern changes when folded (it has an upper-case letter or a non-ASCII escape),
+    /// so even an already-folded path must be tried against these globs.
+    patterns_change: bool,
+}
+
+impl FoldedRules {
+    /// `None` when a pattern is invalid: its own error is reported by [`Rule::compile`].
+    fn compile(spec: &PolicySpec, errors: &mut Vec<PolicyError>) -> Option<FoldedRules> {
+        let mut globs = Vec::with_capacity(spec.routes.len());
+        let mut patterns_change = false;
+        for (i, route) in spec.routes.iter().enumerate() {
+            Glob::compile(&route.path).ok()?;
+            let folded = crate::path::fold_case(&route.path);
+            patterns_change |= *folded != *route.path;
+            // Folding keeps `/`, `*` and the escapes' form and turns letters into letters,
+            // so a valid pattern stays valid; report it rather than assume it.
+            match Glob::compile(&folded) {
+                Ok(glob) => globs.push(glob),
+                Err(message) => {
+                    errors.push(PolicyError::new(
+                        format!("routes[{i}].path"),
+                        format!(
+                            "its case-folded form `{folded}` is not a valid pattern: {message}"
+                        ),
+                    ));
+                    return None;
+                }
+            }
+        }
+        Some(FoldedRules {
+            index: FirstSegmentIndex::build(globs.iter().map(Glob::first_literal)),
+            globs: globs.into_boxed_slice(),
+            patterns_change,
+        })
+    }
 }
 
 impl Policy {
@@ -215,16 +343,27 @@ impl Policy {
             .enumerate()
             .filter_map(|(i, route)| Rule::compile(i, route, &roles, &mut errors))
             .collect();
+        let folded = if spec.case_sensitive {
+            None
+        } else {
+            FoldedRules::compile(spec, &mut errors)
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
-        let index = FirstSegmentIndex::build(&rules);
+        let index = FirstSegmentIndex::build(rules.iter().map(|r| r.glob.first_literal()));
         Ok(Policy {
             rules: rules.into_boxed_slice(),
             default,
             roles,
             index,
+            folded,
         })
+    }
+
+    /// Whether the policy decides on the exact path only (`[policy] case_sensitive`).
+    pub fn is_case_sensitive(&self) -> bool {
+        self.folded.is_none()
     }
 
     /// The rule that applies to a request, and what it requires. `path` must be normalised;
@@ -233,17 +372,50 @@ impl Policy {
     pub fn decide(&self, method: &Method, path: &str) -> Decision {
         let name = method.as_str();
         let bit = standard_method_bit(name);
+        let exact = self.first_match(bit, name, path, &self.index, |i| &self.rules[i].glob);
+        let Some(folded_rules) = &self.folded else {
+            return Decision {
+                exact,
+                folded: None,
+            };
+        };
+        let folded_path = crate::path::fold_case(path);
+        // Nearly every request: a path with nothing to fold, against patterns with nothing
+        // to fold, matches the same rule.
+        if matches!(folded_path, std::borrow::Cow::Borrowed(_)) && !folded_rules.patterns_change {
+            return Decision {
+                exact,
+                folded: None,
+            };
+        }
+        let folded = self.first_match(bit, name, &folded_path, &folded_rules.index, |i| {
+            &folded_rules.globs[i]
+        });
+        Decision {
+            exact,
+            folded: (folded.rule != exact.rule).then_some(folded),
+        }
+    }
+
+    fn first_match<'g>(
+        &'g self,
+        bit: u16,
+        name: &str,
+        path: &str,
+        index: &FirstSegmentIndex,
+        glob: impl Fn(usize) -> &'g Glob,
+    ) -> Matched {
         let segments = Segments::of(path);
-        for &i in self.index.candidates(segments.first()) {
+        for &i in index.candidates(segments.first()) {
             let rule = &self.rules[i];
-            if rule.methods.contains(bit, name) && rule.glob.matches(&segments) {
-                return Decision {
+            if rule.methods.contains(bit, name) && glob(i).matches(&segments) {
+                return Matched {
                     rule: Some(i),
                     access: rule.access,
                 };
             }
         }
-        Decision {
+        Matched {
             rule: None,
             access: self.default,
         }
@@ -311,23 +483,18 @@ impl Policy {
         let mut out = String::new();
         // Writing to a String cannot fail, so the results are ignored.
         let _ = writeln!(out, "request: {method} {path}");
-        match decision.rule.and_then(|i| Some((i, self.rules.get(i)?))) {
-            Some((i, rule)) => {
-                let _ = writeln!(
-                    out,
-                    "rule:    routes[{i}] matched: path = \"{}\", methods = {}, {}",
-                    rule.pattern,
-                    rule.methods.label,
-                    self.describe(rule.access)
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "rule:    no rule matched; default = {}",
-                    access_name(self.default)
-                );
-            }
+        let _ = writeln!(out, "rule:    {}", self.describe_match(decision.exact));
+        if let Some(folded) = decision.folded {
+            let _ = writeln!(
+                out,
+                "folded:  as {}: {}",
+                crate::path::fold_case(path),
+                self.describe_match(folded)
+            );
+            let _ = writeln!(
+                out,
+                "         (case-insensitive upstreams route it so; the stricter verdict applies)"
+            );
         }
         let user = roles.map(|names| self.roles_mask(names.iter().map(String::as_str)));
         match (roles, user) {
@@ -355,7 +522,18 @@ impl Policy {
                 let _ = writeln!(out, "user:    anonymous (no token)");
             }
         }
-        let verdict = match (decision.access.allows(user), decision.access, user) {
+        let (verdict, matched, form) = decision.verdict(user);
+        if decision.folded.is_some() {
+            let _ = writeln!(
+                out,
+                "decided: by the {} path",
+                match form {
+                    Form::Exact => "exact",
+                    Form::Folded => "case-folded",
+                }
+            );
+        }
+        let verdict = match (verdict, matched.access, user) {
             (Verdict::Allow, Access::Roles(required), Some(held)) => format!(
                 "ALLOW: the user holds [{}], which the rule accepts",
                 self.role_names(RoleMask(required.0 & held.0))
@@ -373,6 +551,18 @@ impl Policy {
         };
         let _ = writeln!(out, "verdict: {verdict}");
         out
+    }
+
+    fn describe_match(&self, matched: Matched) -> String {
+        match matched.rule.and_then(|i| Some((i, self.rules.get(i)?))) {
+            Some((i, rule)) => format!(
+                "routes[{i}] matched: path = \"{}\", methods = {}, {}",
+                rule.pattern,
+                rule.methods.label,
+                self.describe(rule.access)
+            ),
+            None => format!("no rule matched; default = {}", access_name(self.default)),
+        }
     }
 
     fn describe(&self, access: Access) -> String {
@@ -877,20 +1067,19 @@ struct FirstSegmentIndex {
 }
 
 impl FirstSegmentIndex {
-    fn build(rules: &[Rule]) -> Self {
-        let mut keys: Vec<Box<str>> = rules
-            .iter()
-            .filter_map(|rule| rule.glob.first_literal().map(Box::from))
-            .collect();
+    /// `firsts`: each rule's literal first segment, in file order.
+    fn build<'a>(firsts: impl Iterator<Item = Option<&'a str>>) -> Self {
+        let firsts: Vec<Option<&str>> = firsts.collect();
+        let mut keys: Vec<Box<str>> = firsts.iter().flatten().map(|&f| Box::from(f)).collect();
         keys.sort_unstable();
         keys.dedup();
         let bucket = |key: Option<&str>| -> Box<[usize]> {
-            rules
+            firsts
                 .iter()
                 .enumerate()
-                .filter(|(_, rule)| match rule.glob.first_literal() {
+                .filter(|(_, first)| match first {
                     None => true,
-                    Some(first) => Some(first) == key,
+                    Some(first) => Some(*first) == key,
                 })
                 .map(|(i, _)| i)
                 .collect()
@@ -1140,6 +1329,7 @@ mod tests {
                     spec.roles.push(RoleSpec { name, inherits });
                 }
                 Some("known") => spec.known_roles = list(words.next().unwrap_or_default()),
+                Some("case_sensitive") => spec.case_sensitive = true,
                 _ => panic!("bad line {line:?}"),
             }
         }
@@ -1166,10 +1356,11 @@ mod tests {
                     other => panic!("bad user {other:?}"),
                 };
                 let decision = policy.decide(&method, path);
-                let rule = decision
+                let (verdict, matched, _) = decision.verdict(user);
+                let rule = matched
                     .rule
                     .map_or("default".to_owned(), |i| format!("#{i}"));
-                let verdict = match decision.access.allows(user) {
+                let verdict = match verdict {
                     Verdict::Allow => "allow",
                     Verdict::Unauthenticated => "401",
                     Verdict::Forbidden => "403",
@@ -1282,6 +1473,74 @@ mod tests {
                 "errors: routes[0].path",
             );
         }
+    }
+
+    /// Case variants never get a laxer rule than the spelling a case-insensitive upstream
+    /// routes them as, and on an exact upstream they still need their own rule.
+    #[test]
+    fn case_variants_get_the_stricter_verdict() {
+        let src = "
+            role admin
+            route /api/admin/** roles=admin
+            route /api/items/** methods=DELETE roles=admin
+            route /api/** access=authenticated
+            route /public/** access=public
+            route /Shop/** access=public
+            known admin,user
+        ";
+        let cases = [
+            ("GET /api/admin as user", "#0 403"),
+            ("GET /api/ADMIN as user", "#0 403"),
+            // No exact rule for `/Api`: the default denies it anyway (a tie reports the exact
+            // spelling's match).
+            ("GET /Api/Admin as user", "default 403"),
+            ("GET /API/ADMIN/users as user", "default 403"),
+            ("GET /api/ADMIN anon", "#2 401"),
+            ("GET /api/ADMIN as admin", "#2 allow"),
+            // Unicode look-alikes that case-insensitive matchers equate with `i` and `k`.
+            ("GET /api/adm%C4%B1n as user", "#0 403"),
+            ("GET /api/adm%C4%B0n as user", "#0 403"),
+            ("DELETE /api/ITEMS/1 as user", "#1 403"),
+            ("DELETE /api/items/1 as admin", "#1 allow"),
+            ("GET /api/Items/1 as user", "#2 allow"),
+            // Folding never loosens: /PUBLIC is public to a case-insensitive upstream, but
+            // an exact upstream would route it elsewhere, so the default applies too.
+            ("GET /PUBLIC/x anon", "default 403"),
+            ("GET /public/x anon", "#3 allow"),
+            // Patterns fold too: a mixed-case pattern matches its folded spellings.
+            ("GET /shop/x anon", "default 403"),
+            ("GET /Shop/x anon", "#4 allow"),
+        ];
+        for (request, expect) in cases {
+            check(src, request, expect);
+        }
+        // Exact only: `/api/ADMIN` is another resource to an exact upstream.
+        let exact = format!("{src}\n case_sensitive");
+        check(&exact, "GET /api/ADMIN as user", "#2 allow");
+        check(&exact, "GET /PUBLIC/x anon", "default 403");
+    }
+
+    #[test]
+    fn explain_says_which_spelling_decided() {
+        let mut spec = spec(
+            "
+            role admin
+            route /api/admin/** roles=admin
+            route /api/** access=authenticated
+        ",
+        );
+        let policy = Policy::compile(&spec).expect("compiles");
+        let user = ["user".to_owned()];
+        let out = policy.explain("GET", "/api/ADMIN", Some(&user));
+        assert!(out.contains("rule:    routes[1]"), "{out}");
+        assert!(out.contains("folded:  as /api/admin: routes[0]"), "{out}");
+        assert!(out.contains("decided: by the case-folded path"), "{out}");
+        assert!(out.contains("DENY 403"), "{out}");
+        spec.case_sensitive = true;
+        let policy = Policy::compile(&spec).expect("compiles");
+        let out = policy.explain("GET", "/api/ADMIN", Some(&user));
+        assert!(!out.contains("folded"), "{out}");
+        assert!(out.contains("ALLOW"), "{out}");
     }
 
     #[test]

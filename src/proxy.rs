@@ -16,6 +16,9 @@
 //! `https://` upstreams are reached through rustls with the roots [`crate::tls`] chooses
 //! (`upstream.ca_file`, or the public roots).
 
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,8 +34,81 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{Config, HeadersConfig, UpstreamUrl};
 use crate::error::Error;
 
-/// The body sent upstream: the client's body, capped.
-pub type UpstreamBody = Limited<Incoming>;
+/// The body sent upstream: the client's body, capped, watched for failures.
+pub struct UpstreamBody {
+    inner: Limited<Incoming>,
+    failure: Arc<OnceLock<BodyFailure>>,
+}
+
+/// Why the client's body stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// Over `server.max_body_bytes`.
+    TooLarge,
+    /// Broken framing (a bad chunk size, a bare LF, a body shorter than its
+    /// Content-Length) or a client that went away mid-body.
+    Malformed,
+}
+
+impl UpstreamBody {
+    /// Wraps the client's body with the `server.max_body_bytes` cap.
+    pub fn new(body: Incoming, max_bytes: u64) -> UpstreamBody {
+        UpstreamBody {
+            inner: Limited::new(body, usize::try_from(max_bytes).unwrap_or(usize::MAX)),
+            failure: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Learns later whether the body failed. A failure is the client's fault, whatever the
+    /// upstream client library reports it as: the request it aborted is answered 400/413,
+    /// never 502, and counted as a client error, not an upstream one.
+    pub fn watch(&self) -> BodyWatch {
+        BodyWatch(self.failure.clone())
+    }
+}
+
+/// See [`UpstreamBody::watch`].
+pub struct BodyWatch(Arc<OnceLock<BodyFailure>>);
+
+impl BodyWatch {
+    pub fn failure(&self) -> Option<BodyFailure> {
+        self.0.get().copied()
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            let failure = if e.is::<http_body_util::LengthLimitError>() {
+                BodyFailure::TooLarge
+            } else {
+                BodyFailure::Malformed
+            };
+            // The first failure is the one that counts; a second cannot happen, as the
+            // upstream client stops polling at the first error.
+            let _ = self.failure.set(failure);
+        }
+        // Passing the error on makes the upstream client abort the request: a chunked body
+        // gets no last chunk and a sized one falls short, and the connection is closed, so
+        // the upstream never takes a truncated body for a whole one.
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Headers that describe one connection and never cross a proxy (RFC 9110 §7.6.1), plus the
 /// non-standard ones that behave like them.
@@ -58,11 +134,14 @@ const FORWARDING: [&str; 6] = [
     "forwarded",
 ];
 
-/// Headers no client may send upstream at all: other proxies' client-address headers that
-/// gatehouse does not maintain (an upstream might believe them), and URL overrides that make
-/// IIS or older Symfony serve another path than the one the policy decided on.
-const NEVER_FORWARDED: [&str; 10] = [
+/// Headers no client may send upstream at all, in any case or `_` spelling: other proxies'
+/// client-address headers that gatehouse does not maintain (an upstream might believe them),
+/// and URL and method overrides set by other proxies and ingresses (IIS, older Symfony,
+/// nginx `auth_request` set-ups, Traefik, Envoy), which make an upstream act on another path
+/// or method than the one the policy decided on.
+const NEVER_FORWARDED: [&str; 18] = [
     "true-client-ip",
+    "x-real-ip",
     "x-client-ip",
     "cf-connecting-ip",
     "x-cluster-client-ip",
@@ -70,7 +149,14 @@ const NEVER_FORWARDED: [&str; 10] = [
     "x-forwarded-ssl",
     "x-forwarded-prefix",
     "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-method",
     "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-envoy-original-path",
+    "request-uri",
     "forwarded",
 ];
 
@@ -119,8 +205,8 @@ pub enum ForwardError {
     Timeout,
     /// Reset, protocol error, garbage.
     Broken(String),
-    /// The client's body went over `server.max_body_bytes` while streaming.
-    BodyTooLarge,
+    /// The client's body failed while streaming (see [`BodyFailure`]).
+    Body(BodyFailure),
 }
 
 impl ForwardError {
@@ -129,7 +215,7 @@ impl ForwardError {
             ForwardError::Connect(_) => "connect",
             ForwardError::Timeout => "timeout",
             ForwardError::Broken(_) => "broken",
-            ForwardError::BodyTooLarge => "body_too_large",
+            ForwardError::Body(_) => "client_body",
         }
     }
 
@@ -139,7 +225,10 @@ impl ForwardError {
                 Error::UpstreamUnavailable(cause)
             }
             ForwardError::Timeout => Error::UpstreamTimeout,
-            ForwardError::BodyTooLarge => Error::PayloadTooLarge,
+            ForwardError::Body(BodyFailure::TooLarge) => Error::PayloadTooLarge,
+            ForwardError::Body(BodyFailure::Malformed) => Error::InvalidRequest(
+                "The request body broke off or its chunked framing is malformed.".into(),
+            ),
         }
     }
 }
@@ -221,7 +310,14 @@ impl Upstream {
         &self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let body = request.body().watch();
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        // Whatever the client library made of it, a body that failed on the client's side
+        // is the client's error.
+        if let (Some(failure), false) = (body.failure(), matches!(result, Ok(Ok(_)))) {
+            return Err(ForwardError::Body(failure));
+        }
+        match result {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(e)),
@@ -270,13 +366,6 @@ impl Upstream {
 fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
     if e.is_connect() {
         return ForwardError::Connect(format!("{e:?}"));
-    }
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return ForwardError::BodyTooLarge;
-        }
-        source = s.source();
     }
     ForwardError::Broken(format!("{e:?}"))
 }
@@ -339,11 +428,14 @@ pub fn rewrite_request(
     remove_hop_by_hop(headers);
 
     // Scan once; the common request carries nothing to strip and allocates nothing.
+    let listed = |name: &str, list: &[&str]| list.iter().any(|p| name_matches(name, p, true));
     let strip = |name: &HeaderName| {
+        let n = name.as_str();
         is_identity_header(name, rules)
-            || (!fwd.peer_trusted && FORWARDING.contains(&name.as_str()))
-            || NEVER_FORWARDED.contains(&name.as_str())
-            || name.as_str() == "x-real-ip"
+            // A trusted proxy sends the standard spelling; an `_` one is a client's, passed
+            // along, and WSGI/CGI upstreams would read it as the real header.
+            || ((!fwd.peer_trusted || n.contains('_')) && listed(n, &FORWARDING))
+            || listed(n, &NEVER_FORWARDED)
             || (!rules.forward_authorization && name == header::AUTHORIZATION)
             || name == header::HOST
     };
@@ -505,6 +597,62 @@ mod tests {
             assert!(!map.contains_key(gone), "{gone} survived");
         }
         assert_eq!(map["x-app"], "kept");
+    }
+
+    #[test]
+    fn url_and_method_overrides_never_reach_the_upstream_in_any_spelling() {
+        let names = [
+            "x-original-url",
+            "X-Original-URI",
+            "x_original_uri",
+            "X-Forwarded-Uri",
+            "x_forwarded_uri",
+            "X-Forwarded-Path",
+            "X-Envoy-Original-Path",
+            "x_envoy_original_path",
+            "Request-Uri",
+            "request_uri",
+            "X-Original-Method",
+            "X_Original_Method",
+            "X-Rewrite-URL",
+            "X-Original-Host",
+            "X-Forwarded-Prefix",
+            "True-Client-IP",
+            "true_client_ip",
+            "X-Real-IP",
+            "x_real_ip",
+            "Forwarded",
+        ];
+        for trusted in [false, true] {
+            let pairs: Vec<(&str, &str)> = names.iter().map(|&n| (n, "/admin")).collect();
+            let map = rewrite(&pairs, trusted, false);
+            for name in names {
+                assert!(
+                    !map.contains_key(name.to_ascii_lowercase().as_str()),
+                    "{name} survived (trusted peer: {trusted})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn underscore_forwarding_headers_are_never_believed() {
+        let spoof = [
+            ("x_forwarded_for", "1.2.3.4"),
+            ("X_Forwarded_Proto", "https"),
+            ("x_forwarded_host", "evil.example"),
+            ("host", "app.example.com"),
+        ];
+        for trusted in [false, true] {
+            let map = rewrite(&spoof, trusted, false);
+            for name in ["x_forwarded_for", "x_forwarded_proto", "x_forwarded_host"] {
+                assert!(
+                    !map.contains_key(name),
+                    "{name} survived (trusted: {trusted})"
+                );
+            }
+            assert_eq!(map["x-forwarded-host"], "app.example.com");
+        }
     }
 
     #[test]

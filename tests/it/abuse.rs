@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,11 +245,16 @@ async fn method_tricks_are_refused() {
     ))
     .await
     .expect_error(400, "INVALID_REQUEST");
-    // Method-override headers would run DELETE where the policy decided on POST/GET.
+    // Method-override headers would run DELETE where the policy decided on POST/GET, in
+    // every spelling a framework might fold to the one it reads.
     for header in [
         "x-http-method-override",
+        "X-HTTP-Method-Override",
+        "X_HTTP_Method_Override",
         "x-http-method",
+        "X_HTTP_METHOD",
         "x-method-override",
+        "x_method_override",
     ] {
         gh.get_with(
             "/api/items/1",
@@ -257,6 +263,32 @@ async fn method_tricks_are_refused() {
         .await
         .expect_error(400, "INVALID_REQUEST");
     }
+    // Override parameters in the query (Express method-override, Laravel, Symfony, Rails).
+    for query in [
+        "_method=DELETE",
+        "a=1&_METHOD=DELETE",
+        "__method=DELETE",
+        "_http_method=DELETE",
+        "%5Fmethod=DELETE",
+        "_method[]=DELETE",
+        ".method=DELETE",
+    ] {
+        gh.send(
+            Method::POST,
+            &format!("/api/items/1?{query}"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .expect_error(400, "INVALID_REQUEST");
+    }
+    // Ordinary parameters that mention a method pass.
+    gh.get_with(
+        "/api/items/1?payment_method=card&method=x",
+        &[("authorization", &auth)],
+    )
+    .await
+    .expect(200);
 }
 
 #[tokio::test]
@@ -274,13 +306,23 @@ async fn foreign_client_address_and_url_override_headers_never_reach_the_upstrea
         ("x-original-url", "/admin"),
         ("x-rewrite-url", "/admin"),
         ("x-forwarded-prefix", "/admin"),
+        ("x-original-uri", "/admin"),
+        ("x_original_uri", "/admin"),
+        ("x-forwarded-uri", "/admin"),
+        ("x-forwarded-path", "/admin"),
+        ("x-envoy-original-path", "/admin"),
+        ("request-uri", "/admin"),
+        ("x-original-method", "DELETE"),
+        ("X_Original_Method", "DELETE"),
+        ("x_forwarded_for", "10.9.9.9"),
+        ("X_Real_IP", "10.9.9.9"),
     ];
     // Even from a trusted proxy: gatehouse does not maintain these, so nobody may set them.
     let reply = gh.get_with("/public/x", &sent).await;
     reply.expect(200);
     for (name, _) in sent {
         assert_eq!(
-            reply.upstream_header(name),
+            reply.upstream_header(&name.to_ascii_lowercase()),
             None,
             "{name} reached the upstream"
         );

@@ -548,7 +548,8 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Reply {
 }
 
 /// Reads one HTTP/1.1 response: Content-Length, chunked, or until the connection closes.
-async fn read_response(
+/// `head_only`: the request was HEAD, so no body follows.
+pub async fn read_response(
     stream: &mut TcpStream,
     head_only: bool,
 ) -> std::io::Result<(StatusCode, HeaderMap, Bytes)> {

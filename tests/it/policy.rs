@@ -88,6 +88,15 @@ async fn paths_are_normalised_once_and_forwarded_as_decided() {
         (b"/public/caf%c3%a9", Forwarded("/public/caf%C3%A9")),
         (b"/public/a%20b", Forwarded("/public/a%20b")),
         (b"/public/%00", Refused(400, "INVALID_REQUEST")),
+        // Encoded control characters are refused like raw ones: `/api/admin%0A` decodes to
+        // `/api/admin\n`, which Python's and PCRE's `$` match as `/api/admin`.
+        (b"/public/x%0A", Refused(400, "INVALID_REQUEST")),
+        (b"/public/x%0a", Refused(400, "INVALID_REQUEST")),
+        (b"/public/x%0D%0A", Refused(400, "INVALID_REQUEST")),
+        (b"/public/%09x", Refused(400, "INVALID_REQUEST")),
+        (b"/public/x%1F", Refused(400, "INVALID_REQUEST")),
+        (b"/public/x%7F", Refused(400, "INVALID_REQUEST")),
+        (b"/public/x%7f", Refused(400, "INVALID_REQUEST")),
         (b"/public/%zz", Refused(400, "INVALID_REQUEST")),
         (b"/public/%4", Refused(400, "INVALID_REQUEST")),
         // The query is not part of the path: dots and slashes in it change nothing.
@@ -424,4 +433,48 @@ async fn per_ip_and_per_route_rate_limits() {
         metrics.contains("gatehouse_rate_limited_total{class=\"proxy\"} 1"),
         "{metrics}"
     );
+}
+
+/// Case variants of a protected path: an upstream that routes without regard to case (as
+/// Express does by default) would run the admin handler, so the case-folded path's rule
+/// must hold too; with `case_sensitive = true` only the exact path decides.
+#[tokio::test]
+async fn case_variants_cannot_reach_a_stricter_rule() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let reader = format!("Bearer {}", gh.token("r", &["reader"]));
+    let admin = format!("Bearer {}", gh.token("a", &["admin"]));
+    for target in [
+        "/api/ADMIN",
+        "/api/Admin/users",
+        "/api/%41DMIN",
+        "/api/adm%C4%B1n",
+        "/api/adm%C4%B0n",
+    ] {
+        gh.get_with(target, &[("authorization", &reader)])
+            .await
+            .expect_error(403, "FORBIDDEN");
+        let r = gh.get_with(target, &[("authorization", &admin)]).await;
+        r.expect(200);
+    }
+    // Folding only adds a rule: an unrelated mixed-case path stays as it was.
+    gh.get_with("/api/Items/1", &[("authorization", &reader)])
+        .await
+        .expect(200);
+    // The DELETE-only creator rule holds for a case variant of its path.
+    gh.send(
+        Method::DELETE,
+        "/API/items/1",
+        &[("authorization", &reader)],
+        Bytes::new(),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
+
+    let exact = Gatehouse::start(ROUTES, &[("GATEHOUSE_POLICY_CASE_SENSITIVE", "true")]).await;
+    let reader = format!("Bearer {}", exact.token("r", &["reader"]));
+    let r = exact
+        .get_with("/api/ADMIN", &[("authorization", &reader)])
+        .await;
+    r.expect(200);
+    assert_eq!(r.json()["path"], "/api/ADMIN");
 }

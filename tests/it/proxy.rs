@@ -603,6 +603,153 @@ async fn upstream_reset_mid_body_breaks_the_client_body() {
 // Bodies: limits and streaming
 // ---------------------------------------------------------------------------------------
 
+/// What a strict upstream saw of a chunked request body.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Some body bytes arrived.
+    Data,
+    /// The terminating zero-size chunk arrived: the upstream took the body as whole.
+    Complete,
+    /// The connection ended before the last chunk: the request was aborted.
+    Aborted,
+}
+
+/// An upstream that reads a chunked request body strictly, reporting what it saw, and only
+/// answers once the body is complete.
+async fn chunk_watching_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = tcp_upstream(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            if read_head(&mut stream).await.is_none() {
+                return;
+            }
+            let mut reader = BufReader::new(&mut stream);
+            let complete = async {
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.ok()? == 0 {
+                        return None;
+                    }
+                    let size =
+                        usize::from_str_radix(line.trim_end().split(';').next()?, 16).ok()?;
+                    let mut data = vec![0u8; size + 2];
+                    reader.read_exact(&mut data).await.ok()?;
+                    if size == 0 {
+                        return Some(());
+                    }
+                    let _ = tx.send(Seen::Data);
+                }
+            }
+            .await;
+            if complete.is_some() {
+                let _ = tx.send(Seen::Complete);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ncomplete")
+                    .await;
+            } else {
+                let _ = tx.send(Seen::Aborted);
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// How the upstream's reading of one body ended, past any data it saw.
+async fn last_seen(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    loop {
+        match seen.recv().await {
+            Some(Seen::Data) => continue,
+            Some(end) => return end,
+            None => panic!("the upstream went away"),
+        }
+    }
+}
+
+/// A request body that breaks its own chunked framing after part of it reached the
+/// upstream: the client gets 400 INVALID_REQUEST (a client error, not a 502 counted against
+/// the upstream), and the upstream sees the request aborted, never a complete body.
+#[tokio::test]
+async fn malformed_chunked_bodies_are_400_and_abort_the_upstream_request() {
+    use tokio::io::AsyncReadExt;
+    let (upstream, mut seen) = chunk_watching_upstream().await;
+    let gh = Gatehouse::start_with(upstream, ROUTES, &[]).await;
+    let breaks: &[(&str, &[u8])] = &[
+        ("bad chunk size", b"zz\r\nhello\r\n0\r\n\r\n"),
+        ("bare LF after the size", b"5\nhello\r\n0\r\n\r\n"),
+        (
+            "newline in a chunk extension",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("no CRLF after the data", b"5\r\nhelloXY0\r\n\r\n"),
+        (
+            "chunk size overflow",
+            b"fffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("negative chunk size", b"-5\r\nhello\r\n0\r\n\r\n"),
+    ];
+    for (what, rest) in breaks {
+        let mut client = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+        client
+            .write_all(
+                b"POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+            )
+            .await
+            .unwrap();
+        // The first chunk reaches the upstream before the framing breaks.
+        assert_eq!(seen.recv().await, Some(Seen::Data), "{what}");
+        client.write_all(rest).await.unwrap();
+        let (status, _, body) = crate::harness::read_response(&mut client, false)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
+        assert_eq!(status.as_u16(), 400, "{what}: {body:?}");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{what}: {body}");
+        assert_eq!(last_seen(&mut seen).await, Seen::Aborted, "{what}");
+        // The client connection is closed: its framing can no longer be trusted.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("connection left open");
+    }
+
+    // A body cut short by the client (the connection half-closed mid-chunk) is aborted
+    // upstream too.
+    let mut client = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n10\r\nabc",
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen.recv().await, Some(Seen::Data));
+    client.shutdown().await.unwrap();
+    assert_eq!(last_seen(&mut seen).await, Seen::Aborted);
+
+    // A well-formed body still arrives whole.
+    let mut client = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nfirst\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (status, _, body) = crate::harness::read_response(&mut client, false)
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"complete"[..]));
+    assert_eq!(last_seen(&mut seen).await, Seen::Complete);
+
+    // None of it was counted against the upstream.
+    let metrics = gh.get("/metrics").await.text();
+    assert!(
+        !metrics.contains("gatehouse_upstream_errors_total{"),
+        "client body errors counted as upstream errors:\n{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn request_bodies_over_the_limit_are_413() {
     let gh = Gatehouse::start(ROUTES, &[("GATEHOUSE_SERVER_MAX_BODY_BYTES", "1024")]).await;

@@ -1,0 +1,355 @@
+//! Request hygiene: what is refused before anything is decided.
+//!
+//! Each refusal closes a way for the request the policy decides on to differ from the
+//! request an upstream framework acts on, or for gatehouse to become an open proxy. They are
+//! cheap (no allocation for an ordinary request) and run before path normalisation, for
+//! every request on the proxy path and the auth endpoints alike. Every refusal is a 400
+//! `INVALID_REQUEST` except an over-long target (414).
+//!
+//! | refused | why |
+//! |---|---|
+//! | `CONNECT` | a tunnel would carry traffic no policy sees |
+//! | a method with a lower-case letter (`delete`) | many frameworks upper-case methods, so `delete` would miss a DELETE-only rule here and run the DELETE handler there |
+//! | a method-override header, in any case and `-`/`_` spelling (`X-HTTP-Method-Override`, `X_HTTP_Method`, `x-method-override`) | Rails, Laravel, Symfony and Express's `method-override` run the named method, not the one decided on; `_` spellings reach frameworks that fold `_` into `-` (WSGI/CGI) |
+//! | a method-override query parameter (`_method`, `__method`, `_http_method` and the header names), decoded, in any case, with PHP's name mangling (`.`/space → `_`, `[...]` suffix) | Laravel, Symfony, Rails and `method-override('_method')` read them from the query |
+//! | HTTP/1.1 without exactly one `Host` | RFC 9112 §3.2; which one would the upstream believe? |
+//! | HTTP/2 `host` that disagrees with `:authority` | the upstream could build links from a host the client made up |
+//! | `Upgrade: h2c`, `HTTP2-Settings` | switches to a protocol the policy never saw |
+//! | an absolute-form target naming another host | forwarding there would be an open proxy |
+//! | a target longer than `server.max_uri_bytes` | 414 |
+//!
+//! A method override inside a form body cannot be refused without reading the body, which
+//! gatehouse streams; the README says what an upstream that honours one must do.
+
+use http::{HeaderMap, Method, Request, Version, header};
+
+use crate::error::Error;
+
+/// Header names that ask a framework to run another method than the request line's,
+/// lower-case with `-`; compared against names with `_` folded to `-`.
+const OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Query parameter names that do the same, lower-case with `-` and `.` folded to `_`.
+const OVERRIDE_PARAMS: [&str; 6] = [
+    "_method",
+    "__method",
+    "_http_method",
+    "x_http_method_override",
+    "x_http_method",
+    "x_method_override",
+];
+
+/// Refuses a request that must never be decided on or forwarded; see the module table.
+pub fn check<B>(request: &Request<B>, max_uri_bytes: usize) -> Result<(), Error> {
+    let method = request.method();
+    if method == Method::CONNECT {
+        return Err(invalid("CONNECT is not supported."));
+    }
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(invalid("Methods must be upper-case."));
+    }
+    let headers = request.headers();
+    if has_override_header(headers) {
+        return Err(invalid(
+            "Method-override headers are not accepted; send the real method.",
+        ));
+    }
+    if request.uri().query().is_some_and(has_override_param) {
+        return Err(invalid(
+            "Method-override query parameters (such as _method) are not accepted; send the real method.",
+        ));
+    }
+    match request.version() {
+        Version::HTTP_2 => {
+            let mut hosts = headers.get_all(header::HOST).iter();
+            let authority = request.uri().authority().map(|a| a.as_str().as_bytes());
+            let agrees = match (hosts.next(), hosts.next()) {
+                (None, _) => true,
+                (Some(host), None) => {
+                    authority.is_none_or(|a| a.eq_ignore_ascii_case(host.as_bytes()))
+                }
+                (Some(_), Some(_)) => false,
+            };
+            if !agrees {
+                return Err(invalid("The host header must match :authority."));
+            }
+        }
+        Version::HTTP_11 if headers.get_all(header::HOST).iter().count() != 1 => {
+            return Err(invalid("Exactly one Host header is required."));
+        }
+        _ => {}
+    }
+    // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths) never
+    // reaches this point: hyper refuses conflicting lengths and non-chunked
+    // Transfer-Encoding with 400, and when both headers come it frames by the chunked
+    // encoding alone, drops Content-Length and closes the connection after the response
+    // (RFC 9112 §6.3). A body that breaks its own framing later is caught while it streams
+    // (`proxy::UpstreamBody`).
+    if headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        || headers.contains_key("http2-settings")
+    {
+        return Err(invalid("h2c upgrades are not supported."));
+    }
+    let uri = request.uri();
+    if request.version() < Version::HTTP_2
+        && let Some(authority) = uri.authority()
+        && headers.get(header::HOST).map(|h| h.as_bytes()) != Some(authority.as_str().as_bytes())
+    {
+        return Err(invalid(
+            "Absolute-form targets for another host are not accepted.",
+        ));
+    }
+    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > max_uri_bytes {
+        return Err(Error::UriTooLong);
+    }
+    Ok(())
+}
+
+fn invalid(message: &'static str) -> Error {
+    Error::InvalidRequest(message.into())
+}
+
+/// Whether any header is a method override. hyper lower-cases names, so only `_` is folded.
+fn has_override_header(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str().as_bytes();
+        OVERRIDE_HEADERS.iter().any(|o| {
+            o.len() == name.len()
+                && o.bytes()
+                    .zip(name)
+                    .all(|(o, &n)| o == n || (o == b'-' && n == b'_'))
+        })
+    })
+}
+
+/// Whether a query string names a method-override parameter. Queries that cannot contain
+/// one (no `method` in any case, no escape) are passed with one scan and no decoding.
+fn has_override_param(query: &str) -> bool {
+    let bytes = query.as_bytes();
+    let could =
+        bytes.contains(&b'%') || bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"method"));
+    if !could {
+        return false;
+    }
+    // Rack and older Python split pairs on `;` as well as `&`.
+    let query = if bytes.contains(&b';') {
+        std::borrow::Cow::Owned(query.replace(';', "&"))
+    } else {
+        std::borrow::Cow::Borrowed(query)
+    };
+    form_urlencoded::parse(query.as_bytes()).any(|(name, _)| {
+        // PHP drops leading spaces, turns `.` and space into `_` and reads `a[...]` as
+        // the array `a`; frameworks compare in their own case. Fold all of that.
+        let name = name.trim_start();
+        let name = name.split('[').next().unwrap_or_default();
+        let folded: String = name
+            .chars()
+            .map(|c| match c {
+                '.' | ' ' | '-' => '_',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect();
+        OVERRIDE_PARAMS.contains(&folded.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `None` = accepted, `Some(status)` = refused with that status.
+    fn outcome(request: Request<()>) -> Option<u16> {
+        check(&request, 64).err().map(|e| e.status().as_u16())
+    }
+
+    fn get(target: &str) -> http::request::Builder {
+        Request::builder()
+            .method("GET")
+            .uri(target)
+            .header("host", "example.com")
+    }
+
+    #[test]
+    fn refusals_table() {
+        let cases: Vec<(&str, Request<()>, Option<u16>)> = vec![
+            ("plain GET", get("/api/x").body(()).unwrap(), None),
+            ("query", get("/api/x?a=1&b=2").body(()).unwrap(), None),
+            (
+                "CONNECT",
+                Request::builder()
+                    .method("CONNECT")
+                    .uri("example.com:443")
+                    .header("host", "example.com:443")
+                    .body(())
+                    .unwrap(),
+                Some(400),
+            ),
+            (
+                "lower-case method",
+                get("/").method("delete").body(()).unwrap(),
+                Some(400),
+            ),
+            (
+                "mixed-case method",
+                get("/").method("Delete").body(()).unwrap(),
+                Some(400),
+            ),
+            (
+                "extension method",
+                get("/").method("PURGE").body(()).unwrap(),
+                None,
+            ),
+            ("no host", Request::get("/").body(()).unwrap(), Some(400)),
+            (
+                "two hosts",
+                get("/").header("host", "b.example").body(()).unwrap(),
+                Some(400),
+            ),
+            (
+                "HTTP/1.0 without host",
+                Request::get("/")
+                    .version(Version::HTTP_10)
+                    .body(())
+                    .unwrap(),
+                None,
+            ),
+            (
+                "h2 host agrees",
+                Request::get("https://example.com/")
+                    .version(Version::HTTP_2)
+                    .header("host", "EXAMPLE.com")
+                    .body(())
+                    .unwrap(),
+                None,
+            ),
+            (
+                "h2 host disagrees",
+                Request::get("https://example.com/")
+                    .version(Version::HTTP_2)
+                    .header("host", "evil.example")
+                    .body(())
+                    .unwrap(),
+                Some(400),
+            ),
+            (
+                "h2c upgrade",
+                get("/").header("upgrade", "H2C").body(()).unwrap(),
+                Some(400),
+            ),
+            (
+                "http2-settings",
+                get("/").header("http2-settings", "AAA").body(()).unwrap(),
+                Some(400),
+            ),
+            (
+                "websocket upgrade",
+                get("/").header("upgrade", "websocket").body(()).unwrap(),
+                None,
+            ),
+            (
+                "absolute form, same host",
+                get("http://example.com/x").body(()).unwrap(),
+                None,
+            ),
+            (
+                "absolute form, other host",
+                get("http://evil.example/x").body(()).unwrap(),
+                Some(400),
+            ),
+            (
+                "long target",
+                get(&format!("/{}", "a".repeat(64))).body(()).unwrap(),
+                Some(414),
+            ),
+            (
+                "target at the limit",
+                get(&format!("/{}", "a".repeat(63))).body(()).unwrap(),
+                None,
+            ),
+        ];
+        for (name, request, want) in cases {
+            assert_eq!(outcome(request), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn method_override_headers_in_every_spelling() {
+        for name in [
+            "X-HTTP-Method-Override",
+            "x-http-method-override",
+            "X_HTTP_Method_Override",
+            "x_http_method_override",
+            "X-Http_Method-Override",
+            "X-HTTP-Method",
+            "X_HTTP_METHOD",
+            "X-Method-Override",
+            "x_method_override",
+        ] {
+            let request = get("/api/items/1")
+                .method("POST")
+                .header(name, "DELETE")
+                .body(())
+                .unwrap();
+            assert_eq!(outcome(request), Some(400), "{name}");
+        }
+        for name in [
+            "X-HTTP-Method-Overrides",
+            "X-Method",
+            "X-HTTP-Methods",
+            "Method",
+        ] {
+            let request = get("/").header(name, "DELETE").body(()).unwrap();
+            assert_eq!(outcome(request), None, "{name} is not an override");
+        }
+    }
+
+    #[test]
+    fn method_override_params_in_every_spelling() {
+        for query in [
+            "_method=DELETE",
+            "a=1&_method=DELETE",
+            "_METHOD=DELETE",
+            "_Method=delete",
+            "__method=DELETE",
+            "_http_method=DELETE",
+            "%5Fmethod=DELETE",
+            "%5fmethod=DELETE",
+            "_%6Dethod=DELETE",
+            "_method[]=DELETE",
+            "_method[0]=DELETE",
+            ".method=DELETE",
+            "+_method=DELETE",
+            "%20_method=DELETE",
+            "_http.method=DELETE",
+            "X-HTTP-Method-Override=DELETE",
+            "x_http_method_override=DELETE",
+            "_method",
+            "a=b;_method=DELETE&c",
+        ] {
+            let request = get(&format!("/api/items/1?{query}"))
+                .method("POST")
+                .body(())
+                .unwrap();
+            assert_eq!(outcome(request), Some(400), "?{query}");
+        }
+        for query in [
+            "method=card",
+            "payment_method=card",
+            "q=_method",
+            "a=%5Fmethod",
+            "methods=1",
+            "_methodx=1",
+            "a=%41",
+        ] {
+            let request = get(&format!("/api/items/1?{query}")).body(()).unwrap();
+            assert_eq!(outcome(request), None, "?{query} is not an override");
+        }
+    }
+}
