@@ -286,7 +286,7 @@ impl App {
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
             .map_err(|e| Error::internal(format!("store task: {e}")))?
-            .map_err(store_error)
+            .map_err(Error::from)
     }
 
     /// Persists a revocation, then writes it through to the in-memory cache. In this order,
@@ -376,18 +376,6 @@ fn apply_revocation(cache: &Revocations, entry: &Revocation, now: u64) {
             },
             now,
         ),
-    }
-}
-
-/// Maps store failures to the error taxonomy. Conflicts and missing records are the
-/// client's business; everything else is ours and logged, never shown.
-pub fn store_error(e: StoreError) -> Error {
-    use crate::store::UniqueKey;
-    match e {
-        StoreError::Conflict(UniqueKey::Username) => Error::Conflict("username"),
-        StoreError::Conflict(_) => Error::Conflict("email"),
-        StoreError::NotFound => Error::NotFound,
-        other => Error::internal(format!("store: {other}")),
     }
 }
 

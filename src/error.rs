@@ -13,6 +13,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
+use crate::metrics::Outcome;
+use crate::store::{StoreError, UniqueKey};
+
 /// Who caused an error. Decides log level and the `source` label on error metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -50,6 +53,13 @@ impl TokenRefusal {
     }
 }
 
+/// Which unique value a write collided with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    Email,
+    Username,
+}
+
 /// Every error gatehouse answers with. See API.md §3 for the codes.
 #[derive(Debug)]
 pub enum Error {
@@ -74,7 +84,7 @@ pub enum Error {
     /// 405 on auth endpoints: the path exists but not with this method.
     MethodNotAllowed(&'static str),
     /// 409: register with a taken email or username.
-    Conflict(&'static str),
+    Conflict(Conflict),
     /// 413: body over the configured limit.
     PayloadTooLarge,
     /// 414: request target over the configured limit.
@@ -143,8 +153,8 @@ impl Error {
             Error::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Error::NotFound => "NOT_FOUND",
             Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
-            Error::Conflict("username") => "USERNAME_ALREADY_EXISTS",
-            Error::Conflict(_) => "EMAIL_ALREADY_EXISTS",
+            Error::Conflict(Conflict::Username) => "USERNAME_ALREADY_EXISTS",
+            Error::Conflict(Conflict::Email) => "EMAIL_ALREADY_EXISTS",
             Error::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Error::UriTooLong => "URI_TOO_LONG",
             Error::AccountLocked { .. } => "ACCOUNT_LOCKED",
@@ -154,6 +164,20 @@ impl Error {
             Error::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// How the request counts in `gatehouse_requests_total{outcome}`.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Error::Token(_) | Error::InvalidCredentials => Outcome::Unauthenticated,
+            Error::Forbidden | Error::ForbiddenBecause(_) | Error::EmailNotVerified => {
+                Outcome::Forbidden
+            }
+            Error::RateLimited { .. } | Error::AccountLocked { .. } => Outcome::RateLimited,
+            Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Outcome::UpstreamError,
+            Error::Internal(_) | Error::Unavailable(_) => Outcome::Failed,
+            _ => Outcome::Rejected,
         }
     }
 
@@ -183,8 +207,8 @@ impl Error {
             Error::EmailNotVerified => "The email address must be verified first".into(),
             Error::NotFound => "Not found".into(),
             Error::MethodNotAllowed(_) => "Method not allowed".into(),
-            Error::Conflict("username") => "That username is already taken".into(),
-            Error::Conflict(_) => "An account with that email already exists".into(),
+            Error::Conflict(Conflict::Username) => "That username is already taken".into(),
+            Error::Conflict(Conflict::Email) => "An account with that email already exists".into(),
             Error::PayloadTooLarge => "The request body is too large".into(),
             Error::UriTooLong => "The request target is too long".into(),
             Error::AccountLocked { .. } => {
@@ -307,6 +331,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Conflicts and missing records are the client's business; everything else is ours and
+/// logged, never shown.
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Conflict(UniqueKey::Username) => Error::Conflict(Conflict::Username),
+            StoreError::Conflict(UniqueKey::Email) => Error::Conflict(Conflict::Email),
+            StoreError::NotFound => Error::NotFound,
+            other => Error::internal(format!("store: {other}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +378,16 @@ mod tests {
         check(Error::Forbidden, 403, "FORBIDDEN");
         check(Error::EmailNotVerified, 403, "EMAIL_NOT_VERIFIED");
         check(Error::NotFound, 404, "NOT_FOUND");
-        check(Error::Conflict("email"), 409, "EMAIL_ALREADY_EXISTS");
+        check(
+            Error::Conflict(Conflict::Email),
+            409,
+            "EMAIL_ALREADY_EXISTS",
+        );
+        check(
+            Error::Conflict(Conflict::Username),
+            409,
+            "USERNAME_ALREADY_EXISTS",
+        );
         check(Error::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE");
         check(
             Error::AccountLocked {

@@ -21,35 +21,26 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::app::{App, RequestIds};
 use crate::client_ip;
 use crate::error::{Error, TokenRefusal};
+use crate::guard::{authenticate, check_rate};
 use crate::metrics::{MethodClass, Outcome};
 use crate::path;
 use crate::policy::Verdict;
 use crate::proxy::{Forwarding, Identity};
-use crate::ratelimit::RateLimiter;
-use crate::token::{Claims, TokenError, bearer};
-
-/// The response body: the upstream's streamed body, or one gatehouse wrote itself.
-pub type Body = Either<Incoming, Full<Bytes>>;
+use crate::response::{Body, local};
 
 /// What is known about the client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
-}
-
-/// Wraps a gatehouse-written response as [`Body`].
-pub fn local(response: Response<Full<Bytes>>) -> Response<Body> {
-    response.map(Either::Right)
 }
 
 /// Serves one request on the main listener. Never fails: every error becomes its response.
@@ -74,7 +65,7 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         Ok(Routed::Local(response)) => return with_request_id(&app, response, &request_id),
         Err(error) => {
             error.log(request_id.to_str().unwrap_or_default());
-            let outcome = outcome_of(&error);
+            let outcome = error.outcome();
             (local(error.into_response()), outcome)
         }
     };
@@ -113,16 +104,6 @@ enum Routed {
     Proxied(Response<Body>),
     /// Served by gatehouse (auth endpoints).
     Local(Response<Body>),
-}
-
-fn outcome_of(error: &Error) -> Outcome {
-    match error {
-        Error::Token(_) => Outcome::Unauthenticated,
-        Error::Forbidden | Error::EmailNotVerified => Outcome::Forbidden,
-        Error::RateLimited { .. } => Outcome::RateLimited,
-        Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Outcome::UpstreamError,
-        _ => Outcome::Rejected,
-    }
 }
 
 async fn gate(
@@ -314,58 +295,4 @@ async fn gate(
         parts,
         Either::Left(body),
     )))
-}
-
-/// Verifies the bearer token if one is present. `Ok(None)` = anonymous.
-pub fn authenticate(app: &App, headers: &http::HeaderMap) -> Result<Option<Claims>, Error> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    let refuse = |refusal: TokenRefusal| {
-        app.metrics.auth_failure(refusal.reason());
-        Error::Token(refusal)
-    };
-    if values.next().is_some() {
-        return Err(refuse(TokenRefusal::Invalid("malformed")));
-    }
-    let token = bearer(value).map_err(|e| refuse(token_refusal(e)))?;
-    let claims = app
-        .tokens
-        .verify(token, app.clock.now())
-        .map_err(|e| refuse(token_refusal(e)))?;
-    if app.revocations.is_revoked(&claims) {
-        return Err(refuse(TokenRefusal::Revoked));
-    }
-    Ok(Some(claims))
-}
-
-/// Maps the token module's verdict to the error taxonomy.
-pub fn token_refusal(e: TokenError) -> TokenRefusal {
-    match e {
-        TokenError::Expired => TokenRefusal::Expired,
-        TokenError::Invalid(reason) => TokenRefusal::Invalid(reason),
-    }
-}
-
-pub fn check_rate(
-    app: &App,
-    limiter: &RateLimiter,
-    client: std::net::IpAddr,
-    class: &'static str,
-) -> Result<(), Error> {
-    match limiter.check(client_ip::rate_key(client), Instant::now()) {
-        crate::ratelimit::Outcome::Allowed { .. } => Ok(()),
-        crate::ratelimit::Outcome::Limited {
-            limit,
-            retry_after_secs,
-            reset_secs,
-        } => {
-            app.metrics.rate_limited(class);
-            Err(Error::RateLimited {
-                retry_after_secs,
-                quota: Some((limit, reset_secs)),
-            })
-        }
-    }
 }

@@ -9,6 +9,8 @@
 //!
 //! - [`server`]: listeners, connections, graceful shutdown; [`tls`]: certificates, reload.
 //! - [`gate`]: the request pipeline, one async function from request to response.
+//! - [`guard`]: bearer authentication and rate limits, for the gate and the auth endpoints.
+//! - [`response`]: the response body type and the responses gatehouse writes itself.
 //! - [`hygiene`]: requests refused before anything is decided (overrides, hosts, CONNECT).
 //! - [`path`]: request-path normalisation and case folding, done once before policy.
 //! - [`policy`]: route rules and roles, compiled once; no IO.
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod email;
 pub mod error;
 pub mod gate;
+pub mod guard;
 pub mod hygiene;
 pub mod logging;
 pub mod metrics;
@@ -45,6 +48,7 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod response;
 pub mod revocation;
 pub mod server;
 pub mod store;

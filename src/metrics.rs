@@ -19,41 +19,50 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
-/// How a proxied request ended; the `outcome` label.
+/// How a request ended; the `outcome` label. Refusals take theirs from
+/// [`crate::error::Error::outcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The upstream answered (whatever its status).
     Forwarded,
+    /// gatehouse answered it itself, successfully (the auth endpoints).
+    Served,
     /// Refused with 401: no token, or a bad, expired or revoked one.
     Unauthenticated,
     /// Refused with 403: roles not met, route denied, email not verified.
     Forbidden,
-    /// Refused with 429.
+    /// Refused with 429, or 423 for a locked-out login name.
     RateLimited,
-    /// Refused as malformed (400, 413, 414, 431).
+    /// Refused as malformed or not acceptable (400, 404, 405, 409, 413, 414, 422, 431).
     Rejected,
     /// The upstream failed (502, 504).
     UpstreamError,
+    /// gatehouse failed or was not ready (500, 503).
+    Failed,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 8] = [
         Outcome::Forwarded,
+        Outcome::Served,
         Outcome::Unauthenticated,
         Outcome::Forbidden,
         Outcome::RateLimited,
         Outcome::Rejected,
         Outcome::UpstreamError,
+        Outcome::Failed,
     ];
 
     fn label(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
+            Outcome::Served => "served",
             Outcome::Unauthenticated => "unauthenticated",
             Outcome::Forbidden => "forbidden",
             Outcome::RateLimited => "rate_limited",
             Outcome::Rejected => "rejected",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::Failed => "failed",
         }
     }
 }
@@ -92,7 +101,7 @@ impl MethodClass {
 /// Every metric gatehouse exports.
 pub struct Metrics {
     registry: Registry,
-    /// Indexed by `(rule slot * 3 + class) * 6 + outcome`; slot 0 is the policy default.
+    /// Indexed by `(rule slot * 3 + class) * 8 + outcome`; slot 0 is the policy default.
     requests: Vec<IntCounter>,
     request_duration: Histogram,
     upstream_duration: Histogram,
@@ -127,7 +136,7 @@ impl Metrics {
             &["route", "method_class", "outcome"],
         )?;
         registry.register(Box::new(requests_vec.clone()))?;
-        let mut requests = Vec::with_capacity((rule_labels.len() + 1) * 18);
+        let mut requests = Vec::with_capacity((rule_labels.len() + 1) * 3 * Outcome::ALL.len());
         let default = String::from("default");
         for rule in std::iter::once(&default).chain(rule_labels) {
             for class in MethodClass::ALL {
@@ -253,7 +262,7 @@ impl Metrics {
         seconds: f64,
     ) {
         let slot = rule.map_or(0, |r| r + 1);
-        let index = (slot * 3 + class as usize) * 6 + outcome as usize;
+        let index = (slot * 3 + class as usize) * Outcome::ALL.len() + outcome as usize;
         if let Some(counter) = self.requests.get(index) {
             counter.inc();
         }

@@ -21,16 +21,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
-use crate::error::{Error, TokenRefusal};
-use crate::gate::{Body, local};
+use crate::error::Error;
 use crate::ratelimit::RateLimiter;
+use crate::response::{Body, local};
+pub use crate::response::{json, no_content};
 use crate::store::UserRecord;
 use crate::token::Claims;
 
@@ -163,29 +163,6 @@ fn json_error_message(e: &serde_json::Error) -> String {
     }
 }
 
-/// A JSON response. Auth responses are never cached (RFC 6749 §5.1 asks it of token
-/// responses; the others carry personal data).
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
-
-/// An empty 204.
-pub fn no_content() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    response
-}
-
 /// RFC 3339 for a Unix time.
 pub fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
@@ -211,13 +188,7 @@ pub fn user_json(user: &UserRecord, admin: bool) -> serde_json::Value {
 
 /// Requires a valid, unrevoked bearer token.
 pub fn require_bearer<B>(app: &App, request: &Request<B>) -> Result<Claims, Error> {
-    match crate::gate::authenticate(app, request.headers())? {
-        Some(claims) => Ok(claims),
-        None => {
-            app.metrics.auth_failure("missing");
-            Err(Error::Token(TokenRefusal::Missing))
-        }
-    }
+    crate::guard::require_bearer(app, request.headers())
 }
 
 /// Applies an auth rate-limit class to the caller's IP.
@@ -227,10 +198,7 @@ pub fn limit(
     caller: &Caller,
     class: &'static str,
 ) -> Result<(), Error> {
-    match limiter {
-        Some(limiter) => crate::gate::check_rate(app, limiter, caller.ip, class),
-        None => Ok(()),
-    }
+    crate::guard::limit(app, limiter, caller.ip, class)
 }
 
 /// Records an audit event: a structured log line on the `gatehouse::audit` target and a

@@ -1,0 +1,96 @@
+//! The checks every caller meets, on the proxy path and at the auth endpoints alike: bearer
+//! authentication (signature, claims, revocation) and per-IP rate limits. Both answer with
+//! an [`Error`] and count what they refuse.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, header};
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::client_ip;
+use crate::error::{Error, TokenRefusal};
+use crate::ratelimit::{self, RateLimiter};
+use crate::token::{Claims, TokenError, bearer};
+
+/// Verifies the bearer token if one is present: `Ok(None)` is an anonymous caller. A token
+/// that is present must be good; two `Authorization` headers are refused (which one would
+/// the upstream read?). Never touches the store: revocations are checked in memory.
+pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Claims>, Error> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refuse = |refusal: TokenRefusal| {
+        app.metrics.auth_failure(refusal.reason());
+        Error::Token(refusal)
+    };
+    if values.next().is_some() {
+        return Err(refuse(TokenRefusal::Invalid("malformed")));
+    }
+    let token = bearer(value).map_err(|e| refuse(token_refusal(e)))?;
+    let claims = app
+        .tokens
+        .verify(token, app.clock.now())
+        .map_err(|e| refuse(token_refusal(e)))?;
+    if app.revocations.is_revoked(&claims) {
+        return Err(refuse(TokenRefusal::Revoked));
+    }
+    Ok(Some(claims))
+}
+
+/// Like [`authenticate`], but an anonymous caller is refused with 401 `TOKEN_MISSING`.
+pub fn require_bearer(app: &App, headers: &HeaderMap) -> Result<Claims, Error> {
+    match authenticate(app, headers)? {
+        Some(claims) => Ok(claims),
+        None => {
+            app.metrics.auth_failure("missing");
+            Err(Error::Token(TokenRefusal::Missing))
+        }
+    }
+}
+
+/// Maps the token module's verdict to the error taxonomy.
+pub fn token_refusal(e: TokenError) -> TokenRefusal {
+    match e {
+        TokenError::Expired => TokenRefusal::Expired,
+        TokenError::Invalid(reason) => TokenRefusal::Invalid(reason),
+    }
+}
+
+/// Charges one request from `client` to `limiter`; over the limit is 429 with the quota
+/// headers, counted under `class`.
+pub fn check_rate(
+    app: &App,
+    limiter: &RateLimiter,
+    client: IpAddr,
+    class: &'static str,
+) -> Result<(), Error> {
+    match limiter.check(client_ip::rate_key(client), Instant::now()) {
+        ratelimit::Outcome::Allowed { .. } => Ok(()),
+        ratelimit::Outcome::Limited {
+            limit,
+            retry_after_secs,
+            reset_secs,
+        } => {
+            app.metrics.rate_limited(class);
+            Err(Error::RateLimited {
+                retry_after_secs,
+                quota: Some((limit, reset_secs)),
+            })
+        }
+    }
+}
+
+/// Applies a rate-limit class that may be switched off (`None`).
+pub fn limit(
+    app: &App,
+    limiter: Option<&RateLimiter>,
+    client: IpAddr,
+    class: &'static str,
+) -> Result<(), Error> {
+    match limiter {
+        Some(limiter) => check_rate(app, limiter, client, class),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,43 @@
+//! Responses gatehouse writes itself, and the one body type every response has.
+//!
+//! A response is either the upstream's, streamed back untouched ([`Incoming`]), or one
+//! gatehouse wrote whole ([`Full`]): [`Body`] is the pair. The auth endpoints, the ops
+//! endpoints and error responses all build `Response<Full<Bytes>>` and wrap it with
+//! [`local`].
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// The response body: the upstream's streamed body, or one gatehouse wrote itself.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Wraps a gatehouse-written response as [`Body`].
+pub fn local(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(Either::Right)
+}
+
+/// A JSON response. Never cached: token responses must not be (RFC 6749 §5.1), and the
+/// others carry personal data.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    // Serialising a `Value` cannot fail.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// An empty 204.
+pub fn no_content() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
