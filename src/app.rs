@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
-use crate::auth::recovery::Recovery;
 use crate::config::{Config, RateLimitConfig};
+use crate::cooldown::Cooldowns;
 use crate::email::Mailer;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -23,6 +23,9 @@ use crate::token::{TokenSettings, Tokens};
 
 /// How often expired sessions, tokens, revocations and counters are purged from the store.
 const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Forgot-password lookups running in the background at once; beyond that, requests are
+/// answered as usual and their work shed. Each holds a blocking-pool thread briefly.
+pub const MAX_BACKGROUND_JOBS: usize = 64;
 
 /// Unix time for token claims, lockouts and expiries. Injected so tests can move it without
 /// sleeping: the manual clock is an atomic that tests advance.
@@ -142,8 +145,11 @@ pub struct App {
     pub request_ids: RequestIds,
     /// Outgoing mail (reset, verification, notices), delivered off the request path.
     pub mailer: Mailer,
-    /// Forgot-password cooldowns and the background-job budget.
-    pub recovery: Recovery,
+    /// Per-address forgot-password and per-user resend cooldowns.
+    pub cooldowns: Cooldowns,
+    /// The budget of forgot-password work running in the background
+    /// ([`MAX_BACKGROUND_JOBS`]).
+    pub background_jobs: Arc<tokio::sync::Semaphore>,
     /// The listener's TLS when `server.tls` is set; loaded by [`App::start`] only, so the
     /// offline `user` commands never need the certificate files.
     pub tls: Option<ServerTls>,
@@ -199,7 +205,6 @@ impl App {
             config.auth.expose_debug_tokens,
             metrics.mail.clone(),
         )?;
-        let recovery = Recovery::new(config.auth.forgot_cooldown);
 
         Ok(App {
             store,
@@ -212,7 +217,8 @@ impl App {
             clock,
             request_ids: RequestIds::new(),
             mailer,
-            recovery,
+            cooldowns: Cooldowns::new(config.auth.forgot_cooldown),
+            background_jobs: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_JOBS)),
             tls: None,
             shutting_down: AtomicBool::new(false),
             revocation_epoch: AtomicU64::new(0),

@@ -87,10 +87,12 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(config) => explain(&config, &method, &path, roles.as_deref()),
             Err(code) => code,
         },
-        Command::User { command } => match require_config(cli.config.as_deref()) {
-            Ok(config) => crate::usercli::run(&config, command),
-            Err(code) => code,
-        },
+        Command::User { command } => {
+            match require_config(cli.config.as_deref()).and_then(|path| load_config(&path)) {
+                Ok(config) => crate::usercli::run(config, command),
+                Err(code) => code,
+            }
+        }
         Command::Demo(args) => demo(&args),
     }
 }

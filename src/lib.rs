@@ -19,7 +19,9 @@
 //! - [`client_ip`], [`ratelimit`]: who the client is; per-key rate limits.
 //! - [`proxy`]: the only module that talks to the upstream; header rewriting both ways.
 //! - [`websocket`]: splicing an authorised WebSocket upgrade both ways.
-//! - [`auth`]: the identity service endpoints under `auth.prefix`.
+//! - [`auth`]: the identity endpoints under `auth.prefix` (HTTP handlers and pages).
+//! - [`accounts`]: the accounts service under them: users, sessions, recovery, admin
+//!   actions, with no HTTP types; the `user` CLI calls it too. [`cooldown`]: its cooldowns.
 //! - [`store`]: the store trait and its sled implementation (the only sled importer).
 //! - [`password`]: argon2id hashing on the blocking pool, password policy.
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
@@ -29,11 +31,13 @@
 //!
 //! ARCHITECTURE.md tells the life of a request step by step.
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod cooldown;
 pub mod demo;
 pub mod email;
 pub mod error;

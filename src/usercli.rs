@@ -3,22 +3,33 @@
 //!
 //! sled allows one process per store, so while a server runs these commands refuse with a
 //! clear message and change nothing; a running server is managed through the admin API.
-//! The commands go through the same code as the HTTP endpoints (validation, password
-//! policy, hashing, revocation), on an [`App`] built over the opened store.
+//! The commands call the same accounts service as the admin API ([`crate::accounts`]:
+//! validation, password policy, hashing, revocation, audit), on an [`App`] built over the
+//! opened store.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Subcommand;
 
+use crate::accounts::Caller;
+use crate::accounts::admin::{self, Actor, Changes};
+use crate::accounts::users::NewUser;
 use crate::app::{App, Clock};
-use crate::auth::account::{NewUser, clear_lockouts, create_user, revoke_user};
-use crate::auth::admin::check_roles;
+use crate::config::Config;
 use crate::error::Error;
+use crate::store::StoreError;
 use crate::store::sled::SledStore;
-use crate::store::{StoreError, UserRecord, fold};
+
+/// How the offline commands appear in the audit trail.
+const CLI_ACTOR: Actor<'static> = Actor {
+    admin_id: "cli",
+    caller: Caller {
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    },
+};
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
@@ -62,11 +73,7 @@ pub enum UserCommand {
 }
 
 /// Runs a user command against the store of the given config.
-pub fn run(config_path: &Path, command: UserCommand) -> ExitCode {
-    let config = match crate::cli::load_config(config_path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub fn run(config: Config, command: UserCommand) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,18 +131,7 @@ fn describe(e: &Error) -> String {
     }
 }
 
-async fn find(app: &App, who: &str) -> Result<UserRecord, Error> {
-    let who = who.to_string();
-    app.db(move |s| match s.get_user(&who)? {
-        Some(user) => Ok(Some(user)),
-        None => s.find_user_by_login(&fold(&who)),
-    })
-    .await?
-    .ok_or_else(|| Error::InvalidRequest("no such user".into()))
-}
-
 async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> {
-    let now = app.clock.now();
     match command {
         UserCommand::Add {
             email,
@@ -157,9 +153,9 @@ async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> 
                 .map_err(|e| Error::InvalidRequest(format!("cannot read stdin: {e}").into()))?;
             let password = password.trim_end_matches(['\r', '\n']).to_string();
             let roles = roles.unwrap_or_else(|| app.config.auth.default_roles.clone());
-            check_roles(app, &roles)?;
-            let user = create_user(
+            let user = admin::create(
                 app,
+                CLI_ACTOR,
                 NewUser {
                     email,
                     password,
@@ -183,9 +179,7 @@ async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> 
             let mut shown = 0;
             while shown < limit {
                 let c = cursor.clone();
-                let page = app
-                    .db(move |s| s.list_users(100.min(limit - shown), c.as_deref()))
-                    .await?;
+                let page = admin::list(app, 100.min(limit - shown), c).await?;
                 for u in &page.users {
                     out.push_str(&format!(
                         "{}  {}  {}  roles={}{}{}\n",
@@ -209,50 +203,43 @@ async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> 
             Ok(out.trim_end().to_string())
         }
         UserCommand::SetRoles { user, roles } => {
-            check_roles(app, &roles)?;
             let user = find(app, &user).await?;
-            let id = user.id.clone();
-            let r = roles.clone();
-            app.db(move |s| {
-                s.update_user(&id, &mut |u| {
-                    u.roles = r.clone();
-                    u.updated_at = now;
-                    Ok(())
-                })
-            })
-            .await?;
-            app.revoke_user_tokens(&user.id, None).await?;
-            Ok(format!("{} roles={}", user.email, roles.join(",")))
+            let changes = Changes {
+                roles: Some(roles),
+                ..Changes::default()
+            };
+            let user = admin::update(app, CLI_ACTOR, &user.id, changes).await?;
+            Ok(format!("{} roles={}", user.email, user.roles.join(",")))
         }
         UserCommand::Lock { user } => {
-            let user = set_locked(app, &user, true, now).await?;
-            revoke_user(app, &user.id, None).await?;
+            let user = set_locked(app, &user, true).await?;
             Ok(format!("{} locked; sessions revoked", user.email))
         }
         UserCommand::Unlock { user } => {
-            let user = set_locked(app, &user, false, now).await?;
-            clear_lockouts(app, &user).await?;
+            let user = set_locked(app, &user, false).await?;
             Ok(format!("{} unlocked", user.email))
         }
         UserCommand::Delete { user } => {
             let user = find(app, &user).await?;
-            let id = user.id.clone();
-            app.db(move |s| s.delete_user(&id)).await?;
-            app.revoke_user_tokens(&user.id, None).await?;
+            admin::delete(app, CLI_ACTOR, &user.id).await?;
             Ok(format!("{} deleted", user.email))
         }
     }
 }
 
-async fn set_locked(app: &App, who: &str, locked: bool, now: u64) -> Result<UserRecord, Error> {
+/// A user by id, email or username; a clear message when there is none.
+async fn find(app: &App, who: &str) -> Result<crate::store::UserRecord, Error> {
+    match admin::find(app, who).await {
+        Err(Error::NotFound) => Err(Error::InvalidRequest("no such user".into())),
+        other => other,
+    }
+}
+
+async fn set_locked(app: &App, who: &str, locked: bool) -> Result<crate::store::UserRecord, Error> {
     let user = find(app, who).await?;
-    let id = user.id.clone();
-    app.db(move |s| {
-        s.update_user(&id, &mut |u| {
-            u.locked = locked;
-            u.updated_at = now;
-            Ok(())
-        })
-    })
-    .await
+    let changes = Changes {
+        locked: Some(locked),
+        ..Changes::default()
+    };
+    admin::update(app, CLI_ACTOR, &user.id, changes).await
 }

@@ -15,7 +15,7 @@
 //! - **Times are injected.** All timestamps are Unix seconds (`u64`) supplied by the caller; the
 //!   store never reads the clock, which keeps expiry logic testable.
 //! - **Secrets never reach the store in clear.** Refresh and one-time tokens are stored as
-//!   SHA-256 hashes ([`token_hash`]); a leaked store file does not yield usable tokens. Password
+//!   SHA-256 hashes ([`crate::token::token_hash`]); a leaked store file does not yield usable tokens. Password
 //!   hashes are argon2id strings produced by `password.rs` and are redacted from `Debug` output.
 //! - **Case-folded uniqueness.** Emails and usernames are unique after [`fold`] (trim and
 //!   lowercase), so `Alice@Example.com` and `alice@example.com ` are the same account, while the
@@ -26,16 +26,9 @@ pub mod sled;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The SHA-256 of a bearer secret (refresh token, reset or verification token).
 pub type TokenHash = [u8; 32];
-
-/// Hashes a bearer secret for storage and lookup. Tokens carry at least 128 bits of randomness,
-/// so a fast unsalted hash is enough: there is nothing to brute-force.
-pub fn token_hash(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
-}
 
 /// A fresh record identifier: a UUID v7 in its hyphenated lowercase form. Version 7 ids sort by
 /// creation time, which gives [`Store::list_users`] a stable, meaningful order.
@@ -568,10 +561,8 @@ mod tests {
     }
 
     #[test]
-    fn fold_and_hash() {
+    fn fold_and_ids() {
         assert_eq!(fold("  Alice@Example.COM "), "alice@example.com");
-        assert_eq!(token_hash("abc"), token_hash("abc"));
-        assert_ne!(token_hash("abc"), token_hash("abd"));
         let (a, b) = (new_id(), new_id());
         assert!(a < b, "v7 ids sort by creation: {a} {b}");
     }

@@ -939,8 +939,9 @@ mod tests {
     use std::sync::{Arc, Barrier};
     use std::thread;
 
-    use super::super::{new_id, token_hash};
+    use super::super::new_id;
     use super::*;
+    use crate::token::token_hash;
 
     fn open() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();

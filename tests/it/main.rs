@@ -2,6 +2,7 @@
 //! real upstreams on ephemeral ports. One test binary, a module per area.
 
 mod abuse;
+mod architecture;
 mod auth;
 mod binary;
 mod crash;
