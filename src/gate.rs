@@ -1,40 +1,46 @@
 //! The request pipeline: one plain async function that reads top to bottom.
 //!
-//! For every request on the main listener:
+//! The steps are numbered as in ARCHITECTURE.md, "Life of a proxied request", with the file
+//! that owns each:
 //!
-//! 1. take or mint the request id;
-//! 2. answer the ops endpoints (unless they live on the admin listener);
-//! 3. refuse what must never be decided on or forwarded: CONNECT, lower-case methods, method
-//!    overrides, ambiguous hosts, absolute-form targets for another host, over-long targets
-//!    ([`crate::hygiene`]);
-//! 4. normalise the path once ([`crate::path`]); that path is decided on and forwarded;
-//! 5. hand `auth.prefix` paths to the identity service ([`crate::auth`]);
-//! 6. decide the route rule, on the exact and the case-folded path ([`crate::policy`]);
-//! 7. verify a bearer token if one is present, invalid tokens being refused even on public
-//!    routes, then check revocation in memory ([`crate::token`], [`crate::revocation`]);
-//! 8. apply the stricter verdict and the verified-email requirement;
-//! 9. apply per-IP rate limits ([`crate::ratelimit`]);
-//! 10. rewrite headers and forward, streaming ([`crate::proxy`]); a WebSocket handshake that
-//!     got this far is spliced both ways after the upstream's 101 ([`crate::websocket`]);
-//! 11. count and (optionally) log the request.
+//! 1. accept the connection (`server.rs`), which calls [`handle`] per request;
+//! 2. take or mint the request id (`gate.rs`);
+//! 3. answer the ops endpoints unless they live on the admin listener (`ops.rs`);
+//! 4. refuse what must never be decided on or forwarded (`hygiene.rs`);
+//! 5. normalise the path once; that path is decided on and forwarded (`path.rs`);
+//! 6. find the client address (`client_ip.rs`);
+//! 7. hand `auth.prefix` paths to the identity service (`auth/`);
+//! 8. decide the route rule on the exact and the case-folded path (`policy.rs`);
+//! 9. verify a bearer token if one is present, refusing a bad one even on a public route
+//!    (`guard.rs` → `token.rs`, `revocation.rs`);
+//! 10. authorise: the stricter verdict, the verified-email requirement (`policy.rs`);
+//! 11. apply per-IP rate limits (`ratelimit.rs`);
+//! 12. rewrite headers and forward, streaming (`proxy.rs`);
+//! 13. splice a WebSocket upgrade after the upstream's 101 (`websocket.rs`);
+//! 14. respond: count and (optionally) log every request the pipeline answered, auth
+//!     endpoints included (`gate.rs`, `metrics.rs`).
+//!
+//! [`handle`] holds steps 2, 3 and 14; `gate` is steps 4–13 and returns the [`Route`] the
+//! request is counted under with its answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, header};
-use http_body_util::Either;
+use http::{HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use crate::app::{App, RequestIds};
 use crate::client_ip;
+use crate::config::Config;
 use crate::error::{Error, TokenRefusal};
 use crate::guard::{authenticate, check_rate};
-use crate::metrics::{MethodClass, Outcome};
+use crate::metrics::{MethodClass, Outcome, Route};
 use crate::path;
-use crate::policy::Verdict;
-use crate::proxy::{Forwarding, Identity};
+use crate::policy::{Decision, Verdict};
+use crate::proxy::{Pass, Relay};
 use crate::response::{Body, local};
+use crate::token::Claims;
 
 /// What is known about the client connection.
 #[derive(Debug, Clone, Copy)]
@@ -46,23 +52,35 @@ pub struct ConnInfo {
 /// Serves one request on the main listener. Never fails: every error becomes its response.
 pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
+
+    // 2. Request id: the client's when it is short and plain, otherwise a fresh one.
     let request_id = match request.headers().get(&app.config.headers.request_id) {
         Some(v) if RequestIds::accept(v) => v.clone(),
         _ => app.request_ids.next(),
     };
 
+    // 3. Ops endpoints. Not counted or access-logged: probes and scrapes arrive at a fixed
+    //    rate whatever the clients do, and on an admin listener they never come here at all.
     if app.config.server.admin_listen.is_none()
         && let Some(response) = crate::ops::handle(&app, &request).await
     {
-        return with_request_id(&app, local(response), &request_id);
+        return with_request_id(&app, local(response), request_id);
     }
 
     let class = MethodClass::of(request.method());
     let method = request.method().clone();
-    let mut rule = None;
-    let (mut response, outcome) = match gate(&app, conn, request, &request_id, &mut rule).await {
-        Ok(Routed::Proxied(response)) => (response, Outcome::Forwarded),
-        Ok(Routed::Local(response)) => return with_request_id(&app, response, &request_id),
+    let Exchange {
+        route,
+        result,
+        target,
+        user,
+    } = gate(&app, conn, request, &request_id).await;
+
+    // 14. Respond: every request the pipeline answered is counted and logged under its
+    //     route, whether the upstream, an auth endpoint or a refusal answered it.
+    let (response, outcome) = match result {
+        Ok(response) if route.is_auth() => (response, Outcome::Served),
+        Ok(response) => (response, Outcome::Forwarded),
         Err(error) => {
             error.log(request_id.to_str().unwrap_or_default());
             let outcome = error.outcome();
@@ -71,228 +89,269 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
     };
     let elapsed = start.elapsed();
     app.metrics
-        .record_request(rule, class, outcome, elapsed.as_secs_f64());
+        .record_request(route, class, outcome, elapsed.as_secs_f64());
     if app.config.log.access {
-        tracing::info!(
-            target: "gatehouse::access",
-            request_id = request_id.to_str().unwrap_or_default(),
-            method = %method,
-            status = response.status().as_u16(),
-            route = app.config.policy.rule_label(rule),
-            micros = elapsed.as_micros() as u64,
-            peer = %conn.peer,
-        );
+        let line = AccessLine {
+            request_id: &request_id,
+            method: &method,
+            target: &target,
+            route,
+            user: user.as_deref(),
+            elapsed,
+            peer: conn.peer,
+        };
+        line.emit(&app, &response);
     }
-    if outcome != Outcome::Forwarded {
+    // `proxy::relay` already put the id on the upstream's response.
+    if outcome == Outcome::Forwarded {
         response
-            .headers_mut()
-            .insert(app.config.headers.request_id.clone(), request_id);
+    } else {
+        with_request_id(&app, response, request_id)
     }
-    response
 }
 
-fn with_request_id(app: &App, mut response: Response<Body>, id: &HeaderValue) -> Response<Body> {
+fn with_request_id(app: &App, mut response: Response<Body>, id: HeaderValue) -> Response<Body> {
     response
         .headers_mut()
-        .insert(app.config.headers.request_id.clone(), id.clone());
+        .insert(app.config.headers.request_id.clone(), id);
     response
 }
 
-/// Where a request went.
-enum Routed {
-    /// Forwarded; the upstream's response.
-    Proxied(Response<Body>),
-    /// Served by gatehouse (auth endpoints).
-    Local(Response<Body>),
+/// What the pipeline made of one request.
+struct Exchange {
+    /// The series the request counts under: the rule that decided it (or the default), or
+    /// the auth endpoint that served it.
+    route: Route,
+    /// The answer: the upstream's or an auth endpoint's response, or the refusal.
+    result: Result<Response<Body>, Error>,
+    /// The target as it arrived. It is taken off the request before the request is sent on,
+    /// so the access log can still name the path without a copy.
+    target: Uri,
+    /// The subject of the verified token, once step 9 verified one.
+    user: Option<String>,
 }
 
+impl Exchange {
+    fn new(
+        route: Route,
+        result: Result<Response<Body>, Error>,
+        target: Uri,
+        claims: Option<Claims>,
+    ) -> Exchange {
+        Exchange {
+            route,
+            result,
+            target,
+            user: claims.map(|c| c.sub),
+        }
+    }
+}
+
+/// Steps 4–13 (see the module doc); steps 2, 3 and 14 are in [`handle`].
 async fn gate(
     app: &Arc<App>,
     conn: ConnInfo,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     request_id: &HeaderValue,
-    rule: &mut Option<usize>,
-) -> Result<Routed, Error> {
+) -> Exchange {
     let config = &app.config;
-    let uri = request.uri();
 
-    // 3. Refuse what must never be decided on or forwarded: tunnels, open-proxy targets,
-    //    method overrides, ambiguous hosts (see `hygiene.rs` for the table and the reasons).
-    crate::hygiene::check(&request, config.server.max_uri_bytes)?;
+    // 4. Refusals (`hygiene.rs`): tunnels, open-proxy targets, method overrides, ambiguous
+    //    hosts are never decided on or forwarded.
+    let refused = crate::hygiene::check(&request, config.server.max_uri_bytes);
+    let target = std::mem::take(request.uri_mut());
+    if let Err(error) = refused {
+        return Exchange::new(Route::DEFAULT, Err(error), target, None);
+    }
 
-    // 4. One normalisation; this exact string is decided on and forwarded.
-    let path = path::normalize(uri.path()).map_err(|e| Error::InvalidRequest(e.reason().into()))?;
+    // 5. Normalise the path (`path.rs`), once: this exact string is decided on and forwarded.
+    let path = match path::normalize(target.path()) {
+        Ok(path) => path,
+        Err(e) => {
+            let error = Error::InvalidRequest(e.reason().into());
+            return Exchange::new(Route::DEFAULT, Err(error), target, None);
+        }
+    };
 
-    // The client as the trusted proxies report it: keys rate limits and audit events.
+    // 6. Client address (`client_ip.rs`), as the trusted proxies report it: it keys rate
+    //    limits and audit events.
     let trusted = &config.server.trusted_proxies;
-    let peer_ip = conn.peer.ip();
-    let client = client_ip::client_ip(peer_ip, request.headers(), trusted);
+    let client = client_ip::client_ip(conn.peer.ip(), request.headers(), trusted);
 
-    // 5. The identity service.
-    if path.starts_with(config.auth.prefix.as_str())
-        && matches!(
-            path.as_bytes().get(config.auth.prefix.len()),
-            None | Some(b'/')
-        )
-    {
-        let path = path.into_owned();
+    // 7. Auth endpoints (`auth/`): served here, never forwarded.
+    if let Some(route) = auth_route(config, &path) {
+        // The endpoints read the query (reset and verification links); a `Uri` clone shares
+        // its bytes.
+        *request.uri_mut() = target.clone();
         let caller = crate::auth::Caller { ip: client };
-        return crate::auth::handle(app, caller, request, &path)
-            .await
-            .map(Routed::Local);
+        let result = crate::auth::handle(app, caller, request, &path).await;
+        return Exchange::new(route, result, target, None);
     }
 
-    // 6. Policy: the exact path's rule and, unless the policy is case-sensitive, the
-    //    case-folded path's; the request must pass both.
+    // 8. Decide the rule (`policy.rs`) for the exact and, unless the policy is case-sensitive,
+    //    the case-folded path; a deny from either is final.
     let decision = config.policy.decide(request.method(), &path);
-    *rule = decision.exact.rule;
     if let Some(denied) = decision.denial() {
-        *rule = denied.rule;
-        return Err(Error::Forbidden);
+        let route = Route::rule(denied.rule);
+        return Exchange::new(route, Err(Error::Forbidden), target, None);
     }
 
-    // 7. Authentication: a presented token must be good even where none is required, so a
-    //    forged or revoked token is never silently downgraded to anonymous.
-    let claims = authenticate(app, request.headers())?;
-    let mask = claims
-        .as_ref()
-        .map(|c| config.policy.roles_mask(c.roles.iter().map(String::as_str)));
+    // 9. Authenticate (`guard.rs`): a presented token must be good even where none is
+    //    required, so a forged or revoked token is never silently downgraded to anonymous.
+    let claims = match authenticate(app, request.headers()) {
+        Ok(claims) => claims,
+        Err(error) => {
+            let route = Route::rule(decision.exact.rule);
+            return Exchange::new(route, Err(error), target, None);
+        }
+    };
 
-    // 8. Authorisation: the stricter verdict of the two spellings.
+    // 10. Authorise (`policy.rs`): the stricter verdict of the two spellings, whose rule the
+    //     request is counted under.
+    let (route, authorised) = authorise(app, &decision, claims.as_ref());
+    if let Err(error) = authorised {
+        return Exchange::new(route, Err(error), target, claims);
+    }
+
+    // 11. Rate limits (`ratelimit.rs`), keyed by the client.
+    if let Err(error) = rate_limit(app, &decision, client) {
+        return Exchange::new(route, Err(error), target, claims);
+    }
+
+    // 12–13. Rewrite and forward (`proxy.rs`); splice a WebSocket upgrade (`websocket.rs`).
+    let pass = Pass {
+        target: &target,
+        path: &path,
+        claims: claims.as_ref(),
+        peer: conn.peer,
+        tls: conn.tls,
+        request_id,
+    };
+    let result = relay(app).send(request, pass).await;
+    Exchange::new(route, result, target, claims)
+}
+
+/// The shared state's parts that forwarding borrows.
+fn relay(app: &App) -> Relay<'_> {
+    Relay {
+        upstream: &app.upstream,
+        config: &app.config,
+        metrics: &app.metrics,
+        host: app,
+    }
+}
+
+/// A splice's connection slot, clock and drain signal come from the shared state.
+impl crate::websocket::Host for App {
+    fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.connection_slots.clone().try_acquire_owned().ok()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        App::draining(self)
+    }
+}
+
+/// The route of a path under `auth.prefix`, by the endpoint it names (its default path, so a
+/// renamed endpoint keeps its label); `None` for every other path.
+fn auth_route(config: &Config, path: &str) -> Option<Route> {
+    let prefix = config.auth.prefix.as_str();
+    let rest = path.strip_prefix(prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    // As `auth::handle` reads it: a trailing `/` does not change the endpoint.
+    let rest = if rest.len() > 1 {
+        rest.trim_end_matches('/')
+    } else {
+        rest
+    };
+    Some(
+        config
+            .auth
+            .canonical(rest)
+            .map_or(Route::AUTH_OTHER, |endpoint| Route::auth(&endpoint)),
+    )
+}
+
+/// Step 10: the verdict for the token's roles (the stricter of the two spellings') and the
+/// verified-email requirement. Returns the route of the rule the verdict came from.
+fn authorise(
+    app: &App,
+    decision: &Decision,
+    claims: Option<&Claims>,
+) -> (Route, Result<(), Error>) {
+    let policy = &app.config.policy;
+    let mask = claims.map(|c| policy.roles_mask(c.roles.iter().map(String::as_str)));
     let (verdict, matched, _) = decision.verdict(mask);
-    *rule = matched.rule;
-    match verdict {
-        Verdict::Allow => {}
+    let route = Route::rule(matched.rule);
+    // The verified-email requirement applies to whoever the verdict let through.
+    let unverified = app.config.auth.require_verified_email
+        && !decision.is_public()
+        && claims.is_some_and(|c| !c.email_verified);
+    let result = match verdict {
+        Verdict::Allow if unverified => Err(Error::EmailNotVerified),
+        Verdict::Allow => Ok(()),
         Verdict::Unauthenticated => {
             app.metrics.auth_failure("missing");
-            return Err(Error::Token(TokenRefusal::Missing));
+            Err(Error::Token(TokenRefusal::Missing))
         }
-        Verdict::Forbidden => return Err(Error::Forbidden),
-    }
-    if config.auth.require_verified_email
-        && !decision.is_public()
-        && claims.as_ref().is_some_and(|c| !c.email_verified)
-    {
-        return Err(Error::EmailNotVerified);
-    }
+        Verdict::Forbidden => Err(Error::Forbidden),
+    };
+    (route, result)
+}
 
-    // 9. Rate limits, keyed by the client.
-    let peer_trusted = !trusted.is_empty() && client_ip::is_trusted(peer_ip, trusted);
+/// Step 11: the `proxy` class, then the limits of both spellings' rules, so a case variant
+/// cannot dodge a route's limit.
+fn rate_limit(app: &App, decision: &Decision, client: std::net::IpAddr) -> Result<(), Error> {
     if let Some(limiter) = &app.limits.proxy {
         check_rate(app, limiter, client, "proxy")?;
     }
-    // Both spellings' rules count: a case variant cannot dodge a route's limit.
     for i in decision.rules() {
         if let Some(limiter) = app.limits.routes.get(i).and_then(Option::as_ref) {
             check_rate(app, limiter, client, "route")?;
         }
     }
+    Ok(())
+}
 
-    // 10. Forward.
-    if let Some(len) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > config.server.max_body_bytes
-    {
-        return Err(Error::PayloadTooLarge);
+/// What one `gatehouse::access` line says besides the response.
+struct AccessLine<'a> {
+    request_id: &'a HeaderValue,
+    method: &'a Method,
+    target: &'a Uri,
+    route: Route,
+    user: Option<&'a str>,
+    elapsed: Duration,
+    peer: SocketAddr,
+}
+
+impl AccessLine<'_> {
+    /// Logs the line. The path is the normalised one (the one decided on), or the path as
+    /// sent when it was refused before it could be normalised; the query string never
+    /// appears, as reset and verification tokens travel in it. `bytes` is the response
+    /// body's length when it is known up front (Content-Length, or a body gatehouse wrote).
+    fn emit(&self, app: &App, response: &Response<Body>) {
+        let raw = self.target.path();
+        // Normalising again is a scan, paid only with access logging on; carrying the
+        // normalised path over from step 5 would cost a copy on every request.
+        let path = path::normalize(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
+        let bytes = http_body::Body::size_hint(response.body()).exact();
+        tracing::info!(
+            target: "gatehouse::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            method = %self.method,
+            path = &*path,
+            status = response.status().as_u16(),
+            route = app.metrics.route_label(self.route),
+            user = self.user.unwrap_or_default(),
+            micros = u64::try_from(self.elapsed.as_micros()).unwrap_or(u64::MAX),
+            bytes,
+            peer = %self.peer,
+        );
     }
-    let upstream_uri = app.upstream.uri_for(uri, &path)?;
-    // The host the client addressed: :authority for HTTP/2, Host for HTTP/1 (an absolute-form
-    // target's authority was checked against Host above).
-    let authority = request
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let original_host = if request.version() == http::Version::HTTP_2 {
-        authority.or_else(|| request.headers().get(header::HOST).cloned())
-    } else {
-        request.headers().get(header::HOST).cloned().or(authority)
-    };
-    let mut request = request;
-    let ws_key = crate::websocket::upgrade_key(&request);
-    let client_upgrade = ws_key.is_some().then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
-    parts.uri = upstream_uri;
-    parts.version = http::Version::HTTP_11;
-    let identity = claims.as_ref().map(|c| Identity {
-        user_id: &c.sub,
-        email: &c.email,
-        roles: &c.roles,
-        session_id: &c.sid,
-    });
-    let forwarding = Forwarding {
-        forwarded_for: client_ip::forwarded_for_header(peer_ip, &parts.headers, trusted),
-        peer_trusted,
-        tls: conn.tls,
-        request_id,
-    };
-    crate::proxy::rewrite_request(
-        &mut parts.headers,
-        &config.headers,
-        identity.as_ref(),
-        &forwarding,
-        original_host,
-    );
-    if client_upgrade.is_some() {
-        crate::websocket::restore_handshake_headers(&mut parts.headers);
-    }
-    let body = crate::proxy::UpstreamBody::new(body, config.server.max_body_bytes);
-    let upstream_start = Instant::now();
-    let response = app
-        .upstream
-        .forward(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| {
-            // A body the client broke is the client's error, not the upstream's.
-            if !matches!(e, crate::proxy::ForwardError::Body(_)) {
-                app.metrics.upstream_error(e.kind());
-            }
-            e.into_error()
-        })?;
-    app.metrics
-        .record_upstream(upstream_start.elapsed().as_secs_f64());
-    let mut response = response;
-    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    let spliced = match client_upgrade {
-        Some(client)
-            if switching
-                && ws_key.as_ref().is_some_and(|key| {
-                    crate::websocket::upstream_accepted(key, response.headers())
-                }) =>
-        {
-            // The spliced pair outlives this HTTP connection and its slot: it takes a slot
-            // of its own, and ends when the token expires or the server drains.
-            let Ok(slot) = app.connection_slots.clone().try_acquire_owned() else {
-                return Err(Error::Unavailable("connection limit reached"));
-            };
-            let upstream = hyper::upgrade::on(&mut response);
-            let splice = crate::websocket::Splice {
-                request_id: request_id.to_str().unwrap_or_default().to_string(),
-                expires_at: claims.as_ref().map(|c| c.exp),
-                now: app.clock.now(),
-                draining: app.draining(),
-                slot,
-            };
-            tokio::spawn(crate::websocket::splice(client, upstream, splice));
-            true
-        }
-        // A 101 nobody asked for would hand the client a raw upstream socket.
-        _ if switching => {
-            return Err(Error::UpstreamUnavailable(
-                "unexpected 101 from upstream".into(),
-            ));
-        }
-        _ => false,
-    };
-    let (mut parts, body) = response.into_parts();
-    crate::proxy::rewrite_response(&mut parts.headers, &config.headers, request_id);
-    if spliced {
-        crate::websocket::restore_handshake_headers(&mut parts.headers);
-    }
-    Ok(Routed::Proxied(Response::from_parts(
-        parts,
-        Either::Left(body),
-    )))
 }

@@ -1,12 +1,20 @@
 //! Prometheus metrics, all prefixed `gatehouse_`.
 //!
-//! The proxy path touches metrics on every request, so the label combinations it uses are
-//! resolved once at start into plain counter handles indexed by (rule, method class,
-//! outcome): recording a request is an atomic add, with no label hashing and no lock.
-//! Rarer events (auth failures, upstream errors, audit events) use labelled vectors.
+//! Every request the gate answers touches metrics, so the label combinations it uses are
+//! resolved once at start into plain counter handles indexed by ([`Route`], method class,
+//! outcome): recording a request is an atomic add, with no label hashing, no formatting and
+//! no lock. Rarer events (auth failures, upstream errors, audit events) use labelled vectors.
 //!
-//! The two histograms, whole request and upstream part, are what lets an operator read the
-//! sidecar's own overhead off a dashboard: `request - upstream`.
+//! The `route` label is the matched route rule (its glob), `default` for the policy default
+//! (and for requests refused before any rule was looked at), or `auth:` and the endpoint's
+//! default path for the identity service (`auth:/login`, `auth:/admin` for the whole admin
+//! API, `auth:other` for unknown paths under the prefix). Ops endpoints are not counted: they
+//! are the orchestrator's probes and the scraper's own traffic, at a fixed rate, and with
+//! `server.admin_listen` they never reach the gate at all.
+//!
+//! The two proxy histograms, whole request and upstream part, are what lets an operator read
+//! the sidecar's own overhead off a dashboard: `request - upstream`. Auth endpoint latency
+//! (argon2, store writes) has a histogram of its own so it cannot blur that difference.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -98,12 +106,81 @@ impl MethodClass {
     }
 }
 
+/// The identity service's endpoints, by their default paths: each is counted under its own
+/// `route` label (`auth:/login`). Fixed whatever `[auth.paths]` renames them to, so
+/// dashboards survive a rename. Keep in step with the routing in `auth::handle`.
+pub const AUTH_ENDPOINTS: [&str; 13] = [
+    "/register",
+    "/login",
+    "/refresh",
+    "/logout",
+    "/verify",
+    "/me",
+    "/change-password",
+    "/forgot-password",
+    "/reset-password/validate",
+    "/reset-password",
+    "/verify-email",
+    "/verify-email/resend",
+    "/admin",
+];
+
+/// The label of paths under the auth prefix that name no endpoint (404).
+const AUTH_OTHER_LABEL: &str = "auth:other";
+
+/// The `route` label a request is counted under, as a slot resolved before the request is
+/// recorded, so recording it indexes a table and never looks a label up.
+///
+/// Slots: the auth endpoints first (a fixed set, then `auth:other`), then the policy
+/// default, then the route rules in order; so a slot is known without knowing how many
+/// rules there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(usize);
+
+impl Route {
+    /// Slots taken by the auth endpoints and `auth:other`.
+    const AUTH_SLOTS: usize = AUTH_ENDPOINTS.len() + 1;
+
+    /// The policy default, also used for requests refused before any rule was looked at.
+    pub const DEFAULT: Route = Route(Route::AUTH_SLOTS);
+
+    /// Paths under the auth prefix that name no endpoint.
+    pub const AUTH_OTHER: Route = Route(AUTH_ENDPOINTS.len());
+
+    /// A route rule by index, or the policy default (`None`).
+    pub fn rule(rule: Option<usize>) -> Route {
+        Route(Route::AUTH_SLOTS + rule.map_or(0, |r| r + 1))
+    }
+
+    /// An auth endpoint by its default path relative to the prefix (`/login`; anything under
+    /// `/admin/` is `/admin`); any other path is `auth:other`.
+    pub fn auth(endpoint: &str) -> Route {
+        let admin = endpoint
+            .strip_prefix("/admin")
+            .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'));
+        let found = if admin {
+            AUTH_ENDPOINTS.iter().position(|e| *e == "/admin")
+        } else {
+            AUTH_ENDPOINTS.iter().position(|e| *e == endpoint)
+        };
+        Route(found.unwrap_or(AUTH_ENDPOINTS.len()))
+    }
+
+    /// Whether gatehouse itself serves this route (the identity service).
+    pub fn is_auth(self) -> bool {
+        self.0 < Route::AUTH_SLOTS
+    }
+}
+
 /// Every metric gatehouse exports.
 pub struct Metrics {
     registry: Registry,
-    /// Indexed by `(rule slot * 3 + class) * 8 + outcome`; slot 0 is the policy default.
+    /// The `route` label of each [`Route`] slot, for the access log.
+    route_labels: Box<[String]>,
+    /// Indexed by `(route slot * 3 + class) * 8 + outcome`.
     requests: Vec<IntCounter>,
     request_duration: Histogram,
+    auth_duration: Histogram,
     upstream_duration: Histogram,
     auth_failures: IntCounterVec,
     upstream_errors: IntCounterVec,
@@ -131,14 +208,20 @@ impl Metrics {
         let requests_vec = IntCounterVec::new(
             Opts::new(
                 "requests_total",
-                "Proxied requests by matched route rule, method class and outcome.",
+                "Requests by route (matched route rule, or auth endpoint), method class and outcome.",
             ),
             &["route", "method_class", "outcome"],
         )?;
         registry.register(Box::new(requests_vec.clone()))?;
-        let mut requests = Vec::with_capacity((rule_labels.len() + 1) * 3 * Outcome::ALL.len());
-        let default = String::from("default");
-        for rule in std::iter::once(&default).chain(rule_labels) {
+        // In slot order; see `Route`.
+        let route_labels: Box<[String]> = AUTH_ENDPOINTS
+            .iter()
+            .map(|e| format!("auth:{e}"))
+            .chain([AUTH_OTHER_LABEL.to_string(), "default".to_string()])
+            .chain(rule_labels.iter().cloned())
+            .collect();
+        let mut requests = Vec::with_capacity(route_labels.len() * 3 * Outcome::ALL.len());
+        for rule in &route_labels {
             for class in MethodClass::ALL {
                 for outcome in Outcome::ALL {
                     requests.push(requests_vec.with_label_values(&[
@@ -158,6 +241,14 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(request_duration.clone()))?;
+        let auth_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "auth_request_duration_seconds",
+                "Time from receiving a request for an auth endpoint to sending its response headers.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(auth_duration.clone()))?;
         let upstream_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "upstream_duration_seconds",
@@ -237,8 +328,10 @@ impl Metrics {
 
         Ok(Metrics {
             registry,
+            route_labels,
             requests,
             request_duration,
+            auth_duration,
             upstream_duration,
             auth_failures,
             upstream_errors,
@@ -253,20 +346,24 @@ impl Metrics {
         })
     }
 
-    /// Records one proxied request. `rule` is the policy rule index (None = default).
-    pub fn record_request(
-        &self,
-        rule: Option<usize>,
-        class: MethodClass,
-        outcome: Outcome,
-        seconds: f64,
-    ) {
-        let slot = rule.map_or(0, |r| r + 1);
-        let index = (slot * 3 + class as usize) * Outcome::ALL.len() + outcome as usize;
+    /// Records one request the gate answered: an atomic add and a histogram observation.
+    pub fn record_request(&self, route: Route, class: MethodClass, outcome: Outcome, seconds: f64) {
+        let index = (route.0 * 3 + class as usize) * Outcome::ALL.len() + outcome as usize;
         if let Some(counter) = self.requests.get(index) {
             counter.inc();
         }
-        self.request_duration.observe(seconds);
+        if route.is_auth() {
+            self.auth_duration.observe(seconds);
+        } else {
+            self.request_duration.observe(seconds);
+        }
+    }
+
+    /// The `route` label a request is counted under, for its access-log line.
+    pub fn route_label(&self, route: Route) -> &str {
+        self.route_labels
+            .get(route.0)
+            .map_or("default", String::as_str)
     }
 
     pub fn record_upstream(&self, seconds: f64) {
@@ -326,9 +423,32 @@ mod tests {
     #[test]
     fn requests_are_counted_under_their_labels() {
         let metrics = Metrics::new(&["/api/**".into()]).unwrap();
-        metrics.record_request(Some(0), MethodClass::Write, Outcome::Forbidden, 0.001);
-        metrics.record_request(None, MethodClass::Read, Outcome::Forwarded, 0.001);
+        let api = Route::rule(Some(0));
+        metrics.record_request(api, MethodClass::Write, Outcome::Forbidden, 0.001);
+        metrics.record_request(Route::DEFAULT, MethodClass::Read, Outcome::Forwarded, 0.001);
+        let login = Route::auth("/login");
+        metrics.record_request(login, MethodClass::Write, Outcome::Served, 0.05);
+        metrics.record_request(login, MethodClass::Write, Outcome::Unauthenticated, 0.05);
+        assert_eq!(metrics.route_label(api), "/api/**");
+        assert_eq!(metrics.route_label(Route::DEFAULT), "default");
+        assert_eq!(metrics.route_label(login), "auth:/login");
         let text = String::from_utf8(metrics.render()).unwrap();
+        for (route, outcome) in [
+            ("auth:/login", "served"),
+            ("auth:/login", "unauthenticated"),
+        ] {
+            assert!(text.contains(&format!(
+                r#"gatehouse_requests_total{{method_class="write",outcome="{outcome}",route="{route}"}} 1"#
+            )), "{text}");
+        }
+        assert!(
+            text.contains("gatehouse_auth_request_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_request_duration_seconds_count 2"),
+            "{text}"
+        );
         assert!(text.contains(
             r#"gatehouse_requests_total{method_class="write",outcome="forbidden",route="/api/**"} 1"#
         ), "{text}");
@@ -336,6 +456,27 @@ mod tests {
             r#"gatehouse_requests_total{method_class="read",outcome="forwarded",route="default"} 1"#
         ));
         assert!(text.contains("gatehouse_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn every_auth_endpoint_has_its_own_route() {
+        let metrics = Metrics::new(&["/x".into()]).unwrap();
+        for endpoint in AUTH_ENDPOINTS {
+            let route = Route::auth(endpoint);
+            assert!(route.is_auth());
+            assert_eq!(metrics.route_label(route), format!("auth:{endpoint}"));
+        }
+        for (path, label) in [
+            ("/admin/users/u1/roles", "auth:/admin"),
+            ("/administrator", "auth:other"),
+            ("/nope", "auth:other"),
+            ("", "auth:other"),
+        ] {
+            assert_eq!(metrics.route_label(Route::auth(path)), label, "{path}");
+        }
+        assert_eq!(Route::auth("/nope"), Route::AUTH_OTHER);
+        assert!(!Route::DEFAULT.is_auth() && !Route::rule(Some(0)).is_auth());
+        assert_eq!(metrics.route_label(Route::rule(Some(0))), "/x");
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The only module that talks to the upstream.
 //!
-//! It owns the pooled keep-alive client and the header rewriting both ways:
+//! [`Relay::send`] is steps 12–13 of the pipeline (ARCHITECTURE.md): it takes a request the
+//! gate let through, rewrites it, forwards it with its body streaming, and hands back the
+//! upstream's response with its headers rewritten, splicing a WebSocket upgrade on the way
+//! ([`crate::websocket`]). It owns the pooled keep-alive client and the header rewriting
+//! both ways:
 //!
 //! * request: hop-by-hop headers go (those RFC 9110 §7.6.1 names and any listed in
 //!   `Connection`), identity headers a client tried to send go (the configured names, anything
@@ -31,8 +35,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::client_ip;
 use crate::config::{Config, HeadersConfig, UpstreamUrl};
 use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::response::Body;
+use crate::token::Claims;
+use crate::websocket::{self, Handshake};
 
 /// The body sent upstream: the client's body, capped, watched for failures.
 pub struct UpstreamBody {
@@ -181,6 +190,137 @@ pub struct Forwarding<'a> {
     pub peer_trusted: bool,
     pub tls: bool,
     pub request_id: &'a HeaderValue,
+}
+
+/// What relaying borrows from the shared state. The shared state owns the [`Upstream`], so
+/// this module cannot name it; the gate lends the parts.
+pub struct Relay<'a> {
+    pub upstream: &'a Upstream,
+    pub config: &'a Config,
+    pub metrics: &'a Metrics,
+    /// For the splice of an accepted WebSocket upgrade.
+    pub host: &'a dyn websocket::Host,
+}
+
+/// What the gate hands over with a request it let through.
+pub struct Pass<'a> {
+    /// The target as the client sent it (the gate took it off the request): its query is
+    /// forwarded as is, and its authority is the host an HTTP/2 client addressed.
+    pub target: &'a Uri,
+    /// The normalised path: the one the policy decided on, and so the one sent.
+    pub path: &'a str,
+    /// The verified token, the only source of identity headers; `None` for an anonymous
+    /// caller of a public route.
+    pub claims: Option<&'a Claims>,
+    /// The socket peer, and whether it came over TLS.
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+    pub request_id: &'a HeaderValue,
+}
+
+impl Relay<'_> {
+    /// Forwards a request the gate let through and returns the upstream's response for the
+    /// client (steps 12 and 13). Upstream failures are counted here by kind; a client body
+    /// that breaks while streaming is the client's error (400/413), never an upstream one.
+    pub async fn send(
+        &self,
+        mut request: Request<Incoming>,
+        pass: Pass<'_>,
+    ) -> Result<Response<Body>, Error> {
+        let config = self.config;
+        // A declared length over the cap is refused before anything is sent; a body without
+        // one is cut off while it streams (`UpstreamBody`).
+        if declared_length(request.headers()).is_some_and(|len| len > config.server.max_body_bytes)
+        {
+            return Err(Error::PayloadTooLarge);
+        }
+        let upstream_uri = self.upstream.uri_for(pass.target, pass.path)?;
+        let original_host = original_host(&request, pass.target);
+        let handshake = Handshake::take(&mut request);
+        let (mut parts, body) = request.into_parts();
+        parts.uri = upstream_uri;
+        parts.version = http::Version::HTTP_11;
+        let trusted = &config.server.trusted_proxies;
+        let peer = pass.peer.ip();
+        let identity = pass.claims.map(|c| Identity {
+            user_id: &c.sub,
+            email: &c.email,
+            roles: &c.roles,
+            session_id: &c.sid,
+        });
+        let forwarding = Forwarding {
+            forwarded_for: client_ip::forwarded_for_header(peer, &parts.headers, trusted),
+            peer_trusted: !trusted.is_empty() && client_ip::is_trusted(peer, trusted),
+            tls: pass.tls,
+            request_id: pass.request_id,
+        };
+        rewrite_request(
+            &mut parts.headers,
+            &config.headers,
+            identity.as_ref(),
+            &forwarding,
+            original_host,
+        );
+        if handshake.is_some() {
+            websocket::restore_handshake_headers(&mut parts.headers);
+        }
+
+        let body = UpstreamBody::new(body, config.server.max_body_bytes);
+        let started = tokio::time::Instant::now();
+        let mut response = self
+            .upstream
+            .forward(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| {
+                if !matches!(e, ForwardError::Body(_)) {
+                    self.metrics.upstream_error(e.kind());
+                }
+                e.into_error()
+            })?;
+        self.metrics
+            .record_upstream(started.elapsed().as_secs_f64());
+
+        let expires_at = pass.claims.map(|c| c.exp);
+        let switched = websocket::switch(
+            self.host,
+            handshake,
+            &mut response,
+            pass.request_id,
+            expires_at,
+        )?;
+        let (mut parts, body) = response.into_parts();
+        rewrite_response(&mut parts.headers, &config.headers, pass.request_id);
+        if switched {
+            websocket::restore_handshake_headers(&mut parts.headers);
+        }
+        Ok(Response::from_parts(
+            parts,
+            http_body_util::Either::Left(body),
+        ))
+    }
+}
+
+/// The request's `Content-Length`, when it has a readable one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The host the client addressed, for `X-Forwarded-Host`: `:authority` for HTTP/2, `Host`
+/// for HTTP/1 (the gate has already refused an absolute-form target whose authority
+/// disagrees with `Host`, and an HTTP/2 `host` that disagrees with `:authority`).
+fn original_host<B>(request: &Request<B>, target: &Uri) -> Option<HeaderValue> {
+    let authority = target
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host = || request.headers().get(header::HOST).cloned();
+    if request.version() == http::Version::HTTP_2 {
+        authority.or_else(host)
+    } else {
+        host().or(authority)
+    }
 }
 
 /// The upstream: a pooled client and the URL parts every request is sent to.

@@ -4,13 +4,32 @@
 //! 101, the two upgraded connections are spliced both ways until either side closes, the
 //! token that authorised them expires, or the server drains; the splice holds a connection
 //! slot of its own meanwhile.
+//!
+//! [`crate::proxy::Relay`] takes the [`Handshake`] off the request before forwarding it and
+//! hands the upstream's answer to [`switch`], which decides whether to splice. What a splice
+//! borrows from the server (a connection slot, the time, the drain signal) comes through
+//! [`Host`], because the shared state owns the upstream client and so cannot be named here.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+
+use crate::error::Error;
+
+/// What a splice borrows from the server; the gate implements it for the shared state. `Sync`
+/// because the request future that holds it moves between threads.
+pub trait Host: Sync {
+    /// A connection slot of its own, or `None` when `server.max_connections` are taken.
+    fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit>;
+    /// Unix time now, in seconds.
+    fn now(&self) -> u64;
+    /// Turns true when the server drains.
+    fn draining(&self) -> tokio::sync::watch::Receiver<bool>;
+}
 
 /// The GUID RFC 6455 §1.3 mixes into `Sec-WebSocket-Accept`.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -57,6 +76,63 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A client's WebSocket opening handshake, taken off the request before it is forwarded.
+pub struct Handshake {
+    key: HeaderValue,
+    /// The client's side of the upgrade, resolved once hyper has sent our 101.
+    client: OnUpgrade,
+}
+
+impl Handshake {
+    /// Takes the handshake off a request that is a complete one ([`upgrade_key`]); `None` for
+    /// every other request, which is forwarded as plain HTTP.
+    pub fn take<B>(request: &mut Request<B>) -> Option<Handshake> {
+        let key = upgrade_key(request)?;
+        Some(Handshake {
+            key,
+            client: hyper::upgrade::on(request),
+        })
+    }
+}
+
+/// What the upstream's answer means for the request: anything but a 101 is an ordinary
+/// response (`Ok(false)`). A 101 that accepts the client's handshake starts the splice, in a
+/// task of its own holding a connection slot, and is passed on (`Ok(true)`: the caller puts
+/// the handshake headers back). A 101 nobody asked for, or one that does not accept the key,
+/// is a 502: passing it on would hand the client a raw upstream socket past the gate.
+pub fn switch(
+    host: &dyn Host,
+    handshake: Option<Handshake>,
+    response: &mut Response<Incoming>,
+    request_id: &HeaderValue,
+    expires_at: Option<u64>,
+) -> Result<bool, Error> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(false);
+    }
+    let Some(handshake) = handshake.filter(|h| upstream_accepted(&h.key, response.headers()))
+    else {
+        return Err(Error::UpstreamUnavailable(
+            "unexpected 101 from upstream".into(),
+        ));
+    };
+    // The spliced pair outlives this HTTP connection and its slot: it takes a slot of its
+    // own, and ends when the token expires or the server drains.
+    let Some(slot) = host.connection_slot() else {
+        return Err(Error::Unavailable("connection limit reached"));
+    };
+    let upstream = hyper::upgrade::on(response);
+    let ends = Splice {
+        request_id: request_id.to_str().unwrap_or_default().to_string(),
+        expires_at,
+        now: host.now(),
+        draining: host.draining(),
+        slot,
+    };
+    tokio::spawn(splice(handshake.client, upstream, ends));
+    Ok(true)
 }
 
 /// Puts back the two hop-by-hop headers the handshake needs, after the proxy removed every

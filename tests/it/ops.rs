@@ -358,3 +358,189 @@ async fn wait_until_refused(addr: std::net::SocketAddr) {
     }
     panic!("{addr} still accepts connections");
 }
+
+/// Issue 8: the auth endpoints are counted like every other request, each under its own
+/// route label (the endpoint's default path), successes as `served` and refusals by their
+/// outcome; none of it lands under the policy's `default`.
+#[tokio::test]
+async fn metrics_count_auth_endpoints_under_their_own_labels() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    gh.register("counted@example.com").await;
+    gh.login("counted@example.com", crate::harness::PASSWORD)
+        .await
+        .expect(200);
+    gh.login("counted@example.com", "not the password")
+        .await
+        .expect_error(401, "INVALID_CREDENTIALS");
+    gh.get("/auth/login").await.expect(405);
+    gh.get("/auth/admin/users")
+        .await
+        .expect_error(401, "TOKEN_MISSING");
+    gh.get("/auth/no-such-endpoint").await.expect(404);
+
+    let m = parse_metrics(&gh.get("/metrics").await.text());
+    for (key, want) in [
+        (requests("auth:/register", "write", "served"), 1.0),
+        (requests("auth:/login", "write", "served"), 1.0),
+        (requests("auth:/login", "write", "unauthenticated"), 1.0),
+        (requests("auth:/login", "read", "rejected"), 1.0),
+        (requests("auth:/admin", "read", "unauthenticated"), 1.0),
+        (requests("auth:other", "read", "rejected"), 1.0),
+        (requests("default", "write", "unauthenticated"), 0.0),
+        (requests("default", "read", "rejected"), 0.0),
+    ] {
+        assert_eq!(sample(&m, &key), want, "{key}");
+    }
+    // Auth latency (argon2, store writes) has its own histogram, so the proxy's
+    // `request - upstream` overhead stays readable.
+    assert_eq!(
+        sample(&m, "gatehouse_auth_request_duration_seconds_count"),
+        6.0
+    );
+    assert_eq!(sample(&m, "gatehouse_request_duration_seconds_count"), 0.0);
+}
+
+/// A renamed endpoint keeps its label, so dashboards survive `[auth.paths]`.
+#[tokio::test]
+async fn a_renamed_auth_endpoint_keeps_its_label() {
+    let extra = format!("{ROUTES}\n[auth.paths]\nlogin = \"/signin\"\n");
+    let gh = Gatehouse::start(&extra, &[]).await;
+    gh.register("renamed@example.com").await;
+    gh.json(
+        Method::POST,
+        "/auth/signin",
+        None,
+        serde_json::json!({"email": "renamed@example.com", "password": crate::harness::PASSWORD}),
+    )
+    .await
+    .expect(200);
+    // The old path is no endpoint any more.
+    gh.login("renamed@example.com", crate::harness::PASSWORD)
+        .await
+        .expect(404);
+    let m = parse_metrics(&gh.get("/metrics").await.text());
+    assert_eq!(sample(&m, &requests("auth:/login", "write", "served")), 1.0);
+    assert_eq!(
+        sample(&m, &requests("auth:other", "write", "rejected")),
+        1.0
+    );
+}
+
+/// What `tracing` writes while it is this thread's subscriber. The harness runs gatehouse on
+/// the test's own current-thread runtime, so the request path's events land here, and other
+/// tests' (on their own threads) do not.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// Captures INFO and above as JSON lines until the guard drops.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(self.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The `gatehouse::access` lines.
+    fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["target"] == "gatehouse::access")
+            .collect()
+    }
+}
+
+/// Issue 8: every request the gate answers gets an access-log line, a successful login
+/// included, with the normalised path (never the query), the route label, the verified
+/// user, the latency and the body size.
+#[tokio::test]
+async fn every_answered_request_is_access_logged() {
+    let captured = Captured::default();
+    let _guard = captured.install();
+    let gh = Gatehouse::start(ROUTES, &[("GATEHOUSE_LOG_ACCESS", "true")]).await;
+    gh.register("logged@example.com").await;
+    let body =
+        serde_json::json!({"email": "logged@example.com", "password": crate::harness::PASSWORD});
+    gh.send(
+        Method::POST,
+        "/auth/login",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "login-ok"),
+        ],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .expect(200);
+    gh.login("logged@example.com", "not the password")
+        .await
+        .expect(401);
+    let reader = format!("Bearer {}", gh.token("u-logged", &["reader"]));
+    gh.get_with(
+        "/api//items/./x?token=query-secret",
+        &[("authorization", &reader), ("x-request-id", "proxied")],
+    )
+    .await
+    .expect(200);
+    gh.get("/metrics").await.expect(200);
+
+    let lines = captured.access_lines();
+    let find = |route: &str, status: u64| {
+        lines
+            .iter()
+            .find(|l| l["route"] == route && l["status"] == status)
+            .unwrap_or_else(|| panic!("no access line for {route} {status}:\n{lines:#?}"))
+    };
+    let login = find("auth:/login", 200);
+    assert_eq!(login["request_id"], "login-ok", "{login}");
+    assert_eq!(login["method"], "POST");
+    assert_eq!(login["path"], "/auth/login");
+    assert_eq!(login["user"], "");
+    assert!(login["micros"].as_u64().is_some(), "{login}");
+    assert!(login["bytes"].as_u64().is_some_and(|b| b > 0), "{login}");
+    assert!(
+        login["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+    );
+    find("auth:/login", 401);
+    find("auth:/register", 201);
+    let proxied = find("/api/**#3", 200);
+    assert_eq!(proxied["request_id"], "proxied");
+    assert_eq!(proxied["path"], "/api/items/x", "{proxied}");
+    assert_eq!(proxied["user"], "u-logged");
+    // Ops endpoints are not access-logged; nor is a query string, anywhere.
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(
+        !captured.text().contains("query-secret"),
+        "{}",
+        captured.text()
+    );
+}
