@@ -180,7 +180,7 @@ impl App {
         }
         let metrics = Metrics::new(&rule_labels).map_err(|e| format!("metrics: {e}"))?;
         let tokens = Tokens::new(TokenSettings {
-            secret: config.tokens.secret.clone(),
+            secret: config.tokens.secret.expose().as_bytes().to_vec(),
             issuer: config.tokens.issuer.clone(),
             audience: config.tokens.audience.clone(),
             access_ttl_secs: config.tokens.access_ttl.as_secs(),

@@ -397,7 +397,7 @@ impl Mailer {
             .map_err(|e| format!("email.from: {e}"))?;
         let delivery = match &config.mode {
             EmailMode::Log => Delivery::Log,
-            EmailMode::Smtp { url } => Delivery::Smtp(Box::new(smtp_builder(url)?)),
+            EmailMode::Smtp { url } => Delivery::Smtp(Box::new(smtp_builder(url.expose())?)),
         };
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         Ok(Mailer {

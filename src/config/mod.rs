@@ -1,0 +1,355 @@
+//! Configuration: one TOML file, overridable by `GATEHOUSE_<SECTION>_<KEY>` env variables.
+//!
+//! Loading has no side effects and reports *every* problem at once, each with its TOML key,
+//! so an operator fixes a config in one round trip (`gatehouse check-config`):
+//!
+//! 1. the text is parsed into a [`toml::Table`] (a syntax error stops here, with its line
+//!    and column: nothing after it can be trusted);
+//! 2. one function per section ([`sections`]) reads its keys through a
+//!    [`Section`](read::Section) reader. Each key is declared once, where it is read: its
+//!    name, its default (a named constant with the reason for its value), and its checks.
+//!    The reader takes the value from the key's env variable, else the file, else the
+//!    default, and turns raw strings into parsed values (durations, CIDRs, URLs, rates,
+//!    header names; the policy is compiled once);
+//! 3. whatever nobody asked for is an error: unknown keys and sections with their dotted
+//!    path and a did-you-mean (`server.admin_listn`, `routes[2].acess`), and unknown
+//!    `GATEHOUSE_*` variables the same way.
+//!
+//! The reader records every env-overridable key ([`keys`]), so the env table and the test
+//! that `config.toml.example` documents every key derive from the same declarations.
+//! Secrets are [`Secret`]s, which redact themselves, so every config type derives `Debug`.
+//!
+//! Layout: this file holds the validated types and the entry points; [`sections`] the
+//! per-section functions and their defaults; [`read`] the reader; [`secret`] the
+//! [`Secret`] type.
+
+mod read;
+mod secret;
+mod sections;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+use crate::policy::Policy;
+use crate::ratelimit::Rate;
+
+pub use read::{KeyDoc, Kind, env_name};
+pub use secret::Secret;
+pub use sections::MIN_SECRET_BYTES;
+#[cfg(test)]
+use sections::parse_upstream_url;
+
+/// A configuration error with the TOML key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted TOML path (`server.listen`, `routes[2].access`); for an unknown variable, its
+    /// name; for a syntax error, `line L, column C`.
+    pub key: String,
+    /// The env variable the bad value came from, if it did not come from the file.
+    pub env: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.env {
+            // The variable first: that is what the operator has to change.
+            Some(env) => write!(f, "{env} ({}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// All errors found in one load, reported together.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Endpoint names that `[auth.paths]` may rename, with their default paths.
+pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
+    ("register", "/register"),
+    ("login", "/login"),
+    ("refresh", "/refresh"),
+    ("logout", "/logout"),
+    ("verify", "/verify"),
+    ("me", "/me"),
+    ("change_password", "/change-password"),
+    ("forgot_password", "/forgot-password"),
+    ("reset_password", "/reset-password"),
+    ("reset_password_validate", "/reset-password/validate"),
+    ("verify_email", "/verify-email"),
+    ("verify_email_resend", "/verify-email/resend"),
+    ("admin", "/admin"),
+];
+
+/// Registration policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+/// Where mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailMode {
+    /// Mails are logged (without tokens unless `expose_debug_tokens`), never sent.
+    Log,
+    /// Mails are sent through SMTP.
+    Smtp { url: Secret },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A parsed upstream URL: only `http` and `https` with a host; the path prefix is kept so an
+/// upstream mounted under `/api` works.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Without trailing slash; empty for the root.
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub workers: usize,
+    pub public_url: String,
+    pub shutdown_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub auth_max_body_bytes: u64,
+    pub http2_max_concurrent_streams: u32,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: UpstreamUrl,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub health_path: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// The HS256 key: the UTF-8 bytes of the string.
+    pub secret: Secret,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub refresh_idle_ttl: Duration,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockoutConfig {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Normalised: starts with '/', no trailing slash.
+    pub prefix: String,
+    pub registration: Registration,
+    pub default_roles: Vec<String>,
+    pub selectable_roles: Vec<String>,
+    pub admin_role: String,
+    pub expose_debug_tokens: bool,
+    pub require_verified_email: bool,
+    pub reset_token_ttl: Duration,
+    pub verify_token_ttl: Duration,
+    pub forgot_cooldown: Duration,
+    /// Zeros in the file are resolved to the argon2 crate's defaults here.
+    pub password: crate::password::PasswordSettings,
+    pub lockout: LockoutConfig,
+    /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
+    pub renames: Vec<(&'static str, String)>,
+}
+
+impl AuthConfig {
+    /// Maps a request path (relative to `prefix`) to the endpoint's default path, which the
+    /// router matches on. `None` when the path is a default path whose endpoint was renamed:
+    /// a rename moves the endpoint, it does not add an alias.
+    pub fn canonical<'a>(&self, rest: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        for (default, renamed) in &self.renames {
+            if let Some(tail) = rest.strip_prefix(renamed.as_str())
+                && (tail.is_empty() || (*default == "/admin" && tail.starts_with('/')))
+            {
+                return Some(Cow::Owned(format!("{default}{tail}")));
+            }
+        }
+        for (default, _) in &self.renames {
+            if let Some(tail) = rest.strip_prefix(default)
+                && (tail.is_empty() || (*default == "/admin" && tail.starts_with('/')))
+            {
+                return None;
+            }
+        }
+        Some(Cow::Borrowed(rest))
+    }
+
+    /// The full path an endpoint is served at, for links and forms: `prefix` + its path.
+    pub fn path_of(&self, default: &str) -> String {
+        let path = self
+            .renames
+            .iter()
+            .find(|(d, _)| *d == default)
+            .map_or(default, |(_, r)| r.as_str());
+        format!("{}{path}", self.prefix)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub login: Option<Rate>,
+    pub register: Option<Rate>,
+    pub refresh: Option<Rate>,
+    pub forgot_password: Option<Rate>,
+    pub proxy: Option<Rate>,
+    /// Per-route limits, indexed like `routes`.
+    pub routes: Vec<Option<Rate>>,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub mode: EmailMode,
+    pub from: String,
+    /// Contains `{token}`.
+    pub reset_url: String,
+    /// Contains `{token}`.
+    pub verify_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub user_id: HeaderName,
+    pub email: HeaderName,
+    pub roles: HeaderName,
+    pub session_id: Option<HeaderName>,
+    /// Lower-case; inbound headers starting with it (or its `_` spelling) are removed.
+    pub strip_prefix: String,
+    pub request_id: HeaderName,
+    pub forward_authorization: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+}
+
+/// The validated configuration: everything parsed and compiled once at start.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub store_path: PathBuf,
+    pub tokens: TokensConfig,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
+    pub email: EmailConfig,
+    pub headers: HeadersConfig,
+    pub policy: Policy,
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Loads and validates a config file with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: "(file)".into(),
+                env: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::from_toml(&text, std::env::vars())
+    }
+
+    /// Parses and validates TOML text with the given environment (tests pass their own).
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let tree: toml::Table = text
+            .parse()
+            .map_err(|e| ConfigErrors(vec![read::syntax_error(text, &e)]))?;
+        let mut cx = read::Cx::new(env);
+        let config = sections::config(&mut read::Section::root(&mut cx, &tree));
+        let errors = cx.finish();
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+/// Every env-overridable key with its variable, kind and default, in file order: what
+/// `config.toml.example` must document and what `GATEHOUSE_*` may set.
+pub fn keys() -> Vec<KeyDoc> {
+    let empty = toml::Table::new();
+    let mut cx = read::Cx::new(std::iter::empty());
+    // Reading an empty file visits every key (sections read all their keys unconditionally);
+    // its errors (no upstream, no secret) do not matter here.
+    let _ = sections::config(&mut read::Section::root(&mut cx, &empty));
+    cx.keys
+}
+
+/// Parses `"900ms"`, `"15m"`, `"30d"`, `"1h 30m"`; `"0"` is zero.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(value).map_err(|e| {
+        format!("{value:?} is not a duration like \"900ms\", \"15m\" or \"30d\" ({e})")
+    })
+}

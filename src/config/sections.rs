@@ -1,0 +1,814 @@
+//! One function per config section. Each key is declared once, where it is read: its name,
+//! its default (a named constant beside the function, with the reason for its value when the
+//! value is a choice) and its checks. Checks that span keys follow the reads.
+//!
+//! Every key is read unconditionally, even when another key makes it moot (`tls.*` without
+//! TLS), so reading an empty file declares every key; [`super::keys`] relies on that.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::read::{Section, did_you_mean, header_name};
+use super::{
+    AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, HeadersConfig, LockoutConfig,
+    LogConfig, LogFormat, RateLimitConfig, Registration, ServerConfig, TlsConfig, TokensConfig,
+    UpstreamConfig, UpstreamUrl,
+};
+use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
+use crate::ratelimit::{Rate, parse_rate};
+
+/// Reads and checks every section; `None` when anything is wrong (the errors are in the
+/// reader's context).
+pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
+    let server = server(&mut root.section("server"));
+    let upstream = upstream(&mut root.section("upstream"));
+    let store_path = store(&mut root.section("store"));
+    let tokens = tokens(&mut root.section("tokens"));
+    let auth = auth(&mut root.section("auth"));
+    let routes = root.tables("routes", route);
+    let roles = roles(&mut root.map("roles"));
+    let rate_limits = rate_limits(&mut root.section("rate_limits"), &routes);
+    let email = email(&mut root.section("email"), &server, &auth);
+    let headers = headers(&mut root.section("headers"));
+    let policy = policy(&mut root.section("policy"), &routes, &roles, &auth);
+    let log = log(&mut root.section("log"));
+    Some(Config {
+        server,
+        upstream,
+        store_path,
+        tokens,
+        auth,
+        rate_limits,
+        email,
+        headers,
+        policy: policy?,
+        log,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// [server]
+// ---------------------------------------------------------------------------------------
+
+/// Where the sidecar listens when nothing is said: all interfaces, the usual sidecar port.
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Long enough for most in-flight requests to finish, shorter than Kubernetes' default 30s
+/// termination grace period so we exit before SIGKILL arrives.
+const DEFAULT_SHUTDOWN_TIMEOUT: &str = "25s";
+/// A client that has not sent its whole header block in 10s is a slowloris, not a browser.
+const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// Idle keep-alive connections are closed after this; matches common load balancer defaults.
+const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// Bounds file descriptors and memory under a connection flood.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Header block limit for HTTP/1 and the HTTP/2 header list; 16 KiB fits large cookies and a
+/// JWT with room to spare.
+const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Request-target limit; long enough for real query strings, short enough to refuse abuse.
+const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+/// Proxied request bodies; uploads larger than this should not go through an auth sidecar.
+const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Auth endpoint bodies are small JSON documents.
+const DEFAULT_AUTH_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// HTTP/2 concurrent streams per connection, the value most servers advertise.
+const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+/// How often certificate files are checked for rotation.
+const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
+/// 0 = one runtime worker per core.
+const DEFAULT_WORKERS: usize = 0;
+
+fn server(s: &mut Section<'_>) -> ServerConfig {
+    let listen = s
+        .str("listen", DEFAULT_LISTEN)
+        .parse(|v| socket_addr(v, "an address like 0.0.0.0:8080"))
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+    let admin_listen = s
+        .str("admin_listen", "")
+        .parse(|v| match v.as_str() {
+            "" => Ok(None),
+            v => socket_addr(v, "an address").map(Some),
+        })
+        .flatten();
+    let trusted_proxies = s.list("trusted_proxies", &[]).parse_each(|cidr| {
+        // A bare address means a single host.
+        cidr.parse::<IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(|net| net.trunc())
+            .map_err(|_| format!("{cidr:?} is not a CIDR like 10.0.0.0/8"))
+    });
+    let public_url = s
+        .str("public_url", "")
+        .map(|v| v.trim_end_matches('/').to_string())
+        .check(|v| {
+            if v.is_empty() || is_http_url(v) {
+                Ok(())
+            } else {
+                Err("must be an absolute http(s) URL".into())
+            }
+        });
+    let tls = tls(&mut s.section("tls"));
+    ServerConfig {
+        listen,
+        admin_listen,
+        trusted_proxies,
+        workers: s.get("workers", DEFAULT_WORKERS).get(),
+        public_url,
+        shutdown_timeout: s
+            .duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+            .get(),
+        header_read_timeout: s
+            .duration("header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)
+            .positive(),
+        idle_timeout: s.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT).positive(),
+        max_connections: s
+            .get("max_connections", DEFAULT_MAX_CONNECTIONS)
+            .at_least(1),
+        max_header_bytes: s
+            .get("max_header_bytes", DEFAULT_MAX_HEADER_BYTES)
+            .at_least(1024),
+        max_uri_bytes: s.get("max_uri_bytes", DEFAULT_MAX_URI_BYTES).at_least(256),
+        max_body_bytes: s.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES).get(),
+        auth_max_body_bytes: s
+            .get("auth_max_body_bytes", DEFAULT_AUTH_MAX_BODY_BYTES)
+            .get(),
+        http2_max_concurrent_streams: s
+            .get("http2_max_concurrent_streams", DEFAULT_H2_MAX_STREAMS)
+            .at_least(1),
+        tls,
+    }
+}
+
+fn tls(s: &mut Section<'_>) -> Option<TlsConfig> {
+    let cert = s.str("cert", "").get();
+    let key = s.str("key", "").get();
+    let reload_interval = s
+        .duration("reload_interval", DEFAULT_TLS_RELOAD_INTERVAL)
+        .positive();
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            reload_interval,
+        }),
+        _ => {
+            s.err("", "cert and key must be given together");
+            None
+        }
+    }
+}
+
+fn socket_addr(value: &str, what: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not {what}"))
+}
+
+fn is_http_url(value: &str) -> bool {
+    value.starts_with("https://") || value.starts_with("http://")
+}
+
+// ---------------------------------------------------------------------------------------
+// [upstream], [store]
+// ---------------------------------------------------------------------------------------
+
+/// How long the upstream has to send response headers.
+const DEFAULT_UPSTREAM_TIMEOUT: &str = "30s";
+/// Connect timeout: a local upstream that takes longer than this is down.
+const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
+/// Pooled upstream connections are dropped after this idle time, below the 60s keep-alive
+/// of most servers so we never reuse a connection the upstream is closing.
+const DEFAULT_UPSTREAM_POOL_IDLE: &str = "50s";
+/// Idle pooled connections kept to the upstream.
+const DEFAULT_UPSTREAM_POOL_MAX_IDLE: usize = 512;
+/// Beside the working directory, where a first run from a checkout finds it.
+const DEFAULT_STORE_PATH: &str = "./gatehouse-data";
+
+fn upstream(s: &mut Section<'_>) -> UpstreamConfig {
+    UpstreamConfig {
+        url: s
+            .str("url", "")
+            .parse(|v| parse_upstream_url(v.trim()))
+            .unwrap_or_else(|| UpstreamUrl {
+                scheme: http::uri::Scheme::HTTP,
+                authority: http::uri::Authority::from_static("invalid"),
+                base_path: String::new(),
+            }),
+        timeout: s.duration("timeout", DEFAULT_UPSTREAM_TIMEOUT).positive(),
+        connect_timeout: s
+            .duration("connect_timeout", DEFAULT_UPSTREAM_CONNECT_TIMEOUT)
+            .positive(),
+        pool_idle_timeout: s
+            .duration("pool_idle_timeout", DEFAULT_UPSTREAM_POOL_IDLE)
+            .get(),
+        pool_max_idle: s.get("pool_max_idle", DEFAULT_UPSTREAM_POOL_MAX_IDLE).get(),
+        health_path: s
+            .str("health_path", "")
+            .check(|p| {
+                if p.is_empty() || p.starts_with('/') {
+                    Ok(())
+                } else {
+                    Err("must start with '/'".into())
+                }
+            })
+            .into_non_empty(),
+        ca_file: s
+            .str("ca_file", "")
+            .get()
+            .into_non_empty()
+            .map(PathBuf::from),
+    }
+}
+
+pub(super) fn parse_upstream_url(value: &str) -> Result<UpstreamUrl, String> {
+    if value.is_empty() {
+        return Err("is required (e.g. \"http://127.0.0.1:3000\")".into());
+    }
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a URL"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("{value:?} has no scheme; write http://{value}"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(format!("scheme {scheme} is not supported (http or https)"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{value:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the upstream URL are not supported".into());
+    }
+    if uri.query().is_some() {
+        return Err("the upstream URL must not have a query string".into());
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(UpstreamUrl {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+fn store(s: &mut Section<'_>) -> PathBuf {
+    s.str("path", DEFAULT_STORE_PATH)
+        .check(|p| {
+            if p.trim().is_empty() {
+                Err("is required".into())
+            } else {
+                Ok(())
+            }
+        })
+        .into()
+}
+
+/// Empty strings mean "not set" throughout the file.
+trait NonEmpty {
+    fn into_non_empty(self) -> Option<String>;
+}
+
+impl NonEmpty for String {
+    fn into_non_empty(self) -> Option<String> {
+        (!self.is_empty()).then_some(self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [tokens]
+// ---------------------------------------------------------------------------------------
+
+/// The secret must carry at least 256 bits for HS256.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The only algorithm supported; pinned so a token's own `alg` header is never trusted.
+const DEFAULT_ALGORITHM: &str = "HS256";
+const DEFAULT_ISSUER: &str = "gatehouse";
+const DEFAULT_AUDIENCE: &str = "api";
+/// Short access tokens keep revocation cheap; refresh rotates them.
+const DEFAULT_ACCESS_TTL: &str = "15m";
+/// A month of absolute session life: long enough not to annoy, short enough to expire
+/// forgotten devices.
+const DEFAULT_REFRESH_TTL: &str = "30d";
+/// A session unused for a week must log in again.
+const DEFAULT_REFRESH_IDLE_TTL: &str = "7d";
+/// Clock skew tolerated on `exp`/`nbf`; small, because every second is extra token life.
+const DEFAULT_LEEWAY: &str = "5s";
+/// The most leeway accepted, for the same reason.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+fn tokens(s: &mut Section<'_>) -> TokensConfig {
+    let secret = s.get("secret", super::Secret::default()).check(|secret| {
+        if secret.is_empty() {
+            Err("is required (set GATEHOUSE_TOKENS_SECRET; e.g. `openssl rand -base64 48`)".into())
+        } else if secret.len() < MIN_SECRET_BYTES {
+            Err(format!(
+                "is {} bytes; HS256 needs at least {MIN_SECRET_BYTES}",
+                secret.len()
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    // Read only to be checked: HS256 is the one algorithm, and saying so in the file documents it.
+    s.str("algorithm", DEFAULT_ALGORITHM).check(|a| {
+        if a == "HS256" {
+            Ok(())
+        } else {
+            Err(format!("{a:?} is not supported (HS256)"))
+        }
+    });
+    TokensConfig {
+        secret,
+        issuer: s.str("issuer", DEFAULT_ISSUER).check(|v| not_empty(v)),
+        audience: s.str("audience", DEFAULT_AUDIENCE).check(|v| not_empty(v)),
+        access_ttl: s.duration("access_ttl", DEFAULT_ACCESS_TTL).positive(),
+        refresh_ttl: s.duration("refresh_ttl", DEFAULT_REFRESH_TTL).positive(),
+        refresh_idle_ttl: s
+            .duration("refresh_idle_ttl", DEFAULT_REFRESH_IDLE_TTL)
+            .positive(),
+        leeway: s.duration("leeway", DEFAULT_LEEWAY).check(|l| {
+            if *l > MAX_LEEWAY {
+                Err("must be at most 5m; every second is extra token life".into())
+            } else {
+                Ok(())
+            }
+        }),
+    }
+}
+
+fn not_empty(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [auth], [auth.password], [auth.lockout], [auth.paths]
+// ---------------------------------------------------------------------------------------
+
+const DEFAULT_AUTH_PREFIX: &str = "/auth";
+/// Open, because a sidecar that cannot sign anyone up surprises more than it protects;
+/// `closed` is one line away.
+const DEFAULT_REGISTRATION: &str = "open";
+/// The least privileged role of the usual reader/creator/admin model.
+const DEFAULT_ROLES: &[&str] = &["reader"];
+const DEFAULT_ADMIN_ROLE: &str = "admin";
+/// Long enough to read the mail, short enough that a leaked link soon dies.
+const DEFAULT_RESET_TOKEN_TTL: &str = "30m";
+/// A day: verification is often done later, from another device.
+const DEFAULT_VERIFY_TOKEN_TTL: &str = "24h";
+/// Minimum time between two password-reset mails to one address.
+const DEFAULT_FORGOT_COOLDOWN: &str = "2m";
+/// NIST SP 800-63B: at least 8 characters, allow at least 64; we allow 256 bytes and refuse
+/// more before hashing so a megabyte password costs nothing.
+const DEFAULT_PASSWORD_MIN: usize = 8;
+const DEFAULT_PASSWORD_MAX: usize = 256;
+/// The least `max_length` NIST SP 800-63B allows.
+const NIST_MIN_MAX_LENGTH: usize = 64;
+/// Failed logins per name within the window before a lockout; 5 stops online guessing and
+/// rarely catches a human.
+const DEFAULT_LOCKOUT_MAX_FAILURES: u32 = 5;
+const DEFAULT_LOCKOUT_WINDOW: &str = "15m";
+const DEFAULT_LOCKOUT_DURATION: &str = "15m";
+
+fn auth(s: &mut Section<'_>) -> AuthConfig {
+    let prefix = s
+        .str("prefix", DEFAULT_AUTH_PREFIX)
+        .map(|p| p.trim_end_matches('/').to_string())
+        .check(|p| {
+            if !p.starts_with('/') || p.contains(['*', '?', ';', '%']) || p.contains("//") {
+                Err("must be a plain path starting with '/', like \"/auth\"".into())
+            } else {
+                Ok(())
+            }
+        });
+    let registration = s
+        .str("registration", DEFAULT_REGISTRATION)
+        .parse(|r| match r.as_str() {
+            "open" => Ok(Registration::Open),
+            "closed" => Ok(Registration::Closed),
+            other => Err(format!("{other:?} is not open or closed")),
+        })
+        .unwrap_or(Registration::Closed);
+    // Subsections are read one statement each: a section reports its unknown keys when it
+    // is dropped, and it holds the reader until then.
+    let password = password(&mut s.section("password"));
+    let lockout = lockout(&mut s.section("lockout"));
+    let renames = renames(&mut s.map("paths"));
+    let auth = AuthConfig {
+        prefix,
+        registration,
+        default_roles: s.list("default_roles", DEFAULT_ROLES).get(),
+        selectable_roles: s.list("selectable_roles", &[]).get(),
+        admin_role: s
+            .str("admin_role", DEFAULT_ADMIN_ROLE)
+            .check(|v| not_empty(v)),
+        expose_debug_tokens: s.get("expose_debug_tokens", false).get(),
+        require_verified_email: s.get("require_verified_email", false).get(),
+        reset_token_ttl: s
+            .duration("reset_token_ttl", DEFAULT_RESET_TOKEN_TTL)
+            .positive(),
+        verify_token_ttl: s
+            .duration("verify_token_ttl", DEFAULT_VERIFY_TOKEN_TTL)
+            .positive(),
+        forgot_cooldown: s.duration("forgot_cooldown", DEFAULT_FORGOT_COOLDOWN).get(),
+        password,
+        lockout,
+        renames,
+    };
+    if auth.selectable_roles.contains(&auth.admin_role) {
+        s.err(
+            "selectable_roles",
+            "must not contain the admin role: anyone could register as admin",
+        );
+    }
+    auth
+}
+
+fn password(s: &mut Section<'_>) -> crate::password::PasswordSettings {
+    let min_length = s.get("min_length", DEFAULT_PASSWORD_MIN).at_least(1);
+    let max_length = s.get("max_length", DEFAULT_PASSWORD_MAX).get();
+    if max_length < min_length.max(NIST_MIN_MAX_LENGTH) {
+        s.err(
+            "max_length",
+            "must be at least 64 and at least min_length (NIST 800-63B)",
+        );
+    }
+    // 0 in the file means the argon2 crate's OWASP defaults, resolved here.
+    let d = crate::password::PasswordSettings::default();
+    let or = |v: u32, default: u32| if v == 0 { default } else { v };
+    crate::password::PasswordSettings {
+        min_length,
+        max_length,
+        memory_kib: or(s.get("memory_kib", 0u32).get(), d.memory_kib),
+        iterations: or(s.get("iterations", 0u32).get(), d.iterations),
+        parallelism: or(s.get("parallelism", 0u32).get(), d.parallelism),
+        max_concurrent: match s.get("max_concurrent", 0usize).get() {
+            0 => d.max_concurrent,
+            n => n,
+        },
+    }
+}
+
+fn lockout(s: &mut Section<'_>) -> LockoutConfig {
+    LockoutConfig {
+        max_failures: s.get("max_failures", DEFAULT_LOCKOUT_MAX_FAILURES).get(),
+        window: s.duration("window", DEFAULT_LOCKOUT_WINDOW).positive(),
+        duration: s.duration("duration", DEFAULT_LOCKOUT_DURATION).positive(),
+    }
+}
+
+/// `[auth.paths]`: `login = "/signin"` serves login at `{prefix}/signin` (and no longer at
+/// `{prefix}/login`).
+fn renames(s: &mut Section<'_>) -> Vec<(&'static str, String)> {
+    let mut paths = Vec::new();
+    for name in s.names() {
+        let path = s.str(&name, "").get();
+        paths.push((name, path));
+    }
+    let mut renames: Vec<(&'static str, String)> = Vec::new();
+    for (name, path) in &paths {
+        let Some((_, default)) = AUTH_ENDPOINTS.iter().find(|(n, _)| n == name) else {
+            let names: Vec<&str> = AUTH_ENDPOINTS.iter().map(|(n, _)| *n).collect();
+            let mut message = format!("unknown endpoint; one of {}", names.join(", "));
+            if let Some(near) = did_you_mean(name, names.iter().copied()) {
+                message = format!(
+                    "unknown endpoint; did you mean {near}? (one of {})",
+                    names.join(", ")
+                );
+            }
+            s.err(name, message);
+            continue;
+        };
+        let normal = crate::path::normalize(path).is_ok_and(|n| n == path.as_str());
+        if !normal || path == "/" || path.ends_with('/') || path.contains('%') {
+            s.err(name, "must be a plain normalised path like \"/signin\"");
+        } else if renames.iter().any(|(_, p)| p == path)
+            || AUTH_ENDPOINTS
+                .iter()
+                .any(|(n, d)| d == path && !paths.iter().any(|(name, _)| name == n))
+        {
+            s.err(name, format!("{path} is already used by another endpoint"));
+        } else {
+            renames.push((default, path.clone()));
+        }
+    }
+    renames
+}
+
+// ---------------------------------------------------------------------------------------
+// [[routes]], [roles], [rate_limits]
+// ---------------------------------------------------------------------------------------
+
+/// One `[[routes]]` entry: what the policy compiles, and its own rate limit.
+struct Route {
+    spec: RouteSpec,
+    rate_limit: Option<Rate>,
+}
+
+fn route(s: &mut Section<'_>) -> Route {
+    Route {
+        spec: RouteSpec {
+            path: s.str("path", "").get(),
+            methods: s.list("methods", &[]).get(),
+            access: s.optional("access").get(),
+            roles: s.list("roles", &[]).get(),
+        },
+        rate_limit: s
+            .optional::<String>("rate_limit")
+            .then(|v| v.map_or(Ok(None), |v| parse_rate(&v)), None)
+            .get(),
+    }
+}
+
+/// `[roles]`: `name = { inherits = [...] }`, sorted by name.
+fn roles(s: &mut Section<'_>) -> Vec<RoleSpec> {
+    s.names()
+        .into_iter()
+        .map(|name| {
+            let inherits = s.section(&name).list("inherits", &[]).get();
+            RoleSpec { name, inherits }
+        })
+        .collect()
+}
+
+const DEFAULT_LOGIN_RATE: &str = "5/15m";
+/// Registration is rare for a real client and the one probe of whether an address exists.
+const DEFAULT_REGISTER_RATE: &str = "3/1h";
+const DEFAULT_REFRESH_RATE: &str = "10/1m";
+const DEFAULT_FORGOT_PASSWORD_RATE: &str = "3/1h";
+/// Proxied requests are the upstream's business unless the operator says otherwise.
+const DEFAULT_PROXY_RATE: &str = "0";
+/// Keys tracked per rate-limit class; a fixed table, so memory does not grow with clients.
+const DEFAULT_RATE_LIMIT_CAPACITY: usize = 65_536;
+
+fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
+    RateLimitConfig {
+        login: s.rate("login", DEFAULT_LOGIN_RATE).get(),
+        register: s.rate("register", DEFAULT_REGISTER_RATE).get(),
+        refresh: s.rate("refresh", DEFAULT_REFRESH_RATE).get(),
+        forgot_password: s
+            .rate("forgot_password", DEFAULT_FORGOT_PASSWORD_RATE)
+            .get(),
+        proxy: s.rate("proxy", DEFAULT_PROXY_RATE).get(),
+        routes: routes.iter().map(|r| r.rate_limit).collect(),
+        capacity: s.get("capacity", DEFAULT_RATE_LIMIT_CAPACITY).at_least(64),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [email]
+// ---------------------------------------------------------------------------------------
+
+/// Log, so a fresh install never tries to reach a mail server it was not given.
+const DEFAULT_EMAIL_MODE: &str = "log";
+const DEFAULT_EMAIL_FROM: &str = "gatehouse@localhost";
+
+fn email(s: &mut Section<'_>, server: &ServerConfig, auth: &AuthConfig) -> EmailConfig {
+    let mode = s.str("mode", DEFAULT_EMAIL_MODE).get();
+    let from = s.str("from", DEFAULT_EMAIL_FROM).check(|f| {
+        if f.contains('@') {
+            Ok(())
+        } else {
+            Err("must be an email address".into())
+        }
+    });
+    // May carry credentials.
+    let smtp_url = s
+        .get("smtp_url", super::Secret::default())
+        .map(|u| super::Secret::new(u.expose().trim()))
+        .get();
+    let reset_url = s.str("reset_url", "").check(|v| url_template(v));
+    let verify_url = s.str("verify_url", "").check(|v| url_template(v));
+    let mode = match mode.as_str() {
+        "log" => EmailMode::Log,
+        "smtp" => {
+            let url = smtp_url.expose();
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                s.err(
+                    "smtp_url",
+                    "must start with smtp:// or smtps:// when mode = \"smtp\"",
+                );
+            }
+            EmailMode::Smtp { url: smtp_url }
+        }
+        other => {
+            s.err("mode", format!("{other:?} is not log or smtp"));
+            EmailMode::Log
+        }
+    };
+    if matches!(mode, EmailMode::Smtp { .. })
+        && server.public_url.is_empty()
+        && (reset_url.is_empty() || verify_url.is_empty())
+    {
+        s.err_at(
+            "server.public_url",
+            "is required when email.mode = \"smtp\" and reset_url/verify_url are not set: links in mails need it",
+        );
+    }
+    // Links default to gatehouse's own pages under public_url; never to the request's Host.
+    let base = if server.public_url.is_empty() {
+        format!("http://{}", server.listen)
+    } else {
+        server.public_url.clone()
+    };
+    let own_page = |page: &str| format!("{base}{}?token={{token}}", auth.path_of(page));
+    EmailConfig {
+        mode,
+        from,
+        reset_url: reset_url
+            .into_non_empty()
+            .unwrap_or_else(|| own_page("/reset-password")),
+        verify_url: verify_url
+            .into_non_empty()
+            .unwrap_or_else(|| own_page("/verify-email")),
+    }
+}
+
+fn url_template(value: &str) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if !value.is_empty() && !value.contains("{token}") {
+        problems.push("must contain {token}");
+    }
+    if !value.is_empty() && !is_http_url(value) {
+        problems.push("must be an absolute http(s) URL");
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems.join("; ")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [headers]
+// ---------------------------------------------------------------------------------------
+
+const DEFAULT_USER_ID_HEADER: &str = "X-Auth-User-Id";
+const DEFAULT_EMAIL_HEADER: &str = "X-Auth-Email";
+const DEFAULT_ROLES_HEADER: &str = "X-Auth-Roles";
+/// Everything gatehouse vouches for lives under this prefix, so stripping it from inbound
+/// requests also covers names added later.
+const DEFAULT_STRIP_PREFIX: &str = "X-Auth-";
+/// The de-facto standard name, which most tracing setups already propagate.
+const DEFAULT_REQUEST_ID_HEADER: &str = "X-Request-Id";
+
+fn headers(s: &mut Section<'_>) -> HeadersConfig {
+    HeadersConfig {
+        user_id: s.header("user_id", DEFAULT_USER_ID_HEADER).get(),
+        email: s.header("email", DEFAULT_EMAIL_HEADER).get(),
+        roles: s.header("roles", DEFAULT_ROLES_HEADER).get(),
+        session_id: s
+            .str("session_id", "")
+            .parse(|v| match v.as_str() {
+                "" => Ok(None),
+                v => header_name(v).map(Some),
+            })
+            .flatten(),
+        strip_prefix: s
+            .str("strip_prefix", DEFAULT_STRIP_PREFIX)
+            .check(|p| {
+                if p.is_empty() || header_name(p).is_ok() {
+                    Ok(())
+                } else {
+                    Err("is not a valid header name prefix".into())
+                }
+            })
+            .to_ascii_lowercase(),
+        request_id: s.header("request_id", DEFAULT_REQUEST_ID_HEADER).get(),
+        // The upstream trusts gatehouse's identity headers, not the raw token.
+        forward_authorization: s.get("forward_authorization", false).get(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [policy], with [[routes]] and [roles]
+// ---------------------------------------------------------------------------------------
+
+/// Default deny: a path nobody wrote a rule for is not reachable.
+const DEFAULT_POLICY: &str = "deny";
+/// Case-insensitive upstreams are common and the stricter of two verdicts is never laxer,
+/// so folding is on unless the operator knows better.
+const DEFAULT_CASE_SENSITIVE: bool = false;
+
+fn policy(
+    s: &mut Section<'_>,
+    routes: &[Route],
+    roles: &[RoleSpec],
+    auth: &AuthConfig,
+) -> Option<Policy> {
+    let default = s.str("default", DEFAULT_POLICY).get();
+    let case_sensitive = s.get("case_sensitive", DEFAULT_CASE_SENSITIVE).get();
+    let mut known_roles = auth.default_roles.clone();
+    known_roles.extend(auth.selectable_roles.iter().cloned());
+    known_roles.push(auth.admin_role.clone());
+    let spec = PolicySpec {
+        routes: routes.iter().map(|r| r.spec.clone()).collect(),
+        default,
+        roles: roles.to_vec(),
+        known_roles,
+        case_sensitive,
+    };
+    let policy = Policy::compile(&spec)
+        .map_err(|errors| {
+            for e in errors {
+                s.err_at(e.key, e.message);
+            }
+        })
+        .ok();
+    if let Some(policy) = &policy {
+        no_sign_up_role_is_admin(s, policy, auth);
+    }
+    sign_up_roles_are_defined(s, roles, auth);
+    for (i, route) in routes.iter().enumerate() {
+        let path = &route.spec.path;
+        if path.starts_with(&format!("{}/", auth.prefix)) || *path == auth.prefix {
+            s.err_at(
+                format!("routes[{i}].path"),
+                format!(
+                    "{} is served by gatehouse itself (auth.prefix); routes apply to proxied paths",
+                    auth.prefix
+                ),
+            );
+        }
+    }
+    policy
+}
+
+/// The roles a user gets at sign-up, each with its key.
+fn sign_up_roles(auth: &AuthConfig) -> [(&'static str, &[String]); 2] {
+    [
+        ("auth.default_roles", &auth.default_roles),
+        ("auth.selectable_roles", &auth.selectable_roles),
+    ]
+}
+
+/// No role a user gets at sign-up may reach the admin role, directly or through
+/// inheritance: that would make registration an admin grant.
+fn no_sign_up_role_is_admin(s: &mut Section<'_>, policy: &Policy, auth: &AuthConfig) {
+    let admin = policy.requirement([auth.admin_role.as_str()]);
+    for (key, list) in sign_up_roles(auth) {
+        for role in list {
+            let held = policy.roles_mask([role.as_str()]);
+            if matches!(Access::Roles(admin).allows(Some(held)), Verdict::Allow) {
+                s.err_at(
+                    key,
+                    format!("{role:?} is or inherits the admin role: anyone who registers would be an admin"),
+                );
+            }
+        }
+    }
+}
+
+/// Roles handed out at registration must exist in the role model when one is given.
+fn sign_up_roles_are_defined(s: &mut Section<'_>, roles: &[RoleSpec], auth: &AuthConfig) {
+    if roles.is_empty() {
+        return;
+    }
+    let defined = |role: &String| {
+        roles
+            .iter()
+            .any(|r| r.name == *role || r.inherits.contains(role))
+    };
+    for (key, list) in sign_up_roles(auth) {
+        for role in list.iter().filter(|r| !defined(r)) {
+            s.err_at(
+                key,
+                format!("unknown role {role:?} (not defined under [roles])"),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [log]
+// ---------------------------------------------------------------------------------------
+
+/// Readable on a terminal; production sets `json`.
+const DEFAULT_LOG_FORMAT: &str = "pretty";
+const DEFAULT_LOG_LEVEL: &str = "info";
+
+fn log(s: &mut Section<'_>) -> LogConfig {
+    LogConfig {
+        format: s
+            .str("format", DEFAULT_LOG_FORMAT)
+            .parse(|f| match f.as_str() {
+                "pretty" => Ok(LogFormat::Pretty),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!("{other:?} is not pretty or json")),
+            })
+            .unwrap_or(LogFormat::Pretty),
+        level: s.str("level", DEFAULT_LOG_LEVEL).check(|level| {
+            match tracing_subscriber::EnvFilter::try_new(level) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!("{level:?} is not a log filter like \"info\"")),
+            }
+        }),
+        access: s.get("access", false).get(),
+    }
+}
