@@ -26,7 +26,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Duration, Instant};
 
@@ -103,10 +105,33 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         line.emit(&app, &response);
     }
     // `proxy::relay` already put the id on the upstream's response.
-    if outcome == Outcome::Forwarded {
+    let response = if outcome == Outcome::Forwarded {
         response
     } else {
         with_request_id(&app, response, request_id)
+    };
+    if method == Method::HEAD {
+        without_body(response)
+    } else {
+        response
+    }
+}
+
+/// A HEAD response carries no content (RFC 9110 §9.3.2). hyper drops it for HTTP/1 but would
+/// send it as DATA frames over HTTP/2, so a body gatehouse wrote itself is dropped here,
+/// its length kept in `Content-Length`. An upstream's answer to HEAD has no body already.
+fn without_body(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    match body {
+        Either::Right(full) => {
+            let length = http_body::Body::size_hint(&full).exact().unwrap_or(0);
+            parts
+                .headers
+                .entry(http::header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(length));
+            Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+        }
+        upstream => Response::from_parts(parts, upstream),
     }
 }
 

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `CONNECT` | a tunnel would carry traffic no policy sees |
 //! | a method with a lower-case letter (`delete`) | many frameworks upper-case methods, so `delete` would miss a DELETE-only rule here and run the DELETE handler there |
-//! | a method-override header, in any case and `-`/`_` spelling (`X-HTTP-Method-Override`, `X_HTTP_Method`, `x-method-override`) | Rails, Laravel, Symfony and Express's `method-override` run the named method, not the one decided on; `_` spellings reach frameworks that fold `_` into `-` (WSGI/CGI) |
+//! | a method-override header, in any case, with `_`, `.` or any other punctuation for `-` (`X-HTTP-Method-Override`, `X_HTTP_Method`, `x-method-override`) | Rails, Laravel, Symfony and Express's `method-override` run the named method, not the one decided on; `_` spellings reach frameworks that fold `_` into `-` (WSGI/CGI) |
 //! | a method-override query parameter (`_method`, `__method`, `_http_method` and the header names), decoded, in any case, with PHP's name mangling (`.`/space → `_`, `[...]` suffix) | Laravel, Symfony, Rails and `method-override('_method')` read them from the query |
 //! | HTTP/1.1 without exactly one `Host` | RFC 9112 §3.2; which one would the upstream believe? |
 //! | HTTP/2 `host` that disagrees with `:authority` | the upstream could build links from a host the client made up |
@@ -100,7 +100,10 @@ pub fn check<B>(request: &Request<B>, max_uri_bytes: usize) -> Result<(), Error>
     let uri = request.uri();
     if request.version() < Version::HTTP_2
         && let Some(authority) = uri.authority()
-        && headers.get(header::HOST).map(|h| h.as_bytes()) != Some(authority.as_str().as_bytes())
+        && !headers.get(header::HOST).is_some_and(|h| {
+            h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        })
     {
         return Err(invalid(
             "Absolute-form targets for another host are not accepted.",
@@ -116,7 +119,9 @@ fn invalid(message: &'static str) -> Error {
     Error::InvalidRequest(message.into())
 }
 
-/// Whether any header is a method override. hyper lower-cases names, so only `_` is folded.
+/// Whether any header is a method override. hyper lower-cases names; any other punctuation
+/// in a name stands for `-`, because CGI-style upstreams (PHP, WSGI) turn `-`, `_` and `.`
+/// alike into `_` (`X.HTTP.Method.Override` reaches PHP as `HTTP_X_HTTP_METHOD_OVERRIDE`).
 fn has_override_header(headers: &HeaderMap) -> bool {
     headers.keys().any(|name| {
         let name = name.as_str().as_bytes();
@@ -124,40 +129,83 @@ fn has_override_header(headers: &HeaderMap) -> bool {
             o.len() == name.len()
                 && o.bytes()
                     .zip(name)
-                    .all(|(o, &n)| o == n || (o == b'-' && n == b'_'))
+                    .all(|(o, &n)| o == n || (o == b'-' && !n.is_ascii_alphanumeric()))
         })
     })
 }
 
 /// Whether a query string names a method-override parameter. Queries that cannot contain
-/// one (no `method` in any case, no escape) are passed with one scan and no decoding.
+/// one (no `method` in any case, no escape) are passed with one scan and no decoding, and
+/// names are compared in place.
 fn has_override_param(query: &str) -> bool {
     let bytes = query.as_bytes();
     let could =
         bytes.contains(&b'%') || bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"method"));
-    if !could {
-        return false;
-    }
     // Rack and older Python split pairs on `;` as well as `&`.
-    let query = if bytes.contains(&b';') {
-        std::borrow::Cow::Owned(query.replace(';', "&"))
-    } else {
-        std::borrow::Cow::Borrowed(query)
-    };
-    form_urlencoded::parse(query.as_bytes()).any(|(name, _)| {
-        // PHP drops leading spaces, turns `.` and space into `_` and reads `a[...]` as
-        // the array `a`; frameworks compare in their own case. Fold all of that.
-        let name = name.trim_start();
-        let name = name.split('[').next().unwrap_or_default();
-        let folded: String = name
-            .chars()
-            .map(|c| match c {
-                '.' | ' ' | '-' => '_',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect();
-        OVERRIDE_PARAMS.contains(&folded.as_str())
-    })
+    could
+        && query
+            .split(['&', ';'])
+            .any(|pair| is_override_name(pair.split('=').next().unwrap_or_default()))
+}
+
+/// Whether a raw query parameter name reads as a method override to some framework. The
+/// name is decoded as the frameworks decode it — `%XX` and `+` (form encoding), `%uXXXX`
+/// (IIS and classic ASP.NET) — and then read as they read it: PHP stops at a NUL byte
+/// (`_method%00x` is `_method`), drops leading spaces, turns `.` and space into `_`, and
+/// takes `a[...]` as `a`; `qs` (Express) and Rack also strip leading brackets
+/// (`[_method]`); every framework compares in its own case, so letters are case-folded
+/// ([`crate::path::fold_char`]: `ı` is `i` to .NET).
+fn is_override_name(raw: &str) -> bool {
+    let raw = decode_percent_u(raw);
+    let name = form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(name, _)| name)
+        .unwrap_or_default();
+    let name = name.split('\0').next().unwrap_or_default().trim_start();
+    let name = name.trim_start_matches(['[', ']']);
+    let name = name.split(['[', ']']).next().unwrap_or_default();
+    let folded = name.chars().map(|c| match c {
+        '.' | ' ' | '-' => '_',
+        c => crate::path::fold_char(c),
+    });
+    OVERRIDE_PARAMS
+        .iter()
+        .any(|target| folded.clone().eq(target.chars()))
+}
+
+/// Decodes `%uXXXX` escapes (a Microsoft extension that `HttpUtility.UrlDecode` honours);
+/// borrows when there are none.
+fn decode_percent_u(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains("%u") && !raw.contains("%U") {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find(['%']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let decoded = tail
+            .get(1..6)
+            .filter(|h| h.starts_with(['u', 'U']))
+            .and_then(|h| u32::from_str_radix(&h[1..], 16).ok())
+            .and_then(char::from_u32);
+        match decoded {
+            Some(c) => {
+                // Re-escaped so the form decoding that follows sees the character itself.
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+                rest = &tail[6..];
+            }
+            None => {
+                out.push('%');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -259,6 +307,11 @@ mod tests {
                 None,
             ),
             (
+                "absolute form, host in another case",
+                get("http://EXAMPLE.com/x").body(()).unwrap(),
+                None,
+            ),
+            (
                 "absolute form, other host",
                 get("http://evil.example/x").body(()).unwrap(),
                 Some(400),
@@ -291,6 +344,9 @@ mod tests {
             "X_HTTP_METHOD",
             "X-Method-Override",
             "x_method_override",
+            "X.HTTP.Method.Override",
+            "x~http~method",
+            "X-Method'Override",
         ] {
             let request = get("/api/items/1")
                 .method("POST")
@@ -332,6 +388,16 @@ mod tests {
             "x_http_method_override=DELETE",
             "_method",
             "a=b;_method=DELETE&c",
+            // PHP stops a name at NUL; qs and Rack strip leading brackets.
+            "_method%00=DELETE",
+            "_me%74hod%00x=DELETE",
+            "[_method]=DELETE",
+            "%5B_method%5D=DELETE",
+            "]]_method=DELETE",
+            // Classic ASP.NET decodes %uXXXX and compares ignoring case (ı is I).
+            "X%u002DHTTP-Method-Override=DELETE",
+            "_%u006Dethod=DELETE",
+            "x-http-method-overr%C4%B1de=DELETE",
         ] {
             let request = get(&format!("/api/items/1?{query}"))
                 .method("POST")
@@ -347,6 +413,9 @@ mod tests {
             "methods=1",
             "_methodx=1",
             "a=%41",
+            "q=%u0041",
+            "%u=1",
+            "a%00b=1",
         ] {
             let request = get(&format!("/api/items/1?{query}")).body(()).unwrap();
             assert_eq!(outcome(request), None, "?{query} is not an override");

@@ -306,11 +306,28 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// patterns written as normalised paths fold the same way, so comparing folded path with
 /// folded pattern byte for byte is a case-insensitive comparison.
 ///
-/// Borrows (no allocation) when the path has no upper-case letter and no escape, which is
-/// nearly every request.
+/// Borrows (no allocation) when the path has no upper-case letter and no escape of a
+/// non-ASCII byte, which is nearly every request.
 pub fn fold_case(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
-    if !bytes.iter().any(|&b| b.is_ascii_uppercase() || b == b'%') {
+    // An escape's first hex digit 8–F is a non-ASCII byte, which may fold; escapes of ASCII
+    // bytes are reserved characters, which have no case.
+    let mut i = 0;
+    let mut folds = false;
+    while i < bytes.len() && !folds {
+        if bytes[i] == b'%' {
+            // The hex digits of an escape are not letters of the path.
+            folds = matches!(
+                bytes.get(i + 1),
+                Some(b'8'..=b'9' | b'A'..=b'F' | b'a'..=b'f')
+            );
+            i += 3;
+        } else {
+            folds = bytes[i].is_ascii_uppercase();
+            i += 1;
+        }
+    }
+    if !folds {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -336,12 +353,15 @@ pub fn fold_case(path: &str) -> Cow<'_, str> {
         }
         for chunk in run.utf8_chunks() {
             for c in chunk.valid().chars() {
-                match fold_char(c) {
-                    Folded::Ascii(letter) => out.push(char::from(letter)),
-                    Folded::Char(c) => {
-                        let mut buf = [0u8; 4];
-                        push_escaped(&mut out, c.encode_utf8(&mut buf).as_bytes());
-                    }
+                // An escaped ASCII byte is a reserved character (unreserved ones were decoded
+                // by `normalize`), which has no case and stays escaped.
+                let folded = if c.is_ascii() { c } else { fold_char(c) };
+                if folded.is_ascii_alphabetic() {
+                    // Written as `normalize` writes unreserved characters: unescaped.
+                    out.push(folded);
+                } else {
+                    let mut buf = [0u8; 4];
+                    push_escaped(&mut out, folded.encode_utf8(&mut buf).as_bytes());
                 }
             }
             push_escaped(&mut out, chunk.invalid());
@@ -354,44 +374,41 @@ pub fn fold_case(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-enum Folded {
-    /// An ASCII letter, written unescaped (as `normalize` writes unreserved characters).
-    Ascii(u8),
-    /// Anything else, written escaped.
-    Char(char),
+/// The case-folded form of one character, as case-insensitive matchers compare it: the
+/// lower case of its upper case where both are single characters, which equates every
+/// character with the letters it is matched with — `ſ` (U+017F) with `s`, `K` (U+212A
+/// KELVIN SIGN) with `k`, `ı` (U+0131) with `i`, final `ς` with `σ`, `µ` (U+00B5) with `μ` —
+/// as Python's `re.IGNORECASE`, JavaScript's `/iu` and .NET's ordinal-ignore-case do. `İ`
+/// (U+0130), whose lower case is two characters, is `i`.
+pub fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    if c == '\u{130}' {
+        return 'i';
+    }
+    fn single(mut chars: impl Iterator<Item = char>) -> Option<char> {
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Some(c),
+            _ => None,
+        }
+    }
+    let upper = single(c.to_uppercase()).unwrap_or(c);
+    single(upper.to_lowercase())
+        .or_else(|| single(c.to_lowercase()))
+        .unwrap_or(c)
 }
 
-/// One decoded character's case-folded form; see [`fold_case`].
-fn fold_char(c: char) -> Folded {
-    if c.is_ascii() {
-        // An escaped ASCII byte is a reserved character (unreserved ones were decoded by
-        // `normalize`), which has no case.
-        return Folded::Char(c);
-    }
-    // `İ` lower-cases to `i` + U+0307, which no matcher compares with; matchers that equate
-    // it with a letter equate it with `i`.
-    if c == '\u{130}' {
-        return Folded::Ascii(b'i');
-    }
-    let mut lower = c.to_lowercase();
-    let single_lower = match (lower.next(), lower.next()) {
-        (Some(l), None) => Some(l),
-        _ => None,
-    };
-    if let Some(l) = single_lower
-        && l.is_ascii_alphabetic()
-    {
-        return Folded::Ascii(l as u8);
-    }
-    // `ſ` and `ı` upper-case to `S` and `I`; simple case folding (`/iu`, Python) or
-    // upper-casing comparisons (.NET) equate them with those letters.
-    let mut upper = c.to_uppercase();
-    if let (Some(u), None) = (upper.next(), upper.next())
-        && u.is_ascii_alphabetic()
-    {
-        return Folded::Ascii(u.to_ascii_lowercase() as u8);
-    }
-    Folded::Char(single_lower.unwrap_or(c))
+/// The path without a format suffix on its last segment (`/api/admin.json` →
+/// `/api/admin`), or `None` when the last segment has none. Rails routes `(.:format)` and
+/// Spring's suffix patterns send such a path to the bare path's handler, so the policy
+/// decides the bare path too. The suffix starts at the segment's first dot; a leading dot
+/// (`/.well-known`) is not a suffix, and a trailing `/` is looked past.
+pub fn without_format_suffix(path: &str) -> Option<&str> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let start = trimmed.rfind('/').map_or(0, |i| i + 1);
+    let dot = trimmed[start..].find('.')?;
+    (dot > 0).then(|| &path[..start + dot])
 }
 
 fn push_escaped(out: &mut String, bytes: &[u8]) {
@@ -567,15 +584,19 @@ mod tests {
             ("/a%FF%C3%89", "/a%FF%C3%A9"),
             // Symbols without case are kept.
             ("/%E2%82%AC", "/%E2%82%AC"),
+            // Pairs that fold through their upper case: final sigma, micro sign.
+            ("/%CF%82ettings", "/%CF%83ettings"),
+            ("/%C2%B5s", "/%CE%BCs"),
+            ("/%CE%A3", "/%CF%83"),
         ];
         for &(input, want) in cases {
             let normal = normalize(input).map(Cow::into_owned);
             assert_eq!(normal.as_deref(), Ok(input), "test inputs are normalised");
             let folded = fold_case(input);
             assert_eq!(folded, want, "fold_case({input:?})");
-            assert_eq!(
-                matches!(folded, Cow::Borrowed(_)),
-                input == want && !input.contains('%')
+            assert!(
+                !matches!(folded, Cow::Borrowed(_)) || input == want,
+                "borrowed only when nothing changed"
             );
             // Folding is idempotent and its output is still a normalised path.
             assert_eq!(
@@ -588,6 +609,29 @@ mod tests {
                 Ok(want),
                 "{want:?} is normalised"
             );
+        }
+    }
+
+    #[test]
+    fn ascii_escapes_and_lower_case_paths_fold_without_allocating() {
+        for path in ["/api/x", "/a%20b", "/users/a%40b.com", "/%3B%7E"] {
+            assert!(matches!(fold_case(path), Cow::Borrowed(_)), "{path}");
+        }
+    }
+
+    #[test]
+    fn format_suffixes() {
+        for (path, want) in [
+            ("/api/admin.json", Some("/api/admin")),
+            ("/api/admin.tar.gz", Some("/api/admin")),
+            ("/api/admin.json/", Some("/api/admin")),
+            ("/a.b/c", None),
+            ("/.well-known", None),
+            ("/api/.hidden", None),
+            ("/api/admin", None),
+            ("/", None),
+        ] {
+            assert_eq!(without_format_suffix(path), want, "{path}");
         }
     }
 

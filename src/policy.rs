@@ -209,63 +209,114 @@ pub struct Matched {
     pub access: Access,
 }
 
-/// Which spelling of the path a verdict came from.
+/// Which spelling of the path a match came from. Upstreams route some spellings of a path
+/// to the same handler as the path itself; each is decided, and the strictest verdict wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
-    /// The normalised path, byte for byte.
+    /// The normalised path against the patterns, byte for byte.
     Exact,
-    /// The case-folded path ([`crate::path::fold_case`]).
+    /// The case-folded path against the case-folded patterns: how a case-insensitive
+    /// upstream (Express, IIS, nginx `~*`) compares it with its routes.
     Folded,
+    /// The case-folded path against the patterns as written: the lower-case spelling, which
+    /// a case-insensitive upstream serves with the same handler.
+    Lowercase,
+    /// Without a format suffix on the last segment (`/api/admin.json` as `/api/admin`): Rails
+    /// routes `(.:format)` and older Spring suffix patterns to the bare path's handler.
+    NoSuffix,
+    /// Without the format suffix, case-folded, against the case-folded patterns.
+    NoSuffixFolded,
 }
 
-/// How the policy treats a request: the rule its exact path matched and, when the policy is
-/// case-insensitive and the case-folded path matched another rule, that rule too. A request
-/// must satisfy both, so a case variant (`/API/Admin`) never gets a laxer rule than the
-/// spelling a case-insensitive upstream routes it as.
+impl Form {
+    /// How `policy explain` names the spelling.
+    pub fn label(self) -> &'static str {
+        match self {
+            Form::Exact => "exact path",
+            Form::Folded => "case-folded path",
+            Form::Lowercase => "lower-case path",
+            Form::NoSuffix => "path without its format suffix",
+            Form::NoSuffixFolded => "case-folded path without its format suffix",
+        }
+    }
+}
+
+/// How the policy treats a request: the rule its exact path matched and the rules other
+/// spellings of it matched, where those differ (see [`Form`]). A request must satisfy all of
+/// them, so no spelling an upstream routes to a handler gets a laxer rule than the one that
+/// handler's own path has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     /// The exact path's rule.
     pub exact: Matched,
-    /// The folded path's rule, when it differs from the exact one.
-    pub folded: Option<Matched>,
+    /// Other spellings' rules, each different from the exact one and from each other.
+    others: [Option<(Matched, Form)>; 4],
 }
 
 impl Decision {
-    /// The match that denies the request to everyone, if either spelling's does: no token
-    /// could change the answer.
+    fn new(exact: Matched) -> Decision {
+        Decision {
+            exact,
+            others: [None; 4],
+        }
+    }
+
+    /// Records another spelling's match unless its rule is already there. Only a rule
+    /// counts: the default is for paths no rule names, so another spelling falling through
+    /// to it says nothing about the handler (`/Shop/**` written for `/Shop/x` must not be
+    /// denied because `/shop/x` names no rule).
+    fn add(&mut self, matched: Matched, form: Form) {
+        if matched.rule.is_none()
+            || matched.rule == self.exact.rule
+            || self
+                .others
+                .iter()
+                .flatten()
+                .any(|(m, _)| m.rule == matched.rule)
+        {
+            return;
+        }
+        if let Some(slot) = self.others.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some((matched, form));
+        }
+    }
+
+    /// The other spellings' matches (those whose rule differs from the exact path's).
+    pub fn others(&self) -> impl Iterator<Item = (Matched, Form)> + '_ {
+        self.others.iter().flatten().copied()
+    }
+
+    /// The match that denies the request to everyone, if any spelling's does: no token could
+    /// change the answer.
     pub fn denial(&self) -> Option<Matched> {
         self.matched().find(|m| m.access == Access::Deny)
     }
 
-    /// Whether both spellings are public (no token needed, no e-mail check).
+    /// Whether every spelling is public (no token needed, no e-mail check).
     pub fn is_public(&self) -> bool {
         self.matched().all(|m| m.access == Access::Public)
     }
 
-    /// The verdict for a user and the match it came from: the stricter of the two spellings'
+    /// The verdict for a user and the match it came from: the strictest of the spellings'
     /// verdicts (403 over 401 over allow); the exact spelling's on a tie.
     pub fn verdict(&self, user: Option<RoleMask>) -> (Verdict, Matched, Form) {
-        let exact = (self.exact.access.allows(user), self.exact, Form::Exact);
-        match self.folded {
-            Some(folded) => {
-                let folded = (folded.access.allows(user), folded, Form::Folded);
-                if folded.0.severity() > exact.0.severity() {
-                    folded
-                } else {
-                    exact
-                }
+        let mut worst = (self.exact.access.allows(user), self.exact, Form::Exact);
+        for (matched, form) in self.others() {
+            let verdict = matched.access.allows(user);
+            if verdict.severity() > worst.0.severity() {
+                worst = (verdict, matched, form);
             }
-            None => exact,
         }
+        worst
     }
 
-    /// The rules involved (for per-route rate limits): one or two.
+    /// The rules involved (for per-route rate limits).
     pub fn rules(&self) -> impl Iterator<Item = usize> + '_ {
         self.matched().filter_map(|m| m.rule)
     }
 
     fn matched(&self) -> impl Iterator<Item = Matched> + '_ {
-        std::iter::once(self.exact).chain(self.folded)
+        std::iter::once(self.exact).chain(self.others().map(|(m, _)| m))
     }
 }
 
@@ -372,28 +423,65 @@ impl Policy {
     pub fn decide(&self, method: &Method, path: &str) -> Decision {
         let name = method.as_str();
         let bit = standard_method_bit(name);
-        let exact = self.first_match(bit, name, path, &self.index, |i| &self.rules[i].glob);
-        let Some(folded_rules) = &self.folded else {
-            return Decision {
-                exact,
-                folded: None,
-            };
+        let exact_globs = |i: usize| &self.rules[i].glob;
+        let mut decision =
+            Decision::new(self.first_match(bit, name, path, &self.index, exact_globs));
+        self.decide_folded(
+            bit,
+            name,
+            path,
+            &mut decision,
+            Form::Folded,
+            Form::Lowercase,
+        );
+        if let Some(bare) = crate::path::without_format_suffix(path) {
+            decision.add(
+                self.first_match(bit, name, bare, &self.index, exact_globs),
+                Form::NoSuffix,
+            );
+            self.decide_folded(
+                bit,
+                name,
+                bare,
+                &mut decision,
+                Form::NoSuffixFolded,
+                Form::NoSuffixFolded,
+            );
+        }
+        decision
+    }
+
+    /// Adds the case-insensitive spellings' matches of `path`, unless the policy is
+    /// case-sensitive: the folded path against the folded patterns (`folded`) and, when
+    /// folding changed the path, against the patterns as written (`lowercase`). Nearly every
+    /// request has nothing to fold, against patterns with nothing to fold, and costs one scan.
+    fn decide_folded(
+        &self,
+        bit: u16,
+        name: &str,
+        path: &str,
+        decision: &mut Decision,
+        folded: Form,
+        lowercase: Form,
+    ) {
+        let Some(rules) = &self.folded else {
+            return;
         };
         let folded_path = crate::path::fold_case(path);
-        // Nearly every request: a path with nothing to fold, against patterns with nothing
-        // to fold, matches the same rule.
-        if matches!(folded_path, std::borrow::Cow::Borrowed(_)) && !folded_rules.patterns_change {
-            return Decision {
-                exact,
-                folded: None,
-            };
+        let changed = matches!(folded_path, std::borrow::Cow::Owned(_));
+        if changed || rules.patterns_change {
+            decision.add(
+                self.first_match(bit, name, &folded_path, &rules.index, |i| &rules.globs[i]),
+                folded,
+            );
         }
-        let folded = self.first_match(bit, name, &folded_path, &folded_rules.index, |i| {
-            &folded_rules.globs[i]
-        });
-        Decision {
-            exact,
-            folded: (folded.rule != exact.rule).then_some(folded),
+        if changed {
+            decision.add(
+                self.first_match(bit, name, &folded_path, &self.index, |i| {
+                    &self.rules[i].glob
+                }),
+                lowercase,
+            );
         }
     }
 
@@ -484,16 +572,18 @@ impl Policy {
         // Writing to a String cannot fail, so the results are ignored.
         let _ = writeln!(out, "request: {method} {path}");
         let _ = writeln!(out, "rule:    {}", self.describe_match(decision.exact));
-        if let Some(folded) = decision.folded {
+        for (matched, form) in decision.others() {
             let _ = writeln!(
                 out,
-                "folded:  as {}: {}",
-                crate::path::fold_case(path),
-                self.describe_match(folded)
+                "also:    as the {}: {}",
+                form.label(),
+                self.describe_match(matched)
             );
+        }
+        if decision.others().next().is_some() {
             let _ = writeln!(
                 out,
-                "         (case-insensitive upstreams route it so; the stricter verdict applies)"
+                "         (upstreams route these spellings to the same handler; the strictest verdict applies)"
             );
         }
         let user = roles.map(|names| self.roles_mask(names.iter().map(String::as_str)));
@@ -523,15 +613,8 @@ impl Policy {
             }
         }
         let (verdict, matched, form) = decision.verdict(user);
-        if decision.folded.is_some() {
-            let _ = writeln!(
-                out,
-                "decided: by the {} path",
-                match form {
-                    Form::Exact => "exact",
-                    Form::Folded => "case-folded",
-                }
-            );
+        if decision.others().next().is_some() {
+            let _ = writeln!(out, "decided: by the {}", form.label());
         }
         let verdict = match (verdict, matched.access, user) {
             (Verdict::Allow, Access::Roles(required), Some(held)) => format!(
@@ -977,7 +1060,7 @@ fn check_escape(bytes: &[u8], at: usize) -> Result<(), String> {
             char::from(value)
         ));
     }
-    if matches!(value, 0 | b'/' | b'\\') {
+    if matches!(value, 0x00..=0x1F | 0x7F | b'/' | b'\\') {
         return Err(format!(
             "`%{value:02X}` never appears in a normalised request path (such requests are refused)"
         ));
@@ -1465,7 +1548,7 @@ mod tests {
         for pattern in [
             "<empty>", "api/**", "/a/", "/a//b", "/a/./b", "/a/..", "/a/***", "/a/**x", "/a/x**",
             "/a?", "/a/[ab]", "/{a,b}", "/a;b", "/a\\b", "/a#", "/café", "/%61", "/%2F", "/%3b",
-            "/%4",
+            "/%4", "/a%0A", "/a%1F", "/a%7F",
         ] {
             check(
                 &format!("route {pattern} access=public"),
@@ -1520,6 +1603,44 @@ mod tests {
         check(&exact, "GET /PUBLIC/x anon", "default 403");
     }
 
+    /// An earlier mixed-case pattern must not shadow a later, stricter rule for the
+    /// lower-case spelling a case-insensitive upstream serves with the same handler.
+    #[test]
+    fn a_mixed_case_pattern_does_not_shadow_a_stricter_rule() {
+        let src = "
+            role admin
+            route /Docs/** access=public
+            route /docs/internal/** roles=admin
+            route /docs/** access=public
+            known admin
+        ";
+        check(src, "GET /docs/internal/x anon", "#1 401");
+        check(src, "GET /Docs/internal/x anon", "#1 401");
+        // No exact rule: the default (deny) is stricter still.
+        check(src, "GET /DOCS/INTERNAL/x anon", "default 403");
+        check(src, "GET /Docs/internal/x as admin", "#0 allow");
+        check(src, "GET /Docs/readme anon", "#0 allow");
+    }
+
+    /// Rails' `(.:format)` and Spring's suffix patterns route `/api/admin.json` to the
+    /// `/api/admin` handler.
+    #[test]
+    fn a_format_suffix_gets_the_bare_paths_rule_too() {
+        let src = "
+            role admin
+            route /api/admin roles=admin
+            route /api/** access=authenticated
+            route /static/** access=public
+            known admin,user
+        ";
+        check(src, "GET /api/admin.json as user", "#0 403");
+        check(src, "GET /api/admin.tar.gz as user", "#0 403");
+        check(src, "GET /api/ADMIN.json as user", "#0 403");
+        check(src, "GET /api/admin.json as admin", "#1 allow");
+        check(src, "GET /api/items.json as user", "#1 allow");
+        check(src, "GET /static/app.js anon", "#2 allow");
+    }
+
     #[test]
     fn explain_says_which_spelling_decided() {
         let mut spec = spec(
@@ -1533,7 +1654,10 @@ mod tests {
         let user = ["user".to_owned()];
         let out = policy.explain("GET", "/api/ADMIN", Some(&user));
         assert!(out.contains("rule:    routes[1]"), "{out}");
-        assert!(out.contains("folded:  as /api/admin: routes[0]"), "{out}");
+        assert!(
+            out.contains("also:    as the case-folded path: routes[0]"),
+            "{out}"
+        );
         assert!(out.contains("decided: by the case-folded path"), "{out}");
         assert!(out.contains("DENY 403"), "{out}");
         spec.case_sensitive = true;

@@ -20,6 +20,7 @@
 //! `https://` upstreams are reached through rustls with the roots [`crate::tls`] chooses
 //! (`upstream.ca_file`, or the public roots).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -47,6 +48,12 @@ use crate::websocket::{self, Handshake};
 pub struct UpstreamBody {
     inner: Limited<Incoming>,
     failure: Arc<OnceLock<BodyFailure>>,
+    /// `server.body_idle_timeout`: the longest wait for the client's next frame.
+    idle: Duration,
+    /// Armed when the client's body first makes the upstream client wait, reset by every
+    /// frame. Boxed because `Sleep` is not `Unpin`; a request whose body is already all
+    /// there (or empty) never pays for it.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Why the client's body stopped before its end.
@@ -57,14 +64,19 @@ pub enum BodyFailure {
     /// Broken framing (a bad chunk size, a bare LF, a body shorter than its
     /// Content-Length) or a client that went away mid-body.
     Malformed,
+    /// Nothing arrived for `server.body_idle_timeout` mid-body.
+    Stalled,
 }
 
 impl UpstreamBody {
-    /// Wraps the client's body with the `server.max_body_bytes` cap.
-    pub fn new(body: Incoming, max_bytes: u64) -> UpstreamBody {
+    /// Wraps the client's body with the `server.max_body_bytes` cap and the
+    /// `server.body_idle_timeout` limit on pauses.
+    pub fn new(body: Incoming, max_bytes: u64, idle: Duration) -> UpstreamBody {
         UpstreamBody {
             inner: Limited::new(body, usize::try_from(max_bytes).unwrap_or(usize::MAX)),
             failure: Arc::new(OnceLock::new()),
+            idle,
+            stall: None,
         }
     }
 
@@ -93,16 +105,37 @@ impl http_body::Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            let failure = if e.is::<http_body_util::LengthLimitError>() {
-                BodyFailure::TooLarge
-            } else {
-                BodyFailure::Malformed
-            };
-            // The first failure is the one that counts; a second cannot happen, as the
-            // upstream client stops polling at the first error.
-            let _ = self.failure.set(failure);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Pending => {
+                let idle = this.idle;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    let _ = this.failure.set(BodyFailure::Stalled);
+                    return Poll::Ready(Some(Err("the request body stalled".into())));
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(stall) = this.stall.as_mut() {
+                    stall
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let failure = if e.is::<http_body_util::LengthLimitError>() {
+                    BodyFailure::TooLarge
+                } else {
+                    BodyFailure::Malformed
+                };
+                // The first failure is the one that counts; a second cannot happen, as the
+                // upstream client stops polling at the first error.
+                let _ = this.failure.set(failure);
+            }
+            Poll::Ready(None) => {}
         }
         // Passing the error on makes the upstream client abort the request: a chunked body
         // gets no last chunk and a sized one falls short, and the connection is closed, so
@@ -265,7 +298,11 @@ impl Relay<'_> {
             websocket::restore_handshake_headers(&mut parts.headers);
         }
 
-        let body = UpstreamBody::new(body, config.server.max_body_bytes);
+        let body = UpstreamBody::new(
+            body,
+            config.server.max_body_bytes,
+            config.server.body_idle_timeout,
+        );
         let started = tokio::time::Instant::now();
         let mut response = self
             .upstream
@@ -369,6 +406,9 @@ impl ForwardError {
             ForwardError::Body(BodyFailure::Malformed) => Error::InvalidRequest(
                 "The request body broke off or its chunked framing is malformed.".into(),
             ),
+            ForwardError::Body(BodyFailure::Stalled) => {
+                Error::InvalidRequest("The request body stopped arriving before its end.".into())
+            }
         }
     }
 }
@@ -510,8 +550,10 @@ fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
     ForwardError::Broken(format!("{e:?}"))
 }
 
-/// Compares a lower-case header name with a lower-case pattern, treating `_` in the name as
-/// `-`. `exact` = whole name, otherwise prefix.
+/// Compares a lower-case header name with a lower-case pattern, treating any punctuation in
+/// the name as `-`: CGI-style upstreams (PHP, WSGI) turn `-`, `_` and `.` alike into `_`, so
+/// `X.Auth.Roles` and `x_auth_roles` reach them as `X-Auth-Roles`. `exact` = whole name,
+/// otherwise prefix.
 fn name_matches(name: &str, pattern: &str, exact: bool) -> bool {
     let (n, p) = (name.as_bytes(), pattern.as_bytes());
     if n.len() < p.len() || (exact && n.len() != p.len()) {
@@ -519,7 +561,16 @@ fn name_matches(name: &str, pattern: &str, exact: bool) -> bool {
     }
     n.iter()
         .zip(p)
-        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+        .all(|(&a, &b)| a == b || (b == b'-' && !a.is_ascii_alphanumeric()))
+}
+
+/// Whether a header name is spelled only with letters, digits, `-` and `_`. Any other
+/// punctuation (`.`, `~`, `'`, …) is legal in HTTP but turns into `_` in CGI-style
+/// upstreams, where it could pose as another header; such headers are never forwarded, as
+/// nginx drops them by default (`ignore_invalid_headers`).
+fn is_plain_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// True when a client-sent header claims to be identity and must be removed.
@@ -571,7 +622,8 @@ pub fn rewrite_request(
     let listed = |name: &str, list: &[&str]| list.iter().any(|p| name_matches(name, p, true));
     let strip = |name: &HeaderName| {
         let n = name.as_str();
-        is_identity_header(name, rules)
+        !is_plain_name(n)
+            || is_identity_header(name, rules)
             // A trusted proxy sends the standard spelling; an `_` one is a client's, passed
             // along, and WSGI/CGI upstreams would read it as the real header.
             || ((!fwd.peer_trusted || n.contains('_')) && listed(n, &FORWARDING))
@@ -685,7 +737,13 @@ mod tests {
                 ("x_auth_email", "boss@example.com"),
                 ("x-auth-anything", "1"),
                 ("x_auth_other", "1"),
+                ("x.auth.user.id", "1"),
+                ("X.Auth.Roles", "admin"),
+                ("x~auth~session~id", "s"),
                 ("x-authx", "kept"),
+                ("x_app_flag", "kept"),
+                ("x.original.url", "/admin"),
+                ("x-app.version", "dropped"),
             ],
             false,
             false,
@@ -696,10 +754,16 @@ mod tests {
             "x_auth_email",
             "x-auth-anything",
             "x_auth_other",
+            "x.auth.user.id",
+            "x.auth.roles",
+            "x~auth~session~id",
+            "x.original.url",
+            "x-app.version",
         ] {
             assert!(!map.contains_key(gone), "{gone} survived: {map:?}");
         }
         assert_eq!(map["x-authx"], "kept");
+        assert_eq!(map["x_app_flag"], "kept");
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The longest pause allowed inside a proxied request body.
+    pub body_idle_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,

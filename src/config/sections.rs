@@ -60,6 +60,9 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_SHUTDOWN_TIMEOUT: &str = "25s";
 /// A client that has not sent its whole header block in 10s is a slowloris, not a browser.
 const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// A client that sends no byte of its request body for 10s mid-upload is gone or stalling on
+/// purpose; either way it must not hold an upstream connection until `upstream.timeout`.
+const DEFAULT_BODY_IDLE_TIMEOUT: &str = "10s";
 /// Idle keep-alive connections are closed after this; matches common load balancer defaults.
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 /// Bounds file descriptors and memory under a connection flood.
@@ -123,6 +126,9 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
             .duration("header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)
             .positive(),
         idle_timeout: s.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT).positive(),
+        body_idle_timeout: s
+            .duration("body_idle_timeout", DEFAULT_BODY_IDLE_TIMEOUT)
+            .positive(),
         max_connections: s
             .get("max_connections", DEFAULT_MAX_CONNECTIONS)
             .at_least(1),

@@ -249,6 +249,7 @@ async fn method_tricks_are_refused() {
     // every spelling a framework might fold to the one it reads.
     for header in [
         "x-http-method-override",
+        "X.HTTP.Method.Override",
         "X-HTTP-Method-Override",
         "X_HTTP_Method_Override",
         "x-http-method",
@@ -272,6 +273,11 @@ async fn method_tricks_are_refused() {
         "%5Fmethod=DELETE",
         "_method[]=DELETE",
         ".method=DELETE",
+        // PHP reads a name up to its NUL byte; qs and Rack strip leading brackets.
+        "_method%00=DELETE",
+        "[_method]=DELETE",
+        // Classic ASP.NET decodes %uXXXX.
+        "X%u002DHTTP-Method-Override=DELETE",
     ] {
         gh.send(
             Method::POST,
@@ -316,6 +322,11 @@ async fn foreign_client_address_and_url_override_headers_never_reach_the_upstrea
         ("X_Original_Method", "DELETE"),
         ("x_forwarded_for", "10.9.9.9"),
         ("X_Real_IP", "10.9.9.9"),
+        // PHP turns `.` into `_` as it does `-`: these would pose as the real headers.
+        ("X.Original.URL", "/admin"),
+        ("X.Real.IP", "10.9.9.9"),
+        ("X.Auth.Roles", "admin"),
+        ("X.Auth.User.Id", "1"),
     ];
     // Even from a trusted proxy: gatehouse does not maintain these, so nobody may set them.
     let reply = gh.get_with("/public/x", &sent).await;

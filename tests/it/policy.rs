@@ -478,3 +478,21 @@ async fn case_variants_cannot_reach_a_stricter_rule() {
     r.expect(200);
     assert_eq!(r.json()["path"], "/api/ADMIN");
 }
+
+/// Rails' `(.:format)` and older Spring suffix patterns route `/api/admin.json` to the
+/// `/api/admin` handler: the bare path's rule applies too.
+#[tokio::test]
+async fn a_format_suffix_cannot_reach_a_stricter_rule() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let reader = format!("Bearer {}", gh.token("r", &["reader"]));
+    for target in ["/api/admin.json", "/api/ADMIN.xml", "/api/admin.json/"] {
+        gh.get_with(target, &[("authorization", &reader)])
+            .await
+            .expect_error(403, "FORBIDDEN");
+    }
+    let r = gh
+        .get_with("/api/items.json", &[("authorization", &reader)])
+        .await;
+    r.expect(200);
+    assert_eq!(r.json()["path"], "/api/items.json");
+}

@@ -488,6 +488,36 @@ async fn http2_clients_are_served_and_forwarded_over_http1() {
     );
 }
 
+/// A HEAD that gatehouse answers itself carries no content over HTTP/2 either (hyper drops
+/// it for HTTP/1 only); the length the GET would have is kept in Content-Length.
+#[tokio::test]
+async fn head_answers_have_no_body_over_http2() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let client: Client<_, http_body_util::Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    for path in ["/api/items", "/blocked/x", "/auth/verify"] {
+        let request = Request::head(format!("http://{}{path}", gh.addr))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert!(response.status().is_client_error(), "{path}");
+        let length: usize = response.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0, "{path}: the GET's length is kept");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            body.is_empty(),
+            "{path}: HEAD answered with {} bytes",
+            body.len()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Upstream failures
 // ---------------------------------------------------------------------------------------
@@ -666,6 +696,47 @@ async fn last_seen(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
             None => panic!("the upstream went away"),
         }
     }
+}
+
+/// A client that stops sending its body mid-way is cut off after
+/// `server.body_idle_timeout` with 400: a stalled upload, not an upstream failure, and the
+/// upstream request is aborted rather than held until `upstream.timeout`.
+#[tokio::test]
+async fn a_stalled_request_body_is_400_and_aborts_the_upstream_request() {
+    use tokio::io::AsyncReadExt;
+    let (upstream, mut seen) = chunk_watching_upstream().await;
+    let gh = Gatehouse::start_with(
+        upstream,
+        ROUTES,
+        &[
+            ("GATEHOUSE_SERVER_BODY_IDLE_TIMEOUT", "300ms"),
+            ("GATEHOUSE_UPSTREAM_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    let mut client = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /public/x HTTP/1.1\r\nHost: gh\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen.recv().await, Some(Seen::Data));
+    // Nothing more: the client holds the connection open and sends no byte.
+    let (status, _, body) = crate::harness::read_response(&mut client, false)
+        .await
+        .expect("a response");
+    assert_eq!(status.as_u16(), 400, "{body:?}");
+    assert_eq!(last_seen(&mut seen).await, Seen::Aborted);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+        .await
+        .expect("connection left open");
+    let metrics = gh.get("/metrics").await.text();
+    assert!(
+        !metrics.contains("gatehouse_upstream_errors_total{"),
+        "a stalled body counted as an upstream error:\n{metrics}"
+    );
 }
 
 /// A request body that breaks its own chunked framing after part of it reached the
