@@ -703,7 +703,6 @@ async fn last_seen(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
 /// upstream request is aborted rather than held until `upstream.timeout`.
 #[tokio::test]
 async fn a_stalled_request_body_is_400_and_aborts_the_upstream_request() {
-    use tokio::io::AsyncReadExt;
     let (upstream, mut seen) = chunk_watching_upstream().await;
     let gh = Gatehouse::start_with(
         upstream,
@@ -723,19 +722,38 @@ async fn a_stalled_request_body_is_400_and_aborts_the_upstream_request() {
         .unwrap();
     assert_eq!(seen.recv().await, Some(Seen::Data));
     // Nothing more: the client holds the connection open and sends no byte.
-    let (status, _, body) = crate::harness::read_response(&mut client, false)
+    expect_client_error_and_abort(&mut client, &mut seen, "stalled body").await;
+    assert_no_upstream_errors(&gh).await;
+}
+
+/// The client got 400 INVALID_REQUEST and its connection closed; the upstream saw its
+/// request aborted, never a complete body.
+async fn expect_client_error_and_abort(
+    client: &mut tokio::net::TcpStream,
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    what: &str,
+) {
+    use tokio::io::AsyncReadExt;
+    let (status, _, body) = crate::harness::read_response(client, false)
         .await
-        .expect("a response");
-    assert_eq!(status.as_u16(), 400, "{body:?}");
-    assert_eq!(last_seen(&mut seen).await, Seen::Aborted);
+        .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
+    assert_eq!(status.as_u16(), 400, "{what}: {body:?}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{what}: {body}");
+    assert_eq!(last_seen(seen).await, Seen::Aborted, "{what}");
+    // The client connection is closed: its framing can no longer be trusted.
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
         .await
-        .expect("connection left open");
+        .unwrap_or_else(|_| panic!("{what}: connection left open"));
+}
+
+/// Client body failures are the client's: none is counted against the upstream.
+async fn assert_no_upstream_errors(gh: &Gatehouse) {
     let metrics = gh.get("/metrics").await.text();
     assert!(
         !metrics.contains("gatehouse_upstream_errors_total{"),
-        "a stalled body counted as an upstream error:\n{metrics}"
+        "client body errors counted as upstream errors:\n{metrics}"
     );
 }
 
@@ -744,7 +762,6 @@ async fn a_stalled_request_body_is_400_and_aborts_the_upstream_request() {
 /// the upstream), and the upstream sees the request aborted, never a complete body.
 #[tokio::test]
 async fn malformed_chunked_bodies_are_400_and_abort_the_upstream_request() {
-    use tokio::io::AsyncReadExt;
     let (upstream, mut seen) = chunk_watching_upstream().await;
     let gh = Gatehouse::start_with(upstream, ROUTES, &[]).await;
     let breaks: &[(&str, &[u8])] = &[
@@ -772,18 +789,7 @@ async fn malformed_chunked_bodies_are_400_and_abort_the_upstream_request() {
         // The first chunk reaches the upstream before the framing breaks.
         assert_eq!(seen.recv().await, Some(Seen::Data), "{what}");
         client.write_all(rest).await.unwrap();
-        let (status, _, body) = crate::harness::read_response(&mut client, false)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
-        assert_eq!(status.as_u16(), 400, "{what}: {body:?}");
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{what}: {body}");
-        assert_eq!(last_seen(&mut seen).await, Seen::Aborted, "{what}");
-        // The client connection is closed: its framing can no longer be trusted.
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
-            .await
-            .expect("connection left open");
+        expect_client_error_and_abort(&mut client, &mut seen, what).await;
     }
 
     // A body cut short by the client (the connection half-closed mid-chunk) is aborted
@@ -813,12 +819,7 @@ async fn malformed_chunked_bodies_are_400_and_abort_the_upstream_request() {
     assert_eq!((status.as_u16(), &body[..]), (200, &b"complete"[..]));
     assert_eq!(last_seen(&mut seen).await, Seen::Complete);
 
-    // None of it was counted against the upstream.
-    let metrics = gh.get("/metrics").await.text();
-    assert!(
-        !metrics.contains("gatehouse_upstream_errors_total{"),
-        "client body errors counted as upstream errors:\n{metrics}"
-    );
+    assert_no_upstream_errors(&gh).await;
 }
 
 #[tokio::test]
