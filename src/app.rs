@@ -131,6 +131,51 @@ impl Limits {
     }
 }
 
+/// Why gatehouse could not start, naming the part that failed (and the config keys to look
+/// at). The CLI prints it and exits 1; nothing is half-started.
+#[derive(Debug)]
+pub enum StartError {
+    /// `server.tls`: a certificate or key file is missing or unusable.
+    Tls(String),
+    /// The store would not open: held by another process, unreadable, or of another schema.
+    Store(StoreError),
+    /// The store opened but its revocations could not be read.
+    Revocations(StoreError),
+    /// `auth.password`: the argon2 parameters are unusable.
+    Password(String),
+    /// `email.*`: the sender or the SMTP URL is unusable.
+    Mail(String),
+    /// `upstream.*`: the upstream client could not be built (its CA bundle).
+    Upstream(String),
+    /// The metrics registry refused a metric (a bug).
+    Metrics(prometheus::Error),
+    /// `server.listen` / `server.admin_listen` could not be bound.
+    Listen {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+    /// A start-up task on the blocking pool failed.
+    Task(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Tls(e) => write!(f, "server.tls: {e}"),
+            StartError::Store(e) => write!(f, "store: {e}"),
+            StartError::Revocations(e) => write!(f, "cannot load revocations: {e}"),
+            StartError::Password(e) => write!(f, "auth.password: {e}"),
+            StartError::Mail(e) => write!(f, "email: {e}"),
+            StartError::Upstream(e) => write!(f, "upstream: {e}"),
+            StartError::Metrics(e) => write!(f, "metrics: {e}"),
+            StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Task(e) => write!(f, "start-up task: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// Everything a request needs, built once.
 pub struct App {
     pub config: Config,
@@ -166,7 +211,7 @@ pub struct App {
 impl App {
     /// Builds the shared state on an open store. Loads every revocation still in force into
     /// the in-memory cache, so the proxy path never has to read the store.
-    pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Result<App, String> {
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Result<App, StartError> {
         // Two rules may share a glob (e.g. writes for creators, reads for everyone); their
         // metric labels get the rule index so the series stay apart.
         let mut rule_labels: Vec<String> = Vec::with_capacity(config.policy.len());
@@ -178,7 +223,7 @@ impl App {
                 rule_labels.push(glob.to_string());
             }
         }
-        let metrics = Metrics::new(&rule_labels).map_err(|e| format!("metrics: {e}"))?;
+        let metrics = Metrics::new(&rule_labels).map_err(StartError::Metrics)?;
         let tokens = Tokens::new(TokenSettings {
             secret: config.tokens.secret.expose().as_bytes().to_vec(),
             issuer: config.tokens.issuer.clone(),
@@ -186,14 +231,13 @@ impl App {
             access_ttl_secs: config.tokens.access_ttl.as_secs(),
             leeway_secs: config.tokens.leeway.as_secs(),
         });
-        let hasher =
-            Hasher::new(&config.auth.password).map_err(|e| format!("auth.password: {e}"))?;
+        let hasher = Hasher::new(&config.auth.password).map_err(StartError::Password)?;
 
         let revocations = Revocations::new();
         let now = clock.now();
         let loaded = store
             .load_revocations(now)
-            .map_err(|e| format!("cannot load revocations: {e}"))?;
+            .map_err(StartError::Revocations)?;
         for entry in &loaded {
             apply_revocation(&revocations, entry, now);
         }
@@ -204,7 +248,8 @@ impl App {
             &config.email,
             config.auth.expose_debug_tokens,
             metrics.mail.clone(),
-        )?;
+        )
+        .map_err(StartError::Mail)?;
 
         Ok(App {
             store,
@@ -212,7 +257,7 @@ impl App {
             tokens,
             revocations,
             metrics,
-            upstream: Upstream::new(&config)?,
+            upstream: Upstream::new(&config).map_err(StartError::Upstream)?,
             limits: Limits::new(&config.rate_limits),
             clock,
             request_ids: RequestIds::new(),
@@ -231,17 +276,19 @@ impl App {
     /// Builds the app for serving: loads the TLS certificate, opens the sled store at
     /// `store.path` (a clear error when another process holds it), loads revocations and
     /// starts the purge and certificate-reload tasks.
-    pub async fn start(config: Config, clock: Clock) -> Result<Arc<App>, String> {
+    pub async fn start(config: Config, clock: Clock) -> Result<Arc<App>, StartError> {
         // Before the store: a bad certificate file fails the start without touching data.
         let tls = match &config.server.tls {
-            Some(files) => Some(ServerTls::load(files).map_err(|e| format!("server.tls: {e}"))?),
+            Some(files) => {
+                Some(ServerTls::load(files).map_err(|e| StartError::Tls(e.to_string()))?)
+            }
             None => None,
         };
         let path = config.store_path.clone();
         let store = tokio::task::spawn_blocking(move || SledStore::open(&path))
             .await
-            .map_err(|e| format!("store: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StartError::Task(e.to_string()))?
+            .map_err(StartError::Store)?;
         let mut app = App::new(config, Arc::new(store), clock)?;
         if let Some(tls) = &tls {
             tls.spawn_reloader();

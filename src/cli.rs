@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::{App, Clock};
+use crate::app::{App, Clock, StartError};
 use crate::config::Config;
 use crate::server::{self, Listeners};
 
@@ -195,11 +195,11 @@ fn serve(path: &Path) -> ExitCode {
 
 /// Builds the app, binds and serves until SIGTERM or SIGINT.
 /// `on_ready` is told the bound address before serving starts.
-async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), String> {
+async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), StartError> {
     let app = App::start(config, Clock::System).await?;
     let listeners = Listeners::bind(&app)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", app.config.server.listen))?;
+        .map_err(|(addr, error)| StartError::Listen { addr, error })?;
     // The bound address, not the configured one: with port 0 this is how scripts and tests
     // learn where gatehouse listens.
     let bound = listeners

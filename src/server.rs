@@ -46,10 +46,13 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds the configured addresses.
-    pub async fn bind(app: &App) -> std::io::Result<Listeners> {
-        let main = TcpListener::bind(app.config.server.listen).await?;
+    /// Binds the main listener and the admin one, if configured; an error names the
+    /// address that would not bind.
+    pub async fn bind(app: &App) -> Result<Listeners, (SocketAddr, std::io::Error)> {
+        let listen = app.config.server.listen;
+        let main = TcpListener::bind(listen).await.map_err(|e| (listen, e))?;
         let admin = match app.config.server.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| (addr, e))?),
             None => None,
         };
         Ok(Listeners { main, admin })

@@ -468,7 +468,7 @@ async fn bad_files_at_startup_are_a_clear_error() {
         let config = Config::from_toml(&text, env).unwrap();
         let error = match App::start(config, Clock::System).await {
             Ok(_) => panic!("case {i}: started with bad files"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         for fragment in *expect {
             assert!(error.contains(fragment), "case {i}: {error:?}");
