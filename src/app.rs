@@ -16,7 +16,6 @@ use crate::password::Hasher;
 use crate::proxy::Upstream;
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::revocation::{Revocations, UserCutoff};
-use crate::store::sled::SledStore;
 use crate::store::{Revocation, Store, StoreError};
 use crate::tls::ServerTls;
 use crate::token::{TokenSettings, Tokens};
@@ -211,7 +210,11 @@ pub struct App {
 impl App {
     /// Builds the shared state on an open store. Loads every revocation still in force into
     /// the in-memory cache, so the proxy path never has to read the store.
-    pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Result<App, StartError> {
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Clock,
+    ) -> Result<App, StartError> {
         // Two rules may share a glob (e.g. writes for creators, reads for everyone); their
         // metric labels get the rule index so the series stay apart.
         let mut rule_labels: Vec<String> = Vec::with_capacity(config.policy.len());
@@ -237,6 +240,7 @@ impl App {
         let now = clock.now();
         let loaded = store
             .load_revocations(now)
+            .await
             .map_err(StartError::Revocations)?;
         for entry in &loaded {
             apply_revocation(&revocations, entry, now);
@@ -273,8 +277,9 @@ impl App {
         })
     }
 
-    /// Builds the app for serving: loads the TLS certificate, opens the sled store at
-    /// `store.path` (a clear error when another process holds it), loads revocations and
+    /// Builds the app for serving: loads the TLS certificate, opens the configured store
+    /// ([`crate::store::open`]; a clear error when another process holds a sled store),
+    /// loads revocations and
     /// starts the purge and certificate-reload tasks.
     pub async fn start(config: Config, clock: Clock) -> Result<Arc<App>, StartError> {
         // Before the store: a bad certificate file fails the start without touching data.
@@ -284,12 +289,10 @@ impl App {
             }
             None => None,
         };
-        let path = config.store_path.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&path))
+        let store = crate::store::open(&config)
             .await
-            .map_err(|e| StartError::Task(e.to_string()))?
             .map_err(StartError::Store)?;
-        let mut app = App::new(config, Arc::new(store), clock)?;
+        let mut app = App::new(config, store, clock).await?;
         if let Some(tls) = &tls {
             tls.spawn_reloader();
         }
@@ -316,9 +319,8 @@ impl App {
                 tick.tick().await;
                 let Some(app) = weak.upgrade() else { return };
                 let now = app.clock.now();
-                let result = app.db(move |s| s.purge_expired(now)).await;
-                if let Err(e) = result {
-                    e.log("purge");
+                if let Err(e) = app.store.purge_expired(now).await {
+                    Error::from(e).log("purge");
                 }
                 app.metrics
                     .revocations_cached
@@ -328,26 +330,11 @@ impl App {
         Ok(app)
     }
 
-    /// Runs a store call on the blocking pool: sled flushes (fsync) must not stall the
-    /// runtime threads that serve the proxy path.
-    pub async fn db<T, F>(&self, f: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| Error::internal(format!("store task: {e}")))?
-            .map_err(Error::from)
-    }
-
     /// Persists a revocation, then writes it through to the in-memory cache. In this order,
     /// so that an acknowledged logout survives a crash and the cache never promises more
     /// than the store holds.
     pub async fn revoke(&self, revocation: Revocation) -> Result<(), Error> {
-        let entry = revocation.clone();
-        self.db(move |s| s.put_revocation(&entry)).await?;
+        self.store.put_revocation(&revocation).await?;
         apply_revocation(&self.revocations, &revocation, self.clock.now());
         self.revocation_epoch.fetch_add(1, Ordering::SeqCst);
         self.metrics
@@ -389,9 +376,10 @@ impl App {
     }
 
     /// For `/readyz`: is the store usable?
-    pub fn check_store(&self) -> Result<(), String> {
+    pub async fn check_store(&self) -> Result<(), String> {
         self.store
             .health()
+            .await
             .map_err(|_| "store not readable".to_string())
     }
 

@@ -49,7 +49,7 @@ async fn readiness(app: &App) -> Result<(), String> {
     if app.is_shutting_down() {
         return Err("shutting down".into());
     }
-    app.check_store()?;
+    app.check_store().await?;
     app.upstream
         .check_health()
         .await

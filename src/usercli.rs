@@ -21,7 +21,6 @@ use crate::app::{App, Clock};
 use crate::config::Config;
 use crate::error::Error;
 use crate::store::StoreError;
-use crate::store::sled::SledStore;
 
 /// How the offline commands appear in the audit trail.
 const CLI_ACTOR: Actor<'static> = Actor {
@@ -84,40 +83,33 @@ pub fn run(config: Config, command: UserCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let store = match SledStore::open(&config.store_path) {
-        Ok(s) => s,
-        Err(StoreError::Locked { path }) => {
-            eprintln!(
-                "error: the store at {path} is held by a running gatehouse server; nothing was changed.\n\
-                 Stop the server, or manage users through the admin API ({}/admin/users).",
-                config.auth.prefix
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("error: cannot open the store: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let app = match App::new(config, Arc::new(store), Clock::System) {
-        Ok(app) => Arc::new(app),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(execute(&app, command)) {
+    let prefix = config.auth.prefix.clone();
+    let outcome = rt.block_on(async move {
+        let store = crate::store::open(&config).await.map_err(|e| match e {
+            StoreError::Locked { path } => format!(
+                "the store at {path} is held by a running gatehouse server; nothing was changed.\n\
+                 Stop the server, or manage users through the admin API ({prefix}/admin/users)."
+            ),
+            e => format!("cannot open the store: {e}"),
+        })?;
+        let app = App::new(config, store, Clock::System)
+            .await
+            .map_err(|e| e.to_string())?;
+        execute(&Arc::new(app), command)
+            .await
+            .map_err(|e| describe(&e))
+    });
+    match outcome {
         Ok(message) => {
             println!("{message}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {}", describe(&e));
+        Err(message) => {
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
 }
-
 /// An error as an operator should read it: the client message, plus field reasons.
 fn describe(e: &Error) -> String {
     match e {

@@ -6,7 +6,7 @@ use super::Caller;
 use super::users::{NewUser, check_name, check_roles, clear_lockouts, create_user, revoke_user};
 use crate::app::App;
 use crate::error::Error;
-use crate::store::{StoreStats, UserPage, UserRecord, fold};
+use crate::store::{StoreStats, UserPage, UserRecord, UserUpdate, fold};
 
 /// Who did it, for the audit trail: an admin's user id (API) or `cli` (offline commands).
 #[derive(Debug, Clone, Copy)]
@@ -48,27 +48,24 @@ pub async fn create(app: &App, actor: Actor<'_>, new: NewUser) -> Result<UserRec
 
 /// A page of users in id order, after `cursor`.
 pub async fn list(app: &App, limit: usize, cursor: Option<String>) -> Result<UserPage, Error> {
-    app.db(move |s| s.list_users(limit, cursor.as_deref()))
-        .await
+    Ok(app.store.list_users(limit, cursor.as_deref()).await?)
 }
 
 /// A user by id.
 pub async fn get(app: &App, id: &str) -> Result<UserRecord, Error> {
-    let id = id.to_string();
-    app.db(move |s| s.get_user(&id))
-        .await?
-        .ok_or(Error::NotFound)
+    app.store.get_user(id).await?.ok_or(Error::NotFound)
 }
 
 /// A user by id, email or username (for the CLI, where operators type what they know).
 pub async fn find(app: &App, who: &str) -> Result<UserRecord, Error> {
-    let who = who.to_string();
-    app.db(move |s| match s.get_user(&who)? {
-        Some(user) => Ok(Some(user)),
-        None => s.find_user_by_login(&fold(&who)),
-    })
-    .await?
-    .ok_or(Error::NotFound)
+    match app.store.get_user(who).await? {
+        Some(user) => Ok(user),
+        None => app
+            .store
+            .find_user_by_login(&fold(who))
+            .await?
+            .ok_or(Error::NotFound),
+    }
 }
 
 /// Applies `changes` to user `id` and the revocations they imply: a lock ends every session
@@ -89,29 +86,18 @@ pub async fn update(
     {
         return Err(Error::ValidationFailed(vec![("name".into(), reason)]));
     }
-    let now = app.clock.now();
-    let user_id = id.to_string();
-    let c = changes.clone();
-    let user = app
-        .db(move |s| {
-            s.update_user(&user_id, &mut |u| {
-                if let Some(r) = &c.roles {
-                    u.roles = r.clone();
-                }
-                if let Some(l) = c.locked {
-                    u.locked = l;
-                }
-                if let Some(n) = &c.name {
-                    u.name = Some(n.trim().to_string()).filter(|n| !n.is_empty());
-                }
-                if let Some(v) = c.email_verified {
-                    u.email_verified = v;
-                }
-                u.updated_at = now;
-                Ok(())
-            })
-        })
-        .await?;
+    let update = UserUpdate {
+        roles: changes.roles.clone(),
+        locked: changes.locked,
+        name: changes
+            .name
+            .as_ref()
+            .map(|n| Some(n.trim().to_string()).filter(|n| !n.is_empty())),
+        email_verified: changes.email_verified,
+        updated_at: app.clock.now(),
+        ..UserUpdate::default()
+    };
+    let user = app.store.update_user(id, &update).await?;
     // Revocations run whenever the change is asked for, even if the store already held the
     // value: a retry after a failure between the two writes must still revoke.
     if changes.locked == Some(true) {
@@ -128,8 +114,7 @@ pub async fn update(
 
 /// Deletes user `id` and revokes their access tokens.
 pub async fn delete(app: &App, actor: Actor<'_>, id: &str) -> Result<(), Error> {
-    let user_id = id.to_string();
-    let deleted = app.db(move |s| s.delete_user(&user_id)).await;
+    let deleted = app.store.delete_user(id).await.map_err(Error::from);
     // Revoke even when the user is already gone: this may be the retry of a delete whose
     // revocation failed after the store write.
     if matches!(deleted, Ok(_) | Err(Error::NotFound)) {
@@ -150,5 +135,5 @@ pub async fn revoke_sessions(app: &App, actor: Actor<'_>, id: &str) -> Result<us
 
 /// Counts of what the store holds (pending reset and verification tokens among them).
 pub async fn store_stats(app: &App) -> Result<StoreStats, Error> {
-    app.db(|s| s.stats()).await
+    Ok(app.store.stats().await?)
 }

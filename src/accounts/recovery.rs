@@ -47,13 +47,15 @@
 
 use std::sync::Arc;
 
-use super::users::{check_email, current_user, hash_new_password, set_password};
+use super::users::{check_email, clear_lockouts, current_user, hash_new_password, set_password};
 use super::{Caller, audit};
 use crate::app::App;
 use crate::email::Mail;
 use crate::error::Error;
 use crate::guard;
-use crate::store::{OneTimeKind, OneTimeRecord, StoreError, TokenHash, UserRecord, fold};
+use crate::store::{
+    OneTimeKind, OneTimeRecord, StoreError, TokenHash, UserRecord, UserUpdate, fold,
+};
 use crate::token::{Claims, random_token, token_hash};
 
 /// Tokens are 43 characters; anything much longer is not one and is refused before hashing.
@@ -120,8 +122,7 @@ pub async fn forgot_password(
 /// Looks the address up and, for an unlocked account, stores a reset token and mails the
 /// link. Returns the token (for `expose_debug_tokens`) when one was issued.
 async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<String>, Error> {
-    let key = email.to_string();
-    let user = app.db(move |s| s.find_user_by_email(&key)).await?;
+    let user = app.store.find_user_by_email(email).await?;
     let Some(user) = user.filter(|u| !u.locked) else {
         audit(app, "forgot_password", "no_account", None, caller.ip);
         return Ok(None);
@@ -150,8 +151,7 @@ async fn issue(app: &App, kind: OneTimeKind, user: &UserRecord) -> Result<String
         expires_at: app.clock.now().saturating_add(ttl.as_secs()),
     };
     let hash = token_hash(&token);
-    app.db(move |s| s.put_one_time(kind, &hash, &record))
-        .await?;
+    app.store.put_one_time(kind, &hash, &record).await?;
     Ok(token)
 }
 
@@ -176,12 +176,13 @@ async fn live_token(
     let hash = token_hash(token);
     let now = app.clock.now();
     let record = app
-        .db(move |s| s.peek_one_time(kind, &hash, now))
+        .store
+        .peek_one_time(kind, &hash, now)
         .await?
         .ok_or(Error::InvalidResetToken)?;
-    let id = record.user_id.clone();
     let user = app
-        .db(move |s| s.get_user(&id))
+        .store
+        .get_user(&record.user_id)
         .await?
         .ok_or(Error::InvalidResetToken)?;
     if user.locked || fold(&user.email) != fold(&record.email) {
@@ -198,7 +199,8 @@ async fn consume(
     user: &UserRecord,
 ) -> Result<OneTimeRecord, Error> {
     let now = app.clock.now();
-    app.db(move |s| s.take_one_time(kind, &hash, now))
+    app.store
+        .take_one_time(kind, &hash, now)
         .await?
         .filter(|r| r.user_id == user.id)
         .ok_or(Error::InvalidResetToken)
@@ -235,27 +237,19 @@ pub async fn reset_password(
         .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
     set_password(app, &user.id, password_hash, None).await?;
 
-    let mut names = vec![fold(&user.email)];
-    names.extend(user.username.as_deref().map(fold));
-    let (id, email, now) = (user.id.clone(), user.email.clone(), app.clock.now());
-    app.db(move |s| {
-        for name in &names {
-            s.clear_login_failures(name)?;
-        }
-        // The link reached the user at this address: it is verified now.
-        let verified = s.update_user(&id, &mut |u| {
-            if !u.email_verified && fold(&u.email) == fold(&email) {
-                u.email_verified = true;
-                u.updated_at = now;
-            }
-            Ok(())
-        });
-        match verified {
-            Ok(_) | Err(StoreError::NotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
-    })
-    .await?;
+    clear_lockouts(app, &user).await?;
+    // The link reached the user at this address: it is verified now (unless the address
+    // changed meanwhile).
+    let verified = UserUpdate {
+        email_verified: Some(true),
+        updated_at: app.clock.now(),
+        if_email: Some(user.email.clone()),
+        ..UserUpdate::default()
+    };
+    match app.store.update_user(&user.id, &verified).await {
+        Ok(_) | Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
     app.mailer
         .send(Mail::password_changed(&user.email, app.clock.now()));
     audit(app, "password_reset", "ok", Some(&user.id), caller.ip);
@@ -268,20 +262,18 @@ pub async fn verify_email(app: &App, caller: Caller, token: &str) -> Result<User
         .await
         .inspect_err(|_| audit(app, "email_verification", "invalid_token", None, caller.ip))?;
     consume(app, OneTimeKind::EmailVerification, hash, &user).await?;
-    let (id, now) = (user.id.clone(), app.clock.now());
+    // The address may have changed between the check and now.
+    let verified = UserUpdate {
+        email_verified: Some(true),
+        updated_at: app.clock.now(),
+        if_email: Some(record.email.clone()),
+        ..UserUpdate::default()
+    };
     let updated = app
-        .db(move |s| {
-            s.update_user(&id, &mut |u| {
-                // The address may have changed between the check and now.
-                if fold(&u.email) != fold(&record.email) {
-                    return Err(StoreError::NotFound);
-                }
-                u.email_verified = true;
-                u.updated_at = now;
-                Ok(())
-            })
-        })
-        .await;
+        .store
+        .update_user(&user.id, &verified)
+        .await
+        .map_err(Error::from);
     let user = match updated {
         Ok(user) => user,
         Err(Error::NotFound) => return Err(Error::InvalidResetToken),

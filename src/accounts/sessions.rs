@@ -13,9 +13,14 @@ use crate::error::{Error, TokenRefusal};
 use crate::guard;
 use crate::password::VerifyOutcome;
 use crate::store::{
-    LockoutPolicy, Revocation, RotateOutcome, SessionRecord, UserRecord, fold, new_id,
+    LockoutPolicy, Revocation, RotateOutcome, SessionRecord, UserRecord, UserUpdate, fold, new_id,
 };
 use crate::token::{Claims, Identity, random_token, token_hash};
+
+/// Live sessions one user may hold; a new login past it revokes the oldest (and its access
+/// tokens). Generous for people with many devices, small enough that a login loop cannot
+/// bloat the store or the user's session list.
+pub const MAX_SESSIONS_PER_USER: usize = 64;
 
 /// Refresh tokens are 43 characters; anything much longer is not one and is refused before
 /// hashing.
@@ -72,9 +77,7 @@ pub async fn login(
             ..policy
         };
         let k = key.clone();
-        let state = app
-            .db(move |s| s.record_login_failure(&k, now, &ahead))
-            .await?;
+        let state = app.store.record_login_failure(&k, now, &ahead).await?;
         if let Some(until) = state.locked_until {
             audit(app, "login", "locked_out", None, caller.ip);
             return Err(Error::AccountLocked {
@@ -87,7 +90,7 @@ pub async fn login(
     // Read before the user is: see `mint_stable`.
     let epoch = app.revocation_epoch();
     let k = key.clone();
-    let user = app.db(move |s| s.find_user_by_login(&k)).await?;
+    let user = app.store.find_user_by_login(&k).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let outcome = app.hasher.verify(password.clone(), stored).await;
     let (user, needs_rehash) = match (user, outcome) {
@@ -101,9 +104,7 @@ pub async fn login(
                 && count > policy.map_or(u32::MAX, |p| p.max_failures.saturating_sub(1))
             {
                 let k = key.clone();
-                let state = app
-                    .db(move |s| s.record_login_failure(&k, now, &ahead))
-                    .await?;
+                let state = app.store.record_login_failure(&k, now, &ahead).await?;
                 if let Some(until) = state.locked_until {
                     audit(app, "lockout", "locked", user_id.as_deref(), caller.ip);
                     return Err(Error::AccountLocked {
@@ -122,7 +123,7 @@ pub async fn login(
         });
     }
     if policy.is_some() {
-        app.db(move |s| s.clear_login_failures(&key)).await?;
+        app.store.clear_login_failures(&key).await?;
     }
     if needs_rehash {
         rehash_later(app, &user.id, &user.password_hash, password);
@@ -148,19 +149,21 @@ fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: St
         };
         let now = app.clock.now();
         let result = app
-            .db(move |s| {
-                s.update_user(&id, &mut |u| {
-                    // Only if the password is still the one that was verified: a change
-                    // or reset meanwhile must never be undone by this job.
-                    if u.password_hash == verified {
-                        u.password_hash = hash.clone();
-                        u.updated_at = now;
-                    }
-                    Ok(())
-                })
-            })
+            .store
+            .update_user(
+                &id,
+                // Only if the password is still the one that was verified: a change or reset
+                // meanwhile must never be undone by this job.
+                &UserUpdate {
+                    password_hash: Some(hash),
+                    updated_at: now,
+                    if_password_hash: Some(verified),
+                    ..UserUpdate::default()
+                },
+            )
             .await;
-        if let Err(e) = result {
+        // `NotFound` here means the password changed meanwhile: nothing to do.
+        if let Err(e) = result.map_err(Error::from) {
             e.log("rehash");
         }
     });
@@ -186,10 +189,23 @@ pub async fn open_session(
         expires_at: now + app.config.tokens.refresh_ttl.as_secs(),
         revoked: false,
     };
-    let (record, hash) = (session.clone(), token_hash(&refresh));
-    let verified = verified_hash.map(str::to_string);
-    app.db(move |s| s.create_session(&record, &hash, verified.as_deref()))
+    let capped = app
+        .store
+        .create_session(
+            &session,
+            &token_hash(&refresh),
+            verified_hash,
+            MAX_SESSIONS_PER_USER,
+        )
         .await?;
+    // Sessions revoked to stay under the cap lose their access tokens too.
+    for old in capped {
+        app.revoke(Revocation::Session {
+            sid: old.id,
+            until: app.revocation_until(now),
+        })
+        .await?;
+    }
     mint_stable(app, user.clone(), &session, refresh, now, epoch).await
 }
 
@@ -213,10 +229,8 @@ async fn mint_stable(
             return Ok(grant);
         }
         epoch = after;
-        let (uid, sid) = (user.id.clone(), session.id.clone());
-        let (fresh, current) = app
-            .db(move |s| Ok((s.get_user(&uid)?, s.get_session(&sid)?)))
-            .await?;
+        let fresh = app.store.get_user(&user.id).await?;
+        let current = app.store.get_session(&session.id).await?;
         match (fresh, current) {
             (Some(fresh), Some(current)) if !fresh.locked && !current.revoked => user = fresh,
             _ => return Err(Error::Token(TokenRefusal::Revoked)),
@@ -266,10 +280,7 @@ pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<G
     let new = token_hash(&next);
     let idle = app.config.tokens.refresh_idle_ttl.as_secs();
     let epoch = app.revocation_epoch();
-    match app
-        .db(move |s| s.rotate_refresh(&old, &new, now, idle))
-        .await?
-    {
+    match app.store.rotate_refresh(&old, &new, now, idle).await? {
         RotateOutcome::Rotated { session, user } => {
             let grant = mint_stable(app, user, &session, next, now, epoch).await?;
             audit(app, "refresh", "ok", Some(&session.user_id), caller.ip);
@@ -306,7 +317,7 @@ pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<G
 pub async fn end_session(app: &App, claims: &Claims) -> Result<bool, Error> {
     let now = app.clock.now();
     let sid = claims.sid.clone();
-    let revoked = app.db(move |s| s.revoke_session(&sid)).await?;
+    let revoked = app.store.revoke_session(&sid).await?;
     app.revoke(Revocation::Session {
         sid: claims.sid.clone(),
         until: app.revocation_until(now),

@@ -6,7 +6,7 @@ use super::{Caller, audit};
 use crate::app::App;
 use crate::error::{Error, TokenRefusal};
 use crate::guard;
-use crate::store::{OneTimeKind, Revocation, UserRecord, new_id};
+use crate::store::{Revocation, UserRecord, new_id};
 use crate::token::Claims;
 
 /// The longest email address SMTP can carry (RFC 5321 §4.5.3.1).
@@ -76,8 +76,7 @@ pub async fn create_user(app: &App, new: NewUser) -> Result<UserRecord, Error> {
         updated_at: now,
         password_changed_at: now,
     };
-    let record = user.clone();
-    app.db(move |s| s.create_user(&record)).await?;
+    app.store.create_user(&user).await?;
     Ok(user)
 }
 
@@ -189,8 +188,8 @@ pub fn check_roles(app: &App, roles: &[String]) -> Result<(), Error> {
 /// The user behind a verified token, as stored now (roles may have changed since the token
 /// was minted). A user deleted since is a revoked token.
 pub async fn current_user(app: &App, claims: &Claims) -> Result<UserRecord, Error> {
-    let id = claims.sub.clone();
-    app.db(move |s| s.get_user(&id))
+    app.store
+        .get_user(&claims.sub)
         .await?
         .ok_or(Error::Token(TokenRefusal::Revoked))
 }
@@ -242,20 +241,11 @@ pub async fn set_password(
     keep_sid: Option<&str>,
 ) -> Result<(), Error> {
     revoke_user(app, user_id, keep_sid).await?;
-    let now = app.clock.now();
-    let id = user_id.to_string();
-    // Pending reset links die before the new hash lands: a crash in between leaves the old
-    // password and no link (the user asks again), never a new password with a live link.
-    app.db(move |s| {
-        s.void_one_time_for_user(OneTimeKind::PasswordReset, &id)?;
-        s.update_user(&id, &mut |u| {
-            u.password_hash = hash.clone();
-            u.password_changed_at = now;
-            u.updated_at = now;
-            Ok(())
-        })
-    })
-    .await?;
+    // Pending reset links die with the old hash, in the same transaction: a link mailed
+    // before the change must not undo it.
+    app.store
+        .set_password(user_id, &hash, app.clock.now())
+        .await?;
     // Again after the new hash is in: a login that verified the old password just before
     // the first pass may have opened a session in between; the store refuses sessions for
     // a stale hash from now on, and this pass ends any that slipped in.
@@ -268,24 +258,17 @@ pub async fn set_password(
 pub async fn clear_lockouts(app: &App, user: &UserRecord) -> Result<(), Error> {
     let mut names = vec![crate::store::fold(&user.email)];
     names.extend(user.username.as_deref().map(crate::store::fold));
-    app.db(move |s| {
-        for n in &names {
-            s.clear_login_failures(n)?;
-        }
-        Ok(())
-    })
-    .await
+    for name in &names {
+        app.store.clear_login_failures(name).await?;
+    }
+    Ok(())
 }
 
 /// Revokes every session of a user except `keep_sid`, and every access token issued until
 /// now except those of `keep_sid`; durable before it returns. Returns how many sessions
 /// ended.
 pub async fn revoke_user(app: &App, user_id: &str, keep_sid: Option<&str>) -> Result<usize, Error> {
-    let id = user_id.to_string();
-    let keep = keep_sid.map(str::to_string);
-    let revoked = app
-        .db(move |s| s.revoke_user_sessions(&id, keep.as_deref()))
-        .await?;
+    let revoked = app.store.revoke_user_sessions(user_id, keep_sid).await?;
     app.revoke_user_tokens(user_id, keep_sid).await?;
     // Each revoked session is also revoked by id: a refresh that rotated just before this
     // mints a token whose `iat` is past the user cutoff, and its session id is what still

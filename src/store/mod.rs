@@ -4,10 +4,12 @@
 //! Only this module (and its [`sled`] implementation) knows how identity data is kept on disk;
 //! handlers see plain record types and [`StoreError`]. Decisions, and why:
 //!
-//! - **Synchronous methods.** Every backend we care about (sled now, PostgreSQL later through a
-//!   blocking pool or a sync client) can implement them, and the caller decides where blocking
-//!   work runs (`tokio::task::spawn_blocking`). The trait is object safe so the app can hold an
-//!   `Arc<dyn Store>`.
+//! - **An async trait, [`Store`], over two kinds of backend.** PostgreSQL is reached through an
+//!   async driver and pool, so the trait the app holds (`Arc<dyn Store>`) is async. sled is a
+//!   blocking embedded database: it implements the synchronous [`SyncStore`] and [`Blocking`]
+//!   adapts it, running each call on tokio's blocking pool so an fsync never stalls a runtime
+//!   thread. The written contract is the same for both, and one contract test suite runs
+//!   against every backend.
 //! - **Durability.** An `Ok` from a write means the write is on disk: implementations flush
 //!   before returning, so an acknowledged registration, rotation or revocation survives a crash.
 //! - **Atomicity.** Every operation that touches more than one key (a user and its unique
@@ -23,7 +25,18 @@
 
 pub mod sled;
 
+/// Opens the store the configuration names. The only place that picks a backend: neither
+/// the app nor the `user` CLI names one. Opening sled happens on the blocking pool.
+pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
+    let path = config.store_path.clone();
+    let store = tokio::task::spawn_blocking(move || sled::SledStore::open(&path))
+        .await
+        .map_err(|e| StoreError::Io(format!("store task: {e}")))??;
+    Ok(Arc::new(Blocking(Arc::new(store))))
+}
+
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -260,9 +273,9 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// The identity store. Methods block: call them from `tokio::task::spawn_blocking`. Every write
-/// is atomic and durable when it returns `Ok`.
-pub trait Store: Send + Sync {
+/// A store whose methods block (sled). The app reaches it through [`Blocking`], which
+/// implements [`Store`]. Every write is atomic and durable when it returns `Ok`.
+pub trait SyncStore: Send + Sync {
     // ----- users -----
 
     /// Inserts a new user. Fails with `Conflict(Email | Username | Id)` when a unique key is
@@ -313,12 +326,15 @@ pub trait Store: Send + Sync {
     /// user does not exist (e.g. deleted meanwhile), or, with `verified_hash`, if the user's
     /// password hash is no longer that one or the user is locked: a login that verified the
     /// old password while it was being changed must not get a session.
+    /// At most `max_sessions` live sessions stay per user: past it the oldest are revoked in
+    /// the same transaction and returned, so the caller can revoke their access tokens.
     fn create_session(
         &self,
         session: &SessionRecord,
         refresh_hash: &TokenHash,
         verified_hash: Option<&str>,
-    ) -> Result<(), StoreError>;
+        max_sessions: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
 
     /// Exchanges the refresh token `old` for `new`. An `idle_timeout_secs` of 0 disables the
     /// idle check. Two concurrent calls with the same `old` yield at most one `Rotated`; the
@@ -415,6 +431,300 @@ pub trait Store: Send + Sync {
 
     /// A cheap probe for readiness: the store answers reads.
     fn health(&self) -> Result<(), StoreError>;
+}
+
+/// A change to a user, applied in one statement or transaction by [`Store::update_user`].
+/// `None` leaves a field as it is. The `if_*` conditions make the update conditional: when
+/// one does not hold, nothing changes and the result is `NotFound`, as for a missing user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    /// A new address (re-indexed; `Conflict(Email)` when someone else holds it).
+    pub email: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub locked: Option<bool>,
+    /// `Some(None)` clears the display name.
+    pub name: Option<Option<String>>,
+    pub email_verified: Option<bool>,
+    /// A new password hash; `password_changed_at` is set to `updated_at` with it.
+    pub password_hash: Option<String>,
+    /// The caller's clock.
+    pub updated_at: u64,
+    /// Only if the stored password hash is still this one (a rehash must not undo a change).
+    pub if_password_hash: Option<String>,
+    /// Only if the stored email, folded, is still this one (a verification link is for the
+    /// address it was mailed to).
+    pub if_email: Option<String>,
+}
+
+impl UserUpdate {
+    /// Applies the change to `user`, or `NotFound` when a condition does not hold.
+    pub fn apply(&self, user: &mut UserRecord) -> Result<(), StoreError> {
+        if self
+            .if_password_hash
+            .as_ref()
+            .is_some_and(|h| *h != user.password_hash)
+            || self
+                .if_email
+                .as_ref()
+                .is_some_and(|e| fold(e) != fold(&user.email))
+        {
+            return Err(StoreError::NotFound);
+        }
+        if let Some(email) = &self.email {
+            user.email = email.clone();
+        }
+        if let Some(roles) = &self.roles {
+            user.roles = roles.clone();
+        }
+        if let Some(locked) = self.locked {
+            user.locked = locked;
+        }
+        if let Some(name) = &self.name {
+            user.name = name.clone();
+        }
+        if let Some(verified) = self.email_verified {
+            user.email_verified = verified;
+        }
+        if let Some(hash) = &self.password_hash {
+            user.password_hash = hash.clone();
+            user.password_changed_at = self.updated_at;
+        }
+        user.updated_at = self.updated_at;
+        Ok(())
+    }
+}
+
+/// The identity store the app holds: async, object safe, with the written contract of each
+/// method on [`SyncStore`] (the same for every backend; `tests/it/store_contract.rs` checks
+/// it against each). Every write is atomic and durable when it returns `Ok`.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    async fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn find_user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Applies `update` to user `id` and returns the stored result; `NotFound` when there is
+    /// no such user or a condition of the update does not hold.
+    async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<UserRecord, StoreError>;
+    /// Sets a new password hash and voids the user's pending reset tokens, in one
+    /// transaction: a link mailed before the change must not undo it.
+    async fn set_password(&self, id: &str, hash: &str, now: u64) -> Result<UserRecord, StoreError>;
+    async fn delete_user(&self, id: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn list_users(&self, limit: usize, cursor: Option<&str>) -> Result<UserPage, StoreError>;
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &TokenHash,
+        verified_hash: Option<&str>,
+        max_sessions: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        new: &TokenHash,
+        now: u64,
+        idle_timeout_secs: u64,
+    ) -> Result<RotateOutcome, StoreError>;
+    async fn get_session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn revoke_session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn put_revocation(&self, revocation: &Revocation) -> Result<(), StoreError>;
+    async fn load_revocations(&self, now: u64) -> Result<Vec<Revocation>, StoreError>;
+    async fn record_login_failure(
+        &self,
+        login: &str,
+        now: u64,
+        policy: &LockoutPolicy,
+    ) -> Result<FailureState, StoreError>;
+    async fn clear_login_failures(&self, login: &str) -> Result<(), StoreError>;
+    async fn put_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        record: &OneTimeRecord,
+    ) -> Result<(), StoreError>;
+    async fn take_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<OneTimeRecord>, StoreError>;
+    async fn peek_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<OneTimeRecord>, StoreError>;
+    async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+    async fn health(&self) -> Result<(), StoreError>;
+}
+
+/// Runs a blocking [`SyncStore`] on tokio's blocking pool, as a [`Store`].
+pub struct Blocking<S>(pub Arc<S>);
+
+impl<S: SyncStore + 'static> Blocking<S> {
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Io(format!("store task: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: SyncStore + 'static> Store for Blocking<S> {
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.run(move |s| s.create_user(&user)).await
+    }
+    async fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.get_user(&id)).await
+    }
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let email = email.to_owned();
+        self.run(move |s| s.find_user_by_email(&email)).await
+    }
+    async fn find_user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
+        let login = login.to_owned();
+        self.run(move |s| s.find_user_by_login(&login)).await
+    }
+    async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<UserRecord, StoreError> {
+        let (id, update) = (id.to_owned(), update.clone());
+        self.run(move |s| s.update_user(&id, &mut |u| update.apply(u)))
+            .await
+    }
+    async fn set_password(&self, id: &str, hash: &str, now: u64) -> Result<UserRecord, StoreError> {
+        let update = UserUpdate {
+            password_hash: Some(hash.to_owned()),
+            updated_at: now,
+            ..UserUpdate::default()
+        };
+        let id = id.to_owned();
+        // sled has no transaction across these two trees' helpers; voiding first is the safe
+        // order (a crash in between leaves the old password and no link).
+        self.run(move |s| {
+            s.void_one_time_for_user(OneTimeKind::PasswordReset, &id)?;
+            s.update_user(&id, &mut |u| update.apply(u))
+        })
+        .await
+    }
+    async fn delete_user(&self, id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.delete_user(&id)).await
+    }
+    async fn list_users(&self, limit: usize, cursor: Option<&str>) -> Result<UserPage, StoreError> {
+        let cursor = cursor.map(str::to_owned);
+        self.run(move |s| s.list_users(limit, cursor.as_deref()))
+            .await
+    }
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &TokenHash,
+        verified_hash: Option<&str>,
+        max_sessions: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (session, hash) = (session.clone(), *refresh_hash);
+        let verified = verified_hash.map(str::to_owned);
+        self.run(move |s| s.create_session(&session, &hash, verified.as_deref(), max_sessions))
+            .await
+    }
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        new: &TokenHash,
+        now: u64,
+        idle_timeout_secs: u64,
+    ) -> Result<RotateOutcome, StoreError> {
+        let (old, new) = (*old, *new);
+        self.run(move |s| s.rotate_refresh(&old, &new, now, idle_timeout_secs))
+            .await
+    }
+    async fn get_session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sid = sid.to_owned();
+        self.run(move |s| s.get_session(&sid)).await
+    }
+    async fn revoke_session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sid = sid.to_owned();
+        self.run(move |s| s.revoke_session(&sid)).await
+    }
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (user_id, except) = (user_id.to_owned(), except.map(str::to_owned));
+        self.run(move |s| s.revoke_user_sessions(&user_id, except.as_deref()))
+            .await
+    }
+    async fn put_revocation(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        let revocation = revocation.clone();
+        self.run(move |s| s.put_revocation(&revocation)).await
+    }
+    async fn load_revocations(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {
+        self.run(move |s| s.load_revocations(now)).await
+    }
+    async fn record_login_failure(
+        &self,
+        login: &str,
+        now: u64,
+        policy: &LockoutPolicy,
+    ) -> Result<FailureState, StoreError> {
+        let (login, policy) = (login.to_owned(), *policy);
+        self.run(move |s| s.record_login_failure(&login, now, &policy))
+            .await
+    }
+    async fn clear_login_failures(&self, login: &str) -> Result<(), StoreError> {
+        let login = login.to_owned();
+        self.run(move |s| s.clear_login_failures(&login)).await
+    }
+    async fn put_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        record: &OneTimeRecord,
+    ) -> Result<(), StoreError> {
+        let (hash, record) = (*hash, record.clone());
+        self.run(move |s| s.put_one_time(kind, &hash, &record))
+            .await
+    }
+    async fn take_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<OneTimeRecord>, StoreError> {
+        let hash = *hash;
+        self.run(move |s| s.take_one_time(kind, &hash, now)).await
+    }
+    async fn peek_one_time(
+        &self,
+        kind: OneTimeKind,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<OneTimeRecord>, StoreError> {
+        let hash = *hash;
+        self.run(move |s| s.peek_one_time(kind, &hash, now)).await
+    }
+    async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError> {
+        self.run(move |s| s.purge_expired(now)).await
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.run(|s| s.stats()).await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.run(|s| s.health()).await
+    }
 }
 
 /// The persisted failure counter of one login name.

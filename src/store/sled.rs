@@ -51,17 +51,17 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     FailureRecord, FailureState, LockoutPolicy, OneTimeKind, OneTimeRecord, PurgeStats, Revocation,
-    RotateOutcome, SessionRecord, Store, StoreError, StoreStats, TokenHash, UniqueKey, UserPage,
-    UserRecord, apply_failure, failure_state, fold,
+    RotateOutcome, SessionRecord, StoreError, StoreStats, SyncStore, TokenHash, UniqueKey,
+    UserPage, UserRecord, apply_failure, failure_state, fold,
 };
 
 /// The version of the layout above. Bump it on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
-/// Live sessions one user may hold; a new login past it revokes the oldest. Generous for
-/// people with many devices, small enough that a login loop cannot bloat the store.
-pub const MAX_SESSIONS_PER_USER: usize = 64;
+/// The session cap the tests open sessions under (the service's, `accounts::sessions`).
+#[cfg(test)]
+const MAX_SESSIONS_PER_USER: usize = 64;
 
 /// sled's page cache budget. Its default (1 GiB) suits a database server, not a sidecar whose
 /// working set is a few thousand small records.
@@ -190,7 +190,7 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
+impl SyncStore for SledStore {
     fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         let id = user.id.as_str();
         let email = fold(&user.email);
@@ -390,7 +390,8 @@ impl Store for SledStore {
         session: &SessionRecord,
         refresh_hash: &TokenHash,
         verified_hash: Option<&str>,
-    ) -> Result<(), StoreError> {
+        max_sessions: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         let sid = session.id.as_str();
         let user_id = session.user_id.as_str();
         let value = encode(session)?;
@@ -399,7 +400,7 @@ impl Store for SledStore {
             state: RefreshState::Current,
             expires_at: session.expires_at,
         })?;
-        finish(
+        let capped = finish(
             (
                 &self.users,
                 &self.sessions,
@@ -447,20 +448,23 @@ impl Store for SledStore {
                     // revoked, so logging in over and over cannot make this list (and every
                     // login that reads it) grow without limit. Its access tokens run out
                     // within access_ttl; its refresh tokens stop at once.
-                    while kept.len() >= MAX_SESSIONS_PER_USER {
+                    let mut capped = Vec::new();
+                    while !kept.is_empty() && kept.len() >= max_sessions.max(1) {
                         let (oldest, mut record) = kept.remove(0);
                         record.revoked = true;
                         sessions.insert(oldest.as_bytes(), encode(&record).map_err(abort)?)?;
+                        capped.push(record);
                     }
                     let mut kept: Vec<String> = kept.into_iter().map(|(id, _)| id).collect();
                     kept.push(session.id.clone());
                     by_user.insert(user_id, encode(&kept).map_err(abort)?)?;
                     sessions.insert(sid, value.as_slice())?;
                     refresh.insert(refresh_hash.as_slice(), entry.as_slice())?;
-                    Ok(())
+                    Ok(capped)
                 }),
         )?;
-        self.flush()
+        self.flush()?;
+        Ok(capped)
     }
 
     fn rotate_refresh(
@@ -1181,13 +1185,13 @@ mod tests {
         let dead = session(&alice.id, 100, 1000);
         let bobs = session(&bob.id, 100, 1000);
         store
-            .create_session(&live, &token_hash("live"), None)
+            .create_session(&live, &token_hash("live"), None, MAX_SESSIONS_PER_USER)
             .unwrap();
         store
-            .create_session(&dead, &token_hash("dead"), None)
+            .create_session(&dead, &token_hash("dead"), None, MAX_SESSIONS_PER_USER)
             .unwrap();
         store
-            .create_session(&bobs, &token_hash("bob"), None)
+            .create_session(&bobs, &token_hash("bob"), None, MAX_SESSIONS_PER_USER)
             .unwrap();
         store.revoke_session(&dead.id).unwrap();
         store
@@ -1238,7 +1242,12 @@ mod tests {
         assert_eq!(store.delete_user(&alice.id), Err(StoreError::NotFound));
         // Sessions cannot be opened for a deleted user.
         assert_eq!(
-            store.create_session(&session(&alice.id, 100, 10), &token_hash("x"), None),
+            store.create_session(
+                &session(&alice.id, 100, 10),
+                &token_hash("x"),
+                None,
+                MAX_SESSIONS_PER_USER
+            ),
             Err(StoreError::NotFound)
         );
         let stats = store.stats().unwrap();
@@ -1286,7 +1295,9 @@ mod tests {
         store.create_user(&alice).unwrap();
         let s = session(&alice.id, 100, 1000);
         let [a, b, c, d] = ["a", "b", "c", "d"].map(token_hash);
-        store.create_session(&s, &a, None).unwrap();
+        store
+            .create_session(&s, &a, None, MAX_SESSIONS_PER_USER)
+            .unwrap();
 
         let RotateOutcome::Rotated { session, user } =
             store.rotate_refresh(&a, &b, 150, 0).unwrap()
@@ -1333,7 +1344,9 @@ mod tests {
             let alice = user("a@example.com", None);
             store.create_user(&alice).unwrap();
             let s = session(&alice.id, 100, 1000);
-            store.create_session(&s, &token_hash("a"), None).unwrap();
+            store
+                .create_session(&s, &token_hash("a"), None, MAX_SESSIONS_PER_USER)
+                .unwrap();
             setup(&store, &alice, &s);
             let outcome = store
                 .rotate_refresh(&token_hash("a"), &token_hash("b"), now, idle)
@@ -1412,7 +1425,9 @@ mod tests {
             store.create_user(&alice).unwrap();
             let s = session(&alice.id, 100, 1000);
             let old = token_hash("old");
-            store.create_session(&s, &old, None).unwrap();
+            store
+                .create_session(&s, &old, None, MAX_SESSIONS_PER_USER)
+                .unwrap();
             let barrier = Arc::new(Barrier::new(THREADS));
             let handles: Vec<_> = (0..THREADS)
                 .map(|i| {
@@ -1453,7 +1468,7 @@ mod tests {
             .collect();
         for (i, s) in sessions.iter().enumerate() {
             store
-                .create_session(s, &token_hash(&i.to_string()), None)
+                .create_session(s, &token_hash(&i.to_string()), None, MAX_SESSIONS_PER_USER)
                 .unwrap();
         }
         for (i, s) in sessions.iter().enumerate() {
@@ -1463,11 +1478,21 @@ mod tests {
         // A stale verified hash, or a locked user, gets no session at all.
         let late = session(&alice.id, 100, 1000);
         assert!(matches!(
-            store.create_session(&late, &token_hash("late"), Some("not-the-hash")),
+            store.create_session(
+                &late,
+                &token_hash("late"),
+                Some("not-the-hash"),
+                MAX_SESSIONS_PER_USER
+            ),
             Err(StoreError::NotFound)
         ));
         store
-            .create_session(&late, &token_hash("late"), Some(&alice.password_hash))
+            .create_session(
+                &late,
+                &token_hash("late"),
+                Some(&alice.password_hash),
+                MAX_SESSIONS_PER_USER,
+            )
             .unwrap();
     }
 
@@ -1479,7 +1504,7 @@ mod tests {
         let sessions: Vec<_> = (0..3).map(|_| session(&alice.id, 100, 1000)).collect();
         for (i, s) in sessions.iter().enumerate() {
             store
-                .create_session(s, &token_hash(&i.to_string()), None)
+                .create_session(s, &token_hash(&i.to_string()), None, MAX_SESSIONS_PER_USER)
                 .unwrap();
         }
         let one = store.revoke_session(&sessions[0].id).unwrap().unwrap();
@@ -1730,10 +1755,10 @@ mod tests {
         let short = session(&alice.id, 100, 100); // expires at 200
         let long = session(&alice.id, 100, 1000);
         store
-            .create_session(&short, &token_hash("short"), None)
+            .create_session(&short, &token_hash("short"), None, MAX_SESSIONS_PER_USER)
             .unwrap();
         store
-            .create_session(&long, &token_hash("long"), None)
+            .create_session(&long, &token_hash("long"), None, MAX_SESSIONS_PER_USER)
             .unwrap();
         store
             .rotate_refresh(&token_hash("long"), &token_hash("long2"), 150, 0)
@@ -1812,10 +1837,15 @@ mod tests {
         store.create_user(&alice).unwrap();
         let old = session(&alice.id, 100, 10);
         store
-            .create_session(&old, &token_hash("old"), None)
+            .create_session(&old, &token_hash("old"), None, MAX_SESSIONS_PER_USER)
             .unwrap();
         store
-            .create_session(&session(&alice.id, 200, 10), &token_hash("new"), None)
+            .create_session(
+                &session(&alice.id, 200, 10),
+                &token_hash("new"),
+                None,
+                MAX_SESSIONS_PER_USER,
+            )
             .unwrap();
         assert_eq!(store.get_session(&old.id).unwrap(), None);
     }
@@ -1872,7 +1902,9 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.create_user(&alice).unwrap();
-            store.create_session(&s, &token_hash("a"), None).unwrap();
+            store
+                .create_session(&s, &token_hash("a"), None, MAX_SESSIONS_PER_USER)
+                .unwrap();
             store
                 .rotate_refresh(&token_hash("a"), &token_hash("b"), 150, 0)
                 .unwrap();
@@ -1904,7 +1936,7 @@ mod tests {
     #[test]
     fn usable_as_trait_object() {
         let (_dir, store) = open();
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store: Arc<dyn SyncStore> = Arc::new(store);
         assert_eq!(store.count_users().unwrap(), 0);
     }
 }

@@ -803,10 +803,14 @@ async fn a_verification_token_dies_with_its_address() {
     let id = user["user"]["id"].as_str().unwrap().to_string();
     gh.app
         .store
-        .update_user(&id, &mut |u| {
-            u.email = "ada.new@example.com".into();
-            Ok(())
-        })
+        .update_user(
+            &id,
+            &gatehouse::store::UserUpdate {
+                email: Some("ada.new@example.com".into()),
+                ..Default::default()
+            },
+        )
+        .await
         .unwrap();
     verify_email(&gh, &token)
         .await
