@@ -53,6 +53,10 @@ impl TokenRefusal {
     }
 }
 
+/// What `Retry-After` says when the store is unavailable: long enough for a pool to
+/// reconnect after a database restart or failover, short enough that clients come back soon.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 /// Which unique value a write collided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
@@ -105,6 +109,9 @@ pub enum Error {
     UpstreamTimeout,
     /// 503: not ready (store closed, shutting down).
     Unavailable(&'static str),
+    /// 503 with `Retry-After`: the store (PostgreSQL) cannot be reached now; nothing was
+    /// done. The proxy path never needs the store, so only the auth endpoints answer this.
+    StoreUnavailable,
     /// 500: a bug or environment failure; the cause is logged, never sent.
     Internal(String),
 }
@@ -133,7 +140,7 @@ impl Error {
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +170,7 @@ impl Error {
             Error::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
             Error::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Error::Unavailable(_) => "UNAVAILABLE",
+            Error::StoreUnavailable => "STORE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -176,7 +184,9 @@ impl Error {
             }
             Error::RateLimited { .. } | Error::AccountLocked { .. } => Outcome::RateLimited,
             Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Outcome::UpstreamError,
-            Error::Internal(_) | Error::Unavailable(_) => Outcome::Failed,
+            Error::Internal(_) | Error::Unavailable(_) | Error::StoreUnavailable => {
+                Outcome::Failed
+            }
             _ => Outcome::Rejected,
         }
     }
@@ -185,7 +195,9 @@ impl Error {
     pub fn source(&self) -> Source {
         match self {
             Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Source::Upstream,
-            Error::Internal(_) | Error::Unavailable(_) => Source::Internal,
+            Error::Internal(_) | Error::Unavailable(_) | Error::StoreUnavailable => {
+                Source::Internal
+            }
             _ => Source::Downstream,
         }
     }
@@ -219,6 +231,9 @@ impl Error {
             Error::UpstreamUnavailable(_) => "The upstream service is unavailable".into(),
             Error::UpstreamTimeout => "The upstream service did not answer in time".into(),
             Error::Unavailable(_) => "The service is not ready".into(),
+            Error::StoreUnavailable => {
+                "The account store is unavailable; try again shortly".into()
+            }
             Error::Internal(_) => "Internal error".into(),
         }
     }
@@ -280,6 +295,12 @@ impl Error {
                     headers.insert("ratelimit-reset", HeaderValue::from(*reset));
                 }
             }
+            Error::StoreUnavailable => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(STORE_RETRY_AFTER_SECS),
+                );
+            }
             Error::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
@@ -339,6 +360,11 @@ impl From<StoreError> for Error {
             StoreError::Conflict(UniqueKey::Username) => Error::Conflict(Conflict::Username),
             StoreError::Conflict(UniqueKey::Email) => Error::Conflict(Conflict::Email),
             StoreError::NotFound => Error::NotFound,
+            // The cause was logged where it happened; the client learns only to retry.
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(cause = %cause, "store unavailable");
+                Error::StoreUnavailable
+            }
             other => Error::internal(format!("store: {other}")),
         }
     }
@@ -364,6 +390,7 @@ mod tests {
     #[test]
     fn codes_and_statuses_follow_the_contract() {
         check(Error::InvalidRequest("x".into()), 400, "INVALID_REQUEST");
+        check(Error::StoreUnavailable, 503, "STORE_UNAVAILABLE");
         check(Error::ValidationFailed(vec![]), 422, "VALIDATION_FAILED");
         check(Error::WeakPassword("short".into()), 422, "WEAK_PASSWORD");
         check(Error::InvalidCredentials, 401, "INVALID_CREDENTIALS");

@@ -161,8 +161,10 @@ fn is_override_name(raw: &str) -> bool {
         .next()
         .map(|(name, _)| name)
         .unwrap_or_default();
-    let name = name.split('\0').next().unwrap_or_default().trim_start();
-    let name = name.trim_start_matches(['[', ']']);
+    let name = name.split('\0').next().unwrap_or_default();
+    // Leading spaces (PHP), brackets (qs, Rack) and question marks (PHP's built-in server
+    // reads `/x??_method=DELETE` as the query `_method=DELETE`) are not part of the name.
+    let name = name.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '[' | ']' | '?'));
     let name = name.split(['[', ']']).next().unwrap_or_default();
     let folded = name.chars().map(|c| match c {
         '.' | ' ' | '-' => '_',
@@ -398,6 +400,10 @@ mod tests {
             "X%u002DHTTP-Method-Override=DELETE",
             "_%u006Dethod=DELETE",
             "x-http-method-overr%C4%B1de=DELETE",
+            // PHP's built-in server skips the extra `?` of `/x??_method=DELETE`.
+            "?_method=DELETE",
+            "??_method=DELETE",
+            "a=1&?_method=DELETE",
         ] {
             let request = get(&format!("/api/items/1?{query}"))
                 .method("POST")

@@ -246,6 +246,9 @@ pub enum StoreError {
     Corrupt(String),
     /// Any other I/O or engine failure.
     Io(String),
+    /// The database cannot be reached now (connection refused or lost, pool exhausted, a
+    /// timeout): nothing was done, and the same call may succeed later.
+    Unavailable(String),
 }
 
 impl fmt::Display for StoreError {
@@ -267,6 +270,7 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Corrupt(detail) => write!(f, "the store is corrupt: {detail}"),
             StoreError::Io(detail) => write!(f, "store I/O error: {detail}"),
+            StoreError::Unavailable(detail) => write!(f, "the store is unavailable: {detail}"),
         }
     }
 }
@@ -562,6 +566,25 @@ pub trait Store: Send + Sync {
     async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
     async fn health(&self) -> Result<(), StoreError>;
+
+    // ----- the revocation feed, for replicas sharing one store -----
+
+    /// The sequence number of the latest revocation recorded (0 when none). Read before
+    /// [`Store::load_revocations`], so that catching up from it afterwards misses nothing
+    /// (applying a revocation twice is harmless).
+    async fn revocation_cursor(&self) -> Result<u64, StoreError>;
+
+    /// Revocations recorded after sequence number `after`, in sequence order, with their
+    /// numbers, including those recorded by other processes. Sequence numbers grow
+    /// monotonically; a replica that reconnects catches up from the last one it applied.
+    async fn revocations_since(&self, after: u64) -> Result<Vec<(u64, Revocation)>, StoreError>;
+
+    /// Fires when another process may have recorded revocations (PostgreSQL's
+    /// LISTEN/NOTIFY, and after every reconnect of the listening connection). `None` for a
+    /// store only this process writes (sled): there is nobody else to hear from.
+    fn revocation_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Runs a blocking [`SyncStore`] on tokio's blocking pool, as a [`Store`].
@@ -724,6 +747,14 @@ impl<S: SyncStore + 'static> Store for Blocking<S> {
     }
     async fn health(&self) -> Result<(), StoreError> {
         self.run(|s| s.health()).await
+    }
+    // One process writes a blocking store and applies its revocations as it records them,
+    // so there is never anything to catch up on.
+    async fn revocation_cursor(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn revocations_since(&self, _after: u64) -> Result<Vec<(u64, Revocation)>, StoreError> {
+        Ok(Vec::new())
     }
 }
 
