@@ -8,6 +8,9 @@ same method and target as `:method`/`:path` over HTTP/2.
 Placeholders, filled in per gatehouse instance by the driver:
   {HOSTPORT}  the 127.0.0.1:PORT of the gatehouse the request is sent to
 
+A Req with `needs` goes only to the upstreams that have that feature ("unicode-routes":
+admin handlers at /api/σettings and /api/μsvc, which gatehouse's test policy protects).
+
 To add a class: write a generator below, decorate it, and yield Req(...) values. `check`
 chooses the verdict: "admin" (the default; a violation is a 2xx carrying the admin marker
 for a caller without the admin role, or any `forbid` string in the echoed response) or
@@ -48,6 +51,7 @@ class Req:
     check: str = "admin"
     h2_pseudo: tuple = ()  # HTTP/2 only: extra pseudo-headers after the standard four
     h2_authority: bytes | None = None
+    needs: str | None = None  # sent only to upstreams with this feature (differential.Upstream)
 
 
 ADMIN = "/api/admin"
@@ -184,7 +188,8 @@ def ctl_raw_class():
 def trailing_class():
     suffixes = [".", "..", "...", "%2E", "%2e", "%2E%2E", "%20", "%09", "/", "//", "/.", "/%2E",
                 "~", "%7E", "-", "_", "%5F", ".json", ".html", "%2Ejson", "%3F", "%3Fx", "%23",
-                "*", "%2A", "%FF", "%C0", ".%20", "%20.", "%E3%80%80", "%C2%A0", "./", "%2E/"]
+                "*", "%2A", "%FF", "%C0", ".%20", "%20.", "%E3%80%80", "%C2%A0", "./", "%2E/", ".xml", ".JSON",
+                ".json/", "%2Exml"]
     for s in suffixes:
         yield get("trailing", f"admin{s}", f"/api/admin{s}")
     for s in [".", "%20", "%2E", "/", "~", "%09"]:
@@ -199,7 +204,8 @@ def unicode_u_class():
     for t in ["/api/%u0061dmin", "/api/%U0061dmin", "/api/%u0041DMIN", "/api/adm%u0069n",
               "/api/%u0061%u0064%u006d%u0069%u006e", "/api/%u0041%u0044%u004D%u0049%u004E",
               "/%u0061pi/admin", "/api/public/%u002e%u002e/admin", "/api%u002fadmin",
-              "/api%u2215admin", "/api/admin%u000a", "/api/admin%u000A", "/api/%uFF41dmin"]:
+              "/api%u2215admin", "/api/admin%u000a", "/api/admin%u000A", "/api/%uFF41dmin",
+              "/api/admin%u002Ejson", "/api/adm%u0131n"]:
         yield get("unicode-u", t, t)
     yield delete("unicode-u", "DELETE %u0069tems", "/api/%u0069tems/1")
 
@@ -324,6 +330,70 @@ def absolute_form_class():
         yield delete("absolute-form", f"DELETE {t}", t)
 
 
+@corpus_class("format-suffix")
+def format_suffix_class():
+    """Rails routes `/api/admin(.:format)` to the admin handler and
+    `DELETE /api/items/:id(.:format)` to the delete one; Spring's suffix patterns did too."""
+    for t in ["/api/admin.json", "/api/admin.xml", "/api/admin.html", "/api/admin.JSON", "/api/admin.json/",
+              "/api/admin.xml//", "/api/admin.tar.gz", "/api/admin.j", "/api/admin.json.", "/api/admin..json",
+              "/api/admin.json.json", "/api/ADMIN.xml", "/api/Admin.json", "/API/ADMIN.JSON", "/API/ADMIN.json/",
+              "/api/%41DMIN.json", "/api/%61dmin.json", "/api/admin%2Ejson", "/api/admin%2ejson/",
+              "/api/admin.%6Ason", "/api/admin.%4A%53%4F%4E", "/api/admin.json?x=1", "/api/admin.json?format=json",
+              "//api/admin.json", "/api//admin.json", "/api/public/../admin.json", "/api/x/%2E%2E/admin.json",
+              "/api/admin/users.json", "/api/admin/users.json/", "/api/admin.json/users", "/api/admin.json%20",
+              "/api/admin.%20", "/api/admin.json%0A", "/api/admin.json%00", "/api/admin.json;x", "/api/admin.json#x",
+              "/api/admin.%E2%80%A8", "/api/adm%C4%B1n.json", "/api/admin%C0%AEjson", "/api/admin.json~",
+              "/api/admin.-", "/api/admin._", "/api/admin.~", "/api/admin.%25", "/api/admin.%2F", "/api/.json",
+              "/api/admin.json.%2e", "/api/admin/.json", "/api/ADMIN.%2E%2E/"]:
+        yield get("format-suffix", t, t)
+    for m in (b"HEAD", b"POST", b"PUT", b"OPTIONS"):
+        yield Req("format-suffix", f"{m.decode()} /api/admin.json", m, b"/api/admin.json")
+    for t in ["/api/items/1.json", "/api/items/1.xml", "/api/items/1.json/", "/api/items/1.tar.gz", "/api/ITEMS/1.json",
+              "/api/Items/1.JSON", "/api/items/1%2Ejson", "/api/items/1.json.", "/api/items/1..json",
+              "/api/items/%31.json", "/api/items/1.%6Ason", "/api/items/1.json?x=1", "//api/items/1.json",
+              "/api/x/../items/1.json", "/api/items/1.json%0A", "/api/items.json/1", "/api/items/.json"]:
+        yield delete("format-suffix", f"DELETE {t}", t)
+    for t in ["/api/items/1.json?_method=DELETE", "/api/items/1.json?%5B_method%5D=DELETE"]:
+        yield Req("format-suffix", f"POST {t}", b"POST", t.encode(), body=b"{}")
+    yield Req("format-suffix", "POST items/1.json X_HTTP_Method_Override", b"POST", b"/api/items/1.json",
+              headers=((b"X_HTTP_Method_Override", b"DELETE"),), body=b"{}")
+
+
+# Letters with more than one case partner: case-insensitive matchers (Python's re.I, PCRE's
+# /iu, JavaScript's /iu, .NET) equate all of them. gatehouse's test policy protects
+# /api/σettings/** and /api/μsvc/**; the upstreams with feature "unicode-routes" have admin
+# handlers there.
+CASE_PAIRS = {
+    "\u03c3": ["\u03c2", "\u03a3", "\u03c3"],  # σ: final ς, capital Σ, σ itself
+    "\u03bc": ["\u00b5", "\u039c", "\u03bc"],  # μ: MICRO SIGN µ, capital Μ, μ itself
+}
+
+
+@corpus_class("unicode-case")
+def unicode_case_class():
+    for letter, rest in [("\u03c3", "ettings"), ("\u03bc", "svc")]:
+        for alt in CASE_PAIRS[letter]:
+            for rest_cased in (rest, rest.upper()):
+                for suffix in ("", "/", "/x", ".json"):
+                    for how in ("pct", "pct-lower", "raw"):
+                        if how == "raw" and suffix not in ("", "/x"):
+                            continue
+                        if how == "raw":
+                            t = b"/api/" + (alt + rest_cased + suffix).encode("utf-8")
+                        else:
+                            t = ("/api/" + pct(alt, how == "pct-lower") + rest_cased + suffix).encode("ascii")
+                        label = f"GET U+{ord(alt):04X}{rest_cased}{suffix} {how}"
+                        yield Req("unicode-case", label, b"GET", t, needs="unicode-routes")
+        # Through dot segments and from upper-case API.
+        yield Req("unicode-case", f"via dot segment U+{ord(letter):04X}", b"GET",
+                  ("/api/public/../" + pct(CASE_PAIRS[letter][0]) + rest).encode(), needs="unicode-routes")
+        yield Req("unicode-case", f"upper API U+{ord(letter):04X}", b"GET",
+                  ("/API/" + pct(CASE_PAIRS[letter][1]) + rest.upper()).encode(), needs="unicode-routes")
+    # The micro sign's and final sigma's overlong and decomposed look-alikes stay other paths.
+    for t in ["/api/%C0%B5svc", "/api/%CF%82%CC%81ettings", "/api/%CE%BC%CC%81svc"]:
+        yield Req("unicode-case", f"GET {t}", b"GET", t.encode(), needs="unicode-routes")
+
+
 # --- methods ---------------------------------------------------------------------------------
 
 
@@ -340,6 +410,7 @@ def method_case_class():
     for m in [b"DEL\xc3\x89TE", b"DELETE\x00", b"DELETE\t", b" DELETE", b"DELETE\x0b", b"D\x00ELETE"]:
         yield Req("method-case", f"odd {m!r} items/1", m, b"/api/items/1")
     yield Req("method-case", "post with ?_method lower", b"post", b"/api/items/1?_method=DELETE")
+    yield Req("method-case", "delete items/1.json", b"delete", b"/api/items/1.json")
 
 
 OVERRIDE_HEADERS = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]
@@ -406,6 +477,35 @@ def override_query_class():
                   headers=((b"Content-Type", b"application/x-www-form-urlencoded"),), body=body)
 
 
+# Override names as some framework reads them after its own name mangling: PHP cuts a name at
+# NUL and drops a `[...]` suffix, qs (Express) and Rack strip leading brackets, classic ASP.NET
+# decodes `%uXXXX` and compares ignoring case, where `ı` (U+0131) is `I`.
+MANGLED_OVERRIDE_PARAMS = [
+    "_method%00", "_method%00x", "_me%74hod%00x", "_method%00%00", "_method%00.x", "_METHOD%00x",
+    "[_method]", "%5B_method%5D", "%5b_method%5d", "]]_method", "[_method", "[]_method", "[[_method]]",
+    "%5B%5D_method", "[_method][]", "_method[0]", "_method[a]", "_method[", "_method%5B", "_http.method",
+    "+_method", "%20_method", "_method+", "X%u002DHTTP-Method-Override", "X%u002dHTTP%u002dMethod%u002dOverride",
+    "_%u006Dethod", "%u005Fmethod", "%U005Fmethod", "_%u006D%u0065thod", "x-http-method-overr%C4%B1de",
+    "X-HTTP-METHOD-OVERR%C4%B1DE", "x-http-method-overr%u0131de", "X_HTTP_METHOD_OVERR%C4%B0DE",
+    "x-http-method-overr%c4%b1de", "X.HTTP.Method.Override", "x~http~method~override",
+]
+
+
+@corpus_class("override-mangle")
+def override_mangle_class():
+    for name in MANGLED_OVERRIDE_PARAMS:
+        for q in [f"{name}=DELETE", f"a=1&{name}=DELETE", f"{name}=DELETE&a=1", f"_method=GET&{name}=DELETE",
+                  f"a=1;{name}=DELETE"]:
+            yield Req("override-mangle", f"POST ?{q}", b"POST", f"/api/items/1?{q}".encode(), body=b"{}")
+    # Extra `?`s: a parser that skips them all (PHP's built-in server) reads `_method` here.
+    for q in ["??_method=DELETE", "???_method=DELETE", "??_method%00x=DELETE", "??[_method]=DELETE",
+              "?&_method=DELETE", "??x-http-method-overr%C4%B1de=DELETE", "?%3F_method=DELETE"]:
+        yield Req("override-mangle", f"POST ?{q}", b"POST", f"/api/items/1?{q}".encode(), body=b"{}")
+    for t in ["/api/items/1.json?_method%00=DELETE", "/API/ITEMS/1?[_method]=DELETE",
+              "/api/items/1/?_%u006Dethod=DELETE"]:
+        yield Req("override-mangle", f"POST {t}", b"POST", t.encode(), body=b"{}")
+
+
 # --- headers ---------------------------------------------------------------------------------
 
 # Headers a client must never get to an upstream: the identity headers gatehouse sets, URL and
@@ -463,6 +563,51 @@ def header_spoof_class():
         yield Req("header-spoof", f"framing {hdrs!r}", b"GET", b"/api/public", headers=hdrs, forbid=(shows,))
 
 
+# Characters a header name may hold (RFC 9110 tchar) besides letters, digits, `-` and `_`.
+# CGI-style upstreams read some of them as `-`: PHP turns `.` (and `-`, `_`) into `_`, so
+# `X.Auth.Roles` is $_SERVER['HTTP_X_AUTH_ROLES'].
+NAME_PUNCT = [".", "~", "!", "#", "$", "%", "&", "'", "*", "+", "^", "`", "|"]
+PUNCT_NAMES = ["X-Auth-Roles", "X-Auth-User-Id", "X-Auth-Email", "X-Original-URL", "X-Forwarded-For"]
+
+
+@corpus_class("header-punct")
+def header_punct_class():
+    n = 50000  # spoof tokens distinct from header-spoof's
+    spellings = []
+    for name in PUNCT_NAMES:  # every `-` as one punctuation character
+        spellings += [(name, name.replace("-", p)) for p in NAME_PUNCT]
+        spellings += [(name, name.replace("-", p).lower()) for p in (".", "~")]  # also over HTTP/2
+    for name in SPOOF_TEXT + SPOOF_IP:  # `.` everywhere and for the first `-` only, `~` everywhere
+        first, _, rest = name.partition("-")
+        spellings += [(name, name.replace("-", ".")), (name, first + "." + rest), (name, name.replace("-", "~")),
+                      (name, name.replace("-", ".").upper()), (name, name.replace("-", "_").replace("_", ".", 1))]
+    for name, spelled in dict.fromkeys(spellings):
+        n += 1
+        value, shows = spoof_value(name, n)
+        yield Req("header-punct", spelled, b"GET", b"/api/public", headers=((spelled.encode(), value),),
+                  forbid=(shows,), protos=("h1", "h2") if spelled == spelled.lower() else ("h1",))
+    # After gatehouse's own identity header: a CGI environment keeps the last of one key.
+    for spelled in ["X.Auth.Roles", "X_Auth.Roles", "x.auth.roles", "X.Auth.User.Id", "X.AUTH.EMAIL"]:
+        n += 1
+        token = b"admin-spoof%05dx" % n
+        yield Req("header-punct", f"{spelled} after X-Probe", b"GET", b"/api/public",
+                  headers=((b"X-Probe", b"1"), (spelled.encode(), token), (b"X-Probe-After", b"1")),
+                  forbid=(token[len(b"admin-"):],))
+    # Method-override headers with punctuation for `-`.
+    for base in OVERRIDE_HEADERS:
+        for p in NAME_PUNCT:
+            spelled = base.replace("-", p)
+            yield Req("header-punct", f"POST {spelled}: DELETE", b"POST", b"/api/items/1",
+                      headers=((spelled.encode(), b"DELETE"),), body=b"{}")
+        first, _, rest = base.partition("-")
+        for spelled in (first + "." + rest, base.replace("-", ".").lower(), base.replace("-", "_").replace("_", ".", 1)):
+            yield Req("header-punct", f"POST {spelled}: DELETE", b"POST", b"/api/items/1",
+                      headers=((spelled.encode(), b"DELETE"),), body=b"{}")
+    # Two override headers, the second one punctuated (PHP keeps the last of one key).
+    yield Req("header-punct", "POST X-Custom then X.HTTP.Method.Override", b"POST", b"/api/items/1",
+              headers=((b"X-Custom", b"1"), (b"X.HTTP.Method.Override", b"DELETE")), body=b"{}")
+
+
 # --- bodies ----------------------------------------------------------------------------------
 
 
@@ -499,7 +644,8 @@ def h2_only_class():
     repeated pseudo-headers, disagreeing :authority/host."""
     for p in [b"/api/admin ", b"/api/ad min", b"/api/admin\n", b"/api/admin\r\n", b"/api/admin\t",
               b"/api/admin\x00", b"/api/adm\xc4\xb1n", b"/api/ADMIN", b"api/admin", b"*",
-              b"http://127.0.0.1/api/admin", b"/api/admin#x", b"/api/public/../admin", b""]:
+              b"http://127.0.0.1/api/admin", b"/api/admin#x", b"/api/public/../admin", b"",
+              b"/api/ADMIN.json", b"/api/admin.json/"]:
         yield Req("h2-pseudo", f":path {p!r}", b"GET", p, protos=("h2",))
     yield Req("h2-pseudo", "two :path", b"GET", b"/api/public", protos=("h2",), h2_pseudo=((b":path", b"/api/admin"),))
     yield Req("h2-pseudo", "two :method", b"POST", b"/api/items/1", protos=("h2",),

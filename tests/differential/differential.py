@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Parser-differential test: real upstream frameworks behind gatehouse.
 
-Starts every upstream (Flask, Starlette, FastAPI, a regex ASGI app, aiohttp, Express 4 and 5,
+Starts every upstream (Flask, Starlette, FastAPI, a regex ASGI app, a Rails-style format-suffix
+router, aiohttp, Express 4 and 5, PHP's built-in server with a Laravel/Symfony-style router,
 nginx with regex locations, nginx proxying to Starlette, Go's ServeMux), one gatehouse per
 upstream and policy variant, gets a plain user's and an admin's token from each, checks the
 positive controls, then sends the corpus (corpus.py) as exact bytes over HTTP/1.1 and a subset
@@ -370,6 +371,13 @@ class Upstream:
     # (nginx `return`, HTTP/1.0 wsgiref) races gatehouse's check of the body, so the
     # "chunked" class is not sent to it.
     reads_bodies: bool = True
+    # What it has beyond the common handlers; a corpus request with `needs` goes only to the
+    # upstreams that have it. "unicode-routes": admin handlers at /api/σettings and /api/μsvc.
+    features: frozenset = frozenset()
+    # The parsing quirks the run relies on, checked directly against the upstream (without
+    # gatehouse) before the corpus: (method, target, extra header lines, bytes the answer
+    # must contain). If the upstream lacks one, a clean run would prove nothing about it.
+    quirks: tuple = ()
 
 
 def tool_version(argv):
@@ -385,6 +393,10 @@ def py_versions():
 
     return {p: version(p) for p in ["flask", "werkzeug", "starlette", "fastapi", "uvicorn", "httptools",
                                      "h11", "aiohttp", "h2"]}
+
+
+def php_version(php):
+    return tool_version([php, "-n", "-r", "echo 'php ', PHP_VERSION, ' (', PHP_SAPI, ')', PHP_EOL;"])
 
 
 def node_versions(node):
@@ -499,7 +511,37 @@ def start_upstreams(args, children, tmp):
             if fw == "starlette" and http == "httptools":
                 backend = u
     add("asgi-regex", "regex-routed ASGI app on uvicorn --http h11",
-        lambda p: uvicorn + ["--http", "h11", "--port", str(p), "regex_app:app"])
+        lambda p: uvicorn + ["--http", "h11", "--port", str(p), "regex_app:app"]
+        ).features = frozenset({"unicode-routes"})
+    ups[-1].quirks = ((b"GET", b"/api/%C2%B5svc", b"", MARKER), (b"GET", b"/api/%CF%82ettings/x", b"", MARKER),
+                      (b"GET", b"/api/ADMIN", b"", MARKER))
+    add("rails-format", "Rails-style (.:format) router, ASGI on uvicorn --http httptools",
+        lambda p: uvicorn + ["--http", "httptools", "--port", str(p), "rails_format_app:app"]).quirks = (
+        (b"GET", b"/api/admin.json", b"", MARKER), (b"GET", b"/api/admin.xml/", b"", MARKER),
+        (b"DELETE", b"/api/items/1.json", b"", MARKER),
+        (b"POST", b"/api/items/1", b"X_HTTP_Method_Override: DELETE\r\n", MARKER))
+    # PHP's built-in server, no php.ini (-n) so that a distribution's settings change nothing.
+    docroot = os.path.join(tmp, "php-docroot")
+    os.makedirs(docroot, exist_ok=True)
+    for mode, kind in [("laravel", "case-sensitive Laravel/Symfony-style routes"),
+                       ("ci", "case-insensitive routes, ASP.NET-style query override")]:
+        add(f"php-{mode}", f"PHP built-in server (php -S), {kind}",
+            lambda p: [args.php, "-n", "-d", "display_errors=stderr", "-d", "log_errors=0",
+                       "-S", f"127.0.0.1:{p}", "-t", docroot, os.path.join(APPS, "php_router.php")],
+            extra_env={"DIFF_PHP_MODE": mode, "PHP_CLI_SERVER_WORKERS": "2"}
+            ).features = frozenset({"unicode-routes"})
+        ups[-1].quirks = (
+            (b"POST", b"/api/items/1?_method%00x=DELETE", b"", MARKER),
+            (b"POST", b"/api/items/1?%20_method=DELETE", b"", MARKER),
+            (b"POST", b"/api/items/1", b"X.HTTP.Method.Override: DELETE\r\n", MARKER),
+            (b"GET", b"/api/public", b"X-Auth-Roles: reader\r\nX.Auth.Roles: quirk-roles\r\n",
+             b'["HTTP_X_AUTH_ROLES","quirk-roles"]'),
+        ) + ((
+            (b"POST", b"/api/items/1?X%u002DHTTP-Method-Override=DELETE", b"", MARKER),
+            (b"POST", b"/api/items/1?x-http-method-overr%C4%B1de=DELETE", b"", MARKER),
+            (b"GET", b"/api/%CF%82ettings", b"", MARKER), (b"GET", b"/api/%C2%B5svc", b"", MARKER),
+            (b"GET", b"/api/ADMIN", b"", MARKER),
+        ) if mode == "ci" else ((b"GET", b"/api/%CF%83ettings", b"", MARKER),))
     add("aiohttp", "aiohttp.web", lambda p: [py, os.path.join(APPS, "aiohttp_app.py"), str(p), "aiohttp"])
     for ex in ("express4", "express5"):
         add(ex, f"{ex} + method-override",
@@ -528,6 +570,7 @@ def start_upstreams(args, children, tmp):
     if wanted and not wanted & {"nginx-regex", "nginx-proxy"}:
         for u in ups:
             wait_ready(children, u.proc_name, u.proc, u.port, b"/api/public", want=200)
+        check_quirks(ups)
         return ups
     test = subprocess.run([args.nginx, "-t", "-p", prefix, "-c", conf, "-g", "daemon off;"],
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
@@ -539,7 +582,26 @@ def start_upstreams(args, children, tmp):
 
     for u in ups:
         wait_ready(children, u.proc_name, u.proc, u.port, b"/api/public", want=200)
+    check_quirks(ups)
     return ups
+
+
+def check_quirks(ups):
+    """Each upstream's quirks, sent to it directly: the harness's check that the upstream
+    still parses the way the corpus assumes."""
+    missing = []
+    for u in ups:
+        for method, target, extra, want in u.quirks:
+            body = b"{}" if method == b"POST" else b""
+            data = (method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra +
+                    (b"Content-Length: 2\r\nContent-Type: application/json\r\n" if body else b"") +
+                    b"Connection: close\r\n\r\n" + body)
+            r = send_h1(u.port, data)
+            if r.status != 200 or want not in r.body:
+                missing.append(f"{u.name}: {method.decode()} {target.decode()} {extra!r} answered "
+                               f"{r.status or r.error} without {want!r}: {r.body[:200]!r}")
+    if missing:
+        raise HarnessError("upstreams lack the quirks the corpus relies on:\n  " + "\n  ".join(missing))
 
 
 # --- gatehouse -------------------------------------------------------------------------------
@@ -604,6 +666,16 @@ roles = ["admin"]
 [[routes]]
 path = "/api/items/**"
 methods = ["DELETE"]
+roles = ["admin"]
+
+# Admin paths with letters that have several case partners (σ: ς, Σ; μ: µ, Μ); only some
+# upstreams have handlers there (Upstream.features "unicode-routes").
+[[routes]]
+path = "/api/%CF%83ettings/**"
+roles = ["admin"]
+
+[[routes]]
+path = "/api/%CE%BCsvc/**"
 roles = ["admin"]
 
 [[routes]]
@@ -755,6 +827,15 @@ def controls(gates):
              corpus.Req("control", "", b"GET", b"/api/public"), None,
              lambda r: r.status == (200 if g.variant == "public" else 401)),
         ]
+        if "unicode-routes" in g.upstream.features:
+            for path in (b"/api/%CF%83ettings", b"/api/%CE%BCsvc/x"):
+                checks += [
+                    (f"admin GET {path.decode()} reaches the admin handler",
+                     corpus.Req("control", "", b"GET", path), g.admin_token,
+                     lambda r: r.status == 200 and MARKER in r.body),
+                    (f"user GET {path.decode()} is 403", corpus.Req("control", "", b"GET", path),
+                     g.user_token, lambda r: r.status == 403),
+                ]
         for label, req, token, ok in checks:
             for proto in ("h1", "h2"):
                 if proto == "h2" and (req.headers or req.chunked):
@@ -797,6 +878,8 @@ def run_corpus(gates, reqs, workers, seed):
     for g in gates:
         for req in reqs:
             if req.check == "chunked" and not g.upstream.reads_bodies:
+                continue
+            if req.needs and req.needs not in g.upstream.features:
                 continue
             for caller in ("anonymous", "user"):
                 for proto in req.protos:
@@ -944,6 +1027,7 @@ def main():
     ap.add_argument("--gatehouse", required=True, help="the gatehouse binary")
     ap.add_argument("--nginx", default=shutil.which("nginx") or "nginx")
     ap.add_argument("--node", default=shutil.which("node") or "node")
+    ap.add_argument("--php", default=shutil.which("php") or "php")
     ap.add_argument("--goapp", required=True, help="the built Go upstream")
     ap.add_argument("--report", default=os.path.join(REPO, "target", "differential", "report.json"))
     ap.add_argument("--workers", type=int, default=24, help="concurrent client requests")
@@ -953,7 +1037,7 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs and logs (printed path)")
     args = ap.parse_args()
-    for a in ("gatehouse", "goapp", "nginx", "node"):
+    for a in ("gatehouse", "goapp", "nginx", "node", "php"):
         setattr(args, a, os.path.abspath(getattr(args, a)) if os.sep in getattr(args, a) else getattr(args, a))
 
     started = time.time()
@@ -981,7 +1065,8 @@ def main():
         versions = {"gatehouse": tool_version([args.gatehouse, "--version"]),
                     "nginx": tool_version([args.nginx, "-v"]),
                     "go": tool_version(["go", "version"]) if shutil.which("go") else "?",
-                    "node": tool_version([args.node, "--version"]), "python": sys.version.split()[0]}
+                    "node": tool_version([args.node, "--version"]), "php": php_version(args.php),
+                    "python": sys.version.split()[0]}
         versions.update(py_versions())
         versions.update(node_versions(args.node))
         log("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))

@@ -3,7 +3,7 @@
 #
 #   bash tests/differential/run.sh [differential.py options]     # from the repository root
 #
-# Installs what it needs (nginx and Go from Debian if missing, a pinned Python venv under
+# Installs what it needs (nginx, Go and PHP from Debian if missing, a pinned Python venv under
 # target/differential/venv, the Express modules with `npm ci`), builds gatehouse and the Go
 # upstream, then runs differential.py. Anything that cannot be had stops the run with a
 # non-zero exit and a message; nothing is skipped silently.
@@ -27,6 +27,7 @@ step() { echo "== differential: $*"; }
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
+command -v php >/dev/null 2>&1 || missing+=(php-cli)
 if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "need root to install ${missing[*]} with apt-get"
     step "apt-get install ${missing[*]}"
@@ -37,7 +38,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
 [ -x "$NGINX" ] || die "nginx is not installed"
-for tool in go python3 node npm cargo; do
+for tool in go php python3 node npm cargo; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not on PATH"
 done
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 >= 3.9 is needed"
@@ -83,4 +84,4 @@ fi
 
 step "running differential.py"
 exec "$VENV/bin/python" "$DIFF/differential.py" --gatehouse "$GATEHOUSE" --nginx "$NGINX" \
-    --node "$(command -v node)" --goapp "$OUT/goapp" --report "$OUT/report.json" "$@" </dev/null
+    --node "$(command -v node)" --php "$(command -v php)" --goapp "$OUT/goapp" --report "$OUT/report.json" "$@" </dev/null

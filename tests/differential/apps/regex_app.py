@@ -2,7 +2,8 @@
 
 The admin route is case-insensitive (re.IGNORECASE) and `$`-anchored, so it is reached by
 `/api/ADMIN` and, because Python's `$` matches before a final newline, by `/api/admin%0A`
-once the server has decoded the path.
+once the server has decoded the path. Two more admin routes, `/api/σettings` and
+`/api/μsvc`, are reached by `ς`/`Σ` and `µ`/`Μ` (the Unicode case pairs).
 """
 
 import os
@@ -15,6 +16,10 @@ NAME = os.environ.get("DIFF_FRAMEWORK", "asgi-regex")
 ROUTES = [
     (re.compile(r"^/api/public$"), None, "public"),
     (re.compile(r"^/api/admin(/.*)?$", re.IGNORECASE), None, "admin"),
+    # Admin routes spelled with letters that have more than one case partner: re.IGNORECASE
+    # matches σ with ς and Σ, μ with µ (MICRO SIGN) and Μ.
+    (re.compile("^/api/\u03c3ettings(/.*)?$", re.IGNORECASE), None, "admin"),
+    (re.compile("^/api/\u03bcsvc(/.*)?$", re.IGNORECASE), None, "admin"),
     (re.compile(r"^/api/items/([^/]+)$"), "DELETE", "item-delete"),
     (re.compile(r"^/api/items/([^/]+)$"), None, "item"),
 ]
