@@ -205,6 +205,9 @@ pub struct App {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Turns true when draining starts; long-lived work (WebSocket splices) ends on it.
     draining: tokio::sync::watch::Sender<bool>,
+    /// The sequence number of the last revocation taken from the store's feed: where a
+    /// replica catches up from after a lost connection (see [`App::follow_revocations`]).
+    feed_cursor: AtomicU64,
 }
 
 impl App {
@@ -238,6 +241,12 @@ impl App {
 
         let revocations = Revocations::new();
         let now = clock.now();
+        // The cursor first: catching up from it later may re-apply a revocation the load
+        // already had (harmless), but can never miss one recorded in between.
+        let cursor = store
+            .revocation_cursor()
+            .await
+            .map_err(StartError::Revocations)?;
         let loaded = store
             .load_revocations(now)
             .await
@@ -273,6 +282,7 @@ impl App {
             revocation_epoch: AtomicU64::new(0),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             draining: tokio::sync::watch::Sender::new(false),
+            feed_cursor: AtomicU64::new(cursor),
             config,
         })
     }
@@ -310,6 +320,9 @@ impl App {
             tracing::info!(
                 "email.mode = \"log\": no mail is sent; reset and verification mails are only logged"
             );
+        }
+        if let Some(signal) = app.store.revocation_signal() {
+            tokio::spawn(follow_revocations(Arc::downgrade(&app), signal));
         }
         let weak = Arc::downgrade(&app);
         tokio::spawn(async move {
@@ -396,6 +409,62 @@ impl App {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// How often a replica asks the store for revocations when no notification came: the
+/// ceiling on how late a revocation made elsewhere is enforced here, even if a notification
+/// was lost. Well inside the one second replicas promise.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Follows the store's revocation feed for as long as the app lives: on every notification
+/// from another replica, and every [`FEED_POLL`] regardless, the revocations recorded since
+/// the last one applied are read and applied to the cache. A failed read (the database is
+/// away) is retried on the next round from the same cursor, so a replica that lost its
+/// connection catches up when it returns and never skips one.
+async fn follow_revocations(app: std::sync::Weak<App>, signal: Arc<tokio::sync::Notify>) {
+    loop {
+        // A notification or the poll, whichever comes first.
+        let _ = tokio::time::timeout(FEED_POLL, signal.notified()).await;
+        let Some(app) = app.upgrade() else { return };
+        if app.is_shutting_down() {
+            return;
+        }
+        app.catch_up_revocations().await;
+    }
+}
+
+impl App {
+    /// Applies the revocations recorded in the store since the last one this replica
+    /// applied. Returns how many it applied; errors are counted and logged, and the next
+    /// round starts from the same place.
+    pub async fn catch_up_revocations(&self) -> usize {
+        let after = self.feed_cursor.load(Ordering::SeqCst);
+        match self.store.revocations_since(after).await {
+            Ok(entries) => {
+                let now = self.clock.now();
+                let mut last = after;
+                for (seq, entry) in &entries {
+                    apply_revocation(&self.revocations, entry, now);
+                    last = last.max(*seq);
+                }
+                if !entries.is_empty() {
+                    self.feed_cursor.fetch_max(last, Ordering::SeqCst);
+                    // Token issuers on this replica must notice, as for a local revocation.
+                    self.revocation_epoch.fetch_add(1, Ordering::SeqCst);
+                    self.metrics
+                        .revocations_cached
+                        .set(self.revocations.len() as i64);
+                }
+                self.metrics.revocation_feed(Ok(entries.len()));
+                entries.len()
+            }
+            Err(e) => {
+                self.metrics.revocation_feed(Err(()));
+                tracing::warn!(error = %e, after, "revocation feed: cannot read the store; retrying");
+                0
+            }
+        }
     }
 }
 

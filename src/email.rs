@@ -527,45 +527,38 @@ impl Mailer {
     }
 }
 
-/// The parts of an SMTP URL this module decides on; lettre parses the rest.
+/// The parts of an SMTP URL this module decides on; lettre reads the rest.
 #[derive(Debug, PartialEq, Eq)]
-struct SmtpUrl<'a> {
+struct SmtpUrl {
     implicit_tls: bool,
-    host: &'a str,
+    host: String,
     credentials: bool,
     tls_param: bool,
 }
 
-fn parse_smtp_url(url: &str) -> Result<SmtpUrl<'_>, &'static str> {
-    let (implicit_tls, rest) = if let Some(rest) = url.strip_prefix("smtps://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("smtp://") {
-        (false, rest)
-    } else {
-        return Err("must start with smtp:// or smtps://");
+/// Reads an SMTP URL with the `url` crate. Errors never quote the URL: it may hold a
+/// password.
+fn parse_smtp_url(text: &str) -> Result<SmtpUrl, &'static str> {
+    let url = url::Url::parse(text).map_err(|_| "is not a valid URL")?;
+    let implicit_tls = match url.scheme() {
+        "smtps" => true,
+        "smtp" => false,
+        _ => return Err("must start with smtp:// or smtps://"),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((userinfo, hostport)) => (Some(userinfo), hostport),
-        None => (None, authority),
-    };
-    let host = if let Some(bracketed) = hostport.strip_prefix('[') {
-        bracketed.split(']').next().unwrap_or_default()
-    } else {
-        hostport.split(':').next().unwrap_or_default()
+    let host = match url.host() {
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(host) => host.to_string(),
+        None => return Err("has no host"),
     };
     if host.is_empty() {
         return Err("has no host");
     }
-    let query = tail.split_once('?').map_or("", |(_, q)| q);
-    let query = query.split('#').next().unwrap_or_default();
     Ok(SmtpUrl {
         implicit_tls,
         host,
         // lettre authenticates only when the URL has a password.
-        credentials: userinfo.is_some_and(|u| u.contains(':')),
-        tls_param: query.split('&').any(|pair| pair.starts_with("tls=")),
+        credentials: url.password().is_some(),
+        tls_param: url.query_pairs().any(|(name, _)| name == "tls"),
     })
 }
 
@@ -578,7 +571,7 @@ fn smtp_builder(url: &str) -> Result<AsyncSmtpTransportBuilder, String> {
     if !parts.implicit_tls && !parts.tls_param {
         // lettre's plain `smtp://` never upgrades; we upgrade when offered, and insist on it
         // when a password is about to cross the wire.
-        let params = TlsParameters::new(parts.host.to_string())
+        let params = TlsParameters::new(parts.host.clone())
             .map_err(|e| format!("email.smtp_url: TLS setup failed: {e}"))?;
         builder = builder.tls(if parts.credentials {
             Tls::Required(params)
@@ -767,7 +760,7 @@ mod tests {
             parse("smtp://127.0.0.1:2525"),
             Ok(SmtpUrl {
                 implicit_tls: false,
-                host: "127.0.0.1",
+                host: "127.0.0.1".into(),
                 credentials: false,
                 tls_param: false
             })
@@ -776,13 +769,16 @@ mod tests {
             parse("smtps://user:p%40ss@mail.example.com/helo.example?x=1"),
             Ok(SmtpUrl {
                 implicit_tls: true,
-                host: "mail.example.com",
+                host: "mail.example.com".into(),
                 credentials: true,
                 tls_param: false
             })
         );
         let p = parse("smtp://u:p@[::1]:25?tls=required").unwrap();
-        assert_eq!((p.host, p.credentials, p.tls_param), ("::1", true, true));
+        assert_eq!(
+            (p.host.as_str(), p.credentials, p.tls_param),
+            ("::1", true, true)
+        );
         assert!(!parse("smtp://user@host").unwrap().credentials);
         assert!(parse("smtp://").is_err());
         assert!(parse("http://host").is_err());

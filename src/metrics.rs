@@ -197,6 +197,16 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub revocations_cached: IntGauge,
+    /// Rounds of the revocation feed (replicas sharing a store) by result.
+    revocation_feed_rounds: IntCounterVec,
+    /// Revocations taken from the feed (recorded by any replica, this one included).
+    revocation_feed_applied: IntCounter,
+    /// Calls the shared (Redis) limits answered locally instead, by `class` (an auth
+    /// rate-limit class, or `cooldown`) and `reason` (`error`, `timeout`, `down`).
+    pub shared_limit_fallbacks: IntCounterVec,
+    /// 1 while Redis answers the shared limits, 0 after it failed (or before it was first
+    /// reached, and always with `rate_limits.backend = "local"`).
+    pub shared_limit_redis_up: IntGauge,
 }
 
 impl Metrics {
@@ -312,6 +322,32 @@ impl Metrics {
             "Revocation entries held in memory for the proxy path.",
         )?;
         registry.register(Box::new(revocations_cached.clone()))?;
+        let revocation_feed_rounds = IntCounterVec::new(
+            Opts::new(
+                "revocation_feed_rounds_total",
+                "Reads of the shared store's revocation feed by result (ok, error); errors are retried from the same place.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(revocation_feed_rounds.clone()))?;
+        let revocation_feed_applied = IntCounter::new(
+            "revocation_feed_applied_total",
+            "Revocations applied from the shared store's feed (made on any replica).",
+        )?;
+        registry.register(Box::new(revocation_feed_applied.clone()))?;
+        let shared_limit_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "shared_limit_fallbacks_total",
+                "Auth rate-limit and cooldown checks counted on this replica alone because Redis failed (error), did not answer in time (timeout) or had just failed (down).",
+            ),
+            &["class", "reason"],
+        )?;
+        registry.register(Box::new(shared_limit_fallbacks.clone()))?;
+        let shared_limit_redis_up = IntGauge::new(
+            "shared_limit_redis_up",
+            "1 while Redis answers for the shared auth rate limits; 0 after a failure, before it was first reached, and with rate_limits.backend = \"local\".",
+        )?;
+        registry.register(Box::new(shared_limit_redis_up.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new(
                 "build_info",
@@ -343,6 +379,10 @@ impl Metrics {
             connections_open,
             connections_refused,
             revocations_cached,
+            revocation_feed_rounds,
+            revocation_feed_applied,
+            shared_limit_fallbacks,
+            shared_limit_redis_up,
         })
     }
 
@@ -368,6 +408,17 @@ impl Metrics {
 
     pub fn record_upstream(&self, seconds: f64) {
         self.upstream_duration.observe(seconds);
+    }
+
+    /// Counts one round of the revocation feed: `Ok(applied)` or a failed read.
+    pub fn revocation_feed(&self, result: Result<usize, ()>) {
+        match result {
+            Ok(applied) => {
+                self.revocation_feed_rounds.with_label_values(&["ok"]).inc();
+                self.revocation_feed_applied.inc_by(applied as u64);
+            }
+            Err(()) => self.revocation_feed_rounds.with_label_values(&["error"]).inc(),
+        }
     }
 
     pub fn auth_failure(&self, reason: &str) {

@@ -1,5 +1,6 @@
 //! The ops surface: `/healthz` (the process is alive), `/readyz` (it can serve: not draining,
-//! store open, upstream answering when a health path is configured) and `/metrics`
+//! upstream answering when a health path is configured; "degraded", still 200, naming the
+//! store when only the store is away, since the proxy path never needs it) and `/metrics`
 //! (Prometheus text). Served on the main listener, or only on `server.admin_listen` when set.
 
 use bytes::Bytes;
@@ -22,7 +23,18 @@ pub async fn handle<B>(app: &App, request: &Request<B>) -> Option<Response<Full<
     Some(match path {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => match readiness(app).await {
-            Ok(()) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            Ok(None) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            // The proxy path never reads the store, so a replica whose store is away still
+            // serves: taking it out of rotation would cut every proxied request for what
+            // only the auth endpoints need. It says so instead.
+            Ok(Some(down)) => {
+                let body = serde_json::json!({
+                    "status": "degraded",
+                    "down": [down],
+                    "reason": "the store is unavailable: auth endpoints answer 503, proxied requests are served",
+                });
+                json(StatusCode::OK, body.to_string())
+            }
             Err(why) => {
                 tracing::debug!(why, "not ready");
                 let body = serde_json::json!({ "status": "not_ready", "reason": why });
@@ -44,16 +56,17 @@ pub async fn handle<B>(app: &App, request: &Request<B>) -> Option<Response<Full<
     })
 }
 
-/// What `/readyz` checks. Reasons are fixed phrases, never addresses or paths.
-async fn readiness(app: &App) -> Result<(), String> {
+/// What `/readyz` checks: `Err` = not ready (draining, upstream down), `Ok(Some(part))` =
+/// ready but degraded (`store`). Reasons are fixed phrases, never addresses or paths.
+async fn readiness(app: &App) -> Result<Option<&'static str>, String> {
     if app.is_shutting_down() {
         return Err("shutting down".into());
     }
-    app.check_store().await?;
     app.upstream
         .check_health()
         .await
-        .map_err(|_| "upstream not answering".to_string())
+        .map_err(|_| "upstream not answering".to_string())?;
+    Ok(app.check_store().await.err().map(|_| "store"))
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
