@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 
 use crate::config::{Config, RateLimitConfig};
-use crate::cooldown::Cooldowns;
 use crate::email::Mailer;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -16,6 +15,7 @@ use crate::password::Hasher;
 use crate::proxy::Upstream;
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::revocation::{Revocations, UserCutoff};
+use crate::shared_limits::{SharedCooldowns, SharedLimits};
 use crate::store::{Revocation, Store, StoreError};
 use crate::tls::ServerTls;
 use crate::token::{TokenSettings, Tokens};
@@ -106,11 +106,9 @@ impl Default for RequestIds {
 }
 
 /// One limiter per rate-limit class, `None` where the class is off.
+/// The per-replica limiters of the proxy path: the `proxy` class and each route's own. The
+/// auth classes live in [`SharedLimits`], shared across replicas when Redis is configured.
 pub struct Limits {
-    pub login: Option<RateLimiter>,
-    pub register: Option<RateLimiter>,
-    pub refresh: Option<RateLimiter>,
-    pub forgot_password: Option<RateLimiter>,
     pub proxy: Option<RateLimiter>,
     /// Indexed like the policy's routes.
     pub routes: Vec<Option<RateLimiter>>,
@@ -120,10 +118,6 @@ impl Limits {
     pub fn new(config: &RateLimitConfig) -> Limits {
         let make = |rate: &Option<Rate>| rate.map(|r| RateLimiter::new(r, config.capacity));
         Limits {
-            login: make(&config.login),
-            register: make(&config.register),
-            refresh: make(&config.refresh),
-            forgot_password: make(&config.forgot_password),
             proxy: make(&config.proxy),
             routes: config.routes.iter().map(make).collect(),
         }
@@ -146,6 +140,8 @@ pub enum StartError {
     Mail(String),
     /// `upstream.*`: the upstream client could not be built (its CA bundle).
     Upstream(String),
+    /// `rate_limits.*`: the shared limits could not be set up.
+    RateLimits(String),
     /// The metrics registry refused a metric (a bug).
     Metrics(prometheus::Error),
     /// `server.listen` / `server.admin_listen` could not be bound.
@@ -166,6 +162,7 @@ impl std::fmt::Display for StartError {
             StartError::Password(e) => write!(f, "auth.password: {e}"),
             StartError::Mail(e) => write!(f, "email: {e}"),
             StartError::Upstream(e) => write!(f, "upstream: {e}"),
+            StartError::RateLimits(e) => write!(f, "{e}"),
             StartError::Metrics(e) => write!(f, "metrics: {e}"),
             StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::Task(e) => write!(f, "start-up task: {e}"),
@@ -189,8 +186,11 @@ pub struct App {
     pub request_ids: RequestIds,
     /// Outgoing mail (reset, verification, notices), delivered off the request path.
     pub mailer: Mailer,
-    /// Per-address forgot-password and per-user resend cooldowns.
-    pub cooldowns: Cooldowns,
+    /// The auth rate-limit classes (login, register, refresh, forgot_password): counted in
+    /// Redis across replicas when `rate_limits.backend = "redis"`, here otherwise.
+    pub shared_limits: SharedLimits,
+    /// Per-address forgot-password and per-user resend cooldowns, shared like the limits.
+    pub cooldowns: SharedCooldowns,
     /// The budget of forgot-password work running in the background
     /// ([`MAX_BACKGROUND_JOBS`]).
     pub background_jobs: Arc<tokio::sync::Semaphore>,
@@ -230,6 +230,9 @@ impl App {
             }
         }
         let metrics = Metrics::new(&rule_labels).map_err(StartError::Metrics)?;
+        let shared_limits =
+            SharedLimits::new(&config.rate_limits, &metrics).map_err(StartError::RateLimits)?;
+        let cooldowns = shared_limits.cooldowns(config.auth.forgot_cooldown);
         let tokens = Tokens::new(TokenSettings {
             secret: config.tokens.secret.expose().as_bytes().to_vec(),
             issuer: config.tokens.issuer.clone(),
@@ -275,7 +278,8 @@ impl App {
             clock,
             request_ids: RequestIds::new(),
             mailer,
-            cooldowns: Cooldowns::new(config.auth.forgot_cooldown),
+            shared_limits,
+            cooldowns,
             background_jobs: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_JOBS)),
             tls: None,
             shutting_down: AtomicBool::new(false),
@@ -309,6 +313,8 @@ impl App {
         app.tls = tls;
         let app = Arc::new(app);
         app.mailer.start();
+        // Logs whether Redis answers; never fails the start (limits fall back to local).
+        app.shared_limits.connect().await;
         if app.config.auth.expose_debug_tokens {
             tracing::warn!(
                 "auth.expose_debug_tokens is ON: reset and verification tokens appear in API \

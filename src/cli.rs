@@ -42,6 +42,18 @@ pub enum Command {
     },
     /// Run gatehouse in front of a demo echo upstream with an embedded config.
     Demo(DemoArgs),
+    /// Work on the configured store itself.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Apply pending schema migrations (ahead of a rollout) and print what was done. Safe
+    /// while replicas run and while others migrate: migrations run one at a time under a lock.
+    Migrate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +106,46 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Demo(args) => demo(&args),
+        Command::Store {
+            command: StoreCommand::Migrate,
+        } => match require_config(cli.config.as_deref()).and_then(|path| load_config(&path)) {
+            Ok(config) => store_migrate(&config),
+            Err(code) => code,
+        },
+    }
+}
+
+/// `gatehouse store migrate`: one line per migration applied, then the version in force.
+fn store_migrate(config: &Config) -> ExitCode {
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::store::migrate(&config.store)) {
+        Ok(done) => {
+            for name in &done.applied {
+                println!("applied {name}");
+            }
+            if done.applied.is_empty() {
+                println!(
+                    "{} store schema is up to date at version {}; nothing to do",
+                    done.backend, done.version
+                );
+            } else {
+                println!(
+                    "{} store schema now at version {}",
+                    done.backend, done.version
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: store: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -184,9 +184,7 @@ impl Error {
             }
             Error::RateLimited { .. } | Error::AccountLocked { .. } => Outcome::RateLimited,
             Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Outcome::UpstreamError,
-            Error::Internal(_) | Error::Unavailable(_) | Error::StoreUnavailable => {
-                Outcome::Failed
-            }
+            Error::Internal(_) | Error::Unavailable(_) | Error::StoreUnavailable => Outcome::Failed,
             _ => Outcome::Rejected,
         }
     }
@@ -231,9 +229,7 @@ impl Error {
             Error::UpstreamUnavailable(_) => "The upstream service is unavailable".into(),
             Error::UpstreamTimeout => "The upstream service did not answer in time".into(),
             Error::Unavailable(_) => "The service is not ready".into(),
-            Error::StoreUnavailable => {
-                "The account store is unavailable; try again shortly".into()
-            }
+            Error::StoreUnavailable => "The account store is unavailable; try again shortly".into(),
             Error::Internal(_) => "Internal error".into(),
         }
     }

@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::client_ip;
 use crate::error::{Error, TokenRefusal};
 use crate::ratelimit::{self, RateLimiter};
+use crate::shared_limits::AuthClass;
 use crate::token::{Claims, TokenError, bearer};
 
 /// Verifies the bearer token if one is present: `Ok(None)` is an anonymous caller. A token
@@ -66,7 +67,31 @@ pub fn check_rate(
     client: IpAddr,
     class: &'static str,
 ) -> Result<(), Error> {
-    match limiter.check(client_ip::rate_key(client), Instant::now()) {
+    let outcome = limiter.check(client_ip::rate_key(client), Instant::now());
+    refuse_if_limited(app, outcome, class)
+}
+
+/// Charges one request from `client` to an auth rate-limit class: shared across replicas
+/// when Redis is configured (never waiting on it longer than `rate_limits.redis_timeout`),
+/// local otherwise. A class that is off allows everything.
+pub async fn limit_auth(app: &App, class: AuthClass, client: IpAddr) -> Result<(), Error> {
+    match app
+        .shared_limits
+        .check(class, client_ip::rate_key(client))
+        .await
+    {
+        Some(outcome) => refuse_if_limited(app, outcome, class.label()),
+        None => Ok(()),
+    }
+}
+
+/// Over the limit is 429 with the quota headers, counted under `class`.
+fn refuse_if_limited(
+    app: &App,
+    outcome: ratelimit::Outcome,
+    class: &'static str,
+) -> Result<(), Error> {
+    match outcome {
         ratelimit::Outcome::Allowed { .. } => Ok(()),
         ratelimit::Outcome::Limited {
             limit,
@@ -79,18 +104,5 @@ pub fn check_rate(
                 quota: Some((limit, reset_secs)),
             })
         }
-    }
-}
-
-/// Applies a rate-limit class that may be switched off (`None`).
-pub fn limit(
-    app: &App,
-    limiter: Option<&RateLimiter>,
-    client: IpAddr,
-    class: &'static str,
-) -> Result<(), Error> {
-    match limiter {
-        Some(limiter) => check_rate(app, limiter, client, class),
-        None => Ok(()),
     }
 }

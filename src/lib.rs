@@ -17,6 +17,8 @@
 //! - [`token`]: access-token issue and verification; opaque token helpers.
 //! - [`revocation`]: the in-memory revocation cache the proxy path checks.
 //! - [`client_ip`], [`ratelimit`]: who the client is; per-key rate limits.
+//!   [`shared_limits`]: the auth classes and cooldowns, shared across replicas in Redis
+//!   (the only Redis importer).
 //! - [`proxy`]: the only module that talks to the upstream; header rewriting both ways.
 //! - [`websocket`]: splicing an authorised WebSocket upgrade both ways.
 //! - [`auth`]: the identity endpoints under `auth.prefix` (HTTP handlers and pages).
@@ -55,6 +57,7 @@ pub mod ratelimit;
 pub mod response;
 pub mod revocation;
 pub mod server;
+pub mod shared_limits;
 pub mod store;
 pub mod tls;
 pub mod token;

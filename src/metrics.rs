@@ -417,7 +417,10 @@ impl Metrics {
                 self.revocation_feed_rounds.with_label_values(&["ok"]).inc();
                 self.revocation_feed_applied.inc_by(applied as u64);
             }
-            Err(()) => self.revocation_feed_rounds.with_label_values(&["error"]).inc(),
+            Err(()) => self
+                .revocation_feed_rounds
+                .with_label_values(&["error"])
+                .inc(),
         }
     }
 

@@ -411,9 +411,17 @@ impl RateLimiter {
         }
     }
 
+    /// The limiter's GCRA constants in its own ticks: ticks per millisecond, the emission
+    /// interval (`per / count`) and the tolerance (`per`). A backend that keeps the TATs
+    /// elsewhere (the shared limiter's Redis script) runs GCRA with these and hands the
+    /// backlog it found to [`RateLimiter::verdict`], so both decide and answer alike.
+    pub(crate) fn gcra_ticks(&self) -> (u64, u64, u64) {
+        (self.ticks_per_ms, self.emission, self.tolerance)
+    }
+
     /// The verdict for a request arriving while the key's TAT lies `backlog` ticks ahead, and
     /// the new backlog to store if it is allowed.
-    fn verdict(&self, backlog: u64) -> (Outcome, Option<u64>) {
+    pub(crate) fn verdict(&self, backlog: u64) -> (Outcome, Option<u64>) {
         let limit = self.rate.count();
         let after = backlog + self.emission;
         if after <= self.tolerance {

@@ -53,6 +53,7 @@ use crate::app::App;
 use crate::email::Mail;
 use crate::error::Error;
 use crate::guard;
+use crate::shared_limits::AuthClass;
 use crate::store::{
     OneTimeKind, OneTimeRecord, StoreError, TokenHash, UserRecord, UserUpdate, fold,
 };
@@ -70,12 +71,7 @@ pub async fn forgot_password(
     caller: Caller,
     email: &str,
 ) -> Result<Option<String>, Error> {
-    guard::limit(
-        app,
-        app.limits.forgot_password.as_ref(),
-        caller.ip,
-        "forgot_password",
-    )?;
+    guard::limit_auth(app, AuthClass::ForgotPassword, caller.ip).await?;
     let email = email.trim();
     if let Err(reason) = check_email(email) {
         return Err(Error::ValidationFailed(vec![(
@@ -85,7 +81,12 @@ pub async fn forgot_password(
     }
     let email = fold(email);
     let cooldown_key = format!("r:{email}");
-    if app.cooldowns.begin(&cooldown_key, app.clock.now()).is_err() {
+    if app
+        .cooldowns
+        .begin(&cooldown_key, app.clock.now())
+        .await
+        .is_err()
+    {
         app.metrics.auth_event("forgot_password", "cooldown");
         return Ok(None);
     }
@@ -105,7 +106,7 @@ pub async fn forgot_password(
         Err(_) => {
             // Nothing was sent, so the address must not sit in its cooldown: the user's
             // retry a moment later has to get through.
-            app.cooldowns.cancel(&cooldown_key);
+            app.cooldowns.cancel(&cooldown_key).await;
             app.metrics.auth_event("forgot_password", "shed");
             tracing::warn!(
                 target: "gatehouse::audit",
@@ -299,12 +300,7 @@ pub async fn resend_verification(
     caller: Caller,
     claims: &Claims,
 ) -> Result<Resent, Error> {
-    guard::limit(
-        app,
-        app.limits.forgot_password.as_ref(),
-        caller.ip,
-        "forgot_password",
-    )?;
+    guard::limit_auth(app, AuthClass::ForgotPassword, caller.ip).await?;
     let user = current_user(app, claims).await?;
     if user.email_verified {
         return Ok(Resent::AlreadyVerified);
@@ -313,6 +309,7 @@ pub async fn resend_verification(
     if let Err(left) = app
         .cooldowns
         .begin(&format!("v:{}", user.id), app.clock.now())
+        .await
     {
         return Err(Error::RateLimited {
             retry_after_secs: left.max(1),
@@ -353,7 +350,8 @@ pub async fn after_register(app: &App, user: &UserRecord) {
     // Counts as the first send, so an impatient resend right after sign-up waits.
     let _ = app
         .cooldowns
-        .begin(&format!("v:{}", user.id), app.clock.now());
+        .begin(&format!("v:{}", user.id), app.clock.now())
+        .await;
     if let Err(e) = send_verification(app, user).await {
         e.log("register");
     }

@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::error::{Error, TokenRefusal};
 use crate::guard;
 use crate::password::VerifyOutcome;
+use crate::shared_limits::AuthClass;
 use crate::store::{
     LockoutPolicy, Revocation, RotateOutcome, SessionRecord, UserRecord, UserUpdate, fold, new_id,
 };
@@ -56,7 +57,7 @@ pub async fn login(
     login: &str,
     password: String,
 ) -> Result<Grant, Error> {
-    guard::limit(app, app.limits.login.as_ref(), caller.ip, "login")?;
+    guard::limit_auth(app, AuthClass::Login, caller.ip).await?;
     if login.trim().is_empty() {
         return Err(Error::InvalidRequest(
             "email or username is required".into(),
@@ -270,7 +271,7 @@ fn grant(
 /// Rotates a refresh token: the presented one is spent and a new one returned with a new
 /// access token. A token presented again after rotation revokes its whole session.
 pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<Grant, Error> {
-    guard::limit(app, app.limits.refresh.as_ref(), caller.ip, "refresh")?;
+    guard::limit_auth(app, AuthClass::Refresh, caller.ip).await?;
     if refresh_token.is_empty() || refresh_token.len() > MAX_REFRESH_TOKEN {
         return Err(Error::Token(TokenRefusal::Invalid("malformed")));
     }

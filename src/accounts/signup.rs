@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::config::Registration;
 use crate::error::Error;
 use crate::guard;
+use crate::shared_limits::AuthClass;
 use crate::store::UserRecord;
 
 /// A sign-up as a client asks for it.
@@ -22,7 +23,7 @@ pub struct SignUp {
 /// choose (`auth.selectable_roles`), then [`create_user`] and the verification mail.
 /// Audited.
 pub async fn register(app: &App, caller: Caller, sign_up: SignUp) -> Result<UserRecord, Error> {
-    guard::limit(app, app.limits.register.as_ref(), caller.ip, "register")?;
+    guard::limit_auth(app, AuthClass::Register, caller.ip).await?;
     if app.config.auth.registration == Registration::Closed {
         return Err(Error::ForbiddenBecause("Registration is closed"));
     }

@@ -6,6 +6,7 @@ use super::{Caller, audit};
 use crate::app::App;
 use crate::error::{Error, TokenRefusal};
 use crate::guard;
+use crate::shared_limits::AuthClass;
 use crate::store::{Revocation, UserRecord, new_id};
 use crate::token::Claims;
 
@@ -204,7 +205,7 @@ pub async fn change_password(
     current_password: String,
     new_password: String,
 ) -> Result<(), Error> {
-    guard::limit(app, app.limits.login.as_ref(), caller.ip, "login")?;
+    guard::limit_auth(app, AuthClass::Login, caller.ip).await?;
     let user = current_user(app, claims).await?;
     match app
         .hasher

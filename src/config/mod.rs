@@ -247,6 +247,17 @@ impl AuthConfig {
     }
 }
 
+/// Where the auth rate-limit classes (`login`, `register`, `refresh`, `forgot_password`)
+/// and the forgot-password cooldown are counted (`rate_limits.backend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    /// In this process: each replica counts on its own.
+    Local,
+    /// In Redis, once across replicas; per replica while Redis does not answer. The URL may
+    /// carry a password.
+    Redis { url: Secret },
+}
+
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     pub login: Option<Rate>,
@@ -257,6 +268,12 @@ pub struct RateLimitConfig {
     /// Per-route limits, indexed like `routes`.
     pub routes: Vec<Option<Rate>>,
     pub capacity: usize,
+    /// The proxy class and per-route limits are always local, whatever this says.
+    pub backend: RateLimitBackend,
+    /// Prepended to every Redis key gatehouse writes.
+    pub redis_prefix: String,
+    /// The longest an auth request waits for Redis before counting locally.
+    pub redis_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -288,12 +305,38 @@ pub struct LogConfig {
     pub access: bool,
 }
 
+/// Which backend holds users, sessions and revocations (`store.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// Embedded sled in `store.path`: one process at a time.
+    Sled,
+    /// PostgreSQL at `store.url`: any number of replicas.
+    Postgres,
+}
+
+/// `[store]`. Every key is read whatever the backend; each backend uses its own.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// The sled directory.
+    pub path: PathBuf,
+    /// The `postgres://` URL, already checked by `store::postgres::check_url`; may carry a
+    /// password, hence a [`Secret`]. Empty with the sled backend.
+    pub url: Secret,
+    /// Pooled connections per process (the LISTEN connection comes on top).
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// The longest a request waits for a free pooled connection.
+    pub acquire_timeout: Duration,
+}
+
 /// The validated configuration: everything parsed and compiled once at start.
 #[derive(Debug)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
-    pub store_path: PathBuf,
+    pub store: StoreConfig,
     pub tokens: TokensConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,

@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use super::read::{Section, did_you_mean, header_name};
 use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, HeadersConfig, LockoutConfig,
-    LogConfig, LogFormat, RateLimitConfig, Registration, ServerConfig, TlsConfig, TokensConfig,
-    UpstreamConfig, UpstreamUrl,
+    LogConfig, LogFormat, RateLimitBackend, RateLimitConfig, Registration, ServerConfig,
+    StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
@@ -25,7 +25,7 @@ use crate::ratelimit::{Rate, parse_rate};
 pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     let server = server(&mut root.section("server"));
     let upstream = upstream(&mut root.section("upstream"));
-    let store_path = store(&mut root.section("store"));
+    let store = store(&mut root.section("store"));
     let tokens = tokens(&mut root.section("tokens"));
     let auth = auth(&mut root.section("auth"));
     let routes = root.tables("routes", route);
@@ -38,7 +38,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     Some(Config {
         server,
         upstream,
-        store_path,
+        store,
         tokens,
         auth,
         rate_limits,
@@ -190,8 +190,24 @@ const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
 const DEFAULT_UPSTREAM_POOL_IDLE: &str = "50s";
 /// Idle pooled connections kept to the upstream.
 const DEFAULT_UPSTREAM_POOL_MAX_IDLE: usize = 512;
+/// Embedded, so a single instance needs nothing else running; `postgres` is one line away.
+const DEFAULT_STORE_BACKEND: &str = "sled";
 /// Beside the working directory, where a first run from a checkout finds it.
 const DEFAULT_STORE_PATH: &str = "./gatehouse-data";
+/// An auth request holds a connection for a few milliseconds, and argon2 keeps logins to a
+/// few dozen a second per core, so 16 is rarely all busy; three replicas with 16 each (plus
+/// one LISTEN connection apiece) stay well inside PostgreSQL's default max_connections (100).
+const DEFAULT_STORE_POOL_SIZE: usize = 16;
+/// TCP, TLS and authentication to a database on the same network take milliseconds; 5s rides
+/// out a failover's address change without holding requests behind a dead host for long.
+const DEFAULT_STORE_CONNECT_TIMEOUT: &str = "5s";
+/// Every statement gatehouse sends is an indexed lookup or a small write that takes
+/// milliseconds; one still running after 5s is stuck behind a lock or a sick server, and its
+/// request is better answered 503 (and its connection freed) than held.
+const DEFAULT_STORE_STATEMENT_TIMEOUT: &str = "5s";
+/// A request that waited 2s for a pooled connection is better answered 503 with
+/// Retry-After than queued further: under overload the queue would only grow.
+const DEFAULT_STORE_ACQUIRE_TIMEOUT: &str = "2s";
 
 fn upstream(s: &mut Section<'_>) -> UpstreamConfig {
     UpstreamConfig {
@@ -261,16 +277,63 @@ pub(super) fn parse_upstream_url(value: &str) -> Result<UpstreamUrl, String> {
     })
 }
 
-fn store(s: &mut Section<'_>) -> PathBuf {
-    s.str("path", DEFAULT_STORE_PATH)
-        .check(|p| {
-            if p.trim().is_empty() {
-                Err("is required".into())
-            } else {
+fn store(s: &mut Section<'_>) -> StoreConfig {
+    let backend = s
+        .str("backend", DEFAULT_STORE_BACKEND)
+        .parse(|b| match b.as_str() {
+            "sled" => Ok(StoreBackend::Sled),
+            "postgres" => Ok(StoreBackend::Postgres),
+            other => Err(format!("{other:?} is not sled or postgres")),
+        });
+    let path = s.str("path", DEFAULT_STORE_PATH).check(|p| {
+        if p.trim().is_empty() && backend == Some(StoreBackend::Sled) {
+            Err("is required with backend = \"sled\"".into())
+        } else {
+            Ok(())
+        }
+    });
+    // May carry a password, so a Secret: it never reaches a log line or an error message
+    // (check_url's messages name the problem, never the value).
+    let url = s
+        .get("url", super::Secret::default())
+        .map(|u| super::Secret::new(u.expose().trim()))
+        .check(|url| {
+            // Checked whenever set, so a typo shows before the backend is switched over.
+            if url.is_empty() {
                 Ok(())
+            } else {
+                crate::store::postgres::check_url(url.expose())
             }
-        })
-        .into()
+        });
+    if backend == Some(StoreBackend::Postgres) && url.is_empty() {
+        s.err(
+            "url",
+            "is required when backend = \"postgres\" (e.g. \"postgres://gatehouse@db:5432/gatehouse?sslmode=verify-full\", or GATEHOUSE_STORE_URL)",
+        );
+    }
+    let at_least_a_millisecond = |d: &Duration| {
+        if d.as_millis() == 0 {
+            Err("must be at least 1ms".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    StoreConfig {
+        backend: backend.unwrap_or(StoreBackend::Sled),
+        path: path.into(),
+        url,
+        pool_size: s.get("pool_size", DEFAULT_STORE_POOL_SIZE).at_least(1),
+        connect_timeout: s
+            .duration("connect_timeout", DEFAULT_STORE_CONNECT_TIMEOUT)
+            .check(at_least_a_millisecond),
+        // PostgreSQL takes milliseconds, and 0 would switch the timeout off.
+        statement_timeout: s
+            .duration("statement_timeout", DEFAULT_STORE_STATEMENT_TIMEOUT)
+            .check(at_least_a_millisecond),
+        acquire_timeout: s
+            .duration("acquire_timeout", DEFAULT_STORE_ACQUIRE_TIMEOUT)
+            .check(at_least_a_millisecond),
+    }
 }
 
 /// Empty strings mean "not set" throughout the file.
@@ -553,18 +616,84 @@ const DEFAULT_FORGOT_PASSWORD_RATE: &str = "3/1h";
 const DEFAULT_PROXY_RATE: &str = "0";
 /// Keys tracked per rate-limit class; a fixed table, so memory does not grow with clients.
 const DEFAULT_RATE_LIMIT_CAPACITY: usize = 65_536;
+/// Local, so a single instance needs nothing else running; `redis` is one line away.
+const DEFAULT_RATE_LIMIT_BACKEND: &str = "local";
+/// Namespaces gatehouse's keys in a Redis that other applications share.
+const DEFAULT_REDIS_PREFIX: &str = "gatehouse:";
+/// Redis answers within a millisecond on a healthy network; an auth request that has waited
+/// 100ms for it is better served by counting locally than by waiting longer.
+const DEFAULT_REDIS_TIMEOUT: &str = "100ms";
+/// The longest `redis_timeout` accepted: every auth request may wait this long while Redis
+/// hangs, so more than a second would turn a Redis fault into an outage.
+const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
+    let login = s.rate("login", DEFAULT_LOGIN_RATE).get();
+    let register = s.rate("register", DEFAULT_REGISTER_RATE).get();
+    let refresh = s.rate("refresh", DEFAULT_REFRESH_RATE).get();
+    let forgot_password = s
+        .rate("forgot_password", DEFAULT_FORGOT_PASSWORD_RATE)
+        .get();
+    let proxy = s.rate("proxy", DEFAULT_PROXY_RATE).get();
+    let capacity = s.get("capacity", DEFAULT_RATE_LIMIT_CAPACITY).at_least(64);
+    let backend = s.str("backend", DEFAULT_RATE_LIMIT_BACKEND).get();
+    // May carry a password, so a Secret: it never reaches a log line or an error message.
+    let redis_url = s
+        .get("redis_url", super::Secret::default())
+        .map(|u| super::Secret::new(u.expose().trim()))
+        .check(|url| {
+            // Checked whenever set, so a typo shows before the backend is switched over.
+            if url.is_empty() {
+                Ok(())
+            } else {
+                crate::shared_limits::redis::check_url(url.expose())
+            }
+        });
+    let redis_prefix = s.str("redis_prefix", DEFAULT_REDIS_PREFIX).check(|p| {
+        if p.is_empty() {
+            Err("must not be empty: keys need a namespace in a shared Redis".into())
+        } else if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Err("must not contain spaces or control characters".into())
+        } else {
+            Ok(())
+        }
+    });
+    let redis_timeout = s
+        .duration("redis_timeout", DEFAULT_REDIS_TIMEOUT)
+        .check(|t| {
+            if *t < Duration::from_millis(1) || *t > MAX_REDIS_TIMEOUT {
+                Err("must be between 1ms and 1s: every auth request may wait this long while Redis hangs".into())
+            } else {
+                Ok(())
+            }
+        });
+    let backend = match backend.as_str() {
+        "local" => RateLimitBackend::Local,
+        "redis" => {
+            if redis_url.is_empty() {
+                s.err(
+                    "redis_url",
+                    "is required when backend = \"redis\" (e.g. \"redis://127.0.0.1:6379/0\", or GATEHOUSE_RATE_LIMITS_REDIS_URL)",
+                );
+            }
+            RateLimitBackend::Redis { url: redis_url }
+        }
+        other => {
+            s.err("backend", format!("{other:?} is not local or redis"));
+            RateLimitBackend::Local
+        }
+    };
     RateLimitConfig {
-        login: s.rate("login", DEFAULT_LOGIN_RATE).get(),
-        register: s.rate("register", DEFAULT_REGISTER_RATE).get(),
-        refresh: s.rate("refresh", DEFAULT_REFRESH_RATE).get(),
-        forgot_password: s
-            .rate("forgot_password", DEFAULT_FORGOT_PASSWORD_RATE)
-            .get(),
-        proxy: s.rate("proxy", DEFAULT_PROXY_RATE).get(),
+        login,
+        register,
+        refresh,
+        forgot_password,
+        proxy,
         routes: routes.iter().map(|r| r.rate_limit).collect(),
-        capacity: s.get("capacity", DEFAULT_RATE_LIMIT_CAPACITY).at_least(64),
+        capacity,
+        backend,
+        redis_prefix,
+        redis_timeout,
     }
 }
 
