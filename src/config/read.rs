@@ -515,9 +515,25 @@ impl Drop for Section<'_> {
             if let Some(near) = did_you_mean(key, self.read.iter().map(String::as_str)) {
                 message.push_str(&format!("; did you mean {}?", self.path_of(near)));
             }
-            let path = self.path_of(key);
+            // Keys as TOML would have to write them: an empty or dotted key in quotes, so
+            // `"" = 1` is reported as `""`, not as the section, and `"a.b"` is not `a.b`.
+            let path = self.path_of(&toml_key(key));
             self.cx.err(path, message);
         }
+    }
+}
+
+/// A key spelled as TOML needs it: bare when it is made of `A-Z a-z 0-9 _ -`, quoted
+/// (with JSON-style escapes, which TOML basic strings share) otherwise.
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_string()
+    } else {
+        serde_json::Value::from(key).to_string()
     }
 }
 

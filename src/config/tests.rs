@@ -414,3 +414,25 @@ fn secrets_do_not_leak_through_debug() {
     let config = Config::from_toml(&minimal(), no_env()).unwrap();
     assert!(!format!("{config:?}").contains(SECRET));
 }
+
+/// Found by the config fuzzer: an empty or dotted key must be reported as TOML spells it,
+/// never as an empty key or as the section around it.
+#[test]
+fn odd_unknown_keys_are_quoted() {
+    let base = "upstream.url = \"http://127.0.0.1:1\"\ntokens.secret = \"0123456789abcdef0123456789abcdef\"\n";
+    for (extra, key) in [
+        ("\"\" = 1\n", "\"\""),
+        ("[\"\"]\nx = 1\n", "\"\""),
+        ("\"a.b\" = 1\n", "\"a.b\""),
+        ("[server]\n\"\" = 1\n", "server.\"\""),
+    ] {
+        let errors = Config::from_toml(&format!("{base}{extra}"), Vec::new())
+            .err()
+            .unwrap_or_else(|| panic!("{extra:?} was accepted"));
+        assert!(
+            errors.0.iter().any(|e| e.key == key),
+            "{extra:?}: {:?}",
+            errors.0
+        );
+    }
+}
