@@ -8,6 +8,7 @@ mod binary;
 mod crash;
 mod harness;
 mod ops;
+mod pg;
 mod policy;
 mod proxy;
 mod recovery;
