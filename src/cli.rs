@@ -42,7 +42,8 @@ pub enum Command {
     },
     /// Run gatehouse in front of a demo echo upstream with an embedded config.
     Demo(DemoArgs),
-    /// Work on the configured store itself.
+    /// Work on the store itself: apply schema migrations, or copy every record into
+    /// another store (sled to PostgreSQL and back).
     Store {
         #[command(subcommand)]
         command: StoreCommand,
@@ -54,6 +55,43 @@ pub enum StoreCommand {
     /// Apply pending schema migrations (ahead of a rollout) and print what was done. Safe
     /// while replicas run and while others migrate: migrations run one at a time under a lock.
     Migrate,
+    /// Copy every record from the store of one config to the store of another.
+    ///
+    /// Copies users (ids, password hashes, roles, flags, timestamps), sessions, every
+    /// refresh-token hash (current and rotated, so reuse is still detected), revocations,
+    /// pending reset and verification tokens, and login-failure counters: sled to
+    /// PostgreSQL, PostgreSQL to sled, sled to sled, PostgreSQL to PostgreSQL. Secrets stay
+    /// hashed; users keep their passwords and sessions.
+    ///
+    /// The source is only read (a PostgreSQL source in one snapshot, so replicas may keep
+    /// serving from it; a sled source must not be held by a running server). PostgreSQL
+    /// migrations are applied to the target first. A target that holds any record is
+    /// refused unless --into-nonempty. Into PostgreSQL the copy is one transaction: all or
+    /// nothing. Into sled it is flushed to disk before success is reported; a sled store
+    /// whose copy was interrupted refuses to serve until the same copy is run again with
+    /// --into-nonempty, or the directory is deleted. Prints the number of records copied
+    /// of each kind.
+    ///
+    /// Both files are read as `serve` reads them (each must be a valid config), and only
+    /// their [store] sections matter. GATEHOUSE_STORE_* variables are refused: they would
+    /// apply to both.
+    Copy(CopyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Config file of the store to copy from (never changed).
+    #[arg(long, value_name = "OLD.toml")]
+    pub from: PathBuf,
+    /// Config file of the store to copy into.
+    #[arg(long, value_name = "NEW.toml")]
+    pub to: PathBuf,
+    /// Copy into a target that already holds records. The whole source is first checked
+    /// against it: records it holds identically are skipped, a revocation keeps the later
+    /// expiry, and any other record under a taken id, hash, email or username stops the
+    /// copy before anything is written.
+    #[arg(long)]
+    pub into_nonempty: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,7 +150,81 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(config) => store_migrate(&config),
             Err(code) => code,
         },
+        Command::Store {
+            command: StoreCommand::Copy(args),
+        } => store_copy(&args),
     }
+}
+
+/// `gatehouse store copy`: the counts of each kind, then a line saying where they are.
+fn store_copy(args: &CopyArgs) -> ExitCode {
+    let store_vars: Vec<String> = std::env::vars()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("GATEHOUSE_STORE_"))
+        .collect();
+    if !store_vars.is_empty() {
+        eprintln!(
+            "error: {} set: it would apply to both --from and --to. Put each store's \
+             settings in its own file and unset it.",
+            store_vars.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let (from, to) = match (load_config(&args.from), load_config(&args.to)) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let rt = match runtime(2) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = crate::store::copy::CopyOptions {
+        into_nonempty: args.into_nonempty,
+        ..Default::default()
+    };
+    let report = match rt.block_on(crate::store::copy::copy(&from.store, &to.store, &options)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "copied the {} store of {} into the {} store of {}",
+        report.from,
+        args.from.display(),
+        report.to,
+        args.to.display()
+    );
+    for name in &report.migrations {
+        println!("applied migration {name} to the target first");
+    }
+    for kind in crate::store::copy::Kind::ALL {
+        let present = report.present.get(kind);
+        if report.target_was_empty {
+            println!("  {:<28}{:>10}", kind.label(), report.copied.get(kind));
+        } else {
+            println!(
+                "  {:<28}{:>10}  ({present} already there)",
+                kind.label(),
+                report.copied.get(kind)
+            );
+        }
+    }
+    let durable = if report.to == "postgres" {
+        "committed in one transaction"
+    } else {
+        "flushed to disk"
+    };
+    println!(
+        "{} records copied in {:.1}s, {durable}",
+        report.copied.total(),
+        report.elapsed.as_secs_f64()
+    );
+    ExitCode::SUCCESS
 }
 
 /// `gatehouse store migrate`: one line per migration applied, then the version in force.

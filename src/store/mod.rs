@@ -23,7 +23,11 @@
 //! - **Case-folded uniqueness.** Emails and usernames are unique after [`fold`] (trim and
 //!   lowercase), so `Alice@Example.com` and `alice@example.com ` are the same account, while the
 //!   record keeps the spelling the user chose.
+//! - **Copying between stores** (`gatehouse store copy`) is part of the trait: each backend
+//!   exports every record and imports a stream of them, under the contract written in
+//!   [`copy`].
 
+pub mod copy;
 pub mod postgres;
 pub mod sled;
 
@@ -41,6 +45,52 @@ pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, Stor
             Ok(Arc::new(Blocking(Arc::new(store))))
         }
         StoreBackend::Postgres => Ok(Arc::new(postgres::PgStore::open(&config.store).await?)),
+    }
+}
+
+/// For `gatehouse store copy`: the source, opened without changing it: a sled directory must exist; a PostgreSQL
+/// schema must be at this binary's version (it is not migrated).
+pub(crate) async fn open_copy_source(
+    config: &StoreConfig,
+) -> Result<Arc<dyn Store>, copy::CopyError> {
+    match config.backend {
+        StoreBackend::Sled => {
+            if !config.path.is_dir() {
+                return Err(copy::CopyError::NoSource(config.path.clone()));
+            }
+            let path = config.path.clone();
+            let store = tokio::task::spawn_blocking(move || sled::SledStore::open(&path))
+                .await
+                .map_err(|e| copy::CopyError::Source(StoreError::Io(format!("store task: {e}"))))?
+                .map_err(copy::CopyError::Source)?;
+            Ok(Arc::new(Blocking(Arc::new(store))))
+        }
+        StoreBackend::Postgres => Ok(Arc::new(
+            postgres::PgStore::open_existing(config)
+                .await
+                .map_err(copy::CopyError::Source)?,
+        )),
+    }
+}
+
+/// For `gatehouse store copy`: the target, created or migrated as needed; a sled target may carry the mark of an
+/// interrupted copy (this copy is what finishes it).
+pub(crate) async fn open_copy_target(
+    config: &StoreConfig,
+) -> Result<(Arc<dyn Store>, Vec<&'static str>), StoreError> {
+    match config.backend {
+        StoreBackend::Sled => {
+            let path = config.path.clone();
+            let store = tokio::task::spawn_blocking(move || sled::SledStore::open_for_copy(&path))
+                .await
+                .map_err(|e| StoreError::Io(format!("store task: {e}")))??;
+            Ok((Arc::new(Blocking(Arc::new(store))), Vec::new()))
+        }
+        StoreBackend::Postgres => {
+            let migrated = postgres::migrate(config).await?;
+            let store = postgres::PgStore::open(config).await?;
+            Ok((Arc::new(store), migrated.applied))
+        }
     }
 }
 
@@ -299,6 +349,12 @@ pub enum StoreError {
     /// The database cannot be reached now (connection refused or lost, pool exhausted, a
     /// timeout): nothing was done, and the same call may succeed later.
     Unavailable(String),
+    /// A sled store that an interrupted `gatehouse store copy` was writing: it may hold part
+    /// of the records only, so it is not served (see [`copy`]).
+    Incomplete { path: String },
+    /// An import found the target holding a different record with the same id, hash or
+    /// unique key (described by kind and id, never by email).
+    CopyConflict(String),
 }
 
 impl fmt::Display for StoreError {
@@ -321,6 +377,13 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt(detail) => write!(f, "the store is corrupt: {detail}"),
             StoreError::Io(detail) => write!(f, "store I/O error: {detail}"),
             StoreError::Unavailable(detail) => write!(f, "the store is unavailable: {detail}"),
+            StoreError::Incomplete { path } => write!(
+                f,
+                "the store at {path} is incomplete: a `gatehouse store copy` into it was \
+                 interrupted. Run the same copy again with --into-nonempty to finish it, or \
+                 delete the directory and copy again"
+            ),
+            StoreError::CopyConflict(what) => write!(f, "the target already holds {what}"),
         }
     }
 }
@@ -485,6 +548,30 @@ pub trait SyncStore: Send + Sync {
 
     /// A cheap probe for readiness: the store answers reads.
     fn health(&self) -> Result<(), StoreError>;
+
+    // ----- copying between stores (the contract is in [`copy`]) -----
+
+    /// Passes every record to `out` in chunks of at most `batch`, in [`copy::Kind::ALL`]
+    /// order, and returns how many of each kind it passed.
+    fn export(
+        &self,
+        batch: usize,
+        out: &mut dyn FnMut(Vec<copy::Record>) -> Result<(), StoreError>,
+    ) -> Result<copy::Counts, StoreError>;
+
+    /// Starts an import (for a write: marks the store incomplete, durably).
+    fn import_begin(&self, mode: copy::ImportMode) -> Result<(), StoreError>;
+
+    /// Imports (or checks) some records, counting them into `imported`.
+    fn import_records(
+        &self,
+        records: &[copy::Record],
+        mode: copy::ImportMode,
+        imported: &mut copy::Imported,
+    ) -> Result<(), StoreError>;
+
+    /// Ends a complete import (for a write: flushes, then clears the mark, durably).
+    fn import_end(&self, mode: copy::ImportMode) -> Result<(), StoreError>;
 }
 
 /// A change to a user, applied in one statement or transaction by [`Store::update_user`].
@@ -616,6 +703,24 @@ pub trait Store: Send + Sync {
     async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
     async fn health(&self) -> Result<(), StoreError>;
+
+    // ----- copying between stores (the contract is in [`copy`]) -----
+
+    /// Sends every record into `out` as [`copy::Chunk::Records`] of at most `batch`
+    /// records, then [`copy::Chunk::End`]; changes nothing.
+    async fn export(
+        &self,
+        batch: usize,
+        out: tokio::sync::mpsc::Sender<copy::Chunk>,
+    ) -> Result<(), StoreError>;
+
+    /// Imports the records arriving on `input` until [`copy::Chunk::End`], all or nothing
+    /// (see [`copy`]); with [`copy::ImportMode::Check`] only looks for conflicts.
+    async fn import(
+        &self,
+        mode: copy::ImportMode,
+        input: tokio::sync::mpsc::Receiver<copy::Chunk>,
+    ) -> Result<copy::Imported, StoreError>;
 
     // ----- the revocation feed, for replicas sharing one store -----
 
@@ -797,6 +902,48 @@ impl<S: SyncStore + 'static> Store for Blocking<S> {
     }
     async fn health(&self) -> Result<(), StoreError> {
         self.run(|s| s.health()).await
+    }
+    async fn export(
+        &self,
+        batch: usize,
+        out: tokio::sync::mpsc::Sender<copy::Chunk>,
+    ) -> Result<(), StoreError> {
+        self.run(move |s| {
+            let counts = s.export(batch, &mut |records| {
+                out.blocking_send(copy::Chunk::Records(records))
+                    .map_err(|_| StoreError::Io(copy::IMPORT_GONE.into()))
+            })?;
+            out.blocking_send(copy::Chunk::End(counts))
+                .map_err(|_| StoreError::Io(copy::IMPORT_GONE.into()))
+        })
+        .await
+    }
+    async fn import(
+        &self,
+        mode: copy::ImportMode,
+        mut input: tokio::sync::mpsc::Receiver<copy::Chunk>,
+    ) -> Result<copy::Imported, StoreError> {
+        self.run(move |s| s.import_begin(mode)).await?;
+        let mut imported = copy::Imported::default();
+        loop {
+            match input.recv().await {
+                Some(copy::Chunk::Records(records)) => {
+                    imported = self
+                        .run(move |s| {
+                            let mut imported = imported;
+                            s.import_records(&records, mode, &mut imported)?;
+                            Ok(imported)
+                        })
+                        .await?;
+                }
+                Some(copy::Chunk::End(sent)) => {
+                    imported.check_end(&sent)?;
+                    self.run(move |s| s.import_end(mode)).await?;
+                    return Ok(imported);
+                }
+                None => return Err(StoreError::Io(copy::EXPORT_GONE.into())),
+            }
+        }
     }
     // One process writes a blocking store and applies its revocations as it records them,
     // so there is never anything to catch up on.

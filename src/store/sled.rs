@@ -39,6 +39,12 @@
 //!   in the same process is refused the same way as one from another process.
 //! - **Schema version.** `open` writes [`SCHEMA_VERSION`] into a new store and refuses a store
 //!   with another version, rather than misreading records written by another release.
+//! - **Copies** (`gatehouse store copy`, contract in [`super::copy`]). An import writes
+//!   without a transaction per record (the copy holds the store's lock, so nobody else
+//!   writes) and flushes once at the end; the `meta` key `copy_incomplete` is set, durably,
+//!   before the first write and removed after the final flush, and `open` refuses a store
+//!   that carries it ([`StoreError::Incomplete`]), so a copy killed half-way is never served.
+//!   Only [`SledStore::open_for_copy`] opens such a store, for the copy that finishes it.
 
 use std::cell::RefCell;
 use std::ops::Bound;
@@ -49,6 +55,9 @@ use ::sled::{Db, IVec, Transactional, Tree};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::copy::{
+    Counts, ImportMode, Imported, LoginFailureRecord, OneTimeToken, Record, RefreshRecord,
+};
 use super::{
     FailureRecord, FailureState, LockoutPolicy, OneTimeKind, OneTimeRecord, PurgeStats, Revocation,
     RotateOutcome, SessionRecord, StoreError, StoreStats, SyncStore, TokenHash, UniqueKey,
@@ -59,6 +68,8 @@ use super::{
 pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Present while a `gatehouse store copy` writes into the store (see the module docs).
+const COPY_MARK: &[u8] = b"copy_incomplete";
 /// The session cap the tests open sessions under (the service's, `accounts::sessions`).
 #[cfg(test)]
 const MAX_SESSIONS_PER_USER: usize = 64;
@@ -105,7 +116,22 @@ impl SledStore {
     /// Opens (creating if needed) the store in directory `path`. Fails with
     /// [`StoreError::Locked`] when another process (or another handle in this one) holds it,
     /// and with [`StoreError::SchemaMismatch`] when it was written by an incompatible version.
+    /// A store that an interrupted copy left incomplete is refused with
+    /// [`StoreError::Incomplete`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let store = SledStore::open_for_copy(path)?;
+        if store.meta.contains_key(COPY_MARK).map_err(sled_error)? {
+            return Err(StoreError::Incomplete {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Opens a store as [`SledStore::open`] does, but also one that an interrupted copy
+    /// left incomplete: for `gatehouse store copy`, which finishes it.
+    pub fn open_for_copy(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let db = ::sled::Config::new()
             .path(path)
@@ -187,6 +213,247 @@ impl SledStore {
                 Ok(())
             }),
         )
+    }
+}
+
+/// Cuts an export into chunks and counts what it passed on.
+struct Pager<'a> {
+    batch: usize,
+    chunk: Vec<Record>,
+    counts: Counts,
+    out: &'a mut dyn FnMut(Vec<Record>) -> Result<(), StoreError>,
+}
+
+impl Pager<'_> {
+    fn push(&mut self, record: Record) -> Result<(), StoreError> {
+        self.counts.add(record.kind(), 1);
+        self.chunk.push(record);
+        if self.chunk.len() >= self.batch {
+            let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(self.batch));
+            (self.out)(full)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Counts, StoreError> {
+        if !self.chunk.is_empty() {
+            (self.out)(std::mem::take(&mut self.chunk))?;
+        }
+        Ok(self.counts)
+    }
+}
+
+fn one_time_label(kind: OneTimeKind) -> &'static str {
+    match kind {
+        OneTimeKind::PasswordReset => "password-reset",
+        OneTimeKind::EmailVerification => "email-verification",
+    }
+}
+
+fn conflict(what: String) -> StoreError {
+    StoreError::CopyConflict(what)
+}
+
+fn hash_from(bytes: &[u8], what: &str) -> Result<TokenHash, StoreError> {
+    TokenHash::try_from(bytes).map_err(|_| StoreError::Corrupt(format!("malformed {what} hash")))
+}
+
+/// One record each: `Ok(true)` when it is (or, checking, would be) copied, `Ok(false)` when
+/// the store holds it already, a `CopyConflict` when it holds something else under its key.
+impl SledStore {
+    fn import_user(&self, user: &UserRecord, write: bool) -> Result<bool, StoreError> {
+        if let Some(bytes) = self.users.get(&user.id).map_err(sled_error)? {
+            let existing: UserRecord = decode(&bytes, "user")?;
+            return if existing == *user {
+                Ok(false)
+            } else {
+                Err(conflict(format!("a different user {}", user.id)))
+            };
+        }
+        let email = fold(&user.email);
+        if self
+            .users_by_email
+            .get(&email)
+            .map_err(sled_error)?
+            .is_some()
+        {
+            return Err(conflict(format!(
+                "another user with the email of user {}",
+                user.id
+            )));
+        }
+        let username = user.username.as_deref().map(fold);
+        if let Some(name) = &username
+            && self
+                .users_by_username
+                .get(name)
+                .map_err(sled_error)?
+                .is_some()
+        {
+            return Err(conflict(format!(
+                "another user with the username of user {}",
+                user.id
+            )));
+        }
+        if write {
+            self.users_by_email
+                .insert(email.as_bytes(), user.id.as_bytes())
+                .map_err(sled_error)?;
+            if let Some(name) = &username {
+                self.users_by_username
+                    .insert(name.as_bytes(), user.id.as_bytes())
+                    .map_err(sled_error)?;
+            }
+            self.users
+                .insert(user.id.as_bytes(), encode(user)?)
+                .map_err(sled_error)?;
+        }
+        Ok(true)
+    }
+
+    fn import_session(&self, session: &SessionRecord, write: bool) -> Result<bool, StoreError> {
+        if let Some(bytes) = self.sessions.get(&session.id).map_err(sled_error)? {
+            let existing: SessionRecord = decode(&bytes, "session")?;
+            return if existing == *session {
+                Ok(false)
+            } else {
+                Err(conflict(format!("a different session {}", session.id)))
+            };
+        }
+        if write {
+            self.sessions
+                .insert(session.id.as_bytes(), encode(session)?)
+                .map_err(sled_error)?;
+            // Revoked sessions stay out of the user's list, as `create_session` keeps it.
+            if !session.revoked {
+                let user_id = session.user_id.as_bytes();
+                let mut sids: Vec<String> = match self.sessions_by_user.get(user_id) {
+                    Ok(Some(list)) => decode(&list, "session list")?,
+                    Ok(None) => Vec::new(),
+                    Err(e) => return Err(sled_error(e)),
+                };
+                if !sids.contains(&session.id) {
+                    sids.push(session.id.clone());
+                    self.sessions_by_user
+                        .insert(user_id, encode(&sids)?)
+                        .map_err(sled_error)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn import_refresh(&self, token: &RefreshRecord, write: bool) -> Result<bool, StoreError> {
+        let entry = RefreshEntry {
+            sid: token.session_id.clone(),
+            state: if token.rotated {
+                RefreshState::Rotated
+            } else {
+                RefreshState::Current
+            },
+            expires_at: token.expires_at,
+        };
+        if let Some(bytes) = self.refresh.get(token.hash).map_err(sled_error)? {
+            let existing: RefreshEntry = decode(&bytes, "refresh token")?;
+            return if existing.sid == entry.sid
+                && existing.state == entry.state
+                && existing.expires_at == entry.expires_at
+            {
+                Ok(false)
+            } else {
+                Err(conflict(format!(
+                    "a different refresh token of session {}",
+                    token.session_id
+                )))
+            };
+        }
+        if write {
+            self.refresh
+                .insert(token.hash.as_slice(), encode(&entry)?)
+                .map_err(sled_error)?;
+        }
+        Ok(true)
+    }
+
+    fn import_one_time(&self, token: &OneTimeToken, write: bool) -> Result<bool, StoreError> {
+        let key = token_key(token.kind, &token.hash);
+        let owner = user_key(token.kind, &token.record.user_id);
+        let label = one_time_label(token.kind);
+        if let Some(bytes) = self.one_time.get(&key).map_err(sled_error)? {
+            let existing: OneTimeRecord = decode(&bytes, "one-time token")?;
+            return if existing == token.record {
+                Ok(false)
+            } else {
+                Err(conflict(format!(
+                    "a different {label} token of user {}",
+                    token.record.user_id
+                )))
+            };
+        }
+        if self
+            .one_time_by_user
+            .get(&owner)
+            .map_err(sled_error)?
+            .is_some()
+        {
+            return Err(conflict(format!(
+                "another pending {label} token for user {}",
+                token.record.user_id
+            )));
+        }
+        if write {
+            self.one_time
+                .insert(key, encode(&token.record)?)
+                .map_err(sled_error)?;
+            self.one_time_by_user
+                .insert(owner, token.hash.as_slice())
+                .map_err(sled_error)?;
+        }
+        Ok(true)
+    }
+
+    fn import_revocation(&self, revocation: &Revocation, write: bool) -> Result<bool, StoreError> {
+        let key = revocation_key(revocation);
+        if let Some(bytes) = self.revocations.get(&key).map_err(sled_error)? {
+            let existing: Revocation = decode(&bytes, "revocation")?;
+            if existing.until() >= revocation.until() {
+                return Ok(false);
+            }
+        }
+        if write {
+            self.revocations
+                .insert(key, encode(revocation)?)
+                .map_err(sled_error)?;
+        }
+        Ok(true)
+    }
+
+    fn import_login_failure(
+        &self,
+        failure: &LoginFailureRecord,
+        write: bool,
+    ) -> Result<bool, StoreError> {
+        if let Some(bytes) = self
+            .login_failures
+            .get(&failure.login)
+            .map_err(sled_error)?
+        {
+            let existing: FailureRecord = decode(&bytes, "login failures")?;
+            // The login name is usually an email: not named.
+            return if existing == failure.record {
+                Ok(false)
+            } else {
+                Err(conflict(
+                    "a different login-failure counter for a login name".into(),
+                ))
+            };
+        }
+        if write {
+            self.login_failures
+                .insert(failure.login.as_bytes(), encode(&failure.record)?)
+                .map_err(sled_error)?;
+        }
+        Ok(true)
     }
 }
 
@@ -829,6 +1096,118 @@ impl SyncStore for SledStore {
 
     fn health(&self) -> Result<(), StoreError> {
         self.meta.get(SCHEMA_KEY).map_err(sled_error)?;
+        Ok(())
+    }
+
+    fn export(
+        &self,
+        batch: usize,
+        out: &mut dyn FnMut(Vec<Record>) -> Result<(), StoreError>,
+    ) -> Result<Counts, StoreError> {
+        let mut pager = Pager {
+            batch: batch.max(1),
+            chunk: Vec::with_capacity(batch.clamp(1, 4096)),
+            counts: Counts::default(),
+            out,
+        };
+        for item in self.scan(&self.users) {
+            let (_, bytes) = item?;
+            pager.push(Record::User(decode(&bytes, "user")?))?;
+        }
+        // Dead records nothing can reach are left out (see the contract): revoked sessions
+        // of deleted users, and the refresh hashes of sessions that are gone.
+        let session_owner_exists = |session: &SessionRecord| {
+            self.users
+                .contains_key(session.user_id.as_bytes())
+                .map_err(sled_error)
+        };
+        for item in self.scan(&self.sessions) {
+            let (_, bytes) = item?;
+            let session: SessionRecord = decode(&bytes, "session")?;
+            if session_owner_exists(&session)? {
+                pager.push(Record::Session(session))?;
+            }
+        }
+        for item in self.scan(&self.refresh) {
+            let (hash, bytes) = item?;
+            let entry: RefreshEntry = decode(&bytes, "refresh token")?;
+            let Some(session) = self.sessions.get(&entry.sid).map_err(sled_error)? else {
+                continue;
+            };
+            if !session_owner_exists(&decode(&session, "session")?)? {
+                continue;
+            }
+            pager.push(Record::Refresh(RefreshRecord {
+                hash: hash_from(&hash, "refresh token")?,
+                session_id: entry.sid,
+                rotated: entry.state == RefreshState::Rotated,
+                expires_at: entry.expires_at,
+            }))?;
+        }
+        for item in self.scan(&self.one_time) {
+            let (key, bytes) = item?;
+            let (kind, hash) = match key.split_first() {
+                Some((b'r', hash)) => (OneTimeKind::PasswordReset, hash),
+                Some((b'v', hash)) => (OneTimeKind::EmailVerification, hash),
+                _ => return Err(StoreError::Corrupt("malformed one-time token key".into())),
+            };
+            pager.push(Record::OneTime(OneTimeToken {
+                kind,
+                hash: hash_from(hash, "one-time token")?,
+                record: decode(&bytes, "one-time token")?,
+            }))?;
+        }
+        for item in self.scan(&self.revocations) {
+            let (_, bytes) = item?;
+            pager.push(Record::Revocation(decode(&bytes, "revocation")?))?;
+        }
+        for item in self.scan(&self.login_failures) {
+            let (login, bytes) = item?;
+            pager.push(Record::LoginFailure(LoginFailureRecord {
+                login: String::from_utf8(login.to_vec())
+                    .map_err(|_| StoreError::Corrupt("non-UTF-8 login name".into()))?,
+                record: decode(&bytes, "login failures")?,
+            }))?;
+        }
+        pager.finish()
+    }
+
+    fn import_begin(&self, mode: ImportMode) -> Result<(), StoreError> {
+        if mode == ImportMode::Write {
+            self.meta.insert(COPY_MARK, &[1]).map_err(sled_error)?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn import_records(
+        &self,
+        records: &[Record],
+        mode: ImportMode,
+        imported: &mut Imported,
+    ) -> Result<(), StoreError> {
+        let write = mode == ImportMode::Write;
+        for record in records {
+            let copied = match record {
+                Record::User(user) => self.import_user(user, write)?,
+                Record::Session(session) => self.import_session(session, write)?,
+                Record::Refresh(token) => self.import_refresh(token, write)?,
+                Record::OneTime(token) => self.import_one_time(token, write)?,
+                Record::Revocation(revocation) => self.import_revocation(revocation, write)?,
+                Record::LoginFailure(failure) => self.import_login_failure(failure, write)?,
+            };
+            imported.count(record.kind(), copied);
+        }
+        Ok(())
+    }
+
+    fn import_end(&self, mode: ImportMode) -> Result<(), StoreError> {
+        if mode == ImportMode::Write {
+            // Everything on disk first; only then may the store be served.
+            self.flush()?;
+            self.meta.remove(COPY_MARK).map_err(sled_error)?;
+            self.flush()?;
+        }
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Every file under `src/` is a module node (`auth/account.rs` is `auth::account`,
 //! `store/mod.rs` is `store`). A node depends on another when its code (comments aside)
-//! names a path into it: `crate::a::b`, `super::x`, `self::x`, or a child module by name.
+//! names a path into it: `crate::a::b`, `super::x`, `self::x`, or a child module by name —
+//! except a folder's `mod.rs` naming its own files, which is how it declares, dispatches to
+//! and re-exports them (see [`is_child_of`]).
 //! The test fails when the graph has a cycle, naming it, so "handlers → services → store"
 //! cannot quietly turn into a knot again.
 
@@ -47,10 +49,30 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
 /// (`super::*`) name no module of their own.
 fn paths_in(text: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
+    // A `use a::{` group spread over several lines is joined into one line first.
+    let mut lines = Vec::new();
+    let mut group: Option<String> = None;
     for line in text.lines() {
         if line.trim_start().starts_with("#[cfg(test)]") {
             break;
         }
+        let code = line.trim();
+        if code.starts_with("//") {
+            continue;
+        }
+        match group.as_mut() {
+            Some(open) => {
+                open.push(' ');
+                open.push_str(code);
+                if code.contains('}') {
+                    lines.extend(group.take());
+                }
+            }
+            None if code.contains("::{") && !code.contains('}') => group = Some(code.to_string()),
+            None => lines.push(code.to_string()),
+        }
+    }
+    for line in &lines {
         let code = line.trim_start();
         if code.starts_with("//") {
             continue;
@@ -152,6 +174,18 @@ fn resolve(module: &str, path: &[String], known: &BTreeMap<String, PathBuf>) -> 
     found.filter(|f| known.contains_key(f))
 }
 
+/// Whether `module` is a file of the folder whose `mod.rs` is `parent` (`store::sled` of
+/// `store`). A folder's `mod.rs` is its front door: it declares its files, dispatches to
+/// them and re-exports from them, while they build on what it defines. That edge is
+/// structure, not a dependency, and is left out; every other edge counts, between siblings
+/// (`auth::account` ↔ `auth::recovery`) and across folders alike.
+fn is_child_of(module: &str, parent: &str) -> bool {
+    module
+        .strip_prefix(parent)
+        .and_then(|rest| rest.strip_prefix("::"))
+        .is_some_and(|rest| !parent.is_empty() && !rest.contains("::"))
+}
+
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let known = modules(&src);
@@ -162,6 +196,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         for path in paths_in(&text) {
             if let Some(target) = resolve(module, &path, &known)
                 && target != *module
+                && !is_child_of(&target, module)
             {
                 targets.insert(target);
             }

@@ -15,6 +15,7 @@ mod recovery;
 mod shared_limits;
 mod smtp_sink;
 mod store_contract;
+mod store_copy;
 mod tls;
 mod tokens;
 mod websocket;

@@ -5,7 +5,8 @@
 //!
 //! Layout: [`conn`] reaches the database (URL, `sslmode` over rustls, timeouts);
 //! [`migrate`] owns the schema (`src/store/migrations/*.sql`); [`listen`] follows the
-//! revocation feed; this file maps each store operation onto SQL.
+//! revocation feed; `copy` exports and imports for `gatehouse store copy`; this file maps
+//! each store operation onto SQL.
 //!
 //! Decisions, and why:
 //!
@@ -133,6 +134,52 @@ impl PgStore {
             pool_size = config.pool_size,
             "store: PostgreSQL"
         );
+        PgStore::connect(config, target)
+    }
+
+    /// Opens a store without migrating it, for reading one that must already be at this
+    /// binary's schema version (the source of `gatehouse store copy`, which must not
+    /// change). `SchemaMismatch` otherwise, with `found: 0` when there is no gatehouse
+    /// schema at all.
+    pub async fn open_existing(config: &StoreConfig) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(config, target(config)?)?;
+        let client = store.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT to_regclass('schema_migrations') IS NOT NULL AS present",
+            &[],
+        )
+        .await?;
+        let present = match &row {
+            Some(row) => column::<bool>(row, "present")?,
+            None => false,
+        };
+        let found = if present {
+            match query_opt(
+                &client,
+                "SELECT coalesce(max(version), 0) AS version FROM schema_migrations",
+                &[],
+            )
+            .await?
+            {
+                Some(row) => column::<i32>(&row, "version")?,
+                None => 0,
+            }
+        } else {
+            0
+        };
+        drop(client);
+        if found != migrate::latest() {
+            return Err(StoreError::SchemaMismatch {
+                found: u32::try_from(found).unwrap_or(0),
+                expected: u32::try_from(migrate::latest()).unwrap_or(0),
+            });
+        }
+        Ok(store)
+    }
+
+    /// The pool and the revocation listener, on a schema already checked.
+    fn connect(config: &StoreConfig, target: conn::Target) -> Result<PgStore, StoreError> {
         if matches!(target.mode, conn::SslMode::Prefer | conn::SslMode::Require)
             && !target.is_local()
         {
@@ -258,6 +305,9 @@ macro_rules! session_columns {
         "id, user_id, created_at, last_used_at, expires_at, revoked"
     };
 }
+
+// After the column macros, which it uses.
+mod copy;
 
 fn user_from(row: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
@@ -1175,5 +1225,21 @@ impl Store for PgStore {
 
     fn revocation_signal(&self) -> Option<Arc<Notify>> {
         Some(self.signal.clone())
+    }
+
+    async fn export(
+        &self,
+        batch: usize,
+        out: tokio::sync::mpsc::Sender<super::copy::Chunk>,
+    ) -> Result<(), StoreError> {
+        copy::export(self, batch, out).await
+    }
+
+    async fn import(
+        &self,
+        mode: super::copy::ImportMode,
+        input: tokio::sync::mpsc::Receiver<super::copy::Chunk>,
+    ) -> Result<super::copy::Imported, StoreError> {
+        copy::import(self, mode, input).await
     }
 }
