@@ -155,6 +155,20 @@ impl Gatehouse {
 
     /// gatehouse on the store in `dir`, its clock at `start_time`.
     pub async fn launch_in(setup: Setup<'_>, dir: tempfile::TempDir, start_time: u64) -> Gatehouse {
+        Gatehouse::launch_on(setup, dir, Arc::new(AtomicU64::new(start_time))).await
+    }
+
+    /// One of several replicas: gatehouse as `setup` describes it (its store named by
+    /// `GATEHOUSE_STORE_*` overrides in `setup.env`, e.g. one PostgreSQL schema for all), on
+    /// the manual clock `now` that its sibling replicas share, so that tokens, lockouts and
+    /// revocations agree on the time. [`Gatehouse::advance`] on any replica moves them all.
+    pub async fn launch_replica(setup: Setup<'_>, now: Arc<AtomicU64>) -> Gatehouse {
+        Gatehouse::launch_on(setup, tempfile::tempdir().unwrap(), now).await
+    }
+
+    /// gatehouse on the store in `dir` (unless the config names another), on the manual
+    /// clock `now`.
+    async fn launch_on(setup: Setup<'_>, dir: tempfile::TempDir, now: Arc<AtomicU64>) -> Gatehouse {
         let Setup {
             upstream,
             extra,
@@ -174,8 +188,10 @@ impl Gatehouse {
             config.server.admin_listen.is_some(),
             "Setup::admin and server.admin_listen must agree"
         );
-        let (clock, now) = Clock::manual(start_time);
-        let app = App::start(config, clock).await.unwrap();
+        let clock = Clock::Manual(now.clone());
+        let app = App::start(config, clock)
+            .await
+            .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_listener = if admin {

@@ -12,6 +12,8 @@ mod pg;
 mod policy;
 mod proxy;
 mod recovery;
+mod relay;
+mod replicas;
 mod shared_limits;
 mod smtp_sink;
 mod store_contract;
