@@ -215,6 +215,13 @@ pub async fn open_session(
 /// session are read again (fresh roles, lock and verification state) and the token minted
 /// again. Once the epoch holds still across a mint, any later revocation's cutoff covers
 /// the token's `iat`.
+///
+/// On a store other replicas share, the local epoch only moves once this replica's feed has
+/// applied a change made elsewhere, which can be after the mint. So there the user and the
+/// session are read again from the store after every mint: a change committed before that
+/// read is seen (and the token minted again with it), and one committed after it carries a
+/// cutoff at or past this token's `iat`, which covers it (given replica clocks agree to the
+/// second).
 async fn mint_stable(
     app: &App,
     mut user: UserRecord,
@@ -223,20 +230,34 @@ async fn mint_stable(
     now: u64,
     mut epoch: u64,
 ) -> Result<Grant, Error> {
+    let shared = app.store.revocation_signal().is_some();
     loop {
         let grant = grant(app, &user, session, refresh.clone(), now)?;
         let after = app.revocation_epoch();
-        if after == epoch {
+        if after == epoch && !shared {
             return Ok(grant);
         }
         epoch = after;
         let fresh = app.store.get_user(&user.id).await?;
         let current = app.store.get_session(&session.id).await?;
         match (fresh, current) {
-            (Some(fresh), Some(current)) if !fresh.locked && !current.revoked => user = fresh,
+            (Some(fresh), Some(current)) if !fresh.locked && !current.revoked => {
+                if shared && app.revocation_epoch() == epoch && same_claims(&fresh, &user) {
+                    return Ok(grant);
+                }
+                user = fresh;
+            }
             _ => return Err(Error::Token(TokenRefusal::Revoked)),
         }
     }
+}
+
+/// Whether two reads of a user would mint the same claims.
+fn same_claims(a: &UserRecord, b: &UserRecord) -> bool {
+    a.roles == b.roles
+        && a.email == b.email
+        && a.email_verified == b.email_verified
+        && a.locked == b.locked
 }
 
 /// Mints the access token for a session whose refresh token is `refresh`.

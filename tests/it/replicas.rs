@@ -835,14 +835,15 @@ level = "info"
     }
 }
 
-/// Known gap, kept as a reproduction for the lead (run with `--ignored`): a user-wide
-/// revocation's cutoff is the revoking replica's clock, so a token minted just before it on
-/// a replica whose clock is ahead (here by one second, inside the 5 s `tokens.leeway` the
-/// config tolerates) carries an `iat` past the cutoff and keeps its old roles on every
-/// replica until it expires. With synchronised clocks the same happens at a second boundary
-/// when the issuer read the user before the change and mints after it, before its feed has
-/// applied the revocation: the revocation epoch that closes this race on one replica is per
-/// replica. A lock or logout is not affected (they also revoke by session id).
+/// Known gap, kept as a reproduction (run with `--ignored`): a user-wide revocation's cutoff
+/// is the revoking replica's clock, so a token minted just before it on a replica whose
+/// clock is ahead (here by one second, inside the 5 s `tokens.leeway` the config tolerates)
+/// carries an `iat` past the cutoff and keeps its old roles on every replica until it
+/// expires. Replicas must therefore agree on the time to the second (NTP does far better).
+/// The same race without skew, at a second boundary (the issuer read the user before the
+/// change and mints after it, before its feed applied the revocation), is closed: on a
+/// shared store, issuers read the user again after minting (`accounts::sessions::
+/// mint_stable`). A lock or logout is not affected (they also revoke by session id).
 #[tokio::test]
 #[ignore = "known gap: user-wide cutoffs and clock skew between replicas; see the doc comment"]
 async fn a_role_change_covers_tokens_minted_by_a_replica_whose_clock_is_ahead() {
