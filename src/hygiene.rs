@@ -119,19 +119,28 @@ fn invalid(message: &'static str) -> Error {
     Error::InvalidRequest(message.into())
 }
 
-/// Whether any header is a method override. hyper lower-cases names; any other punctuation
-/// in a name stands for `-`, because CGI-style upstreams (PHP, WSGI) turn `-`, `_` and `.`
-/// alike into `_` (`X.HTTP.Method.Override` reaches PHP as `HTTP_X_HTTP_METHOD_OVERRIDE`).
+/// Whether any header is a method override, in any spelling a CGI-style upstream reads as
+/// one (`X.HTTP.Method.Override` reaches PHP as `HTTP_X_HTTP_METHOD_OVERRIDE`).
 fn has_override_header(headers: &HeaderMap) -> bool {
     headers.keys().any(|name| {
-        let name = name.as_str().as_bytes();
-        OVERRIDE_HEADERS.iter().any(|o| {
-            o.len() == name.len()
-                && o.bytes()
-                    .zip(name)
-                    .all(|(o, &n)| o == n || (o == b'-' && !n.is_ascii_alphanumeric()))
-        })
+        OVERRIDE_HEADERS
+            .iter()
+            .any(|o| header_name_matches(name.as_str(), o, true))
     })
+}
+
+/// Compares a lower-case header name with a lower-case pattern, treating any punctuation in
+/// the name as `-`: CGI-style upstreams (PHP, WSGI) turn `-`, `_` and `.` alike into `_`, so
+/// `X.Auth.Roles` and `x_auth_roles` reach them as `X-Auth-Roles`. `exact` = whole name,
+/// otherwise prefix.
+pub fn header_name_matches(name: &str, pattern: &str, exact: bool) -> bool {
+    let (n, p) = (name.as_bytes(), pattern.as_bytes());
+    if n.len() < p.len() || (exact && n.len() != p.len()) {
+        return false;
+    }
+    n.iter()
+        .zip(p)
+        .all(|(&a, &b)| a == b || (b == b'-' && !a.is_ascii_alphanumeric()))
 }
 
 /// Whether a query string names a method-override parameter. Queries that cannot contain

@@ -39,6 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::client_ip;
 use crate::config::{Config, HeadersConfig, UpstreamUrl};
 use crate::error::Error;
+use crate::hygiene::header_name_matches;
 use crate::metrics::Metrics;
 use crate::response::Body;
 use crate::token::Claims;
@@ -550,20 +551,6 @@ fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
     ForwardError::Broken(format!("{e:?}"))
 }
 
-/// Compares a lower-case header name with a lower-case pattern, treating any punctuation in
-/// the name as `-`: CGI-style upstreams (PHP, WSGI) turn `-`, `_` and `.` alike into `_`, so
-/// `X.Auth.Roles` and `x_auth_roles` reach them as `X-Auth-Roles`. `exact` = whole name,
-/// otherwise prefix.
-fn name_matches(name: &str, pattern: &str, exact: bool) -> bool {
-    let (n, p) = (name.as_bytes(), pattern.as_bytes());
-    if n.len() < p.len() || (exact && n.len() != p.len()) {
-        return false;
-    }
-    n.iter()
-        .zip(p)
-        .all(|(&a, &b)| a == b || (b == b'-' && !a.is_ascii_alphanumeric()))
-}
-
 /// Whether a header name is spelled only with letters, digits, `-` and `_`. Any other
 /// punctuation (`.`, `~`, `'`, …) is legal in HTTP but turns into `_` in CGI-style
 /// upstreams, where it could pose as another header; such headers are never forwarded, as
@@ -576,14 +563,14 @@ fn is_plain_name(name: &str) -> bool {
 /// True when a client-sent header claims to be identity and must be removed.
 fn is_identity_header(name: &HeaderName, rules: &HeadersConfig) -> bool {
     let name = name.as_str();
-    (!rules.strip_prefix.is_empty() && name_matches(name, &rules.strip_prefix, false))
-        || name_matches(name, rules.user_id.as_str(), true)
-        || name_matches(name, rules.email.as_str(), true)
-        || name_matches(name, rules.roles.as_str(), true)
+    (!rules.strip_prefix.is_empty() && header_name_matches(name, &rules.strip_prefix, false))
+        || header_name_matches(name, rules.user_id.as_str(), true)
+        || header_name_matches(name, rules.email.as_str(), true)
+        || header_name_matches(name, rules.roles.as_str(), true)
         || rules
             .session_id
             .as_ref()
-            .is_some_and(|h| name_matches(name, h.as_str(), true))
+            .is_some_and(|h| header_name_matches(name, h.as_str(), true))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header nominates.
@@ -619,7 +606,8 @@ pub fn rewrite_request(
     remove_hop_by_hop(headers);
 
     // Scan once; the common request carries nothing to strip and allocates nothing.
-    let listed = |name: &str, list: &[&str]| list.iter().any(|p| name_matches(name, p, true));
+    let listed =
+        |name: &str, list: &[&str]| list.iter().any(|p| header_name_matches(name, p, true));
     let strip = |name: &HeaderName| {
         let n = name.as_str();
         !is_plain_name(n)
