@@ -12,13 +12,13 @@ use crate::email::Mailer;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
-use crate::proxy::Upstream;
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::revocation::{Revocations, UserCutoff};
 use crate::shared_limits::{SharedCooldowns, SharedLimits};
 use crate::store::{Revocation, Store, StoreError};
 use crate::tls::ServerTls;
 use crate::token::{TokenSettings, Tokens};
+use crate::upstream::Upstream;
 
 /// How often expired sessions, tokens, revocations and counters are purged from the store.
 const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -239,7 +239,8 @@ impl App {
             audience: config.tokens.audience.clone(),
             access_ttl_secs: config.tokens.access_ttl.as_secs(),
             leeway_secs: config.tokens.leeway.as_secs(),
-        });
+        })
+        .with_cache(config.tokens.verify_cache);
         let hasher = Hasher::new(&config.auth.password).map_err(StartError::Password)?;
 
         let revocations = Revocations::new();

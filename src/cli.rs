@@ -324,11 +324,20 @@ fn explain(config: &Path, method: &str, path: &str, roles: Option<&[String]>) ->
     ExitCode::SUCCESS
 }
 
+/// The runtime `serve` runs on: `server.workers` threads (0: one per core). With one worker
+/// the scheduler is tokio's current-thread one, on the main thread: no work stealing, no
+/// cross-thread wake-ups, which is what a one-core sidecar wants. Blocking work (argon2id,
+/// sled) has its own threads either way.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            builder.worker_threads(workers);
+        }
+        builder
+    };
     builder.enable_all().thread_name("gatehouse").build()
 }
 

@@ -75,7 +75,7 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         route,
         result,
         target,
-        user,
+        claims,
     } = gate(&app, conn, request, &request_id).await;
 
     // 14. Respond: every request the pipeline answered is counted and logged under its
@@ -98,7 +98,7 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
             method: &method,
             target: &target,
             route,
-            user: user.as_deref(),
+            user: claims.as_ref().map(|c| c.sub.as_str()),
             elapsed,
             peer: conn.peer,
         };
@@ -152,8 +152,8 @@ struct Exchange {
     /// The target as it arrived. It is taken off the request before the request is sent on,
     /// so the access log can still name the path without a copy.
     target: Uri,
-    /// The subject of the verified token, once step 9 verified one.
-    user: Option<String>,
+    /// The verified token, once step 9 verified one: its subject is the access log's user.
+    claims: Option<Arc<Claims>>,
 }
 
 impl Exchange {
@@ -161,13 +161,13 @@ impl Exchange {
         route: Route,
         result: Result<Response<Body>, Error>,
         target: Uri,
-        claims: Option<Claims>,
+        claims: Option<Arc<Claims>>,
     ) -> Exchange {
         Exchange {
             route,
             result,
             target,
-            user: claims.map(|c| c.sub),
+            claims,
         }
     }
 }
@@ -233,7 +233,7 @@ async fn gate(
 
     // 10. Authorise (`policy.rs`): the stricter verdict of the two spellings, whose rule the
     //     request is counted under.
-    let (route, authorised) = authorise(app, &decision, claims.as_ref());
+    let (route, authorised) = authorise(app, &decision, claims.as_deref());
     if let Err(error) = authorised {
         return Exchange::new(route, Err(error), target, claims);
     }
@@ -247,7 +247,7 @@ async fn gate(
     let pass = Pass {
         target: &target,
         path: &path,
-        claims: claims.as_ref(),
+        claims: claims.as_deref(),
         peer: conn.peer,
         tls: conn.tls,
         request_id,

@@ -3,6 +3,7 @@
 //! an [`Error`] and count what they refuse.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, header};
 use tokio::time::Instant;
@@ -17,7 +18,7 @@ use crate::token::{Claims, TokenError, bearer};
 /// Verifies the bearer token if one is present: `Ok(None)` is an anonymous caller. A token
 /// that is present must be good; two `Authorization` headers are refused (which one would
 /// the upstream read?). Never touches the store: revocations are checked in memory.
-pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Claims>, Error> {
+pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Claims>>, Error> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -30,18 +31,19 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Claims>, Er
         return Err(refuse(TokenRefusal::Invalid("malformed")));
     }
     let token = bearer(value).map_err(|e| refuse(token_refusal(e)))?;
+    let now = app.clock.now();
     let claims = app
         .tokens
-        .verify(token, app.clock.now())
+        .verify_shared(token, now)
         .map_err(|e| refuse(token_refusal(e)))?;
-    if app.revocations.is_revoked(&claims) {
+    if app.revocations.is_revoked(&claims, now) {
         return Err(refuse(TokenRefusal::Revoked));
     }
     Ok(Some(claims))
 }
 
 /// Like [`authenticate`], but an anonymous caller is refused with 401 `TOKEN_MISSING`.
-pub fn require_bearer(app: &App, headers: &HeaderMap) -> Result<Claims, Error> {
+pub fn require_bearer(app: &App, headers: &HeaderMap) -> Result<Arc<Claims>, Error> {
     match authenticate(app, headers)? {
         Some(claims) => Ok(claims),
         None => {

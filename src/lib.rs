@@ -61,5 +61,6 @@ pub mod shared_limits;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod upstream;
 pub mod usercli;
 pub mod websocket;

@@ -1,10 +1,10 @@
-//! The only module that talks to the upstream.
+//! Forwarding a request the gate let through.
 //!
 //! [`Relay::send`] is steps 12–13 of the pipeline (ARCHITECTURE.md): it takes a request the
-//! gate let through, rewrites it, forwards it with its body streaming, and hands back the
-//! upstream's response with its headers rewritten, splicing a WebSocket upgrade on the way
-//! ([`crate::websocket`]). It owns the pooled keep-alive client and the header rewriting
-//! both ways:
+//! gate let through, rewrites it, forwards it through [`crate::upstream`] with its body
+//! streaming, and hands back the upstream's response with its headers rewritten, splicing a
+//! WebSocket upgrade on the way ([`crate::websocket`]). It owns the header rewriting both
+//! ways:
 //!
 //! * request: hop-by-hop headers go (those RFC 9110 §7.6.1 names and any listed in
 //!   `Connection`), identity headers a client tried to send go (the configured names, anything
@@ -15,143 +15,22 @@
 //! * response: hop-by-hop headers go, the request id is added.
 //!
 //! Bodies are never buffered: the client's body streams to the upstream (capped by
-//! `server.max_body_bytes` through [`Limited`]) and the upstream's streams back.
-//!
-//! `https://` upstreams are reached through rustls with the roots [`crate::tls`] chooses
-//! (`upstream.ca_file`, or the public roots).
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::Duration;
+//! `server.max_body_bytes`, see [`UpstreamBody`]) and the upstream's streams back.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
-use http_body_util::Limited;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::client_ip;
-use crate::config::{Config, HeadersConfig, UpstreamUrl};
+use crate::config::{Config, HeadersConfig};
 use crate::error::Error;
 use crate::hygiene::header_name_matches;
 use crate::metrics::Metrics;
 use crate::response::Body;
 use crate::token::Claims;
+use crate::upstream::{ForwardError, Upstream, UpstreamBody};
 use crate::websocket::{self, Handshake};
-
-/// The body sent upstream: the client's body, capped, watched for failures.
-pub struct UpstreamBody {
-    inner: Limited<Incoming>,
-    failure: Arc<OnceLock<BodyFailure>>,
-    /// `server.body_idle_timeout`: the longest wait for the client's next frame.
-    idle: Duration,
-    /// Armed when the client's body first makes the upstream client wait, reset by every
-    /// frame. Boxed because `Sleep` is not `Unpin`; a request whose body is already all
-    /// there (or empty) never pays for it.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// Why the client's body stopped before its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFailure {
-    /// Over `server.max_body_bytes`.
-    TooLarge,
-    /// Broken framing (a bad chunk size, a bare LF, a body shorter than its
-    /// Content-Length) or a client that went away mid-body.
-    Malformed,
-    /// Nothing arrived for `server.body_idle_timeout` mid-body.
-    Stalled,
-}
-
-impl UpstreamBody {
-    /// Wraps the client's body with the `server.max_body_bytes` cap and the
-    /// `server.body_idle_timeout` limit on pauses.
-    pub fn new(body: Incoming, max_bytes: u64, idle: Duration) -> UpstreamBody {
-        UpstreamBody {
-            inner: Limited::new(body, usize::try_from(max_bytes).unwrap_or(usize::MAX)),
-            failure: Arc::new(OnceLock::new()),
-            idle,
-            stall: None,
-        }
-    }
-
-    /// Learns later whether the body failed. A failure is the client's fault, whatever the
-    /// upstream client library reports it as: the request it aborted is answered 400/413,
-    /// never 502, and counted as a client error, not an upstream one.
-    pub fn watch(&self) -> BodyWatch {
-        BodyWatch(self.failure.clone())
-    }
-}
-
-/// See [`UpstreamBody::watch`].
-pub struct BodyWatch(Arc<OnceLock<BodyFailure>>);
-
-impl BodyWatch {
-    pub fn failure(&self) -> Option<BodyFailure> {
-        self.0.get().copied()
-    }
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Pending => {
-                let idle = this.idle;
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if stall.as_mut().poll(cx).is_ready() {
-                    let _ = this.failure.set(BodyFailure::Stalled);
-                    return Poll::Ready(Some(Err("the request body stalled".into())));
-                }
-            }
-            Poll::Ready(Some(Ok(_))) => {
-                if let Some(stall) = this.stall.as_mut() {
-                    stall
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle);
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let failure = if e.is::<http_body_util::LengthLimitError>() {
-                    BodyFailure::TooLarge
-                } else {
-                    BodyFailure::Malformed
-                };
-                // The first failure is the one that counts; a second cannot happen, as the
-                // upstream client stops polling at the first error.
-                let _ = this.failure.set(failure);
-            }
-            Poll::Ready(None) => {}
-        }
-        // Passing the error on makes the upstream client abort the request: a chunked body
-        // gets no last chunk and a sized one falls short, and the connection is closed, so
-        // the upstream never takes a truncated body for a whole one.
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// Headers that describe one connection and never cross a proxy (RFC 9110 §7.6.1), plus the
 /// non-standard ones that behave like them.
@@ -298,6 +177,9 @@ impl Relay<'_> {
         if handshake.is_some() {
             websocket::restore_handshake_headers(&mut parts.headers);
         }
+        parts
+            .headers
+            .insert(header::HOST, self.upstream.host().clone());
 
         let body = UpstreamBody::new(
             body,
@@ -359,196 +241,6 @@ fn original_host<B>(request: &Request<B>, target: &Uri) -> Option<HeaderValue> {
     } else {
         host().or(authority)
     }
-}
-
-/// The upstream: a pooled client and the URL parts every request is sent to.
-pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    /// For health checks: its own small pool, with the same TLS settings.
-    health_client: Client<HttpsConnector<HttpConnector>, http_body_util::Empty<Bytes>>,
-    /// The last health verdict and when it was taken: `/readyz` may be public, and a flood
-    /// of it must not become a flood of upstream requests.
-    health_cache: std::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
-    url: UpstreamUrl,
-    timeout: Duration,
-    health_path: Option<String>,
-}
-
-/// How long a health verdict is reused.
-const HEALTH_CACHE: Duration = Duration::from_secs(1);
-
-/// Why forwarding failed, for the `kind` label of `gatehouse_upstream_errors_total`.
-pub enum ForwardError {
-    Connect(String),
-    Timeout,
-    /// Reset, protocol error, garbage.
-    Broken(String),
-    /// The client's body failed while streaming (see [`BodyFailure`]).
-    Body(BodyFailure),
-}
-
-impl ForwardError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ForwardError::Connect(_) => "connect",
-            ForwardError::Timeout => "timeout",
-            ForwardError::Broken(_) => "broken",
-            ForwardError::Body(_) => "client_body",
-        }
-    }
-
-    pub fn into_error(self) -> Error {
-        match self {
-            ForwardError::Connect(cause) | ForwardError::Broken(cause) => {
-                Error::UpstreamUnavailable(cause)
-            }
-            ForwardError::Timeout => Error::UpstreamTimeout,
-            ForwardError::Body(BodyFailure::TooLarge) => Error::PayloadTooLarge,
-            ForwardError::Body(BodyFailure::Malformed) => Error::InvalidRequest(
-                "The request body broke off or its chunked framing is malformed.".into(),
-            ),
-            ForwardError::Body(BodyFailure::Stalled) => {
-                Error::InvalidRequest("The request body stopped arriving before its end.".into())
-            }
-        }
-    }
-}
-
-impl Upstream {
-    /// Builds the pooled client; fails when `upstream.ca_file` cannot be used.
-    pub fn new(config: &Config) -> Result<Upstream, String> {
-        let u = &config.upstream;
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(u.connect_timeout));
-        tcp.set_nodelay(true);
-        tcp.set_keepalive(Some(Duration::from_secs(60)));
-        // `https://` upstreams go through rustls, `http://` ones straight to TCP.
-        let connector = crate::tls::upstream_connector(tcp, u.ca_file.as_deref())
-            .map_err(|e| format!("upstream TLS: {e}"))?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(u.pool_idle_timeout)
-            .pool_max_idle_per_host(u.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // Header casing and order are the client's; the upstream sees what a direct
-            // client would have sent, minus what we strip.
-            .http1_preserve_header_case(false)
-            .build(connector.clone());
-        Ok(Upstream {
-            client,
-            health_client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1)
-                .build(connector),
-            health_cache: std::sync::Mutex::new(None),
-            url: u.url.clone(),
-            timeout: u.timeout,
-            health_path: u.health_path.clone(),
-        })
-    }
-
-    /// Builds the upstream URI from the normalised path and the original query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Error> {
-        let mut pq = String::with_capacity(
-            self.url.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        pq.push_str(&self.url.base_path);
-        pq.push_str(path);
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        Uri::builder()
-            .scheme(self.url.scheme.clone())
-            .authority(self.url.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| Error::InvalidRequest(format!("cannot forward this target: {e}").into()))
-    }
-
-    /// [`Upstream::uri`] for a request whose target is `original`. When there is no base path
-    /// and normalisation left the path as it was, the original path-and-query is reused as is
-    /// (a reference-counted clone, no copy, no re-parse): it is byte for byte what
-    /// [`Upstream::uri`] would build.
-    pub fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, Error> {
-        if self.url.base_path.is_empty()
-            && let Some(pq) = original.path_and_query()
-            && pq.as_str().starts_with('/')
-            && pq.path() == path
-        {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(self.url.scheme.clone());
-            parts.authority = Some(self.url.authority.clone());
-            parts.path_and_query = Some(pq.clone());
-            if let Ok(uri) = Uri::from_parts(parts) {
-                return Ok(uri);
-            }
-        }
-        self.uri(path, original.query())
-    }
-
-    /// Sends the request and waits for the response headers, at most `upstream.timeout`.
-    pub async fn forward(
-        &self,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let body = request.body().watch();
-        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
-        // Whatever the client library made of it, a body that failed on the client's side
-        // is the client's error.
-        if let (Some(failure), false) = (body.failure(), matches!(result, Ok(Ok(_)))) {
-            return Err(ForwardError::Body(failure));
-        }
-        match result {
-            Err(_) => Err(ForwardError::Timeout),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(e)),
-        }
-    }
-
-    /// For `/readyz`: is the upstream answering? With `upstream.health_path` a GET must
-    /// answer below 500; without it, nothing is checked.
-    pub async fn check_health(&self) -> Result<(), String> {
-        let Some(path) = &self.health_path else {
-            return Ok(());
-        };
-        let now = tokio::time::Instant::now();
-        // A poisoned lock only means a panic elsewhere mid-update; the cached value is still
-        // a whole verdict.
-        if let Some((at, verdict)) = &*self.health_cache.lock().unwrap_or_else(|e| e.into_inner())
-            && now.duration_since(*at) < HEALTH_CACHE
-        {
-            return verdict.clone();
-        }
-        let verdict = self.probe(path).await;
-        *self.health_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((tokio::time::Instant::now(), verdict.clone()));
-        verdict
-    }
-
-    async fn probe(&self, path: &str) -> Result<(), String> {
-        let uri = self.uri(path, None).map_err(|e| e.to_string())?;
-        let request = Request::get(uri)
-            .body(http_body_util::Empty::new())
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(
-            self.timeout.min(Duration::from_secs(2)),
-            self.health_client.request(request),
-        )
-        .await
-        {
-            Ok(Ok(r)) if r.status().as_u16() < 500 => Ok(()),
-            Ok(Ok(r)) => Err(format!("upstream health check answered {}", r.status())),
-            Ok(Err(e)) => Err(format!("upstream health check failed: {e}")),
-            Err(_) => Err("upstream health check timed out".into()),
-        }
-    }
-}
-
-fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
-    if e.is_connect() {
-        return ForwardError::Connect(format!("{e:?}"));
-    }
-    ForwardError::Broken(format!("{e:?}"))
 }
 
 /// Whether a header name is spelled only with letters, digits, `-` and `_`. Any other

@@ -1,6 +1,6 @@
 //! Responses gatehouse writes itself, and the one body type every response has.
 //!
-//! A response is either the upstream's, streamed back untouched ([`Incoming`]), or one
+//! A response is either the upstream's, streamed back untouched ([`ResponseBody`]), or one
 //! gatehouse wrote whole ([`Full`]): [`Body`] is the pair. The auth endpoints, the ops
 //! endpoints and error responses all build `Response<Full<Bytes>>` and wrap it with
 //! [`local`].
@@ -8,10 +8,11 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+
+use crate::upstream::ResponseBody;
 
 /// The response body: the upstream's streamed body, or one gatehouse wrote itself.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<ResponseBody, Full<Bytes>>;
 
 /// Wraps a gatehouse-written response as [`Body`].
 pub fn local(response: Response<Full<Bytes>>) -> Response<Body> {

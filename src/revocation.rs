@@ -37,6 +37,7 @@
 //! merge is therefore independent of the order in which revocations are replayed at start.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -65,9 +66,20 @@ pub struct UserCutoff<'a> {
 
 /// The in-memory set of revocations in force. Cheap to share behind an `Arc`; every method
 /// takes `&self` and is safe to call from any thread.
+///
+/// Two high-water marks spare the proxy path both lookups whenever no entry could cover the
+/// token: a user cutoff covers only tokens with `iat <= cutoff_iat`, so a token issued after
+/// every cutoff ever recorded is covered by none; a session entry lives until its
+/// `until_unix` plus [`EXPIRY_MARGIN_SECS`], so once the clock has passed every such bound
+/// no session entry is in force. Both marks only grow; after a quiet spell as long as a
+/// token's life (no logout, no password change), the caches are not consulted again.
 pub struct Revocations {
     sessions: Cache<String, SessionEntry>,
     users: Cache<String, Arc<UserEntry>>,
+    /// The largest `until_unix` of any session revocation recorded.
+    sessions_until: AtomicU64,
+    /// The largest `cutoff_iat` of any user revocation recorded.
+    users_cutoff: AtomicU64,
 }
 
 impl Default for Revocations {
@@ -82,12 +94,16 @@ impl Revocations {
         Revocations {
             sessions: Cache::builder().expire_after(UntilExpiry).build(),
             users: Cache::builder().expire_after(UntilExpiry).build(),
+            sessions_until: AtomicU64::new(0),
+            users_cutoff: AtomicU64::new(0),
         }
     }
 
     /// Revokes every token of session `sid` until `until_unix` (the latest `exp` of its tokens
     /// plus leeway). Revoking it again keeps the later expiry.
     pub fn revoke_session(&self, sid: &str, until_unix: u64, now_unix: u64) {
+        // The mark first: a reader that sees the entry must not be turned away by the mark.
+        self.sessions_until.fetch_max(until_unix, Ordering::SeqCst);
         self.sessions.entry_by_ref(sid).and_upsert_with(|old| {
             let until = old.map_or(until_unix, |e| e.into_value().until_unix.max(until_unix));
             SessionEntry {
@@ -100,6 +116,8 @@ impl Revocations {
     /// Revokes every token of a user issued at or before a cutoff, except one session's. A
     /// later cutoff replaces an earlier one (see the module doc).
     pub fn revoke_user_before(&self, cutoff: &UserCutoff<'_>, now_unix: u64) {
+        self.users_cutoff
+            .fetch_max(cutoff.cutoff_iat, Ordering::SeqCst);
         self.users
             .entry_by_ref(cutoff.user_id)
             .and_upsert_with(|old| {
@@ -114,14 +132,20 @@ impl Revocations {
             });
     }
 
-    /// Whether a verified token has been revoked. Runs on every proxied request: two hash
-    /// lookups borrowing the claims' strings, no allocation.
-    pub fn is_revoked(&self, claims: &Claims) -> bool {
-        self.sessions.contains_key(claims.sid.as_str())
-            || self
-                .users
-                .get(claims.sub.as_str())
-                .is_some_and(|user| user.covers(claims))
+    /// Whether a verified token has been revoked at `now_unix` (the app clock). Runs on every
+    /// proxied request: at most two
+    /// hash lookups borrowing the claims' strings, no allocation, and none at all while the
+    /// high-water marks rule every entry out (see [`Revocations`]).
+    pub fn is_revoked(&self, claims: &Claims, now_unix: u64) -> bool {
+        let sessions_until = self.sessions_until.load(Ordering::SeqCst);
+        let users_cutoff = self.users_cutoff.load(Ordering::SeqCst);
+        (now_unix <= sessions_until.saturating_add(EXPIRY_MARGIN_SECS)
+            && self.sessions.contains_key(claims.sid.as_str()))
+            || (claims.iat <= users_cutoff
+                && self
+                    .users
+                    .get(claims.sub.as_str())
+                    .is_some_and(|user| user.covers(claims)))
     }
 
     /// The smallest `iat` a token issued now for `user_id` may carry so that no revocation in
@@ -303,7 +327,7 @@ mod tests {
         apply(&r, ops);
         for &(sub, sid, iat, revoked) in expect {
             assert_eq!(
-                r.is_revoked(&claims(sub, sid, iat)),
+                r.is_revoked(&claims(sub, sid, iat), T),
                 revoked,
                 "token of {sub} in session {sid} issued at {iat}"
             );
@@ -407,6 +431,29 @@ mod tests {
     }
 
     #[test]
+    fn the_marks_skip_only_what_no_entry_could_cover() {
+        let r = Revocations::new();
+        // Nothing recorded: nothing is revoked, and no lookup is needed to say so.
+        assert!(!r.is_revoked(&claims("u1", "s1", T), T));
+        apply(&r, &[Op::Session("s1", T), Op::User("u2", T, None)]);
+        // A session entry covers its tokens whenever they were issued, while it lives: up to
+        // its bound plus the margin, by the app clock.
+        for iat in [T - 100, T, T + 100] {
+            assert!(r.is_revoked(&claims("u1", "s1", iat), T));
+        }
+        let bound = T + TTL + EXPIRY_MARGIN_SECS;
+        assert!(r.is_revoked(&claims("u1", "s1", T), bound));
+        // Past every bound, no session entry is in force: the mark answers.
+        assert!(!r.is_revoked(&claims("u1", "s1", T), bound + 1));
+        // A user cutoff covers tokens issued up to it, and the mark passes later ones.
+        assert!(r.is_revoked(&claims("u2", "other", T), T));
+        assert!(!r.is_revoked(&claims("u2", "other", T + 1), T));
+        // A later revocation raises the marks again.
+        apply(&r, &[Op::Session("s9", T + 1000)]);
+        assert!(r.is_revoked(&claims("u1", "s9", T), bound + 1));
+    }
+
+    #[test]
     fn min_iat_lets_same_second_logins_survive() {
         let r = Revocations::new();
         assert_eq!(r.min_iat("u1"), 0);
@@ -414,8 +461,8 @@ mod tests {
         assert_eq!(r.min_iat("u1"), T + 1);
         assert_eq!(r.min_iat("u2"), 0);
         // A login in the revoking second: without the floor it would be born revoked.
-        assert!(r.is_revoked(&claims("u1", "new", T)));
-        assert!(!r.is_revoked(&claims("u1", "new", T.max(r.min_iat("u1")))));
+        assert!(r.is_revoked(&claims("u1", "new", T), T));
+        assert!(!r.is_revoked(&claims("u1", "new", T.max(r.min_iat("u1"))), T));
     }
 
     #[test]
@@ -447,9 +494,9 @@ mod tests {
         // Password change from `current` at T, then a fresh login in that same second.
         apply(&r, &[Op::User("u1", T, Some("current"))]);
         let fresh = issue("fresh", T);
-        assert!(r.is_revoked(&old));
-        assert!(!r.is_revoked(&current));
-        assert!(!r.is_revoked(&fresh));
+        assert!(r.is_revoked(&old, T));
+        assert!(!r.is_revoked(&current, T));
+        assert!(!r.is_revoked(&fresh, T));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::app::App;
 use crate::gate::{self, ConnInfo};
@@ -85,8 +85,9 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     let graceful = GracefulShutdown::new();
     let builder = builder(&app);
     let slots = app.connection_slots.clone();
-    // Flips to true at the drain deadline; every connection task watches it.
-    let (deadline_passed, closing) = watch::channel(false);
+    // Every connection's task, so that the drain deadline can close the ones still open by
+    // aborting them: nothing per request or per wake-up watches for it.
+    let mut connections = JoinSet::new();
     let Listeners { main, admin } = listeners;
     let tls = app.tls.as_ref().map(|tls| tls.acceptor().clone());
     let handshake_timeout = app.config.server.header_read_timeout;
@@ -95,6 +96,8 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            // Finished tasks are reaped as they end, so the set holds only open connections.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = main.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
@@ -113,7 +116,7 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let gauge = app.metrics.connections_open.clone();
+                let open = Open::new(&app, slot);
                 let app = app.clone();
                 let conn = ConnInfo { peer, tls: tls.is_some() };
                 let service = service_fn(move |request| {
@@ -125,44 +128,36 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
                 let acceptor = tls.clone();
-                gauge.inc();
-                let closing = closing.clone();
-                tokio::spawn(async move {
-                    let serve = async {
-                        // Connection errors (client resets, timeouts) are the client's
-                        // business; hyper has already answered what could be answered.
-                        if let Some(acceptor) = acceptor {
-                            let Some(stream) = tls_handshake(&acceptor, stream, handshake_timeout, peer).await
-                            else {
-                                return;
-                            };
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            let _ = watcher.watch(connection).await;
-                        } else {
-                            // hyper's HTTP/1-or-2 detection reads without a timer of its own:
-                            // a client that connects and sends nothing would hold its slot
-                            // forever. (Over TLS the handshake deadline covers this.)
-                            if !preface_arrives(&stream, handshake_timeout).await {
-                                tracing::debug!(%peer, "no request bytes in time; closing");
-                                return;
-                            }
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            let _ = watcher.watch(connection).await;
+                connections.spawn(async move {
+                    // Dropped when the task ends or is aborted: the gauge and the slot.
+                    let _open = open;
+                    // Connection errors (client resets, timeouts) are the client's
+                    // business; hyper has already answered what could be answered.
+                    if let Some(acceptor) = acceptor {
+                        let Some(stream) = tls_handshake(&acceptor, stream, handshake_timeout, peer).await
+                        else {
+                            return;
+                        };
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let _ = watcher.watch(connection).await;
+                    } else {
+                        // hyper's HTTP/1-or-2 detection reads without a timer of its own:
+                        // a client that connects and sends nothing would hold its slot
+                        // forever. (Over TLS the handshake deadline covers this.)
+                        if !preface_arrives(&stream, handshake_timeout).await {
+                            tracing::debug!(%peer, "no request bytes in time; closing");
+                            return;
                         }
-                    };
-                    tokio::select! {
-                        () = serve => {}
-                        () = until_closed(closing) => {}
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let _ = watcher.watch(connection).await;
                     }
-                    gauge.dec();
-                    drop(slot);
                 });
             }
             accepted = accept_admin(admin.as_ref()) => {
                 if let Ok((stream, _)) = accepted {
-                    serve_admin(&app, &builder, &graceful, closing.clone(), stream);
+                    serve_admin(&app, &builder, &graceful, &mut connections, stream);
                 }
             }
         }
@@ -176,10 +171,32 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
-            // Each task drops its connection, which closes the socket and cancels the
+            // Aborting a task drops its connection, which closes the socket and cancels the
             // request still in flight on it.
-            deadline_passed.send_replace(true);
+            connections.abort_all();
         }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// An open connection, counted in `gatehouse_connections_open` and holding one slot of
+/// `server.max_connections` until it is dropped, however its task ends.
+struct Open {
+    gauge: prometheus::IntGauge,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(app: &App, slot: tokio::sync::OwnedSemaphorePermit) -> Open {
+        let gauge = app.metrics.connections_open.clone();
+        gauge.inc();
+        Open { gauge, _slot: slot }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -227,11 +244,6 @@ async fn preface_arrives(stream: &TcpStream, limit: std::time::Duration) -> bool
     tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
-/// Completes once the drain deadline has passed (or `run` is gone).
-async fn until_closed(mut closing: watch::Receiver<bool>) {
-    let _ = closing.wait_for(|&passed| passed).await;
-}
-
 async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match admin {
         Some(listener) => listener.accept().await,
@@ -243,7 +255,7 @@ fn serve_admin(
     app: &Arc<App>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    closing: watch::Receiver<bool>,
+    connections: &mut JoinSet<()>,
     stream: TcpStream,
 ) {
     let app = app.clone();
@@ -261,10 +273,7 @@ fn serve_admin(
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
     let watched = graceful.watch(connection);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = watched => {}
-            () = until_closed(closing) => {}
-        }
+    connections.spawn(async move {
+        let _ = watched.await;
     });
 }

@@ -12,7 +12,6 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use std::time::Duration;
 
@@ -102,10 +101,10 @@ impl Handshake {
 /// task of its own holding a connection slot, and is passed on (`Ok(true)`: the caller puts
 /// the handshake headers back). A 101 nobody asked for, or one that does not accept the key,
 /// is a 502: passing it on would hand the client a raw upstream socket past the gate.
-pub fn switch(
+pub fn switch<B>(
     host: &dyn Host,
     handshake: Option<Handshake>,
-    response: &mut Response<Incoming>,
+    response: &mut Response<B>,
     request_id: &HeaderValue,
     expires_at: Option<u64>,
 ) -> Result<bool, Error> {

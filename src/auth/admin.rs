@@ -70,7 +70,7 @@ pub async fn handle(
 }
 
 /// A valid token whose roles include the admin role.
-fn require_admin<B>(app: &App, request: &Request<B>) -> Result<Claims, Error> {
+fn require_admin<B>(app: &App, request: &Request<B>) -> Result<std::sync::Arc<Claims>, Error> {
     let claims = require_bearer(app, request.headers())?;
     let policy = &app.config.policy;
     let held = policy.roles_mask(claims.roles.iter().map(String::as_str));

@@ -184,6 +184,8 @@ pub struct TokensConfig {
     pub refresh_ttl: Duration,
     pub refresh_idle_ttl: Duration,
     pub leeway: Duration,
+    /// Slots of the verified-token cache (0: off).
+    pub verify_cache: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -368,6 +368,11 @@ const DEFAULT_REFRESH_IDLE_TTL: &str = "7d";
 const DEFAULT_LEEWAY: &str = "5s";
 /// The most leeway accepted, for the same reason.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// Slots of the verified-token cache: enough for a few thousand clients' current tokens at
+/// about 1 KiB each, a few MiB at most.
+const DEFAULT_VERIFY_CACHE: usize = 4096;
+/// Beyond this the cache costs more memory than verifying saves.
+const MAX_VERIFY_CACHE: usize = 1 << 20;
 
 fn tokens(s: &mut Section<'_>) -> TokensConfig {
     let secret = s.get("secret", super::Secret::default()).check(|secret| {
@@ -402,6 +407,15 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
         leeway: s.duration("leeway", DEFAULT_LEEWAY).check(|l| {
             if *l > MAX_LEEWAY {
                 Err("must be at most 5m; every second is extra token life".into())
+            } else {
+                Ok(())
+            }
+        }),
+        verify_cache: s.get("verify_cache", DEFAULT_VERIFY_CACHE).check(|n| {
+            if *n > MAX_VERIFY_CACHE {
+                Err(format!(
+                    "must be at most {MAX_VERIFY_CACHE} (0 turns it off)"
+                ))
             } else {
                 Ok(())
             }

@@ -32,11 +32,18 @@
 //!   every token issued at or before its cutoff second, so a login in that same second must carry
 //!   a later `iat` to survive it. `nbf` and `exp` still count from the real `now_unix`, so the
 //!   raised `iat` never delays or lengthens the token's use.
+//! - **A token seen before is not verified again** ([`Tokens::verify_shared`], `cache.rs`,
+//!   `tokens.verify_cache` slots): the bytes decide the signature and the claims, so a
+//!   token that verified once has only its time checked on later uses. Revocation is not
+//!   this module's business and is checked on every request either way.
 //! - **Opaque tokens** are 256 bits from the OS RNG, base64url without padding. Only their SHA-256
 //!   is stored: with that much entropy a fast unsalted hash cannot be brute-forced, and a stolen
 //!   store yields no usable token. Stored hashes are compared in constant time.
 
+mod cache;
+
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::hmac;
 use base64::Engine as _;
@@ -186,6 +193,8 @@ pub struct Tokens {
     audience: String,
     access_ttl_secs: u64,
     leeway_secs: u64,
+    /// Tokens verified before, for [`Tokens::verify_shared`]; off unless [`Tokens::with_cache`].
+    cache: cache::VerifiedCache,
 }
 
 impl fmt::Debug for Tokens {
@@ -236,7 +245,16 @@ impl Tokens {
             audience: s.audience,
             access_ttl_secs: s.access_ttl_secs,
             leeway_secs: s.leeway_secs,
+            cache: cache::VerifiedCache::new(0),
         }
+    }
+
+    /// Turns on the cache of verified tokens with `entries` slots (rounded up to a power of
+    /// two; 0 leaves it off). See [`cache`] for what it holds and why it is safe.
+    #[must_use]
+    pub fn with_cache(mut self, entries: usize) -> Self {
+        self.cache = cache::VerifiedCache::new(entries);
+        self
     }
 
     /// Mints an access token for `id` at `now_unix`, returning the compact JWT and its claims
@@ -279,13 +297,32 @@ impl Tokens {
         } else {
             self.verify_with_library(token)?
         };
+        self.check_time(&claims, now_unix)?;
+        Ok(claims)
+    }
+
+    /// [`Tokens::verify`] through the cache of verified tokens: a token verified before skips
+    /// the signature and the JSON, and has only its time checked again. Runs on every
+    /// proxied request; the claims come back shared, so a hit copies no string.
+    pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<Arc<Claims>, TokenError> {
+        if let Some(claims) = self.cache.get(token) {
+            self.check_time(&claims, now_unix)?;
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify(token, now_unix)?);
+        self.cache.insert(token, claims.clone());
+        Ok(claims)
+    }
+
+    /// `nbf` and `exp` against the injected clock, with the leeway (see the module doc).
+    fn check_time(&self, claims: &Claims, now_unix: u64) -> Result<(), TokenError> {
         if now_unix.saturating_add(self.leeway_secs) < claims.nbf {
             return Err(TokenError::Invalid("not_yet_valid"));
         }
         if now_unix >= claims.exp.saturating_add(self.leeway_secs) {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// The fast path, for a token whose header segment is byte for byte the one we issue
@@ -437,11 +474,24 @@ fn check_shape(token: &[u8]) -> Result<(), TokenError> {
 /// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(token: &[u8]) -> bool {
     let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
-    body_len > 0
-        && token[..body_len].iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+    // One table load per byte: this scans every token on every proxied request.
+    body_len > 0 && token[..body_len].iter().all(|&b| B64TOKEN[usize::from(b)])
 }
+
+/// The `b64token` characters, by byte value.
+static B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        // `b < 256`, so the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
 
 /// RFC 7515 §4.1.9 compares media types case-insensitively and lets `application/` be left out.
 fn is_access_typ(typ: Option<&str>) -> bool {
