@@ -565,7 +565,7 @@ secret = "0123456789abcdef0123456789abcdef"
             &[],
             &[
                 "rate_limits.redis_prefix: must not be empty",
-                "rate_limits.redis_timeout: must be between 1ms and 1s",
+                "is out of range: must be between 1ms and 1s",
             ],
         );
         check(
@@ -573,7 +573,7 @@ secret = "0123456789abcdef0123456789abcdef"
             &[],
             &[
                 "rate_limits.redis_prefix: must not contain spaces",
-                "rate_limits.redis_timeout: must be between 1ms and 1s",
+                "is out of range: must be between 1ms and 1s",
             ],
         );
     }
