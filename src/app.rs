@@ -218,17 +218,10 @@ impl App {
         store: Arc<dyn Store>,
         clock: Clock,
     ) -> Result<App, StartError> {
-        // Two rules may share a glob (e.g. writes for creators, reads for everyone); their
-        // metric labels get the rule index so the series stay apart.
-        let mut rule_labels: Vec<String> = Vec::with_capacity(config.policy.len());
-        for i in 0..config.policy.len() {
-            let glob = config.policy.rule_label(Some(i));
-            if rule_labels.iter().any(|l| l == glob) {
-                rule_labels.push(format!("{glob}#{i}"));
-            } else {
-                rule_labels.push(glob.to_string());
-            }
-        }
+        // The policy gives every rule a unique label (its name, or its pattern made unique).
+        let rule_labels: Vec<String> = (0..config.policy.len())
+            .map(|i| config.policy.rule_label(Some(i)).to_string())
+            .collect();
         let metrics = Metrics::new(&rule_labels).map_err(StartError::Metrics)?;
         let shared_limits =
             SharedLimits::new(&config.rate_limits, &metrics).map_err(StartError::RateLimits)?;

@@ -69,6 +69,8 @@ use http::Method;
 /// One `[[routes]]` entry as written in the configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
+    /// `name`: the rule's label in metrics and access logs; see [`Policy::rule_label`].
+    pub name: Option<String>,
     /// The path glob, e.g. `/api/users/**`.
     pub path: String,
     /// Methods the rule applies to; empty means all.
@@ -399,8 +401,13 @@ impl Policy {
         } else {
             FoldedRules::compile(spec, &mut errors)
         };
+        let labels = rule_labels(spec, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
+        }
+        let mut rules = rules;
+        for (rule, label) in rules.iter_mut().zip(labels) {
+            rule.label = label.into();
         }
         let index = FirstSegmentIndex::build(rules.iter().map(|r| r.glob.first_literal()));
         Ok(Policy {
@@ -552,10 +559,14 @@ impl Policy {
         }
     }
 
-    /// A stable short label for metrics: the rule's glob, or `default`.
+    /// The rule's `route` label in metrics and access logs, `default` for the policy
+    /// default. A rule's `name` when it has one; otherwise its path pattern, or, when
+    /// several rules share that pattern, the pattern with its methods (`GET,HEAD /api/**`),
+    /// and with its index too (`/api/** (routes[3])`) if that is still not unique. Labels
+    /// are unique, so no two rules' series merge.
     pub fn rule_label(&self, rule: Option<usize>) -> &str {
         match rule.and_then(|i| self.rules.get(i)) {
-            Some(rule) => &rule.pattern,
+            Some(rule) => &rule.label,
             None => "default",
         }
     }
@@ -698,8 +709,10 @@ const MAX_ROLES: usize = 128;
 
 #[derive(Debug)]
 struct Rule {
-    /// The glob as written, for `explain` and metrics labels.
+    /// The glob as written, for `explain`.
     pattern: Box<str>,
+    /// The metrics and access-log label ([`Policy::rule_label`]).
+    label: Box<str>,
     glob: Glob,
     methods: Methods,
     access: Access,
@@ -764,11 +777,96 @@ impl Rule {
         }
         Some(Rule {
             pattern: route.path.as_str().into(),
+            label: Box::default(),
             glob: glob?,
             methods,
             access: access?,
         })
     }
+}
+
+/// The longest route name: labels are for dashboards, not prose.
+const MAX_NAME_LEN: usize = 64;
+
+/// Each rule's label (see [`Policy::rule_label`]), checking the names: well-formed, not
+/// reserved, unique.
+fn rule_labels(spec: &PolicySpec, errors: &mut Vec<PolicyError>) -> Vec<String> {
+    let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, route) in spec.routes.iter().enumerate() {
+        let Some(name) = &route.name else { continue };
+        let key = format!("routes[{i}].name");
+        let well_formed = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./:".contains(&b));
+        if !well_formed {
+            errors.push(PolicyError::new(
+                key,
+                format!(
+                    "`{name}` is not a route name: use 1 to {MAX_NAME_LEN} letters, digits, \
+                     `-`, `_`, `.`, `/` or `:`"
+                ),
+            ));
+        } else if name == "default" || name.starts_with("auth:") {
+            errors.push(PolicyError::new(
+                key,
+                format!(
+                    "`{name}` is reserved: `default` labels the policy default and `auth:` \
+                     the auth endpoints"
+                ),
+            ));
+        } else if let Some(first) = named.get(name.as_str()) {
+            errors.push(PolicyError::new(
+                key,
+                format!("`{name}` is already the name of routes[{first}]; names must be unique"),
+            ));
+        } else {
+            named.insert(name, i);
+        }
+    }
+    let shared = |pattern: &str| {
+        spec.routes
+            .iter()
+            .filter(|r| r.name.is_none() && r.path == pattern)
+            .count()
+            > 1
+    };
+    let mut labels: Vec<String> = spec
+        .routes
+        .iter()
+        .map(|route| match &route.name {
+            Some(name) => name.clone(),
+            None if shared(&route.path) && !route.methods.is_empty() => {
+                let mut methods: Vec<String> = Vec::new();
+                for m in &route.methods {
+                    let m = m.to_ascii_uppercase();
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
+                }
+                format!("{} {}", methods.join(","), route.path)
+            }
+            None => route.path.clone(),
+        })
+        .collect();
+    // Whatever is still ambiguous (same pattern and methods, or an unnamed label equal to
+    // a name) gets its index, which is unique.
+    let taken: Vec<bool> = (0..labels.len())
+        .map(|i| {
+            spec.routes[i].name.is_none()
+                && labels
+                    .iter()
+                    .enumerate()
+                    .any(|(j, l)| j != i && *l == labels[i])
+        })
+        .collect();
+    for (i, taken) in taken.into_iter().enumerate() {
+        if taken {
+            labels[i] = format!("{} (routes[{i}])", spec.routes[i].path);
+        }
+    }
+    labels
 }
 
 /// The standard methods, one bit each in [`Methods::standard`].
@@ -1941,5 +2039,65 @@ mod tests {
         assert_eq!(policy.rule_label(Some(2)), "/gone");
         assert_eq!(policy.rule_label(None), "default");
         assert_eq!(policy.rule_label(Some(99)), "default");
+    }
+
+    #[test]
+    fn rules_get_unique_readable_labels() {
+        let route = |name: Option<&str>, path: &str, methods: &[&str]| RouteSpec {
+            name: name.map(str::to_owned),
+            path: path.to_owned(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            access: Some("public".to_owned()),
+            ..RouteSpec::default()
+        };
+        let spec = PolicySpec {
+            routes: vec![
+                route(None, "/api/**", &["post", "PUT"]),
+                route(None, "/api/**", &["GET"]),
+                route(None, "/api/**", &[]),
+                route(Some("health"), "/healthz", &[]),
+                route(None, "/x", &["GET"]),
+                route(None, "/x", &["GET"]),
+                route(None, "/once", &["GET"]),
+            ],
+            default: "deny".to_owned(),
+            ..PolicySpec::default()
+        };
+        let policy = Policy::compile(&spec).expect("valid");
+        let labels: Vec<&str> = (0..7).map(|i| policy.rule_label(Some(i))).collect();
+        assert_eq!(
+            labels,
+            [
+                "POST,PUT /api/**",
+                "GET /api/**",
+                "/api/**",
+                "health",
+                "/x (routes[4])",
+                "/x (routes[5])",
+                "/once",
+            ]
+        );
+
+        let mut bad = spec.clone();
+        bad.routes[1].name = Some("health".to_owned());
+        bad.routes[2].name = Some("default".to_owned());
+        bad.routes[4].name = Some("auth:login".to_owned());
+        bad.routes[5].name = Some("has space".to_owned());
+        bad.routes[6].name = Some(String::new());
+        let errors: Vec<String> = Policy::compile(&bad)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "routes[2].name: `default` is reserved: `default` labels the policy default and `auth:` the auth endpoints",
+                "routes[3].name: `health` is already the name of routes[1]; names must be unique",
+                "routes[4].name: `auth:login` is reserved: `default` labels the policy default and `auth:` the auth endpoints",
+                "routes[5].name: `has space` is not a route name: use 1 to 64 letters, digits, `-`, `_`, `.`, `/` or `:`",
+                "routes[6].name: `` is not a route name: use 1 to 64 letters, digits, `-`, `_`, `.`, `/` or `:`",
+            ]
+        );
     }
 }

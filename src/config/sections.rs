@@ -677,6 +677,7 @@ struct Route {
 fn route(s: &mut Section<'_>) -> Route {
     Route {
         spec: RouteSpec {
+            name: s.optional("name").get(),
             path: s.str("path", "").get(),
             methods: s.list("methods", &[]).get(),
             access: s.optional("access").get(),
