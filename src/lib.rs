@@ -40,6 +40,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod cooldown;
+pub mod decide;
 pub mod demo;
 pub mod email;
 pub mod error;
