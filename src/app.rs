@@ -99,6 +99,53 @@ impl RequestIds {
     }
 }
 
+/// A request id held by value: the id an audit event names, carried in the accounts
+/// service's `Caller`. Inline rather than a `String` or `HeaderValue` so `Caller` stays
+/// `Copy` (it is copied into audit calls and moved into spawned mail jobs) and costs no
+/// allocation; [`RequestIds`] mints ids of at most 32 bytes and accepts at most 128.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; RequestId::MAX],
+}
+
+impl RequestId {
+    const MAX: usize = 128;
+
+    /// No id: the offline CLI.
+    pub const NONE: RequestId = RequestId {
+        len: 0,
+        bytes: [0; RequestId::MAX],
+    };
+
+    /// The id of a request, as the gate took or minted it. Ids are checked by
+    /// [`RequestIds::accept`] or minted, so they are short and plain; anything else is cut
+    /// to its first 128 bytes and to what is printable ASCII.
+    pub fn new(value: &HeaderValue) -> RequestId {
+        let mut id = RequestId::NONE;
+        for (slot, &b) in id
+            .bytes
+            .iter_mut()
+            .zip(value.as_bytes().iter().take_while(|b| b.is_ascii_graphic()))
+        {
+            *slot = b;
+            id.len += 1;
+        }
+        id
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only printable ASCII is ever stored.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Default for RequestIds {
     fn default() -> Self {
         RequestIds::new()

@@ -200,7 +200,10 @@ async fn gate(
             // The endpoints read the query (reset and verification links); a `Uri` clone
             // shares its bytes.
             *request.uri_mut() = target.clone();
-            let caller = crate::auth::Caller { ip: client };
+            let caller = crate::auth::Caller {
+                ip: client,
+                request_id: crate::app::RequestId::new(request_id),
+            };
             let result = crate::auth::handle(app, caller, request, &path).await;
             return Exchange::new(route, result, target, None);
         }

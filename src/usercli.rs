@@ -27,6 +27,7 @@ const CLI_ACTOR: Actor<'static> = Actor {
     admin_id: "cli",
     caller: Caller {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        request_id: crate::app::RequestId::NONE,
     },
 };
 

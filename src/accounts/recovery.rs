@@ -113,6 +113,7 @@ pub async fn forgot_password(
                 event = "forgot_password",
                 outcome = "shed",
                 ip = %caller.ip,
+                request_id = caller.request_id.as_str(),
                 "too many forgot-password requests in progress; request dropped"
             );
         }
@@ -125,7 +126,7 @@ pub async fn forgot_password(
 async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<String>, Error> {
     let user = app.store.find_user_by_email(email).await?;
     let Some(user) = user.filter(|u| !u.locked) else {
-        audit(app, "forgot_password", "no_account", None, caller.ip);
+        audit(app, "forgot_password", "no_account", None, caller);
         return Ok(None);
     };
     let token = issue(app, OneTimeKind::PasswordReset, &user).await?;
@@ -135,7 +136,7 @@ async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<St
         &token,
         app.config.auth.reset_token_ttl,
     ));
-    audit(app, "forgot_password", "mailed", Some(&user.id), caller.ip);
+    audit(app, "forgot_password", "mailed", Some(&user.id), caller);
     Ok(Some(token))
 }
 
@@ -230,12 +231,12 @@ pub async fn reset_password(
 ) -> Result<(), Error> {
     let (hash, _, user) = live_token(app, OneTimeKind::PasswordReset, token)
         .await
-        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
+        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller))?;
     let password_hash =
         hash_new_password(app, new_password, &user.email, user.username.as_deref()).await?;
     consume(app, OneTimeKind::PasswordReset, hash, &user)
         .await
-        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
+        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller))?;
     set_password(app, &user.id, password_hash, None).await?;
 
     clear_lockouts(app, &user).await?;
@@ -253,7 +254,7 @@ pub async fn reset_password(
     }
     app.mailer
         .send(Mail::password_changed(&user.email, app.clock.now()));
-    audit(app, "password_reset", "ok", Some(&user.id), caller.ip);
+    audit(app, "password_reset", "ok", Some(&user.id), caller);
     Ok(())
 }
 
@@ -261,7 +262,7 @@ pub async fn reset_password(
 pub async fn verify_email(app: &App, caller: Caller, token: &str) -> Result<UserRecord, Error> {
     let (hash, record, user) = live_token(app, OneTimeKind::EmailVerification, token)
         .await
-        .inspect_err(|_| audit(app, "email_verification", "invalid_token", None, caller.ip))?;
+        .inspect_err(|_| audit(app, "email_verification", "invalid_token", None, caller))?;
     consume(app, OneTimeKind::EmailVerification, hash, &user).await?;
     // The address may have changed between the check and now.
     let verified = UserUpdate {
@@ -280,7 +281,7 @@ pub async fn verify_email(app: &App, caller: Caller, token: &str) -> Result<User
         Err(Error::NotFound) => return Err(Error::InvalidResetToken),
         Err(e) => return Err(e),
     };
-    audit(app, "email_verification", "ok", Some(&user.id), caller.ip);
+    audit(app, "email_verification", "ok", Some(&user.id), caller);
     Ok(user)
 }
 
@@ -317,13 +318,7 @@ pub async fn resend_verification(
         });
     }
     let token = send_verification(app, &user).await?;
-    audit(
-        app,
-        "email_verification",
-        "resent",
-        Some(&user.id),
-        caller.ip,
-    );
+    audit(app, "email_verification", "resent", Some(&user.id), caller);
     Ok(Resent::Sent {
         debug_token: app.config.auth.expose_debug_tokens.then_some(token),
     })
