@@ -355,13 +355,8 @@ impl App {
         app.mailer.start();
         // Logs whether Redis answers; never fails the start (limits fall back to local).
         app.shared_limits.connect().await;
-        if app.config.auth.expose_debug_tokens {
-            tracing::warn!(
-                "auth.expose_debug_tokens is ON: reset and verification tokens appear in API \
-                 answers and logs, and forgot-password reveals which addresses have accounts. \
-                 Development only: never run this in production."
-            );
-        }
+        // Risky settings (debug tokens among them) are logged by the CLI from the config's
+        // warnings, the same list `check-config` prints.
         if app.mailer.mode() == "log" {
             tracing::info!(
                 "email.mode = \"log\": no mail is sent; reset and verification mails are only logged"

@@ -44,6 +44,7 @@ pub mod decide;
 pub mod demo;
 pub mod email;
 pub mod error;
+pub mod explain;
 pub mod gate;
 pub mod guard;
 pub mod hygiene;

@@ -62,7 +62,7 @@
 //!   with no allocation. With 100 rules a decision takes well under a microsecond.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use http::Method;
 
@@ -571,86 +571,12 @@ impl Policy {
         }
     }
 
-    /// A plain-words account of how the policy treats a request, for
-    /// `gatehouse policy explain`. `path` is used as given (normalise it first); `roles` is
-    /// `None` for an anonymous client.
-    pub fn explain(&self, method: &str, path: &str, roles: Option<&[String]>) -> String {
-        let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-            return format!("`{method}` is not a valid HTTP method.\n");
-        };
-        let decision = self.decide(&method, path);
-        let mut out = String::new();
-        // Writing to a String cannot fail, so the results are ignored.
-        let _ = writeln!(out, "request: {method} {path}");
-        let _ = writeln!(out, "rule:    {}", self.describe_match(decision.exact));
-        for (matched, form) in decision.others() {
-            let _ = writeln!(
-                out,
-                "also:    as the {}: {}",
-                form.label(),
-                self.describe_match(matched)
-            );
-        }
-        if decision.others().next().is_some() {
-            let _ = writeln!(
-                out,
-                "         (upstreams route these spellings to the same handler; the strictest verdict applies)"
-            );
-        }
-        let user = roles.map(|names| self.roles_mask(names.iter().map(String::as_str)));
-        match (roles, user) {
-            (Some(names), Some(mask)) => {
-                let _ = writeln!(
-                    out,
-                    "user:    token with roles [{}]; effective roles after inheritance: [{}]",
-                    names.join(", "),
-                    self.role_names(mask)
-                );
-                let unknown: Vec<&str> = names
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|name| self.roles.index_of(name).is_none())
-                    .collect();
-                if !unknown.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "         not known to the policy, so granting nothing: [{}]",
-                        unknown.join(", ")
-                    );
-                }
-            }
-            _ => {
-                let _ = writeln!(out, "user:    anonymous (no token)");
-            }
-        }
-        let (verdict, matched, form) = decision.verdict(user);
-        if decision.others().next().is_some() {
-            let _ = writeln!(out, "decided: by the {}", form.label());
-        }
-        let verdict = match (verdict, matched.access, user) {
-            (Verdict::Allow, Access::Roles(required), Some(held)) => format!(
-                "ALLOW: the user holds [{}], which the rule accepts",
-                self.role_names(RoleMask(required.0 & held.0))
-            ),
-            (Verdict::Allow, _, _) => "ALLOW: the request is forwarded upstream".to_owned(),
-            (Verdict::Unauthenticated, _, _) => {
-                "DENY 401: a valid access token is required".to_owned()
-            }
-            (Verdict::Forbidden, Access::Deny, _) => {
-                "DENY 403: this is denied to everyone, with or without a token".to_owned()
-            }
-            (Verdict::Forbidden, _, _) => {
-                "DENY 403: the user holds none of the required roles".to_owned()
-            }
-        };
-        let _ = writeln!(out, "verdict: {verdict}");
-        out
-    }
-
-    fn describe_match(&self, matched: Matched) -> String {
+    /// One line on a match: the rule, its label, pattern, methods and access, or the default.
+    pub fn describe_match(&self, matched: Matched) -> String {
         match matched.rule.and_then(|i| Some((i, self.rules.get(i)?))) {
             Some((i, rule)) => format!(
-                "routes[{i}] matched: path = \"{}\", methods = {}, {}",
+                "routes[{i}] ({}) matched: path = \"{}\", methods = {}, {}",
+                rule.label,
                 rule.pattern,
                 rule.methods.label,
                 self.describe(rule.access)
@@ -666,8 +592,13 @@ impl Policy {
         }
     }
 
+    /// Whether a role name is known to the policy (a token's unknown roles grant nothing).
+    pub fn knows_role(&self, name: &str) -> bool {
+        self.roles.index_of(name).is_some()
+    }
+
     /// The names in a mask, in interning order, comma-separated.
-    fn role_names(&self, mask: RoleMask) -> String {
+    pub fn role_names(&self, mask: RoleMask) -> String {
         let names: Vec<&str> = (0..self.roles.names.len())
             .filter(|&i| mask.0 & bit(i) != 0)
             .map(|i| &*self.roles.names[i])
@@ -1740,7 +1671,7 @@ mod tests {
     }
 
     #[test]
-    fn explain_says_which_spelling_decided() {
+    fn the_stricter_spelling_decides() {
         let mut spec = spec(
             "
             role admin
@@ -1749,20 +1680,22 @@ mod tests {
         ",
         );
         let policy = Policy::compile(&spec).expect("compiles");
-        let user = ["user".to_owned()];
-        let out = policy.explain("GET", "/api/ADMIN", Some(&user));
-        assert!(out.contains("rule:    routes[1]"), "{out}");
-        assert!(
-            out.contains("also:    as the case-folded path: routes[0]"),
-            "{out}"
+        let user = Some(policy.roles_mask(["user"]));
+        let decision = policy.decide(&Method::GET, "/api/ADMIN");
+        assert_eq!(decision.exact.rule, Some(1));
+        let others: Vec<_> = decision.others().collect();
+        assert_eq!(others.len(), 1);
+        assert_eq!((others[0].0.rule, others[0].1), (Some(0), Form::Folded));
+        let (verdict, matched, form) = decision.verdict(user);
+        assert_eq!(
+            (verdict, matched.rule, form),
+            (Verdict::Forbidden, Some(0), Form::Folded)
         );
-        assert!(out.contains("decided: by the case-folded path"), "{out}");
-        assert!(out.contains("DENY 403"), "{out}");
         spec.case_sensitive = true;
         let policy = Policy::compile(&spec).expect("compiles");
-        let out = policy.explain("GET", "/api/ADMIN", Some(&user));
-        assert!(!out.contains("folded"), "{out}");
-        assert!(out.contains("ALLOW"), "{out}");
+        let decision = policy.decide(&Method::GET, "/api/ADMIN");
+        assert_eq!(decision.others().count(), 0);
+        assert_eq!(decision.verdict(user).0, Verdict::Allow);
     }
 
     #[test]
@@ -1982,7 +1915,7 @@ mod tests {
     }
 
     #[test]
-    fn explain_and_labels() {
+    fn descriptions_and_labels() {
         let policy = Policy::compile(&spec(
             "
             route /api/admin/** methods=GET,DELETE roles=admin
@@ -1992,48 +1925,25 @@ mod tests {
             ",
         ))
         .expect("valid");
-        let roles = |r: &[&str]| r.iter().map(ToString::to_string).collect::<Vec<_>>();
-        let admin = roles(&["admin", "stranger"]);
+        let decision = policy.decide(&Method::HEAD, "/api/admin/users");
         assert_eq!(
-            policy.explain("head", "/api/admin/users", Some(&admin)),
-            "request: HEAD /api/admin/users\n\
-             rule:    routes[0] matched: path = \"/api/admin/**\", methods = GET, HEAD (implied by GET), DELETE, roles = any of [admin]\n\
-             user:    token with roles [admin, stranger]; effective roles after inheritance: [admin, reader]\n\
-             \x20        not known to the policy, so granting nothing: [stranger]\n\
-             verdict: ALLOW: the user holds [admin], which the rule accepts\n"
+            policy.describe_match(decision.exact),
+            "routes[0] (/api/admin/**) matched: path = \"/api/admin/**\", methods = GET, HEAD (implied by GET), DELETE, roles = any of [admin]"
         );
-        let reader = roles(&["reader"]);
-        let text = policy.explain("DELETE", "/api/admin/x", Some(&reader));
-        assert!(
-            text.ends_with("verdict: DENY 403: the user holds none of the required roles\n"),
-            "{text}"
-        );
-        let text = policy.explain("GET", "/api/admin/x", None);
-        assert!(text.contains("user:    anonymous"), "{text}");
-        assert!(
-            text.ends_with("verdict: DENY 401: a valid access token is required\n"),
-            "{text}"
-        );
-        let text = policy.explain("GET", "/gone", None);
-        assert!(
-            text.ends_with("DENY 403: this is denied to everyone, with or without a token\n"),
-            "{text}"
-        );
-        let text = policy.explain("POST", "/elsewhere", Some(&reader));
-        assert!(
-            text.contains("rule:    no rule matched; default = deny\n"),
-            "{text}"
-        );
-        let text = policy.explain("GET", "/public/x", None);
-        assert!(text.contains("methods = all, access = public"), "{text}");
-        assert!(
-            text.ends_with("ALLOW: the request is forwarded upstream\n"),
-            "{text}"
-        );
+        let decision = policy.decide(&Method::POST, "/elsewhere");
         assert_eq!(
-            policy.explain("G T", "/", None),
-            "`G T` is not a valid HTTP method.\n"
+            policy.describe_match(decision.exact),
+            "no rule matched; default = deny"
         );
+        let decision = policy.decide(&Method::GET, "/public/x");
+        assert!(
+            policy
+                .describe_match(decision.exact)
+                .ends_with("methods = all, access = public")
+        );
+        let mask = policy.roles_mask(["admin", "stranger"]);
+        assert_eq!(policy.role_names(mask), "admin, reader");
+        assert!(policy.knows_role("reader") && !policy.knows_role("stranger"));
 
         assert_eq!(policy.rule_label(Some(0)), "/api/admin/**");
         assert_eq!(policy.rule_label(Some(2)), "/gone");

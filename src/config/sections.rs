@@ -125,8 +125,13 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
                 .filter(|cidr| cidr.parse::<IpNet>().is_ok_and(|net| net.prefix_len() == 0))
                 .collect();
             (!everyone.is_empty()).then(|| {
+                let verb = if everyone.len() == 1 {
+                    "trusts"
+                } else {
+                    "trust"
+                };
                 format!(
-                    "{} trusts every peer: any client can set X-Forwarded-For and pick the \
+                    "{} {verb} every peer: any client can set X-Forwarded-For and pick the \
                      address that rate limits, lockouts and audit events see; list your \
                      proxies' own ranges",
                     everyone.join(" and ")
