@@ -46,7 +46,7 @@ use crate::metrics::{MethodClass, Outcome, Route};
 use crate::path;
 use crate::policy::Decision;
 use crate::proxy::{Pass, Relay};
-use crate::response::{Body, local};
+use crate::response::{Body, ServedUser, local};
 use crate::token::Claims;
 
 /// What is known about the client connection.
@@ -204,8 +204,16 @@ async fn gate(
                 ip: client,
                 request_id: crate::app::RequestId::new(request_id),
             };
-            let result = crate::auth::handle(app, caller, request, &path).await;
-            return Exchange::new(route, result, target, None);
+            let mut result = crate::auth::handle(app, caller, request, &path).await;
+            // The endpoint names the user it served (login, register, a bearer it verified)
+            // for the access log.
+            let user = match &mut result {
+                Ok(response) => response.extensions_mut().remove::<ServedUser>(),
+                Err(_) => None,
+            };
+            let mut exchange = Exchange::new(route, result, target, None);
+            exchange.user = user.map(|u| u.0);
+            return exchange;
         }
         Routing::Proxy { path, decision } => (path, decision),
     };

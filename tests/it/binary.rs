@@ -896,3 +896,60 @@ async fn serve_logs_never_contain_tokens_or_secrets() {
         assert!(!logs.contains(secret), "{what} reached the logs:\n{logs}");
     }
 }
+
+/// Issue 11, point 4: the pretty format into a pipe is plain text, no ANSI colour codes;
+/// and point 2: `serve` logs at start the same warnings `check-config` prints.
+#[tokio::test]
+async fn serve_logs_plain_text_and_its_warnings_into_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = base_config(dead(), &dir.path().join("store"), ROUTES)
+        .replace("[log]\n", "[auth]\nexpose_debug_tokens = true\n\n[log]\n");
+    let config = write(dir.path(), "pretty.toml", &text);
+    let mut gh = Running::start(
+        &["serve", "--config", &config],
+        &[
+            ("GATEHOUSE_LOG_FORMAT", "pretty"),
+            ("GATEHOUSE_LOG_LEVEL", "info"),
+        ],
+    );
+    let ready = async {
+        while let Some(line) = gh.lines.recv().await {
+            let addr = line
+                .contains("gatehouse ready")
+                .then(|| {
+                    line.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten();
+            gh.said.push(line);
+            if addr.is_some() {
+                return addr;
+            }
+        }
+        None
+    };
+    // A safety net for a child that never starts; the normal path reads lines as they come.
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("never ready:\n{}", gh.said.join("\n")));
+    // Serving (and so handling SIGTERM) once it answers.
+    wait_healthy(addr).await;
+    gh.terminate();
+    assert_eq!(gh.exit_code().await, Some(0));
+    let logs = gh.all_output().await;
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escape codes in a pipe:\n{logs:?}"
+    );
+    assert!(
+        logs.contains("risky setting: is on: reset and verification tokens")
+            && logs.contains("auth.expose_debug_tokens"),
+        "the warning was not logged at start:\n{logs}"
+    );
+}
