@@ -100,7 +100,7 @@ pub async fn reset_password(
             app,
             StatusCode::UNPROCESSABLE_ENTITY,
             token,
-            Some(&format!("That password cannot be used: it {reason}.")),
+            Some(&format!("That password cannot be used. {reason}")),
         ),
         Err(Error::InvalidResetToken) => pages::invalid_reset_page(),
         Err(e) => pages::error_page(e),
