@@ -51,7 +51,7 @@ use super::users::{check_email, clear_lockouts, current_user, hash_new_password,
 use super::{Caller, audit};
 use crate::app::App;
 use crate::email::Mail;
-use crate::error::Error;
+use crate::error::{Error, Limited};
 use crate::guard;
 use crate::shared_limits::AuthClass;
 use crate::store::{
@@ -294,14 +294,18 @@ pub enum Resent {
     Sent { debug_token: Option<String> },
 }
 
-/// Mails a new verification link to a signed-in user (the `forgot_password` rate limit and a
-/// per-user cooldown apply; the cooldown answers 429, since the caller owns the account).
+/// Mails a new verification link to a signed-in user. Two budgets apply, both answered with
+/// a 429 that says so ([`Limited::VerificationMail`]): the `verify_email_resend` rate limit
+/// per client address, and a per-account cooldown of `auth.forgot_cooldown` between two
+/// links (which may be told, since the caller owns the account).
 pub async fn resend_verification(
     app: &App,
     caller: Caller,
     claims: &Claims,
 ) -> Result<Resent, Error> {
-    guard::limit_auth(app, AuthClass::ForgotPassword, caller.ip).await?;
+    guard::limit_auth(app, AuthClass::VerifyEmailResend, caller.ip)
+        .await
+        .map_err(Error::about_verification_mail)?;
     let user = current_user(app, claims).await?;
     if user.email_verified {
         return Ok(Resent::AlreadyVerified);
@@ -315,6 +319,7 @@ pub async fn resend_verification(
         return Err(Error::RateLimited {
             retry_after_secs: left.max(1),
             quota: None,
+            what: Limited::VerificationMail,
         });
     }
     let token = send_verification(app, &user).await?;

@@ -264,6 +264,7 @@ pub struct RateLimitConfig {
     pub register: Option<Rate>,
     pub refresh: Option<Rate>,
     pub forgot_password: Option<Rate>,
+    pub verify_email_resend: Option<Rate>,
     pub proxy: Option<Rate>,
     /// Per-route limits, indexed like `routes`.
     pub routes: Vec<Option<Rate>>,

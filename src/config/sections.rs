@@ -711,6 +711,9 @@ const DEFAULT_LOGIN_RATE: &str = "5/15m";
 const DEFAULT_REGISTER_RATE: &str = "3/1h";
 const DEFAULT_REFRESH_RATE: &str = "10/1m";
 const DEFAULT_FORGOT_PASSWORD_RATE: &str = "3/1h";
+/// Per client address, on top of the per-account cooldown (`auth.forgot_cooldown`): enough
+/// for a user whose mail is slow, not for a mail flood from one client's accounts.
+const DEFAULT_VERIFY_EMAIL_RESEND_RATE: &str = "3/1h";
 /// Proxied requests are the upstream's business unless the operator says otherwise.
 const DEFAULT_PROXY_RATE: &str = "0";
 /// Keys tracked per rate-limit class; a fixed table, so memory does not grow with clients.
@@ -732,6 +735,9 @@ fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
     let refresh = s.rate("refresh", DEFAULT_REFRESH_RATE).get();
     let forgot_password = s
         .rate("forgot_password", DEFAULT_FORGOT_PASSWORD_RATE)
+        .get();
+    let verify_email_resend = s
+        .rate("verify_email_resend", DEFAULT_VERIFY_EMAIL_RESEND_RATE)
         .get();
     let proxy = s.rate("proxy", DEFAULT_PROXY_RATE).get();
     let capacity = s.get("capacity", DEFAULT_RATE_LIMIT_CAPACITY).at_least(64);
@@ -781,6 +787,7 @@ fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
         register,
         refresh,
         forgot_password,
+        verify_email_resend,
         proxy,
         routes: routes.iter().map(|r| r.rate_limit).collect(),
         capacity,
