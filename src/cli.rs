@@ -23,7 +23,9 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Config file to serve with when no command is given (GATEHOUSE_CONFIG works too).
     /// Commands take their own --config after the command name.
-    #[arg(long, value_name = "FILE")]
+    // Its own id: `user`'s global --config shares values with any ancestor argument of its
+    // id, which would make `user add --config F` look like `--config F user add`.
+    #[arg(long = "config", id = "default_config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -565,6 +567,7 @@ fn log_warnings(warnings: &[ConfigError]) {
 /// Builds the app, binds and serves until SIGTERM or SIGINT.
 /// `on_ready` is told the bound address before serving starts.
 async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), StartError> {
+    let shutdown = shutdown_signal();
     let app = App::start(config, Clock::System).await?;
     let listeners = Listeners::bind(&app)
         .await
@@ -582,29 +585,26 @@ async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), StartE
         "gatehouse ready"
     );
     on_ready(&bound);
-    server::run(app, listeners, shutdown_signal()).await;
+    server::run(app, listeners, shutdown).await;
     Ok(())
 }
 
-/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C). The SIGTERM handler is installed
+/// when this is called, not when the future is first polled: called before "gatehouse
+/// ready" is logged, a SIGTERM sent by whoever saw that line drains instead of killing.
+/// Must be called inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -953,3 +953,39 @@ async fn serve_logs_plain_text_and_its_warnings_into_a_pipe() {
         "the warning was not logged at start:\n{logs}"
     );
 }
+
+/// Issue 11, point 7: a password the policy refuses is explained in a whole sentence.
+#[test]
+fn user_add_explains_a_weak_password_in_a_sentence() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "users.toml",
+        &base_config(dead(), &dir.path().join("store"), ROUTES),
+    );
+    let mut child = gatehouse()
+        .args([
+            "user",
+            "add",
+            "--config",
+            &config,
+            "--email",
+            "ada@example.com",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = describe(&["user", "add"], &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: The password must be at least 8 characters long.",
+        "{all}"
+    );
+}
