@@ -199,11 +199,21 @@ pub fn explain(
             out.outcome = Outcome::Served;
             out.status = None;
             out.route = route.auth_label().unwrap_or_default();
-            out.reason = format!(
-                "served by gatehouse itself (under auth.prefix {}), never forwarded; the \
-                 endpoint answers with its own checks",
-                config.auth.prefix
-            );
+            out.reason = if route == crate::metrics::Route::AUTH_OTHER {
+                out.status = Some(404);
+                out.code = Some("NOT_FOUND".into());
+                format!(
+                    "under auth.prefix {} but no endpoint: gatehouse answers 404 itself, \
+                     never forwarded",
+                    config.auth.prefix
+                )
+            } else {
+                format!(
+                    "served by gatehouse itself (under auth.prefix {}), never forwarded; the \
+                     endpoint answers with its own checks",
+                    config.auth.prefix
+                )
+            };
             return Ok(out);
         }
         Routing::Proxy { path, decision } => (path, decision),
