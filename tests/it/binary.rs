@@ -536,13 +536,21 @@ fn help_is_per_command_and_flags_are_honest() {
         usage.contains(" --password-stdin") && !usage.contains("[--password-stdin]"),
         "{add}"
     );
-    for text in [
-        &check,
-        &explain,
-        &add,
-        &help(&["serve", "-h"]),
-        &help(&["demo", "-h"]),
-    ] {
+    let others: Vec<String> = [
+        &["-h"][..],
+        &["serve", "-h"],
+        &["demo", "-h"],
+        &["policy", "test", "-h"],
+        &["user", "list", "-h"],
+        &["user", "set-roles", "-h"],
+        &["user", "lock", "-h"],
+        &["store", "migrate", "-h"],
+        &["store", "copy", "-h"],
+    ]
+    .iter()
+    .map(|args| help(args))
+    .collect();
+    for text in [&check, &explain, &add].into_iter().chain(others.iter()) {
         assert!(!text.contains("default `serve` command"), "{text}");
         // In short help (-h) a described option has its text on the same line.
         for line in text.lines().filter(|l| l.trim_start().starts_with("--")) {
