@@ -15,9 +15,6 @@
 //! 9. verify a bearer token if one is present, refusing a bad one even on a public route
 //!    (`guard.rs` → `token.rs`, `revocation.rs`);
 //! 10. authorise: the stricter verdict, the verified-email requirement (`policy.rs`);
-//!
-//! Steps 4, 5, 7, 8 and the order and verdict of 9–10 are the pure [`crate::decide`],
-//! which `gatehouse policy explain` and `policy test` call too.
 //! 11. apply per-IP rate limits (`ratelimit.rs`);
 //! 12. rewrite headers and forward, streaming (`proxy.rs`);
 //! 13. splice a WebSocket upgrade after the upstream's 101 (`websocket.rs`);
@@ -25,7 +22,9 @@
 //!     endpoints included (`gate.rs`, `metrics.rs`).
 //!
 //! [`handle`] holds steps 2, 3 and 14; `gate` is steps 4–13 and returns the [`Route`] the
-//! request is counted under with its answer.
+//! request is counted under with its answer. Steps 4, 5, 7, 8 and the order and verdicts
+//! of 9–10 are the pure [`crate::decide`], which `gatehouse policy explain` and
+//! `policy test` call too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
