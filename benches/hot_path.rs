@@ -57,24 +57,28 @@ fn policy_spec() -> PolicySpec {
     let mut routes = Vec::new();
     for i in 0..24 {
         routes.push(RouteSpec {
+            name: None,
             path: format!("/api/v1/resource{i}/**"),
             methods: vec!["POST".into(), "PUT".into(), "DELETE".into()],
             access: None,
             roles: vec!["creator".into()],
         });
         routes.push(RouteSpec {
+            name: None,
             path: format!("/api/v1/resource{i}/*/items/**"),
             methods: vec![],
             access: None,
             roles: vec!["reader".into()],
         });
         routes.push(RouteSpec {
+            name: None,
             path: format!("/api/v2/thing{i}/*.json"),
             methods: vec!["GET".into()],
             access: Some("authenticated".into()),
             roles: vec![],
         });
         routes.push(RouteSpec {
+            name: None,
             path: format!("/static/{i}/**"),
             methods: vec![],
             access: Some("public".into()),
@@ -83,6 +87,7 @@ fn policy_spec() -> PolicySpec {
     }
     for i in 0..3 {
         routes.push(RouteSpec {
+            name: None,
             path: format!("/*/internal{i}/**"),
             methods: vec![],
             access: Some("deny".into()),
@@ -90,6 +95,7 @@ fn policy_spec() -> PolicySpec {
         });
     }
     routes.push(RouteSpec {
+        name: None,
         path: "/api/orders/**".into(),
         methods: vec![],
         access: None,

@@ -40,14 +40,29 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 else:
     sys.exit(f"{sys.argv[1]}: no ConfigMap with config.toml")
 PY
-    echo "== gatehouse check-config ($manifest)"
+    echo "== gatehouse check-config --strict ($manifest)"
     # What the pods get from the Secret: a real-looking value for each variable the
     # manifest references, so check-config judges the config, not the placeholders.
+    # --strict: the example configs must not carry a single risky setting.
+    others=(
+        $(grep -q GATEHOUSE_STORE_URL "$manifest" && echo GATEHOUSE_STORE_URL=postgres://gatehouse@db.example.internal:5432/gatehouse?sslmode=verify-full || true)
+        $(grep -q GATEHOUSE_RATE_LIMITS_REDIS_URL "$manifest" && echo GATEHOUSE_RATE_LIMITS_REDIS_URL=redis://redis.example.internal:6379/0 || true)
+    )
     env -i PATH="$PATH" \
         GATEHOUSE_TOKENS_SECRET="$(head -c 48 /dev/urandom | base64 | tr -d '\n')" \
-        $(grep -q GATEHOUSE_STORE_URL "$manifest" && echo GATEHOUSE_STORE_URL=postgres://gatehouse@db.example.internal:5432/gatehouse?sslmode=verify-full) \
-        $(grep -q GATEHOUSE_RATE_LIMITS_REDIS_URL "$manifest" && echo GATEHOUSE_RATE_LIMITS_REDIS_URL=redis://redis.example.internal:6379/0) \
-        "$GATEHOUSE" check-config --config "$tmp/$name.toml" \
-        || die "$manifest: its config.toml does not pass check-config"
+        "${others[@]}" \
+        "$GATEHOUSE" check-config --strict --config "$tmp/$name.toml" \
+        || die "$manifest: its config.toml does not pass check-config --strict"
+    # The Secret's token secret is a placeholder on purpose: deployed unchanged, it must
+    # be flagged. So check-config must warn about it (and --strict refuse it).
+    placeholder="$(sed -n 's/^ *tokens-secret: *"\(.*\)"$/\1/p' "$manifest")"
+    [ -n "$placeholder" ] || die "$manifest: no tokens-secret in its Secret"
+    echo "== gatehouse check-config --strict with $manifest's placeholder secret (must warn)"
+    if out="$(env -i PATH="$PATH" GATEHOUSE_TOKENS_SECRET="$placeholder" "${others[@]}" \
+        "$GATEHOUSE" check-config --strict --config "$tmp/$name.toml" 2>&1)"; then
+        die "$manifest: its placeholder secret passes check-config --strict"
+    fi
+    grep -q "warning: GATEHOUSE_TOKENS_SECRET (tokens.secret): is an example placeholder" <<<"$out" \
+        || die "$manifest: no placeholder warning for its secret:"$'\n'"$out"
 done
 echo "deploy/check.sh: ok"

@@ -99,6 +99,53 @@ impl RequestIds {
     }
 }
 
+/// A request id held by value: the id an audit event names, carried in the accounts
+/// service's `Caller`. Inline rather than a `String` or `HeaderValue` so `Caller` stays
+/// `Copy` (it is copied into audit calls and moved into spawned mail jobs) and costs no
+/// allocation; [`RequestIds`] mints ids of at most 32 bytes and accepts at most 128.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; RequestId::MAX],
+}
+
+impl RequestId {
+    const MAX: usize = 128;
+
+    /// No id: the offline CLI.
+    pub const NONE: RequestId = RequestId {
+        len: 0,
+        bytes: [0; RequestId::MAX],
+    };
+
+    /// The id of a request, as the gate took or minted it. Ids are checked by
+    /// [`RequestIds::accept`] or minted, so they are short and plain; anything else is cut
+    /// to its first 128 bytes and to what is printable ASCII.
+    pub fn new(value: &HeaderValue) -> RequestId {
+        let mut id = RequestId::NONE;
+        for (slot, &b) in id
+            .bytes
+            .iter_mut()
+            .zip(value.as_bytes().iter().take_while(|b| b.is_ascii_graphic()))
+        {
+            *slot = b;
+            id.len += 1;
+        }
+        id
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only printable ASCII is ever stored.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Default for RequestIds {
     fn default() -> Self {
         RequestIds::new()
@@ -218,17 +265,10 @@ impl App {
         store: Arc<dyn Store>,
         clock: Clock,
     ) -> Result<App, StartError> {
-        // Two rules may share a glob (e.g. writes for creators, reads for everyone); their
-        // metric labels get the rule index so the series stay apart.
-        let mut rule_labels: Vec<String> = Vec::with_capacity(config.policy.len());
-        for i in 0..config.policy.len() {
-            let glob = config.policy.rule_label(Some(i));
-            if rule_labels.iter().any(|l| l == glob) {
-                rule_labels.push(format!("{glob}#{i}"));
-            } else {
-                rule_labels.push(glob.to_string());
-            }
-        }
+        // The policy gives every rule a unique label (its name, or its pattern made unique).
+        let rule_labels: Vec<String> = (0..config.policy.len())
+            .map(|i| config.policy.rule_label(Some(i)).to_string())
+            .collect();
         let metrics = Metrics::new(&rule_labels).map_err(StartError::Metrics)?;
         let shared_limits =
             SharedLimits::new(&config.rate_limits, &metrics).map_err(StartError::RateLimits)?;
@@ -316,13 +356,8 @@ impl App {
         app.mailer.start();
         // Logs whether Redis answers; never fails the start (limits fall back to local).
         app.shared_limits.connect().await;
-        if app.config.auth.expose_debug_tokens {
-            tracing::warn!(
-                "auth.expose_debug_tokens is ON: reset and verification tokens appear in API \
-                 answers and logs, and forgot-password reveals which addresses have accounts. \
-                 Development only: never run this in production."
-            );
-        }
+        // Risky settings (debug tokens among them) are logged by the CLI from the config's
+        // warnings, the same list `check-config` prints.
         if app.mailer.mode() == "log" {
             tracing::info!(
                 "email.mode = \"log\": no mail is sent; reset and verification mails are only logged"

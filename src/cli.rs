@@ -7,40 +7,58 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{App, Clock, StartError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Loaded, Purpose};
+use crate::explain::Identity;
 use crate::server::{self, Listeners};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "gatehouse",
     version,
-    about = "An authentication sidecar: verifies tokens, enforces route policies, serves the auth endpoints."
+    about = "An authentication sidecar: verifies tokens, enforces route policies, serves the auth endpoints.",
+    after_help = "Without a command, gatehouse runs `serve` with --config FILE or GATEHOUSE_CONFIG."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Config file for the default `serve` command.
-    #[arg(long, env = "GATEHOUSE_CONFIG", global = true)]
+    /// Config file to serve with when no command is given (GATEHOUSE_CONFIG works too).
+    /// Commands take their own --config after the command name.
+    // Its own id: `user`'s global --config shares values with any ancestor argument of its
+    // id, which would make `user add --config F` look like `--config F user add`.
+    #[arg(long = "config", id = "default_config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
+/// The `GATEHOUSE_CONFIG` variable, which every command's `--config` falls back to.
+const CONFIG_ENV: &str = "GATEHOUSE_CONFIG";
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the sidecar (the default command).
-    Serve,
-    /// Validate a config file; print every error with its key; exit 1 on any.
-    CheckConfig,
-    /// Test route policies without deploying them.
+    /// Run the sidecar (the default command) until SIGTERM or SIGINT, then drain.
+    Serve(ServeArgs),
+    /// Validate a config file with this environment's GATEHOUSE_* variables applied: print
+    /// every error and warning with its key; exit 1 on any error (and on any warning
+    /// with --strict), 0 otherwise.
+    CheckConfig(CheckArgs),
+    /// Explain and test route policies without deploying them, decided by the proxy's own
+    /// code.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Manage users directly in the store while the server is stopped.
+    /// Manage users directly in the store while the server is stopped (a running server is
+    /// managed through the admin API).
     User {
+        /// Config file of the server whose store holds the users (required;
+        /// GATEHOUSE_CONFIG works too).
+        // Not `required`: clap refuses that on an argument every `user` command inherits.
+        #[arg(long, env = CONFIG_ENV, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: crate::usercli::UserCommand,
     },
-    /// Run gatehouse in front of a demo echo upstream with an embedded config.
+    /// Run gatehouse in front of a demo echo upstream, with an embedded config, a fresh
+    /// secret and a temporary store; takes no config file.
     Demo(DemoArgs),
     /// Work on the store itself: apply schema migrations, or copy every record into
     /// another store (sled to PostgreSQL and back).
@@ -50,11 +68,27 @@ pub enum Command {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Config file to serve with; GATEHOUSE_* variables override its keys
+    /// (GATEHOUSE_CONFIG works too).
+    #[arg(long, env = CONFIG_ENV, value_name = "FILE", required = true)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Config file whose [store] section names the store to migrate (GATEHOUSE_CONFIG
+    /// works too).
+    #[arg(long, env = CONFIG_ENV, value_name = "FILE", required = true)]
+    pub config: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Apply pending schema migrations (ahead of a rollout) and print what was done. Safe
     /// while replicas run and while others migrate: migrations run one at a time under a lock.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Copy every record from the store of one config to the store of another.
     ///
     /// Copies users (ids, password hashes, roles, flags, timestamps), sessions, every
@@ -96,57 +130,133 @@ pub struct CopyArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Show which rule matches a request and the verdict.
-    Explain {
-        /// HTTP method, e.g. GET.
-        method: String,
-        /// Request path, e.g. /api/users/7 (normalised as the proxy would).
-        path: String,
-        /// Roles of the caller, comma-separated; omit for an anonymous caller.
-        #[arg(long, value_delimiter = ',')]
-        roles: Option<Vec<String>>,
-    },
+    /// Show how the running proxy would treat a request: refusals, the normalised path, the
+    /// rules involved, the verdict.
+    ///
+    /// Decided by the same code as the proxy. Exit status: 0 allow (forwarded upstream) or
+    /// served (an auth endpoint under auth.prefix answers it); 1 deny (401 or 403);
+    /// 2 refused (400 or 414 before anything is decided); 3 when it cannot be explained
+    /// (a bad config, or --token without tokens.secret). Revocations and rate limits, which
+    /// only the running server knows, are not checked.
+    Explain(ExplainArgs),
+    /// Check a table of expected decisions (for CI of policy changes); exit 1 on any
+    /// mismatch, listing every one.
+    ///
+    /// FILE is TOML with one [[case]] per request:
+    ///
+    ///   [[case]]
+    ///   method = "GET"
+    ///   path = "/api/items?page=2"   # the request target, query allowed
+    ///   roles = ["reader"]           # optional; or token = "JWT"; neither = anonymous
+    ///   expect = "allow"             # allow | served | deny | refused
+    ///   status = 403                 # optional: the status of a deny or refusal
+    Test(PolicyTestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// Config file whose policy decides ([[routes]], [roles], [policy], auth.prefix);
+    /// tokens.secret is needed only with --token (GATEHOUSE_CONFIG works too).
+    #[arg(long, env = CONFIG_ENV, value_name = "FILE", required = true)]
+    pub config: PathBuf,
+    /// HTTP method exactly as sent; a lower-case one is refused, as the server refuses it.
+    pub method: String,
+    /// Request target as sent, e.g. /api/users/7 or '/api/x?page=2' (normalised and
+    /// checked as the proxy would; the query is not part of the path).
+    pub path: String,
+    /// Decide for a caller with these roles, comma-separated (nothing verified). Omit it
+    /// and --token for an anonymous caller.
+    #[arg(long, value_delimiter = ',', conflicts_with = "token")]
+    pub roles: Option<Vec<String>>,
+    /// Decide for this access token, verified as the proxy verifies it (needs
+    /// tokens.secret or GATEHOUSE_TOKENS_SECRET; revocations aside).
+    #[arg(long, value_name = "JWT")]
+    pub token: Option<String>,
+    /// Print the explanation as one JSON object, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyTestArgs {
+    /// Config file whose policy decides; tokens.secret is needed only for cases with a
+    /// token (GATEHOUSE_CONFIG works too).
+    #[arg(long, env = CONFIG_ENV, value_name = "FILE", required = true)]
+    pub config: PathBuf,
+    /// The table of cases (TOML, [[case]] entries).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Config file to check (GATEHOUSE_CONFIG works too).
+    #[arg(long, env = CONFIG_ENV, value_name = "FILE", required = true)]
+    pub config: PathBuf,
+    /// Treat warnings (risky but valid settings) as errors: exit 1 on any.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Address gatehouse listens on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Address gatehouse listens on (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match require_config(cli.config.as_deref()) {
-            Ok(path) => serve(&path),
-            Err(code) => code,
-        },
-        Command::CheckConfig => match require_config(cli.config.as_deref()) {
-            Ok(path) => check_config(&path),
-            Err(code) => code,
-        },
-        Command::Policy {
-            command:
-                PolicyCommand::Explain {
-                    method,
-                    path,
-                    roles,
-                },
-        } => match require_config(cli.config.as_deref()) {
-            Ok(config) => explain(&config, &method, &path, roles.as_deref()),
-            Err(code) => code,
-        },
-        Command::User { command } => {
-            match require_config(cli.config.as_deref()).and_then(|path| load_config(&path)) {
-                Ok(config) => crate::usercli::run(config, command),
-                Err(code) => code,
+    let Some(command) = cli.command else {
+        // `gatehouse` alone serves, with --config or GATEHOUSE_CONFIG.
+        let config = cli
+            .config
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        return match config {
+            Some(path) => serve(&path),
+            None => {
+                eprintln!("error: --config FILE is required (or set {CONFIG_ENV})");
+                ExitCode::from(2)
             }
+        };
+    };
+    if cli.config.is_some() {
+        // Clap has parsed the command's own --config by now; one before the command name
+        // would be silently ignored, so it is refused.
+        eprintln!(
+            "error: --config before the command name is only for the default `serve`; \
+             write it after the command (`gatehouse <command> --config FILE`), and \
+             `demo` and `store copy` take none"
+        );
+        return ExitCode::from(2);
+    }
+    match command {
+        Command::Serve(args) => serve(&args.config),
+        Command::CheckConfig(args) => check_config(&args.config, args.strict),
+        Command::Policy {
+            command: PolicyCommand::Explain(args),
+        } => explain(&args),
+        Command::Policy {
+            command: PolicyCommand::Test(args),
+        } => policy_test(&args.config, &args.file),
+        Command::User {
+            config: None,
+            command: _,
+        } => {
+            eprintln!("error: --config FILE is required (or set {CONFIG_ENV})");
+            ExitCode::from(2)
         }
+        Command::User {
+            config: Some(config),
+            command,
+        } => match load_config(&config) {
+            Ok(config) => crate::usercli::run(config, command),
+            Err(code) => code,
+        },
         Command::Demo(args) => demo(&args),
         Command::Store {
-            command: StoreCommand::Migrate,
-        } => match require_config(cli.config.as_deref()).and_then(|path| load_config(&path)) {
+            command: StoreCommand::Migrate(args),
+        } => match load_config(&args.config) {
             Ok(config) => store_migrate(&config),
             Err(code) => code,
         },
@@ -261,67 +371,151 @@ fn store_migrate(config: &Config) -> ExitCode {
     }
 }
 
-fn require_config(path: Option<&Path>) -> Result<PathBuf, ExitCode> {
-    match path {
-        Some(p) => Ok(p.to_path_buf()),
-        None => {
-            eprintln!("error: --config FILE is required (or set GATEHOUSE_CONFIG)");
-            Err(ExitCode::from(2))
-        }
-    }
-}
-
-/// Loads a config or prints every error.
+/// Loads a config or prints every error (and, with them, every warning).
 pub fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
-        eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-        for e in &errors.0 {
-            eprintln!("  {e}");
-        }
-        ExitCode::from(1)
-    })
+    load_for(path, Purpose::Serve).map(|(config, _)| config)
 }
 
-fn check_config(path: &Path) -> ExitCode {
-    match load_config(path) {
-        Ok(config) => {
-            println!(
-                "{}: ok ({} route rules, default {})",
-                path.display(),
-                config.policy.len(),
-                config.policy.default_label()
-            );
-            ExitCode::SUCCESS
+/// Loads a config for `purpose`, returning its warnings; on errors prints them all with
+/// the warnings and returns exit code 1.
+fn load_for(path: &Path, purpose: Purpose) -> Result<(Config, Vec<ConfigError>), ExitCode> {
+    let Loaded { config, warnings } = Config::load_for(path, purpose);
+    match config {
+        Ok(config) => Ok((config, warnings)),
+        Err(errors) => {
+            print_diagnostics(path, &errors.0, &warnings);
+            Err(ExitCode::from(1))
         }
-        Err(code) => code,
     }
 }
 
-fn explain(config: &Path, method: &str, path: &str, roles: Option<&[String]>) -> ExitCode {
-    let config = match load_config(config) {
+/// `{file}: 2 errors, 1 warning` and then each, errors first, on standard error.
+fn print_diagnostics(path: &Path, errors: &[ConfigError], warnings: &[ConfigError]) {
+    let count = |n: usize, what: &str| match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    };
+    let summary = match (errors.len(), warnings.len()) {
+        (e, 0) => count(e, "error"),
+        (0, w) => count(w, "warning"),
+        (e, w) => format!("{}, {}", count(e, "error"), count(w, "warning")),
+    };
+    eprintln!("{}: {summary}", path.display());
+    for e in errors {
+        eprintln!("  error: {e}");
+    }
+    for w in warnings {
+        eprintln!("  warning: {w}");
+    }
+}
+
+/// `check-config`: exit 0 when valid (warnings are printed but pass), 1 on any error, and
+/// 1 on any warning under `--strict`.
+fn check_config(path: &Path, strict: bool) -> ExitCode {
+    let (config, warnings) = match load_for(path, Purpose::Serve) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    if !warnings.is_empty() {
+        print_diagnostics(path, &[], &warnings);
+    }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "{}: refused: --strict treats warnings as errors",
+            path.display()
+        );
+        return ExitCode::from(1);
+    }
+    println!(
+        "{}: ok ({} route rules, default {})",
+        path.display(),
+        config.policy.len(),
+        config.policy.default_label()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Exit status when `policy explain` or `policy test` cannot give an answer at all.
+const CANNOT_EXPLAIN: u8 = 3;
+
+/// Loads a config for the policy commands (no secret required); exit 3 on errors.
+fn load_policy_config(path: &Path) -> Result<Config, ExitCode> {
+    load_for(path, Purpose::Policy)
+        .map(|(config, _)| config)
+        .map_err(|_| ExitCode::from(CANNOT_EXPLAIN))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn explain(args: &ExplainArgs) -> ExitCode {
+    let config = match load_policy_config(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let normalized = match crate::path::normalize(path) {
-        Ok(p) => p,
+    let identity = match (&args.roles, &args.token) {
+        (Some(roles), _) => Identity::Roles(roles.clone()),
+        (None, Some(token)) => Identity::Token(token.clone()),
+        (None, None) => Identity::Anonymous,
+    };
+    match crate::explain::explain(&config, &args.method, &args.path, &identity, unix_now()) {
+        Ok(explanation) => {
+            if args.json {
+                match serde_json::to_string_pretty(&explanation) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(CANNOT_EXPLAIN);
+                    }
+                }
+            } else {
+                print!("{}", explanation.text());
+            }
+            ExitCode::from(explanation.outcome.exit_code())
+        }
         Err(e) => {
-            println!(
-                "{method} {path}\n  refused before policy: 400 INVALID_REQUEST ({})",
-                e.reason()
-            );
-            return ExitCode::SUCCESS;
+            eprintln!("error: {e}");
+            ExitCode::from(CANNOT_EXPLAIN)
+        }
+    }
+}
+
+/// `policy test FILE`: every mismatch, then a summary; exit 1 on any, 3 when the table or
+/// the config cannot be read.
+fn policy_test(config: &Path, file: &Path) -> ExitCode {
+    let config = match load_policy_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let table: crate::explain::Table = match std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| toml::from_str(&text).map_err(|e| e.message().to_string()))
+    {
+        Ok(table) => table,
+        Err(e) => {
+            eprintln!("error: {}: {}", file.display(), e.trim());
+            return ExitCode::from(CANNOT_EXPLAIN);
         }
     };
-    if normalized != path {
-        println!("path normalised: {path} -> {normalized}");
+    let report = crate::explain::run_table(&config, &table, unix_now());
+    for mismatch in &report.mismatches {
+        println!("MISMATCH {mismatch}");
     }
     println!(
-        "{}",
-        config
-            .policy
-            .explain(&method.to_ascii_uppercase(), &normalized, roles)
+        "{}: {} cases, {} passed, {} mismatched",
+        file.display(),
+        report.cases,
+        report.cases - report.mismatches.len(),
+        report.mismatches.len()
     );
-    ExitCode::SUCCESS
+    if report.mismatches.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// The runtime `serve` runs on: `server.workers` threads (0: one per core). With one worker
@@ -342,11 +536,12 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(path: &Path) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let (config, warnings) = match load_for(path, Purpose::Serve) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     crate::logging::init(&config.log);
+    log_warnings(&warnings);
     let rt = match runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -366,9 +561,22 @@ fn serve(path: &Path) -> ExitCode {
     })
 }
 
+/// Logs what `check-config` warns about, once at start, where operators watch.
+fn log_warnings(warnings: &[ConfigError]) {
+    for w in warnings {
+        tracing::warn!(
+            key = %w.key,
+            env = w.env.as_deref().unwrap_or_default(),
+            "risky setting: {}",
+            w.message
+        );
+    }
+}
+
 /// Builds the app, binds and serves until SIGTERM or SIGINT.
 /// `on_ready` is told the bound address before serving starts.
 async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), StartError> {
+    let shutdown = shutdown_signal();
     let app = App::start(config, Clock::System).await?;
     let listeners = Listeners::bind(&app)
         .await
@@ -386,29 +594,26 @@ async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), StartE
         "gatehouse ready"
     );
     on_ready(&bound);
-    server::run(app, listeners, shutdown_signal()).await;
+    server::run(app, listeners, shutdown).await;
     Ok(())
 }
 
-/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C). The SIGTERM handler is installed
+/// when this is called, not when the future is first polled: called before "gatehouse
+/// ready" is logged, a SIGTERM sent by whoever saw that line drains instead of killing.
+/// Must be called inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -439,7 +644,8 @@ fn demo(args: &DemoArgs) -> ExitCode {
         };
         let text = crate::demo::demo_config(upstream, &store, &secret)
             .replace("127.0.0.1:8080", &args.listen);
-        let config = match Config::from_toml(&text, std::env::vars()) {
+        let loaded = Config::check(&text, std::env::vars(), Purpose::Serve);
+        let config = match loaded.config {
             Ok(c) => c,
             Err(errors) => {
                 eprintln!("error: demo config: {errors}");
@@ -447,6 +653,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
             }
         };
         crate::logging::init(&config.log);
+        log_warnings(&loaded.warnings);
         let prefix = config.auth.prefix.clone();
         let banner = move |bound: &str| print_demo_banner(bound, upstream, &prefix);
         match start(config, banner).await {

@@ -64,6 +64,16 @@ pub enum Conflict {
     Username,
 }
 
+/// What a 429 limited, so its message can say what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// A per-client rate limit: generic, since saying which would help a prober.
+    Requests,
+    /// New email-verification links: the caller owns the account, so the message says
+    /// a link was sent and when to ask again.
+    VerificationMail,
+}
+
 /// Every error gatehouse answers with. See API.md §3 for the codes.
 #[derive(Debug)]
 pub enum Error {
@@ -102,6 +112,8 @@ pub enum Error {
     RateLimited {
         retry_after_secs: u64,
         quota: Option<(u32, u64)>,
+        /// What was limited, which the message names.
+        what: Limited,
     },
     /// 502: the upstream refused the connection, reset it or sent garbage.
     UpstreamUnavailable(String),
@@ -200,6 +212,22 @@ impl Error {
         }
     }
 
+    /// A per-client 429 on a verification-mail request, reworded to say so.
+    pub fn about_verification_mail(self) -> Error {
+        match self {
+            Error::RateLimited {
+                retry_after_secs,
+                quota,
+                ..
+            } => Error::RateLimited {
+                retry_after_secs,
+                quota,
+                what: Limited::VerificationMail,
+            },
+            other => other,
+        }
+    }
+
     /// The human sentence sent to the client. Never carries internals: upstream and internal
     /// causes stay in the log.
     pub fn message(&self) -> Cow<'static, str> {
@@ -225,7 +253,19 @@ impl Error {
                 "Too many failed attempts or the account is locked; try again later".into()
             }
             Error::InvalidResetToken => "The link is invalid, expired or already used".into(),
-            Error::RateLimited { .. } => "Too many requests; slow down".into(),
+            Error::RateLimited {
+                what: Limited::Requests,
+                ..
+            } => "Too many requests; slow down".into(),
+            Error::RateLimited {
+                what: Limited::VerificationMail,
+                retry_after_secs,
+                ..
+            } => format!(
+                "A confirmation link was sent recently. Check your inbox and spam folder, or \
+                 ask for a new link in {retry_after_secs} seconds."
+            )
+            .into(),
             Error::UpstreamUnavailable(_) => "The upstream service is unavailable".into(),
             Error::UpstreamTimeout => "The upstream service did not answer in time".into(),
             Error::Unavailable(_) => "The service is not ready".into(),
@@ -281,6 +321,7 @@ impl Error {
             Error::RateLimited {
                 retry_after_secs,
                 quota,
+                ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
                 if let Some((limit, reset)) = quota {
@@ -424,6 +465,7 @@ mod tests {
             Error::RateLimited {
                 retry_after_secs: 1,
                 quota: None,
+                what: Limited::Requests,
             },
             429,
             "RATE_LIMITED",
@@ -468,6 +510,7 @@ mod tests {
         let response: Response<Full<Bytes>> = Error::RateLimited {
             retry_after_secs: 7,
             quota: Some((5, 900)),
+            what: Limited::Requests,
         }
         .into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");

@@ -8,7 +8,8 @@
 //! 3. answer the ops endpoints unless they live on the admin listener (`ops.rs`);
 //! 4. refuse what must never be decided on or forwarded (`hygiene.rs`);
 //! 5. normalise the path once; that path is decided on and forwarded (`path.rs`);
-//! 6. find the client address (`client_ip.rs`);
+//! 6. find the client address (`client_ip.rs`), where it is needed: for the auth
+//!    endpoints and for rate limits;
 //! 7. hand `auth.prefix` paths to the identity service (`auth/`);
 //! 8. decide the route rule on the exact and the case-folded path (`policy.rs`);
 //! 9. verify a bearer token if one is present, refusing a bad one even on a public route
@@ -21,7 +22,9 @@
 //!     endpoints included (`gate.rs`, `metrics.rs`).
 //!
 //! [`handle`] holds steps 2, 3 and 14; `gate` is steps 4–13 and returns the [`Route`] the
-//! request is counted under with its answer.
+//! request is counted under with its answer. Steps 4, 5, 7, 8 and the order and verdicts
+//! of 9–10 are the pure [`crate::decide`], which `gatehouse policy explain` and
+//! `policy test` call too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,14 +37,15 @@ use tokio::time::{Duration, Instant};
 
 use crate::app::{App, RequestIds};
 use crate::client_ip;
-use crate::config::Config;
+use crate::decide::{self, Routing};
 use crate::error::{Error, TokenRefusal};
 use crate::guard::{authenticate, check_rate};
+use crate::hygiene::Head;
 use crate::metrics::{MethodClass, Outcome, Route};
 use crate::path;
-use crate::policy::{Decision, Verdict};
+use crate::policy::Decision;
 use crate::proxy::{Pass, Relay};
-use crate::response::{Body, local};
+use crate::response::{Body, ServedUser, local};
 use crate::token::Claims;
 
 /// What is known about the client connection.
@@ -76,6 +80,7 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         result,
         target,
         claims,
+        user,
     } = gate(&app, conn, request, &request_id).await;
 
     // 14. Respond: every request the pipeline answered is counted and logged under its
@@ -98,7 +103,7 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
             method: &method,
             target: &target,
             route,
-            user: claims.as_ref().map(|c| c.sub.as_str()),
+            user: claims.as_ref().map(|c| c.sub.as_str()).or(user.as_deref()),
             elapsed,
             peer: conn.peer,
         };
@@ -154,6 +159,8 @@ struct Exchange {
     target: Uri,
     /// The verified token, once step 9 verified one: its subject is the access log's user.
     claims: Option<Arc<Claims>>,
+    /// The user an auth endpoint served (it says so in a [`ServedUser`] extension).
+    user: Option<String>,
 }
 
 impl Exchange {
@@ -168,6 +175,7 @@ impl Exchange {
             result,
             target,
             claims,
+            user: None,
         }
     }
 }
@@ -181,62 +189,55 @@ async fn gate(
 ) -> Exchange {
     let config = &app.config;
 
-    // 4. Refusals (`hygiene.rs`): tunnels, open-proxy targets, method overrides, ambiguous
-    //    hosts are never decided on or forwarded.
-    let refused = crate::hygiene::check(&request, config.server.max_uri_bytes);
+    // 4, 5, 7, 8 (`decide.rs`, shared with `policy explain`): refusals, the normalised path
+    // (decided on and forwarded), auth endpoints, the rule of the exact and case-folded
+    // spellings. The target is taken off the request first, so the access log can still
+    // name the path once the request has been sent on.
     let target = std::mem::take(request.uri_mut());
-    if let Err(error) = refused {
-        return Exchange::new(Route::DEFAULT, Err(error), target, None);
-    }
-
-    // 5. Normalise the path (`path.rs`), once: this exact string is decided on and forwarded.
-    let path = match path::normalize(target.path()) {
-        Ok(path) => path,
-        Err(e) => {
-            let error = Error::InvalidRequest(e.reason().into());
-            return Exchange::new(Route::DEFAULT, Err(error), target, None);
+    let (path, decision) = match decide::route(config, Head::of(&request), &target) {
+        Routing::Refused(error) => return Exchange::new(Route::DEFAULT, Err(error), target, None),
+        Routing::Auth { path, route } => {
+            // 6. Client address (`client_ip.rs`), as the trusted proxies report it: it keys
+            //    rate limits and audit events.
+            let client = client_ip(app, conn, &request);
+            // The endpoints read the query (reset and verification links); a `Uri` clone
+            // shares its bytes.
+            *request.uri_mut() = target.clone();
+            let caller = crate::auth::Caller {
+                ip: client,
+                request_id: crate::app::RequestId::new(request_id),
+            };
+            let mut result = crate::auth::handle(app, caller, request, &path).await;
+            // The endpoint names the user it served (login, register, a bearer it verified)
+            // for the access log.
+            let user = match &mut result {
+                Ok(response) => response.extensions_mut().remove::<ServedUser>(),
+                Err(_) => None,
+            };
+            let mut exchange = Exchange::new(route, result, target, None);
+            exchange.user = user.map(|u| u.0);
+            return exchange;
         }
+        Routing::Proxy { path, decision } => (path, decision),
     };
 
-    // 6. Client address (`client_ip.rs`), as the trusted proxies report it: it keys rate
-    //    limits and audit events.
-    let trusted = &config.server.trusted_proxies;
-    let client = client_ip::client_ip(conn.peer.ip(), request.headers(), trusted);
-
-    // 7. Auth endpoints (`auth/`): served here, never forwarded.
-    if let Some(route) = auth_route(config, &path) {
-        // The endpoints read the query (reset and verification links); a `Uri` clone shares
-        // its bytes.
-        *request.uri_mut() = target.clone();
-        let caller = crate::auth::Caller { ip: client };
-        let result = crate::auth::handle(app, caller, request, &path).await;
-        return Exchange::new(route, result, target, None);
-    }
-
-    // 8. Decide the rule (`policy.rs`) for the exact and, unless the policy is case-sensitive,
-    //    the case-folded path; a deny from either is final.
-    let decision = config.policy.decide(request.method(), &path);
-    if let Some(denied) = decision.denial() {
-        let route = Route::rule(denied.rule);
-        return Exchange::new(route, Err(Error::Forbidden), target, None);
-    }
-
-    // 9. Authenticate (`guard.rs`): a presented token must be good even where none is
-    //    required, so a forged or revoked token is never silently downgraded to anonymous.
-    let claims = match authenticate(app, request.headers()) {
-        Ok(claims) => claims,
-        Err(error) => {
-            let route = Route::rule(decision.exact.rule);
-            return Exchange::new(route, Err(error), target, None);
+    // 9–10. Authenticate (`guard.rs`) and authorise (`decide.rs`): a rule that denies
+    //     everyone answers before any token is read; a presented token must be good even
+    //     where none is required, so a forged or revoked token is never silently downgraded
+    //     to anonymous; then the stricter verdict of the spellings, and the verified-email
+    //     requirement. The request counts under the rule the outcome came from.
+    let authorised = decide::authorise(config, &decision, || authenticate(app, request.headers()));
+    let route = Route::rule(authorised.rule);
+    let claims = authorised.claims;
+    if let Err(error) = authorised.result {
+        if matches!(error, Error::Token(TokenRefusal::Missing)) {
+            app.metrics.auth_failure("missing");
         }
-    };
-
-    // 10. Authorise (`policy.rs`): the stricter verdict of the two spellings, whose rule the
-    //     request is counted under.
-    let (route, authorised) = authorise(app, &decision, claims.as_deref());
-    if let Err(error) = authorised {
         return Exchange::new(route, Err(error), target, claims);
     }
+
+    // 6. Client address (`client_ip.rs`): it keys rate limits.
+    let client = client_ip(app, conn, &request);
 
     // 11. Rate limits (`ratelimit.rs`), keyed by the client.
     if let Err(error) = rate_limit(app, &decision, client) {
@@ -281,53 +282,10 @@ impl crate::websocket::Host for App {
     }
 }
 
-/// The route of a path under `auth.prefix`, by the endpoint it names (its default path, so a
-/// renamed endpoint keeps its label); `None` for every other path.
-fn auth_route(config: &Config, path: &str) -> Option<Route> {
-    let prefix = config.auth.prefix.as_str();
-    let rest = path.strip_prefix(prefix)?;
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return None;
-    }
-    // As `auth::handle` reads it: a trailing `/` does not change the endpoint.
-    let rest = if rest.len() > 1 {
-        rest.trim_end_matches('/')
-    } else {
-        rest
-    };
-    Some(
-        config
-            .auth
-            .canonical(rest)
-            .map_or(Route::AUTH_OTHER, |endpoint| Route::auth(&endpoint)),
-    )
-}
-
-/// Step 10: the verdict for the token's roles (the stricter of the two spellings') and the
-/// verified-email requirement. Returns the route of the rule the verdict came from.
-fn authorise(
-    app: &App,
-    decision: &Decision,
-    claims: Option<&Claims>,
-) -> (Route, Result<(), Error>) {
-    let policy = &app.config.policy;
-    let mask = claims.map(|c| policy.roles_mask(c.roles.iter().map(String::as_str)));
-    let (verdict, matched, _) = decision.verdict(mask);
-    let route = Route::rule(matched.rule);
-    // The verified-email requirement applies to whoever the verdict let through.
-    let unverified = app.config.auth.require_verified_email
-        && !decision.is_public()
-        && claims.is_some_and(|c| !c.email_verified);
-    let result = match verdict {
-        Verdict::Allow if unverified => Err(Error::EmailNotVerified),
-        Verdict::Allow => Ok(()),
-        Verdict::Unauthenticated => {
-            app.metrics.auth_failure("missing");
-            Err(Error::Token(TokenRefusal::Missing))
-        }
-        Verdict::Forbidden => Err(Error::Forbidden),
-    };
-    (route, result)
+/// Step 6: the client address, as the trusted proxies report it.
+fn client_ip<B>(app: &App, conn: ConnInfo, request: &Request<B>) -> std::net::IpAddr {
+    let trusted = &app.config.server.trusted_proxies;
+    client_ip::client_ip(conn.peer.ip(), request.headers(), trusted)
 }
 
 /// Step 11: the `proxy` class, then the limits of both spellings' rules, so a case variant

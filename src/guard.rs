@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::client_ip;
-use crate::error::{Error, TokenRefusal};
+use crate::error::{Error, Limited, TokenRefusal};
 use crate::ratelimit::{self, RateLimiter};
 use crate::shared_limits::AuthClass;
 use crate::token::{Claims, TokenError, bearer};
@@ -104,6 +104,7 @@ fn refuse_if_limited(
             Err(Error::RateLimited {
                 retry_after_secs,
                 quota: Some((limit, reset_secs)),
+                what: Limited::Requests,
             })
         }
     }

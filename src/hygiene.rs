@@ -21,7 +21,7 @@
 //! A method override inside a form body cannot be refused without reading the body, which
 //! gatehouse streams; the README says what an upstream that honours one must do.
 
-use http::{HeaderMap, Method, Request, Version, header};
+use http::{HeaderMap, Method, Request, Uri, Version, header};
 
 use crate::error::Error;
 
@@ -43,30 +43,54 @@ const OVERRIDE_PARAMS: [&str; 6] = [
     "x_method_override",
 ];
 
+/// The parts of a request the refusals read besides its target: the gate takes the target
+/// off the request before deciding, and `policy explain` has no request at all.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a Method,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> Head<'a> {
+    pub fn of<B>(request: &'a Request<B>) -> Head<'a> {
+        Head {
+            method: request.method(),
+            version: request.version(),
+            headers: request.headers(),
+        }
+    }
+}
+
 /// Refuses a request that must never be decided on or forwarded; see the module table.
 pub fn check<B>(request: &Request<B>, max_uri_bytes: usize) -> Result<(), Error> {
-    let method = request.method();
+    check_head(Head::of(request), request.uri(), max_uri_bytes)
+}
+
+/// [`check`] on a request's head and target.
+pub fn check_head(head: Head<'_>, uri: &Uri, max_uri_bytes: usize) -> Result<(), Error> {
+    let method = head.method;
     if method == Method::CONNECT {
         return Err(invalid("CONNECT is not supported."));
     }
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(invalid("Methods must be upper-case."));
     }
-    let headers = request.headers();
+    let headers = head.headers;
     if has_override_header(headers) {
         return Err(invalid(
             "Method-override headers are not accepted; send the real method.",
         ));
     }
-    if request.uri().query().is_some_and(has_override_param) {
+    if uri.query().is_some_and(has_override_param) {
         return Err(invalid(
             "Method-override query parameters (such as _method) are not accepted; send the real method.",
         ));
     }
-    match request.version() {
+    match head.version {
         Version::HTTP_2 => {
             let mut hosts = headers.get_all(header::HOST).iter();
-            let authority = request.uri().authority().map(|a| a.as_str().as_bytes());
+            let authority = uri.authority().map(|a| a.as_str().as_bytes());
             let agrees = match (hosts.next(), hosts.next()) {
                 (None, _) => true,
                 (Some(host), None) => {
@@ -97,8 +121,7 @@ pub fn check<B>(request: &Request<B>, max_uri_bytes: usize) -> Result<(), Error>
     {
         return Err(invalid("h2c upgrades are not supported."));
     }
-    let uri = request.uri();
-    if request.version() < Version::HTTP_2
+    if head.version < Version::HTTP_2
         && let Some(authority) = uri.authority()
         && !headers.get(header::HOST).is_some_and(|h| {
             h.as_bytes()

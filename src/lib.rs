@@ -9,6 +9,8 @@
 //!
 //! - [`server`]: listeners, connections, graceful shutdown; [`tls`]: certificates, reload.
 //! - [`gate`]: the request pipeline, one async function from request to response.
+//! - [`decide`]: the gate's pure half (refusals, path, auth prefix, rule, verdict), which
+//!   [`explain`] (`policy explain`, `policy test`) calls too.
 //! - [`guard`]: bearer authentication and rate limits, for the gate and the auth endpoints.
 //! - [`response`]: the response body type and the responses gatehouse writes itself.
 //! - [`hygiene`]: requests refused before anything is decided (overrides, hosts, CONNECT).
@@ -40,9 +42,11 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod cooldown;
+pub mod decide;
 pub mod demo;
 pub mod email;
 pub mod error;
+pub mod explain;
 pub mod gate;
 pub mod guard;
 pub mod hygiene;

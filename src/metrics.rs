@@ -166,6 +166,16 @@ impl Route {
         Route(found.unwrap_or(AUTH_ENDPOINTS.len()))
     }
 
+    /// The `route` label of an auth endpoint's slot (`auth:/login`, `auth:other`); `None`
+    /// for the default and the rules, whose labels the policy gives.
+    pub fn auth_label(self) -> Option<String> {
+        match AUTH_ENDPOINTS.get(self.0) {
+            Some(endpoint) => Some(format!("auth:{endpoint}")),
+            None if self == Route::AUTH_OTHER => Some(AUTH_OTHER_LABEL.to_string()),
+            None => None,
+        }
+    }
+
     /// Whether gatehouse itself serves this route (the identity service).
     pub fn is_auth(self) -> bool {
         self.0 < Route::AUTH_SLOTS

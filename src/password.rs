@@ -108,7 +108,8 @@ impl fmt::Display for PasswordError {
 
 impl std::error::Error for PasswordError {}
 
-/// Why the policy refused a password. `Display` gives the reason for the `WEAK_PASSWORD` error.
+/// Why the policy refused a password. `Display` gives the reason for the `WEAK_PASSWORD` error:
+/// a whole sentence, shown as it is by the CLI, the JSON `message` and the reset page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WeakPassword {
     TooShort {
@@ -128,11 +129,21 @@ pub enum WeakPassword {
 impl fmt::Display for WeakPassword {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WeakPassword::TooShort { min } => write!(f, "must be at least {min} characters"),
-            WeakPassword::TooLong { max } => write!(f, "must be at most {max} bytes"),
-            WeakPassword::Common => f.write_str("is too common; choose a less guessable one"),
-            WeakPassword::MatchesIdentity => f.write_str("must not be your email or username"),
-            WeakPassword::Repetitive => f.write_str("must not be a single repeated character"),
+            WeakPassword::TooShort { min } => {
+                write!(f, "The password must be at least {min} characters long.")
+            }
+            WeakPassword::TooLong { max } => {
+                write!(f, "The password must be at most {max} bytes long.")
+            }
+            WeakPassword::Common => f.write_str(
+                "The password is one of the most common passwords; choose one that is harder to guess.",
+            ),
+            WeakPassword::MatchesIdentity => {
+                f.write_str("The password must not be your email address or username.")
+            }
+            WeakPassword::Repetitive => {
+                f.write_str("The password must not be one character repeated.")
+            }
         }
     }
 }
@@ -531,8 +542,22 @@ mod tests {
         assert!(hasher().check_policy("alice_s8", &["alice_s8"]).is_err());
         assert_eq!(
             WeakPassword::TooShort { min: 8 }.to_string(),
-            "must be at least 8 characters"
+            "The password must be at least 8 characters long."
         );
+        // Every reason is a whole sentence, for the CLI and the JSON `message` alike.
+        for weak in [
+            WeakPassword::TooShort { min: 8 },
+            WeakPassword::TooLong { max: 64 },
+            WeakPassword::Common,
+            WeakPassword::MatchesIdentity,
+            WeakPassword::Repetitive,
+        ] {
+            let text = weak.to_string();
+            assert!(
+                text.starts_with("The password ") && text.ends_with('.'),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -62,13 +62,15 @@
 //!   with no allocation. With 100 rules a decision takes well under a microsecond.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use http::Method;
 
 /// One `[[routes]]` entry as written in the configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
+    /// `name`: the rule's label in metrics and access logs; see [`Policy::rule_label`].
+    pub name: Option<String>,
     /// The path glob, e.g. `/api/users/**`.
     pub path: String,
     /// Methods the rule applies to; empty means all.
@@ -399,8 +401,13 @@ impl Policy {
         } else {
             FoldedRules::compile(spec, &mut errors)
         };
+        let labels = rule_labels(spec, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
+        }
+        let mut rules = rules;
+        for (rule, label) in rules.iter_mut().zip(labels) {
+            rule.label = label.into();
         }
         let index = FirstSegmentIndex::build(rules.iter().map(|r| r.glob.first_literal()));
         Ok(Policy {
@@ -552,94 +559,24 @@ impl Policy {
         }
     }
 
-    /// A stable short label for metrics: the rule's glob, or `default`.
+    /// The rule's `route` label in metrics and access logs, `default` for the policy
+    /// default. A rule's `name` when it has one; otherwise its path pattern, or, when
+    /// several rules share that pattern, the pattern with its methods (`GET,HEAD /api/**`),
+    /// and with its index too (`/api/** (routes[3])`) if that is still not unique. Labels
+    /// are unique, so no two rules' series merge.
     pub fn rule_label(&self, rule: Option<usize>) -> &str {
         match rule.and_then(|i| self.rules.get(i)) {
-            Some(rule) => &rule.pattern,
+            Some(rule) => &rule.label,
             None => "default",
         }
     }
 
-    /// A plain-words account of how the policy treats a request, for
-    /// `gatehouse policy explain`. `path` is used as given (normalise it first); `roles` is
-    /// `None` for an anonymous client.
-    pub fn explain(&self, method: &str, path: &str, roles: Option<&[String]>) -> String {
-        let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-            return format!("`{method}` is not a valid HTTP method.\n");
-        };
-        let decision = self.decide(&method, path);
-        let mut out = String::new();
-        // Writing to a String cannot fail, so the results are ignored.
-        let _ = writeln!(out, "request: {method} {path}");
-        let _ = writeln!(out, "rule:    {}", self.describe_match(decision.exact));
-        for (matched, form) in decision.others() {
-            let _ = writeln!(
-                out,
-                "also:    as the {}: {}",
-                form.label(),
-                self.describe_match(matched)
-            );
-        }
-        if decision.others().next().is_some() {
-            let _ = writeln!(
-                out,
-                "         (upstreams route these spellings to the same handler; the strictest verdict applies)"
-            );
-        }
-        let user = roles.map(|names| self.roles_mask(names.iter().map(String::as_str)));
-        match (roles, user) {
-            (Some(names), Some(mask)) => {
-                let _ = writeln!(
-                    out,
-                    "user:    token with roles [{}]; effective roles after inheritance: [{}]",
-                    names.join(", "),
-                    self.role_names(mask)
-                );
-                let unknown: Vec<&str> = names
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|name| self.roles.index_of(name).is_none())
-                    .collect();
-                if !unknown.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "         not known to the policy, so granting nothing: [{}]",
-                        unknown.join(", ")
-                    );
-                }
-            }
-            _ => {
-                let _ = writeln!(out, "user:    anonymous (no token)");
-            }
-        }
-        let (verdict, matched, form) = decision.verdict(user);
-        if decision.others().next().is_some() {
-            let _ = writeln!(out, "decided: by the {}", form.label());
-        }
-        let verdict = match (verdict, matched.access, user) {
-            (Verdict::Allow, Access::Roles(required), Some(held)) => format!(
-                "ALLOW: the user holds [{}], which the rule accepts",
-                self.role_names(RoleMask(required.0 & held.0))
-            ),
-            (Verdict::Allow, _, _) => "ALLOW: the request is forwarded upstream".to_owned(),
-            (Verdict::Unauthenticated, _, _) => {
-                "DENY 401: a valid access token is required".to_owned()
-            }
-            (Verdict::Forbidden, Access::Deny, _) => {
-                "DENY 403: this is denied to everyone, with or without a token".to_owned()
-            }
-            (Verdict::Forbidden, _, _) => {
-                "DENY 403: the user holds none of the required roles".to_owned()
-            }
-        };
-        let _ = writeln!(out, "verdict: {verdict}");
-        out
-    }
-
-    fn describe_match(&self, matched: Matched) -> String {
+    /// One line on a match: the rule, its label, pattern, methods and access, or the default.
+    pub fn describe_match(&self, matched: Matched) -> String {
         match matched.rule.and_then(|i| Some((i, self.rules.get(i)?))) {
             Some((i, rule)) => format!(
-                "routes[{i}] matched: path = \"{}\", methods = {}, {}",
+                "routes[{i}] ({}) matched: path = \"{}\", methods = {}, {}",
+                rule.label,
                 rule.pattern,
                 rule.methods.label,
                 self.describe(rule.access)
@@ -655,8 +592,13 @@ impl Policy {
         }
     }
 
+    /// Whether a role name is known to the policy (a token's unknown roles grant nothing).
+    pub fn knows_role(&self, name: &str) -> bool {
+        self.roles.index_of(name).is_some()
+    }
+
     /// The names in a mask, in interning order, comma-separated.
-    fn role_names(&self, mask: RoleMask) -> String {
+    pub fn role_names(&self, mask: RoleMask) -> String {
         let names: Vec<&str> = (0..self.roles.names.len())
             .filter(|&i| mask.0 & bit(i) != 0)
             .map(|i| &*self.roles.names[i])
@@ -698,8 +640,10 @@ const MAX_ROLES: usize = 128;
 
 #[derive(Debug)]
 struct Rule {
-    /// The glob as written, for `explain` and metrics labels.
+    /// The glob as written, for `explain`.
     pattern: Box<str>,
+    /// The metrics and access-log label ([`Policy::rule_label`]).
+    label: Box<str>,
     glob: Glob,
     methods: Methods,
     access: Access,
@@ -764,11 +708,96 @@ impl Rule {
         }
         Some(Rule {
             pattern: route.path.as_str().into(),
+            label: Box::default(),
             glob: glob?,
             methods,
             access: access?,
         })
     }
+}
+
+/// The longest route name: labels are for dashboards, not prose.
+const MAX_NAME_LEN: usize = 64;
+
+/// Each rule's label (see [`Policy::rule_label`]), checking the names: well-formed, not
+/// reserved, unique.
+fn rule_labels(spec: &PolicySpec, errors: &mut Vec<PolicyError>) -> Vec<String> {
+    let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, route) in spec.routes.iter().enumerate() {
+        let Some(name) = &route.name else { continue };
+        let key = format!("routes[{i}].name");
+        let well_formed = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./:".contains(&b));
+        if !well_formed {
+            errors.push(PolicyError::new(
+                key,
+                format!(
+                    "`{name}` is not a route name: use 1 to {MAX_NAME_LEN} letters, digits, \
+                     `-`, `_`, `.`, `/` or `:`"
+                ),
+            ));
+        } else if name == "default" || name.starts_with("auth:") {
+            errors.push(PolicyError::new(
+                key,
+                format!(
+                    "`{name}` is reserved: `default` labels the policy default and `auth:` \
+                     the auth endpoints"
+                ),
+            ));
+        } else if let Some(first) = named.get(name.as_str()) {
+            errors.push(PolicyError::new(
+                key,
+                format!("`{name}` is already the name of routes[{first}]; names must be unique"),
+            ));
+        } else {
+            named.insert(name, i);
+        }
+    }
+    let shared = |pattern: &str| {
+        spec.routes
+            .iter()
+            .filter(|r| r.name.is_none() && r.path == pattern)
+            .count()
+            > 1
+    };
+    let mut labels: Vec<String> = spec
+        .routes
+        .iter()
+        .map(|route| match &route.name {
+            Some(name) => name.clone(),
+            None if shared(&route.path) && !route.methods.is_empty() => {
+                let mut methods: Vec<String> = Vec::new();
+                for m in &route.methods {
+                    let m = m.to_ascii_uppercase();
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
+                }
+                format!("{} {}", methods.join(","), route.path)
+            }
+            None => route.path.clone(),
+        })
+        .collect();
+    // Whatever is still ambiguous (same pattern and methods, or an unnamed label equal to
+    // a name) gets its index, which is unique.
+    let taken: Vec<bool> = (0..labels.len())
+        .map(|i| {
+            spec.routes[i].name.is_none()
+                && labels
+                    .iter()
+                    .enumerate()
+                    .any(|(j, l)| j != i && *l == labels[i])
+        })
+        .collect();
+    for (i, taken) in taken.into_iter().enumerate() {
+        if taken {
+            labels[i] = format!("{} (routes[{i}])", spec.routes[i].path);
+        }
+    }
+    labels
 }
 
 /// The standard methods, one bit each in [`Methods::standard`].
@@ -1642,7 +1671,7 @@ mod tests {
     }
 
     #[test]
-    fn explain_says_which_spelling_decided() {
+    fn the_stricter_spelling_decides() {
         let mut spec = spec(
             "
             role admin
@@ -1651,20 +1680,22 @@ mod tests {
         ",
         );
         let policy = Policy::compile(&spec).expect("compiles");
-        let user = ["user".to_owned()];
-        let out = policy.explain("GET", "/api/ADMIN", Some(&user));
-        assert!(out.contains("rule:    routes[1]"), "{out}");
-        assert!(
-            out.contains("also:    as the case-folded path: routes[0]"),
-            "{out}"
+        let user = Some(policy.roles_mask(["user"]));
+        let decision = policy.decide(&Method::GET, "/api/ADMIN");
+        assert_eq!(decision.exact.rule, Some(1));
+        let others: Vec<_> = decision.others().collect();
+        assert_eq!(others.len(), 1);
+        assert_eq!((others[0].0.rule, others[0].1), (Some(0), Form::Folded));
+        let (verdict, matched, form) = decision.verdict(user);
+        assert_eq!(
+            (verdict, matched.rule, form),
+            (Verdict::Forbidden, Some(0), Form::Folded)
         );
-        assert!(out.contains("decided: by the case-folded path"), "{out}");
-        assert!(out.contains("DENY 403"), "{out}");
         spec.case_sensitive = true;
         let policy = Policy::compile(&spec).expect("compiles");
-        let out = policy.explain("GET", "/api/ADMIN", Some(&user));
-        assert!(!out.contains("folded"), "{out}");
-        assert!(out.contains("ALLOW"), "{out}");
+        let decision = policy.decide(&Method::GET, "/api/ADMIN");
+        assert_eq!(decision.others().count(), 0);
+        assert_eq!(decision.verdict(user).0, Verdict::Allow);
     }
 
     #[test]
@@ -1884,7 +1915,7 @@ mod tests {
     }
 
     #[test]
-    fn explain_and_labels() {
+    fn descriptions_and_labels() {
         let policy = Policy::compile(&spec(
             "
             route /api/admin/** methods=GET,DELETE roles=admin
@@ -1894,52 +1925,89 @@ mod tests {
             ",
         ))
         .expect("valid");
-        let roles = |r: &[&str]| r.iter().map(ToString::to_string).collect::<Vec<_>>();
-        let admin = roles(&["admin", "stranger"]);
+        let decision = policy.decide(&Method::HEAD, "/api/admin/users");
         assert_eq!(
-            policy.explain("head", "/api/admin/users", Some(&admin)),
-            "request: HEAD /api/admin/users\n\
-             rule:    routes[0] matched: path = \"/api/admin/**\", methods = GET, HEAD (implied by GET), DELETE, roles = any of [admin]\n\
-             user:    token with roles [admin, stranger]; effective roles after inheritance: [admin, reader]\n\
-             \x20        not known to the policy, so granting nothing: [stranger]\n\
-             verdict: ALLOW: the user holds [admin], which the rule accepts\n"
+            policy.describe_match(decision.exact),
+            "routes[0] (/api/admin/**) matched: path = \"/api/admin/**\", methods = GET, HEAD (implied by GET), DELETE, roles = any of [admin]"
         );
-        let reader = roles(&["reader"]);
-        let text = policy.explain("DELETE", "/api/admin/x", Some(&reader));
-        assert!(
-            text.ends_with("verdict: DENY 403: the user holds none of the required roles\n"),
-            "{text}"
-        );
-        let text = policy.explain("GET", "/api/admin/x", None);
-        assert!(text.contains("user:    anonymous"), "{text}");
-        assert!(
-            text.ends_with("verdict: DENY 401: a valid access token is required\n"),
-            "{text}"
-        );
-        let text = policy.explain("GET", "/gone", None);
-        assert!(
-            text.ends_with("DENY 403: this is denied to everyone, with or without a token\n"),
-            "{text}"
-        );
-        let text = policy.explain("POST", "/elsewhere", Some(&reader));
-        assert!(
-            text.contains("rule:    no rule matched; default = deny\n"),
-            "{text}"
-        );
-        let text = policy.explain("GET", "/public/x", None);
-        assert!(text.contains("methods = all, access = public"), "{text}");
-        assert!(
-            text.ends_with("ALLOW: the request is forwarded upstream\n"),
-            "{text}"
-        );
+        let decision = policy.decide(&Method::POST, "/elsewhere");
         assert_eq!(
-            policy.explain("G T", "/", None),
-            "`G T` is not a valid HTTP method.\n"
+            policy.describe_match(decision.exact),
+            "no rule matched; default = deny"
         );
+        let decision = policy.decide(&Method::GET, "/public/x");
+        assert!(
+            policy
+                .describe_match(decision.exact)
+                .ends_with("methods = all, access = public")
+        );
+        let mask = policy.roles_mask(["admin", "stranger"]);
+        assert_eq!(policy.role_names(mask), "admin, reader");
+        assert!(policy.knows_role("reader") && !policy.knows_role("stranger"));
 
         assert_eq!(policy.rule_label(Some(0)), "/api/admin/**");
         assert_eq!(policy.rule_label(Some(2)), "/gone");
         assert_eq!(policy.rule_label(None), "default");
         assert_eq!(policy.rule_label(Some(99)), "default");
+    }
+
+    #[test]
+    fn rules_get_unique_readable_labels() {
+        let route = |name: Option<&str>, path: &str, methods: &[&str]| RouteSpec {
+            name: name.map(str::to_owned),
+            path: path.to_owned(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            access: Some("public".to_owned()),
+            ..RouteSpec::default()
+        };
+        let spec = PolicySpec {
+            routes: vec![
+                route(None, "/api/**", &["post", "PUT"]),
+                route(None, "/api/**", &["GET"]),
+                route(None, "/api/**", &[]),
+                route(Some("health"), "/healthz", &[]),
+                route(None, "/x", &["GET"]),
+                route(None, "/x", &["GET"]),
+                route(None, "/once", &["GET"]),
+            ],
+            default: "deny".to_owned(),
+            ..PolicySpec::default()
+        };
+        let policy = Policy::compile(&spec).expect("valid");
+        let labels: Vec<&str> = (0..7).map(|i| policy.rule_label(Some(i))).collect();
+        assert_eq!(
+            labels,
+            [
+                "POST,PUT /api/**",
+                "GET /api/**",
+                "/api/**",
+                "health",
+                "/x (routes[4])",
+                "/x (routes[5])",
+                "/once",
+            ]
+        );
+
+        let mut bad = spec.clone();
+        bad.routes[1].name = Some("health".to_owned());
+        bad.routes[2].name = Some("default".to_owned());
+        bad.routes[4].name = Some("auth:login".to_owned());
+        bad.routes[5].name = Some("has space".to_owned());
+        bad.routes[6].name = Some(String::new());
+        let errors: Vec<String> = Policy::compile(&bad)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "routes[2].name: `default` is reserved: `default` labels the policy default and `auth:` the auth endpoints",
+                "routes[3].name: `health` is already the name of routes[1]; names must be unique",
+                "routes[4].name: `auth:login` is reserved: `default` labels the policy default and `auth:` the auth endpoints",
+                "routes[5].name: `has space` is not a route name: use 1 to 64 letters, digits, `-`, `_`, `.`, `/` or `:`",
+                "routes[6].name: `` is not a route name: use 1 to 64 letters, digits, `-`, `_`, `.`, `/` or `:`",
+            ]
+        );
     }
 }

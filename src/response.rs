@@ -36,6 +36,20 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Byte
     response
 }
 
+/// The user an auth endpoint served, as a response extension: the access log's `user`
+/// field for requests the proxy path did not authenticate itself (login, register,
+/// refresh, and the endpoints that verify their own bearer token). Never sent.
+#[derive(Debug, Clone)]
+pub struct ServedUser(pub String);
+
+/// Marks `response` as served to `user_id`, for the access log.
+pub fn served_to(mut response: Response<Full<Bytes>>, user_id: &str) -> Response<Full<Bytes>> {
+    response
+        .extensions_mut()
+        .insert(ServedUser(user_id.to_owned()));
+    response
+}
+
 /// An empty 204.
 pub fn no_content() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));

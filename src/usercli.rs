@@ -27,32 +27,38 @@ const CLI_ACTOR: Actor<'static> = Actor {
     admin_id: "cli",
     caller: Caller {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        request_id: crate::app::RequestId::NONE,
     },
 };
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Create a user; the password is read from standard input (never from an argument,
-    /// which would land in shell history and `ps`).
+    /// which would land in shell history and `ps`). The password policy applies.
     Add {
+        /// The new user's email address, which they log in with.
         #[arg(long)]
         email: String,
+        /// A username they can log in with instead of the email address.
         #[arg(long)]
         username: Option<String>,
+        /// A display name.
         #[arg(long)]
         name: Option<String>,
-        /// Comma-separated; defaults to auth.default_roles.
+        /// Roles, comma-separated; defaults to auth.default_roles.
         #[arg(long, value_delimiter = ',')]
         roles: Option<Vec<String>>,
-        /// Read the password from the first line of standard input.
-        #[arg(long)]
+        /// Read the password from the first line of standard input (required: there is no
+        /// other way to give it).
+        #[arg(long, required = true)]
         password_stdin: bool,
-        /// Mark the email as verified.
+        /// Mark the email address as verified.
         #[arg(long)]
         verified: bool,
     },
-    /// List users.
+    /// List users in id order, one line each.
     List {
+        /// The most users to list.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -60,15 +66,25 @@ pub enum UserCommand {
     SetRoles {
         /// User id, email or username.
         user: String,
+        /// The new roles, comma-separated; they replace all current ones.
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<String>,
     },
     /// Lock a user: logins refused, sessions revoked.
-    Lock { user: String },
+    Lock {
+        /// User id, email or username.
+        user: String,
+    },
     /// Unlock a user and clear failed-login counters.
-    Unlock { user: String },
+    Unlock {
+        /// User id, email or username.
+        user: String,
+    },
     /// Delete a user and revoke their sessions.
-    Delete { user: String },
+    Delete {
+        /// User id, email or username.
+        user: String,
+    },
 }
 
 /// Runs a user command against the store of the given config.

@@ -26,6 +26,7 @@ pub fn audit(app: &App, action: &str, actor: Actor<'_>, target: &str) {
         admin_id = %actor.admin_id,
         user_id = %target,
         ip = %actor.caller.ip,
+        request_id = actor.caller.request_id.as_str(),
     );
 }
 

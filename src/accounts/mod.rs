@@ -24,24 +24,28 @@ pub mod users;
 
 use std::net::IpAddr;
 
-use crate::app::App;
+use crate::app::{App, RequestId};
 
 /// Who is asking, as gatehouse believes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     /// The client address (see `client_ip`): keys rate limits and audit events.
     pub ip: IpAddr,
+    /// The request's id (the `X-Request-Id` gatehouse answers with), so an audit event
+    /// can be found beside its access-log line; empty for the offline CLI.
+    pub request_id: RequestId,
 }
 
 /// Records an audit event: a structured log line on the `gatehouse::audit` target and a
 /// count in `gatehouse_auth_events_total`. Never given passwords or tokens.
-pub fn audit(app: &App, event: &str, outcome: &str, user_id: Option<&str>, ip: IpAddr) {
+pub fn audit(app: &App, event: &str, outcome: &str, user_id: Option<&str>, caller: Caller) {
     app.metrics.auth_event(event, outcome);
     tracing::info!(
         target: "gatehouse::audit",
         event,
         outcome,
         user_id = user_id.unwrap_or(""),
-        ip = %ip,
+        ip = %caller.ip,
+        request_id = caller.request_id.as_str(),
     );
 }

@@ -51,7 +51,7 @@ use super::users::{check_email, clear_lockouts, current_user, hash_new_password,
 use super::{Caller, audit};
 use crate::app::App;
 use crate::email::Mail;
-use crate::error::Error;
+use crate::error::{Error, Limited};
 use crate::guard;
 use crate::shared_limits::AuthClass;
 use crate::store::{
@@ -113,6 +113,7 @@ pub async fn forgot_password(
                 event = "forgot_password",
                 outcome = "shed",
                 ip = %caller.ip,
+                request_id = caller.request_id.as_str(),
                 "too many forgot-password requests in progress; request dropped"
             );
         }
@@ -125,7 +126,7 @@ pub async fn forgot_password(
 async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<String>, Error> {
     let user = app.store.find_user_by_email(email).await?;
     let Some(user) = user.filter(|u| !u.locked) else {
-        audit(app, "forgot_password", "no_account", None, caller.ip);
+        audit(app, "forgot_password", "no_account", None, caller);
         return Ok(None);
     };
     let token = issue(app, OneTimeKind::PasswordReset, &user).await?;
@@ -135,7 +136,7 @@ async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<St
         &token,
         app.config.auth.reset_token_ttl,
     ));
-    audit(app, "forgot_password", "mailed", Some(&user.id), caller.ip);
+    audit(app, "forgot_password", "mailed", Some(&user.id), caller);
     Ok(Some(token))
 }
 
@@ -230,12 +231,12 @@ pub async fn reset_password(
 ) -> Result<(), Error> {
     let (hash, _, user) = live_token(app, OneTimeKind::PasswordReset, token)
         .await
-        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
+        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller))?;
     let password_hash =
         hash_new_password(app, new_password, &user.email, user.username.as_deref()).await?;
     consume(app, OneTimeKind::PasswordReset, hash, &user)
         .await
-        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller.ip))?;
+        .inspect_err(|_| audit(app, "password_reset", "invalid_token", None, caller))?;
     set_password(app, &user.id, password_hash, None).await?;
 
     clear_lockouts(app, &user).await?;
@@ -253,7 +254,7 @@ pub async fn reset_password(
     }
     app.mailer
         .send(Mail::password_changed(&user.email, app.clock.now()));
-    audit(app, "password_reset", "ok", Some(&user.id), caller.ip);
+    audit(app, "password_reset", "ok", Some(&user.id), caller);
     Ok(())
 }
 
@@ -261,7 +262,7 @@ pub async fn reset_password(
 pub async fn verify_email(app: &App, caller: Caller, token: &str) -> Result<UserRecord, Error> {
     let (hash, record, user) = live_token(app, OneTimeKind::EmailVerification, token)
         .await
-        .inspect_err(|_| audit(app, "email_verification", "invalid_token", None, caller.ip))?;
+        .inspect_err(|_| audit(app, "email_verification", "invalid_token", None, caller))?;
     consume(app, OneTimeKind::EmailVerification, hash, &user).await?;
     // The address may have changed between the check and now.
     let verified = UserUpdate {
@@ -280,7 +281,7 @@ pub async fn verify_email(app: &App, caller: Caller, token: &str) -> Result<User
         Err(Error::NotFound) => return Err(Error::InvalidResetToken),
         Err(e) => return Err(e),
     };
-    audit(app, "email_verification", "ok", Some(&user.id), caller.ip);
+    audit(app, "email_verification", "ok", Some(&user.id), caller);
     Ok(user)
 }
 
@@ -293,14 +294,18 @@ pub enum Resent {
     Sent { debug_token: Option<String> },
 }
 
-/// Mails a new verification link to a signed-in user (the `forgot_password` rate limit and a
-/// per-user cooldown apply; the cooldown answers 429, since the caller owns the account).
+/// Mails a new verification link to a signed-in user. Two budgets apply, both answered with
+/// a 429 that says so ([`Limited::VerificationMail`]): the `verify_email_resend` rate limit
+/// per client address, and a per-account cooldown of `auth.forgot_cooldown` between two
+/// links (which may be told, since the caller owns the account).
 pub async fn resend_verification(
     app: &App,
     caller: Caller,
     claims: &Claims,
 ) -> Result<Resent, Error> {
-    guard::limit_auth(app, AuthClass::ForgotPassword, caller.ip).await?;
+    guard::limit_auth(app, AuthClass::VerifyEmailResend, caller.ip)
+        .await
+        .map_err(Error::about_verification_mail)?;
     let user = current_user(app, claims).await?;
     if user.email_verified {
         return Ok(Resent::AlreadyVerified);
@@ -314,16 +319,11 @@ pub async fn resend_verification(
         return Err(Error::RateLimited {
             retry_after_secs: left.max(1),
             quota: None,
+            what: Limited::VerificationMail,
         });
     }
     let token = send_verification(app, &user).await?;
-    audit(
-        app,
-        "email_verification",
-        "resent",
-        Some(&user.id),
-        caller.ip,
-    );
+    audit(app, "email_verification", "resent", Some(&user.id), caller);
     Ok(Resent::Sent {
         debug_token: app.config.auth.expose_debug_tokens.then_some(token),
     })

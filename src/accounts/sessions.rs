@@ -80,7 +80,7 @@ pub async fn login(
         let k = key.clone();
         let state = app.store.record_login_failure(&k, now, &ahead).await?;
         if let Some(until) = state.locked_until {
-            audit(app, "login", "locked_out", None, caller.ip);
+            audit(app, "login", "locked_out", None, caller);
             return Err(Error::AccountLocked {
                 retry_after_secs: Some(until.saturating_sub(now).max(1)),
             });
@@ -98,7 +98,7 @@ pub async fn login(
         (Some(user), VerifyOutcome::Match { needs_rehash }) => (user, needs_rehash),
         (user, _) => {
             let user_id = user.as_ref().map(|u| u.id.clone());
-            audit(app, "login", "failed", user_id.as_deref(), caller.ip);
+            audit(app, "login", "failed", user_id.as_deref(), caller);
             // The failure is already counted. The one that used up the budget locks the
             // name now (one more count crosses the threshold) so Retry-After is exact.
             if let Some((count, ahead)) = admitted
@@ -107,7 +107,7 @@ pub async fn login(
                 let k = key.clone();
                 let state = app.store.record_login_failure(&k, now, &ahead).await?;
                 if let Some(until) = state.locked_until {
-                    audit(app, "lockout", "locked", user_id.as_deref(), caller.ip);
+                    audit(app, "lockout", "locked", user_id.as_deref(), caller);
                     return Err(Error::AccountLocked {
                         retry_after_secs: Some(until.saturating_sub(now).max(1)),
                     });
@@ -118,7 +118,7 @@ pub async fn login(
     };
     // An admin lock is revealed only to someone who knows the password.
     if user.locked {
-        audit(app, "login", "account_locked", Some(&user.id), caller.ip);
+        audit(app, "login", "account_locked", Some(&user.id), caller);
         return Err(Error::AccountLocked {
             retry_after_secs: None,
         });
@@ -134,7 +134,7 @@ pub async fn login(
         Err(Error::NotFound) => return Err(Error::InvalidCredentials),
         other => other?,
     };
-    audit(app, "login", "ok", Some(&user.id), caller.ip);
+    audit(app, "login", "ok", Some(&user.id), caller);
     Ok(grant)
 }
 
@@ -305,7 +305,7 @@ pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<G
     match app.store.rotate_refresh(&old, &new, now, idle).await? {
         RotateOutcome::Rotated { session, user } => {
             let grant = mint_stable(app, user, &session, next, now, epoch).await?;
-            audit(app, "refresh", "ok", Some(&session.user_id), caller.ip);
+            audit(app, "refresh", "ok", Some(&session.user_id), caller);
             Ok(grant)
         }
         RotateOutcome::Reused { session } => {
@@ -320,13 +320,14 @@ pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<G
                 user_id = %session.user_id,
                 session_id = %session.id,
                 ip = %caller.ip,
+                request_id = caller.request_id.as_str(),
                 "refresh token reused: session revoked"
             );
             app.metrics.auth_event("refresh", "reuse");
             Err(Error::Token(TokenRefusal::Revoked))
         }
         RotateOutcome::Invalid => {
-            audit(app, "refresh", "invalid", None, caller.ip);
+            audit(app, "refresh", "invalid", None, caller);
             Err(Error::Token(TokenRefusal::Invalid("refresh")))
         }
     }
@@ -362,6 +363,6 @@ pub async fn finish_logout(
         sessions += revoke_user(app, &claims.sub, None).await?;
     }
     let event = if all_sessions { "logout_all" } else { "logout" };
-    audit(app, event, "ok", Some(&claims.sub), caller.ip);
+    audit(app, event, "ok", Some(&claims.sub), caller);
     Ok(sessions)
 }

@@ -59,13 +59,13 @@ pub async fn register(app: &App, caller: Caller, sign_up: SignUp) -> Result<User
     .await;
     match created {
         Ok(user) => {
-            audit(app, "register", "ok", Some(&user.id), caller.ip);
+            audit(app, "register", "ok", Some(&user.id), caller);
             recovery::after_register(app, &user).await;
             Ok(user)
         }
         Err(e) => {
             if matches!(e, Error::Conflict(_)) {
-                audit(app, "register", "conflict", None, caller.ip);
+                audit(app, "register", "conflict", None, caller);
             }
             Err(e)
         }

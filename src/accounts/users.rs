@@ -219,14 +219,14 @@ pub async fn change_password(
                 "password_change",
                 "wrong_password",
                 Some(&user.id),
-                caller.ip,
+                caller,
             );
             return Err(Error::InvalidCredentials);
         }
     }
     let hash = hash_new_password(app, new_password, &user.email, user.username.as_deref()).await?;
     set_password(app, &user.id, hash, Some(&claims.sid)).await?;
-    audit(app, "password_change", "ok", Some(&user.id), caller.ip);
+    audit(app, "password_change", "ok", Some(&user.id), caller);
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use crate::accounts::users;
 use crate::app::App;
 use crate::error::Error;
 use crate::guard::require_bearer;
-use crate::response::json;
+use crate::response::{json, served_to};
 
 #[derive(Deserialize)]
 struct RegisterBody {
@@ -47,9 +47,12 @@ pub async fn register(
         },
     )
     .await?;
-    Ok(json(
-        StatusCode::CREATED,
-        &serde_json::json!({ "user": user_json(&user, false) }),
+    Ok(served_to(
+        json(
+            StatusCode::CREATED,
+            &serde_json::json!({ "user": user_json(&user, false) }),
+        ),
+        &user.id,
     ))
 }
 
@@ -57,9 +60,12 @@ pub async fn register(
 pub async fn me<B>(app: &App, request: &Request<B>) -> Result<Response<Full<Bytes>>, Error> {
     let claims = require_bearer(app, request.headers())?;
     let user = users::current_user(app, &claims).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "user": user_json(&user, false) }),
+    Ok(served_to(
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "user": user_json(&user, false) }),
+        ),
+        &user.id,
     ))
 }
 
@@ -86,8 +92,11 @@ pub async fn change_password(
         body.new_password,
     )
     .await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "password_changed": true }),
+    Ok(served_to(
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "password_changed": true }),
+        ),
+        &claims.sub,
     ))
 }

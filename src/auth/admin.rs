@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::guard::require_bearer;
 use crate::policy::{Access, Verdict};
-use crate::response::{json, no_content};
+use crate::response::{json, no_content, served_to};
 use crate::token::Claims;
 
 /// Page size when none is asked for, and the most one page may hold.
@@ -35,6 +35,18 @@ pub async fn handle(
     rest: &str,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let claims = require_admin(app, &request)?;
+    let response = route(app, caller, request, rest, &claims).await?;
+    Ok(served_to(response, &claims.sub))
+}
+
+/// Routes an admin request once the caller is known to be an admin.
+async fn route(
+    app: &Arc<App>,
+    caller: Caller,
+    request: Request<Incoming>,
+    rest: &str,
+    claims: &Claims,
+) -> Result<Response<Full<Bytes>>, Error> {
     let actor = Actor {
         admin_id: &claims.sub,
         caller,

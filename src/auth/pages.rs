@@ -134,7 +134,7 @@ const RESET_SCRIPT: &str = r#"(function () {
           form.hidden = true;
           show('This password reset link is invalid, has expired or has already been used. Ask for a new link; only the latest link works.', false);
         } else if (error.code === 'WEAK_PASSWORD') {
-          show('That password cannot be used: it ' + error.message + '.', false);
+          show('That password cannot be used. ' + error.message, false);
         } else if (error.code === 'RATE_LIMITED') {
           show('Too many attempts. Wait a little and try again.', false);
         } else {

@@ -19,7 +19,7 @@ use crate::accounts::{Caller, admin};
 use crate::app::App;
 use crate::error::Error;
 use crate::guard::require_bearer;
-use crate::response::json;
+use crate::response::{json, served_to};
 
 #[derive(Deserialize)]
 struct ForgotBody {
@@ -100,7 +100,7 @@ pub async fn reset_password(
             app,
             StatusCode::UNPROCESSABLE_ENTITY,
             token,
-            Some(&format!("That password cannot be used: it {reason}.")),
+            Some(&format!("That password cannot be used. {reason}")),
         ),
         Err(Error::InvalidResetToken) => pages::invalid_reset_page(),
         Err(e) => pages::error_page(e),
@@ -162,11 +162,11 @@ pub async fn resend_verification<B>(
     request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let claims = require_bearer(app, request.headers())?;
-    match recovery::resend_verification(app, caller, &claims).await? {
-        Resent::AlreadyVerified => Ok(json(
+    let response = match recovery::resend_verification(app, caller, &claims).await? {
+        Resent::AlreadyVerified => json(
             StatusCode::OK,
             &serde_json::json!({ "email_verified": true }),
-        )),
+        ),
         Resent::Sent { debug_token } => {
             let mut answer = serde_json::json!({
                 "message": "A new confirmation link has been sent to your email address.",
@@ -174,9 +174,10 @@ pub async fn resend_verification<B>(
             if let Some(token) = debug_token {
                 answer["debug_token"] = token.into();
             }
-            Ok(json(StatusCode::ACCEPTED, &answer))
+            json(StatusCode::ACCEPTED, &answer)
         }
-    }
+    };
+    Ok(served_to(response, &claims.sub))
 }
 
 /// `GET {prefix}/admin/recovery`: outstanding tokens and mail counts; never token values.

@@ -14,7 +14,7 @@ use crate::accounts::{Caller, sessions};
 use crate::app::App;
 use crate::error::Error;
 use crate::guard::require_bearer;
-use crate::response::json;
+use crate::response::{json, served_to};
 
 #[derive(Deserialize)]
 struct LoginBody {
@@ -37,7 +37,10 @@ pub async fn login(
         .or_else(|| present(body.username))
         .unwrap_or_default();
     let grant = sessions::login(app, caller, &login, body.password).await?;
-    Ok(json(StatusCode::OK, &grant_json(&grant)))
+    Ok(served_to(
+        json(StatusCode::OK, &grant_json(&grant)),
+        &grant.user.id,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -54,7 +57,10 @@ pub async fn refresh(
 ) -> Result<Response<Full<Bytes>>, Error> {
     let (_, body): (_, RefreshBody) = read_json(app, request).await?;
     let grant = sessions::refresh(app, caller, &body.refresh_token).await?;
-    Ok(json(StatusCode::OK, &grant_json(&grant)))
+    Ok(served_to(
+        json(StatusCode::OK, &grant_json(&grant)),
+        &grant.user.id,
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -90,9 +96,12 @@ pub async fn logout(
         LogoutBody::default()
     };
     let sessions = sessions::finish_logout(app, caller, &claims, ended, body.all_sessions).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "logged_out": true, "sessions_revoked": sessions }),
+    Ok(served_to(
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "logged_out": true, "sessions_revoked": sessions }),
+        ),
+        &claims.sub,
     ))
 }
 
@@ -100,7 +109,7 @@ pub async fn logout(
 /// revocation cache alone, so other services can call it cheaply.
 pub fn verify<B>(app: &App, request: &Request<B>) -> Result<Response<Full<Bytes>>, Error> {
     let claims = require_bearer(app, request.headers())?;
-    Ok(json(
+    let response = json(
         StatusCode::OK,
         &serde_json::json!({
             "valid": true,
@@ -113,5 +122,6 @@ pub fn verify<B>(app: &App, request: &Request<B>) -> Result<Response<Full<Bytes>
             "session_id": claims.sid,
             "expires_at": rfc3339(claims.exp),
         }),
-    ))
+    );
+    Ok(served_to(response, &claims.sub))
 }

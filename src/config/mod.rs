@@ -266,6 +266,7 @@ pub struct RateLimitConfig {
     pub register: Option<Rate>,
     pub refresh: Option<Rate>,
     pub forgot_password: Option<Rate>,
+    pub verify_email_resend: Option<Rate>,
     pub proxy: Option<Rate>,
     /// Per-route limits, indexed like `routes`.
     pub routes: Vec<Option<Rate>>,
@@ -348,17 +349,44 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// What a config is loaded for, which decides what it must contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Everything a running server needs.
+    Serve,
+    /// Deciding requests only (`policy explain`, `policy test`): `tokens.secret` may be
+    /// missing, since nothing is signed and a token is verified only when one is given.
+    Policy,
+}
+
+/// The outcome of one load: the config or every error, and the warnings either way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Result<Config, ConfigErrors>,
+    /// Valid but risky settings (debug tokens, a public default, a placeholder secret, a
+    /// drain longer than Kubernetes' grace period, trusting every proxy), with their keys.
+    pub warnings: Vec<ConfigError>,
+}
+
 impl Config {
     /// Loads and validates a config file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: "(file)".into(),
-                env: None,
-                message: format!("cannot read {}: {e}", path.display()),
-            }])
-        })?;
-        Config::from_toml(&text, std::env::vars())
+        Config::load_for(path, Purpose::Serve).config
+    }
+
+    /// Loads a config file for `purpose`, keeping the warnings.
+    pub fn load_for(path: &Path, purpose: Purpose) -> Loaded {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::check(&text, std::env::vars(), purpose),
+            Err(e) => Loaded {
+                config: Err(ConfigErrors(vec![ConfigError {
+                    key: "(file)".into(),
+                    env: None,
+                    message: format!("cannot read {}: {e}", path.display()),
+                }])),
+                warnings: Vec::new(),
+            },
+        }
     }
 
     /// Parses and validates TOML text with the given environment (tests pass their own).
@@ -366,16 +394,35 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigErrors> {
-        let tree: toml::Table = text
-            .parse()
-            .map_err(|e| ConfigErrors(vec![read::syntax_error(text, &e)]))?;
+        Config::check(text, env, Purpose::Serve).config
+    }
+
+    /// Parses and validates TOML text for `purpose`: the config or every error, and every
+    /// warning either way.
+    pub fn check(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        purpose: Purpose,
+    ) -> Loaded {
+        let tree: toml::Table = match text.parse() {
+            Ok(tree) => tree,
+            Err(e) => {
+                return Loaded {
+                    config: Err(ConfigErrors(vec![read::syntax_error(text, &e)])),
+                    warnings: Vec::new(),
+                };
+            }
+        };
         let mut cx = read::Cx::new(env);
+        cx.purpose = purpose;
         let config = sections::config(&mut read::Section::root(&mut cx, &tree));
+        let warnings = std::mem::take(&mut cx.warnings);
         let errors = cx.finish();
-        match config {
+        let config = match config {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(ConfigErrors(errors)),
-        }
+        };
+        Loaded { config, warnings }
     }
 }
 
@@ -390,13 +437,75 @@ pub fn keys() -> Vec<KeyDoc> {
     cx.keys
 }
 
-/// Parses `"900ms"`, `"15m"`, `"30d"`, `"1h 30m"`; `"0"` is zero.
+/// The units of a duration, largest first, with their length in milliseconds. The same
+/// units as a rate's period (`"5/15m"`), so the file has one way to write a length of time.
+const DURATION_UNITS: [(&str, u64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// Parses a duration: one or more `<whole number><unit>` parts with no spaces, units `d`,
+/// `h`, `m`, `s`, `ms`, each at most once and largest first (`"900ms"`, `"15m"`,
+/// `"1h30m"`, `"30d"`); `"0"` is zero. Nothing else: `"15 minutes"`, `"1.5h"` or `"15"`
+/// are refused rather than guessed at, so a file reads the same to everyone.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
+    let refuse = || {
+        format!(
+            "{value:?} is not a duration: write whole numbers with a unit (d, h, m, s or ms) \
+             and no spaces, like \"900ms\", \"15m\", \"1h30m\" or \"30d\""
+        )
+    };
     if value == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(value).map_err(|e| {
-        format!("{value:?} is not a duration like \"900ms\", \"15m\" or \"30d\" ({e})")
-    })
+    let mut rest = value;
+    let mut total: u64 = 0;
+    // The index in DURATION_UNITS a part's unit must come after.
+    let mut next_unit = 0;
+    if rest.is_empty() {
+        return Err(refuse());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let letters = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        let (number, unit) = (&rest[..digits], &rest[digits..digits + letters]);
+        let found = DURATION_UNITS[next_unit..]
+            .iter()
+            .position(|(name, _)| *name == unit);
+        let (Some(offset), false) = (found, number.is_empty()) else {
+            return Err(refuse());
+        };
+        let ms = DURATION_UNITS[next_unit + offset].1;
+        total = number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(ms))
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| format!("{value:?} is too long a duration"))?;
+        next_unit += offset + 1;
+        rest = &rest[digits + letters..];
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// Writes a duration the way the file does (`"1h30m"`, `"900ms"`, `"0"`), for messages.
+pub fn format_duration(duration: Duration) -> String {
+    let mut ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return "0".into();
+    }
+    let mut out = String::new();
+    for (name, unit) in DURATION_UNITS {
+        if ms >= unit {
+            out.push_str(&format!("{}{name}", ms / unit));
+            ms %= unit;
+        }
+    }
+    out
 }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use super::{ConfigError, Secret, parse_duration};
+use super::{ConfigError, Secret, format_duration, parse_duration};
 
 /// `GATEHOUSE_*` variables that are not config keys but are read elsewhere.
 const NON_KEY_VARS: &[&str] = &["GATEHOUSE_CONFIG", "GATEHOUSE_LOG"];
@@ -64,6 +64,10 @@ pub(super) struct Cx {
     env: BTreeMap<String, String>,
     pub(super) keys: Vec<KeyDoc>,
     pub(super) errors: Vec<ConfigError>,
+    /// Risky but valid settings: reported by `check-config` and logged at start.
+    pub(super) warnings: Vec<ConfigError>,
+    /// What the config is loaded for; decides whether `tokens.secret` is required.
+    pub(super) purpose: super::Purpose,
 }
 
 impl Cx {
@@ -77,6 +81,8 @@ impl Cx {
                 .collect(),
             keys: Vec::new(),
             errors: Vec::new(),
+            warnings: Vec::new(),
+            purpose: super::Purpose::Serve,
         }
     }
 
@@ -284,6 +290,11 @@ impl<'a> Section<'a> {
             (false, true) => self.path.clone(),
             (false, false) => format!("{}.{key}", self.path),
         }
+    }
+
+    /// What the config is loaded for.
+    pub(super) fn purpose(&self) -> super::Purpose {
+        self.cx.purpose
     }
 
     /// Records an error on a key of this section (`""` for the section itself).
@@ -563,6 +574,21 @@ impl<'c, T> Got<'c, T> {
         self.value
     }
 
+    /// Records a warning when `f` finds the (valid) value risky, naming the key and the env
+    /// variable it came from; the value is kept either way.
+    pub(super) fn warn(self, f: impl FnOnce(&T) -> Option<String>) -> Self {
+        if self.ok
+            && let Some(message) = f(&self.value)
+        {
+            self.cx.warnings.push(ConfigError {
+                key: self.at.key.clone(),
+                env: self.at.env.clone(),
+                message,
+            });
+        }
+        self
+    }
+
     /// Converts the value; `None` when reading or converting failed (both are reported).
     pub(super) fn parse<U>(self, f: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
         if !self.ok {
@@ -618,10 +644,18 @@ impl<T: PartialOrd + fmt::Display> Got<'_, T> {
 }
 
 impl Got<'_, Duration> {
-    pub(super) fn positive(self) -> Duration {
+    /// Checks the key's sane range, both ends included. Every duration key has one: a value
+    /// outside it is a typo (`"1000d"` for `"100d"`) or a setting that cannot work, and
+    /// says which in the bounds it names.
+    pub(super) fn within(self, min: Duration, max: Duration) -> Duration {
         self.check(|d| {
-            if d.is_zero() {
-                Err("must be greater than zero".into())
+            if *d < min || *d > max {
+                Err(format!(
+                    "{} is out of range: must be between {} and {}",
+                    format_duration(*d),
+                    format_duration(min),
+                    format_duration(max)
+                ))
             } else {
                 Ok(())
             }

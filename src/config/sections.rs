@@ -20,6 +20,24 @@ use super::{
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
 
+// Duration bounds, for the per-key ranges (`Got::within`); README's config reference lists
+// them.
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const fn mins(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+const fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
 /// Reads and checks every section; `None` when anything is wrong (the errors are in the
 /// reader's context).
 pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
@@ -55,6 +73,9 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
 
 /// Where the sidecar listens when nothing is said: all interfaces, the usual sidecar port.
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Kubernetes' default `terminationGracePeriodSeconds`: a drain longer than this is cut
+/// short by SIGKILL unless the pod asks for more, hence a warning.
+const KUBERNETES_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// Long enough for most in-flight requests to finish, shorter than Kubernetes' default 30s
 /// termination grace period so we exit before SIGKILL arrives.
 const DEFAULT_SHUTDOWN_TIMEOUT: &str = "25s";
@@ -95,13 +116,35 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
             v => socket_addr(v, "an address").map(Some),
         })
         .flatten();
-    let trusted_proxies = s.list("trusted_proxies", &[]).parse_each(|cidr| {
-        // A bare address means a single host.
-        cidr.parse::<IpNet>()
-            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map(|net| net.trunc())
-            .map_err(|_| format!("{cidr:?} is not a CIDR like 10.0.0.0/8"))
-    });
+    let trusted_proxies = s
+        .list("trusted_proxies", &[])
+        .warn(|list| {
+            let everyone: Vec<&str> = list
+                .iter()
+                .map(String::as_str)
+                .filter(|cidr| cidr.parse::<IpNet>().is_ok_and(|net| net.prefix_len() == 0))
+                .collect();
+            (!everyone.is_empty()).then(|| {
+                let verb = if everyone.len() == 1 {
+                    "trusts"
+                } else {
+                    "trust"
+                };
+                format!(
+                    "{} {verb} every peer: any client can set X-Forwarded-For and pick the \
+                     address that rate limits, lockouts and audit events see; list your \
+                     proxies' own ranges",
+                    everyone.join(" and ")
+                )
+            })
+        })
+        .parse_each(|cidr| {
+            // A bare address means a single host.
+            cidr.parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| format!("{cidr:?} is not a CIDR like 10.0.0.0/8"))
+        });
     let public_url = s
         .str("public_url", "")
         .map(|v| v.trim_end_matches('/').to_string())
@@ -121,14 +164,26 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
         public_url,
         shutdown_timeout: s
             .duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
-            .get(),
+            .warn(|d| {
+                (*d > KUBERNETES_GRACE_PERIOD && *d <= mins(10)).then(|| {
+                    format!(
+                        "{} is longer than the 30s grace period Kubernetes gives a pod by \
+                         default: the drain is cut short by SIGKILL; shorten it or raise \
+                         terminationGracePeriodSeconds above it",
+                        super::format_duration(*d)
+                    )
+                })
+            })
+            .within(Duration::ZERO, mins(10)),
         header_read_timeout: s
             .duration("header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)
-            .positive(),
-        idle_timeout: s.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT).positive(),
+            .within(ms(100), mins(5)),
+        idle_timeout: s
+            .duration("idle_timeout", DEFAULT_IDLE_TIMEOUT)
+            .within(secs(1), hours(1)),
         body_idle_timeout: s
             .duration("body_idle_timeout", DEFAULT_BODY_IDLE_TIMEOUT)
-            .positive(),
+            .within(ms(100), mins(10)),
         max_connections: s
             .get("max_connections", DEFAULT_MAX_CONNECTIONS)
             .at_least(1),
@@ -152,7 +207,7 @@ fn tls(s: &mut Section<'_>) -> Option<TlsConfig> {
     let key = s.str("key", "").get();
     let reload_interval = s
         .duration("reload_interval", DEFAULT_TLS_RELOAD_INTERVAL)
-        .positive();
+        .within(ms(100), days(1));
     match (cert.is_empty(), key.is_empty()) {
         (true, true) => None,
         (false, false) => Some(TlsConfig {
@@ -219,13 +274,15 @@ fn upstream(s: &mut Section<'_>) -> UpstreamConfig {
                 authority: http::uri::Authority::from_static("invalid"),
                 base_path: String::new(),
             }),
-        timeout: s.duration("timeout", DEFAULT_UPSTREAM_TIMEOUT).positive(),
+        timeout: s
+            .duration("timeout", DEFAULT_UPSTREAM_TIMEOUT)
+            .within(ms(100), hours(1)),
         connect_timeout: s
             .duration("connect_timeout", DEFAULT_UPSTREAM_CONNECT_TIMEOUT)
-            .positive(),
+            .within(ms(10), mins(1)),
         pool_idle_timeout: s
             .duration("pool_idle_timeout", DEFAULT_UPSTREAM_POOL_IDLE)
-            .get(),
+            .within(Duration::ZERO, hours(1)),
         pool_max_idle: s.get("pool_max_idle", DEFAULT_UPSTREAM_POOL_MAX_IDLE).get(),
         health_path: s
             .str("health_path", "")
@@ -311,13 +368,6 @@ fn store(s: &mut Section<'_>) -> StoreConfig {
             "is required when backend = \"postgres\" (e.g. \"postgres://gatehouse@db:5432/gatehouse?sslmode=verify-full\", or GATEHOUSE_STORE_URL)",
         );
     }
-    let at_least_a_millisecond = |d: &Duration| {
-        if d.as_millis() == 0 {
-            Err("must be at least 1ms".to_string())
-        } else {
-            Ok(())
-        }
-    };
     StoreConfig {
         backend: backend.unwrap_or(StoreBackend::Sled),
         path: path.into(),
@@ -325,14 +375,14 @@ fn store(s: &mut Section<'_>) -> StoreConfig {
         pool_size: s.get("pool_size", DEFAULT_STORE_POOL_SIZE).at_least(1),
         connect_timeout: s
             .duration("connect_timeout", DEFAULT_STORE_CONNECT_TIMEOUT)
-            .check(at_least_a_millisecond),
+            .within(ms(1), mins(1)),
         // PostgreSQL takes milliseconds, and 0 would switch the timeout off.
         statement_timeout: s
             .duration("statement_timeout", DEFAULT_STORE_STATEMENT_TIMEOUT)
-            .check(at_least_a_millisecond),
+            .within(ms(1), mins(10)),
         acquire_timeout: s
             .duration("acquire_timeout", DEFAULT_STORE_ACQUIRE_TIMEOUT)
-            .check(at_least_a_millisecond),
+            .within(ms(1), mins(1)),
     }
 }
 
@@ -375,18 +425,33 @@ const DEFAULT_VERIFY_CACHE: usize = 4096;
 const MAX_VERIFY_CACHE: usize = 1 << 20;
 
 fn tokens(s: &mut Section<'_>) -> TokensConfig {
-    let secret = s.get("secret", super::Secret::default()).check(|secret| {
-        if secret.is_empty() {
-            Err("is required (set GATEHOUSE_TOKENS_SECRET; e.g. `openssl rand -base64 48`)".into())
-        } else if secret.len() < MIN_SECRET_BYTES {
-            Err(format!(
-                "is {} bytes; HS256 needs at least {MIN_SECRET_BYTES}",
-                secret.len()
-            ))
-        } else {
-            Ok(())
-        }
-    });
+    let purpose = s.purpose();
+    let secret = s
+        .get("secret", super::Secret::default())
+        .warn(|secret| {
+            is_placeholder_secret(secret.expose()).then(|| {
+                "is an example placeholder, which anyone who read the example can use to \
+                 mint tokens; generate one with `openssl rand -base64 48`"
+                    .to_string()
+            })
+        })
+        .check(|secret| {
+            if secret.is_empty() && purpose == super::Purpose::Policy {
+                Ok(())
+            } else if secret.is_empty() {
+                Err(
+                    "is required (set GATEHOUSE_TOKENS_SECRET; e.g. `openssl rand -base64 48`)"
+                        .into(),
+                )
+            } else if secret.len() < MIN_SECRET_BYTES {
+                Err(format!(
+                    "is {} bytes; HS256 needs at least {MIN_SECRET_BYTES}",
+                    secret.len()
+                ))
+            } else {
+                Ok(())
+            }
+        });
     // Read only to be checked: HS256 is the one algorithm, and saying so in the file documents it.
     s.str("algorithm", DEFAULT_ALGORITHM).check(|a| {
         if a == "HS256" {
@@ -399,18 +464,21 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
         secret,
         issuer: s.str("issuer", DEFAULT_ISSUER).check(|v| not_empty(v)),
         audience: s.str("audience", DEFAULT_AUDIENCE).check(|v| not_empty(v)),
-        access_ttl: s.duration("access_ttl", DEFAULT_ACCESS_TTL).positive(),
-        refresh_ttl: s.duration("refresh_ttl", DEFAULT_REFRESH_TTL).positive(),
+        // An access token lives until it expires whatever happens to its session, so more
+        // than a day defeats the short-token design; less than a minute is refresh traffic.
+        access_ttl: s
+            .duration("access_ttl", DEFAULT_ACCESS_TTL)
+            .within(mins(1), days(1)),
+        refresh_ttl: s
+            .duration("refresh_ttl", DEFAULT_REFRESH_TTL)
+            .within(mins(1), days(365)),
         refresh_idle_ttl: s
             .duration("refresh_idle_ttl", DEFAULT_REFRESH_IDLE_TTL)
-            .positive(),
-        leeway: s.duration("leeway", DEFAULT_LEEWAY).check(|l| {
-            if *l > MAX_LEEWAY {
-                Err("must be at most 5m; every second is extra token life".into())
-            } else {
-                Ok(())
-            }
-        }),
+            .within(mins(1), days(365)),
+        // Every second of leeway is extra token life.
+        leeway: s
+            .duration("leeway", DEFAULT_LEEWAY)
+            .within(Duration::ZERO, MAX_LEEWAY),
         verify_cache: s.get("verify_cache", DEFAULT_VERIFY_CACHE).check(|n| {
             if *n > MAX_VERIFY_CACHE {
                 Err(format!(
@@ -421,6 +489,21 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
             }
         }),
     }
+}
+
+/// Whether a secret is one of the placeholders examples use (`change-me-…`,
+/// `replace-with-…`): valid as far as length goes, and known to everyone.
+fn is_placeholder_secret(secret: &str) -> bool {
+    let folded = secret.to_ascii_lowercase().replace('_', "-");
+    [
+        "change-me",
+        "changeme",
+        "replace-with",
+        "replace-me",
+        "replaceme",
+    ]
+    .iter()
+    .any(|p| folded.contains(p))
 }
 
 fn not_empty(value: &str) -> Result<(), String> {
@@ -492,15 +575,26 @@ fn auth(s: &mut Section<'_>) -> AuthConfig {
         admin_role: s
             .str("admin_role", DEFAULT_ADMIN_ROLE)
             .check(|v| not_empty(v)),
-        expose_debug_tokens: s.get("expose_debug_tokens", false).get(),
+        expose_debug_tokens: s
+            .get("expose_debug_tokens", false)
+            .warn(|on| {
+                on.then(|| {
+                    "is on: reset and verification tokens appear in API responses and \
+                     forgot-password reveals which addresses have accounts; development only"
+                        .to_string()
+                })
+            })
+            .get(),
         require_verified_email: s.get("require_verified_email", false).get(),
         reset_token_ttl: s
             .duration("reset_token_ttl", DEFAULT_RESET_TOKEN_TTL)
-            .positive(),
+            .within(mins(1), days(7)),
         verify_token_ttl: s
             .duration("verify_token_ttl", DEFAULT_VERIFY_TOKEN_TTL)
-            .positive(),
-        forgot_cooldown: s.duration("forgot_cooldown", DEFAULT_FORGOT_COOLDOWN).get(),
+            .within(mins(1), days(30)),
+        forgot_cooldown: s
+            .duration("forgot_cooldown", DEFAULT_FORGOT_COOLDOWN)
+            .within(Duration::ZERO, days(1)),
         password,
         lockout,
         renames,
@@ -542,8 +636,12 @@ fn password(s: &mut Section<'_>) -> crate::password::PasswordSettings {
 fn lockout(s: &mut Section<'_>) -> LockoutConfig {
     LockoutConfig {
         max_failures: s.get("max_failures", DEFAULT_LOCKOUT_MAX_FAILURES).get(),
-        window: s.duration("window", DEFAULT_LOCKOUT_WINDOW).positive(),
-        duration: s.duration("duration", DEFAULT_LOCKOUT_DURATION).positive(),
+        window: s
+            .duration("window", DEFAULT_LOCKOUT_WINDOW)
+            .within(secs(1), days(1)),
+        duration: s
+            .duration("duration", DEFAULT_LOCKOUT_DURATION)
+            .within(secs(1), days(30)),
     }
 }
 
@@ -598,6 +696,7 @@ struct Route {
 fn route(s: &mut Section<'_>) -> Route {
     Route {
         spec: RouteSpec {
+            name: s.optional("name").get(),
             path: s.str("path", "").get(),
             methods: s.list("methods", &[]).get(),
             access: s.optional("access").get(),
@@ -626,6 +725,9 @@ const DEFAULT_LOGIN_RATE: &str = "5/15m";
 const DEFAULT_REGISTER_RATE: &str = "3/1h";
 const DEFAULT_REFRESH_RATE: &str = "10/1m";
 const DEFAULT_FORGOT_PASSWORD_RATE: &str = "3/1h";
+/// Per client address, on top of the per-account cooldown (`auth.forgot_cooldown`): enough
+/// for a user whose mail is slow, not for a mail flood from one client's accounts.
+const DEFAULT_VERIFY_EMAIL_RESEND_RATE: &str = "3/1h";
 /// Proxied requests are the upstream's business unless the operator says otherwise.
 const DEFAULT_PROXY_RATE: &str = "0";
 /// Keys tracked per rate-limit class; a fixed table, so memory does not grow with clients.
@@ -647,6 +749,9 @@ fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
     let refresh = s.rate("refresh", DEFAULT_REFRESH_RATE).get();
     let forgot_password = s
         .rate("forgot_password", DEFAULT_FORGOT_PASSWORD_RATE)
+        .get();
+    let verify_email_resend = s
+        .rate("verify_email_resend", DEFAULT_VERIFY_EMAIL_RESEND_RATE)
         .get();
     let proxy = s.rate("proxy", DEFAULT_PROXY_RATE).get();
     let capacity = s.get("capacity", DEFAULT_RATE_LIMIT_CAPACITY).at_least(64);
@@ -674,13 +779,7 @@ fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
     });
     let redis_timeout = s
         .duration("redis_timeout", DEFAULT_REDIS_TIMEOUT)
-        .check(|t| {
-            if *t < Duration::from_millis(1) || *t > MAX_REDIS_TIMEOUT {
-                Err("must be between 1ms and 1s: every auth request may wait this long while Redis hangs".into())
-            } else {
-                Ok(())
-            }
-        });
+        .within(ms(1), MAX_REDIS_TIMEOUT);
     let backend = match backend.as_str() {
         "local" => RateLimitBackend::Local,
         "redis" => {
@@ -702,6 +801,7 @@ fn rate_limits(s: &mut Section<'_>, routes: &[Route]) -> RateLimitConfig {
         register,
         refresh,
         forgot_password,
+        verify_email_resend,
         proxy,
         routes: routes.iter().map(|r| r.rate_limit).collect(),
         capacity,
@@ -851,7 +951,17 @@ fn policy(
     roles: &[RoleSpec],
     auth: &AuthConfig,
 ) -> Option<Policy> {
-    let default = s.str("default", DEFAULT_POLICY).get();
+    let default = s
+        .str("default", DEFAULT_POLICY)
+        .warn(|d| {
+            (d == "public").then(|| {
+                "is public: every path no rule names is forwarded without a token, including \
+                 paths the upstream adds later; name public paths in [[routes]] and keep \
+                 the default deny"
+                    .to_string()
+            })
+        })
+        .get();
     let case_sensitive = s.get("case_sensitive", DEFAULT_CASE_SENSITIVE).get();
     let mut known_roles = auth.default_roles.clone();
     known_roles.extend(auth.selectable_roles.iter().cloned());

@@ -246,7 +246,7 @@ fn every_kind_of_mistake_is_reported_at_once() {
         "server.workers: expected an integer, found a string",
         "server.max_connections: must be at least 1",
         "server.admin_listn: unknown key; did you mean server.admin_listen?",
-        "upstream.timeout: must be greater than zero",
+        "upstream.timeout: 0 is out of range: must be between 100ms and 1h",
         r#"auth.registration: "maybe" is not open or closed"#,
         "auth.lockout.max_failures: -1 is out of range (0 to 4294967295)",
         "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, admin)",
@@ -359,8 +359,60 @@ fn durations_parse() {
         Duration::from_secs(30 * 86400)
     );
     assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-    assert!(parse_duration("soon").is_err());
-    assert!(parse_duration("").is_err());
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(
+        parse_duration("1d2h3m4s5ms").unwrap(),
+        Duration::from_millis(93_784_005)
+    );
+    // One syntax: no spaces, no long unit names, no fractions, no bare numbers, units
+    // largest first and once each.
+    for bad in [
+        "soon",
+        "",
+        "15 minutes",
+        "15min",
+        "1h 30m",
+        " 15m",
+        "1.5h",
+        "15",
+        "30m1h",
+        "1m1m",
+        "-1s",
+        "m",
+        "1y",
+        "0s0",
+    ] {
+        let err = parse_duration(bad).expect_err(bad);
+        assert!(err.contains("\"1h30m\""), "{bad}: {err}");
+    }
+    for d in ["900ms", "15m", "1h30m", "30d", "1d2h3m4s5ms", "0"] {
+        assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+    }
+}
+
+#[test]
+fn durations_have_ranges() {
+    for (line, expect) in [
+        (
+            "[auth]\nreset_token_ttl = \"1000d\"",
+            "auth.reset_token_ttl: 1000d is out of range: must be between 1m and 7d",
+        ),
+        (
+            "[server]\nshutdown_timeout = \"1h\"",
+            "server.shutdown_timeout: 1h is out of range: must be between 0 and 10m",
+        ),
+        (
+            "[auth.lockout]\nwindow = \"15 minutes\"",
+            "auth.lockout.window: \"15 minutes\" is not a duration",
+        ),
+    ] {
+        let text = format!("{}\n{line}\n", minimal());
+        let errors = errors_of(&text, no_env());
+        assert!(
+            errors.iter().any(|e| e.starts_with(expect)),
+            "{line}: {errors:?}"
+        );
+    }
 }
 
 #[test]

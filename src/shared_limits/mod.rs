@@ -80,14 +80,18 @@ pub enum AuthClass {
     Register,
     Refresh,
     ForgotPassword,
+    /// Asking for a new email-verification link: its own budget, so a user's own resends
+    /// and anyone's forgot-password requests from the same address do not starve each other.
+    VerifyEmailResend,
 }
 
 impl AuthClass {
-    pub const ALL: [AuthClass; 4] = [
+    pub const ALL: [AuthClass; 5] = [
         AuthClass::Login,
         AuthClass::Register,
         AuthClass::Refresh,
         AuthClass::ForgotPassword,
+        AuthClass::VerifyEmailResend,
     ];
 
     /// The class's name: its `rate_limits` key, its metric label and its Redis key part.
@@ -97,6 +101,7 @@ impl AuthClass {
             AuthClass::Register => "register",
             AuthClass::Refresh => "refresh",
             AuthClass::ForgotPassword => "forgot_password",
+            AuthClass::VerifyEmailResend => "verify_email_resend",
         }
     }
 
@@ -106,6 +111,7 @@ impl AuthClass {
             AuthClass::Register => config.register,
             AuthClass::Refresh => config.refresh,
             AuthClass::ForgotPassword => config.forgot_password,
+            AuthClass::VerifyEmailResend => config.verify_email_resend,
         }
     }
 }
@@ -114,7 +120,7 @@ impl AuthClass {
 pub struct SharedLimits {
     /// Indexed like [`AuthClass::ALL`]; `None` where the class is off. Always counted, see
     /// the module doc.
-    local: [Option<RateLimiter>; 4],
+    local: [Option<RateLimiter>; 5],
     /// `None` with the local backend.
     shared: Option<Arc<Shared>>,
 }
@@ -565,7 +571,7 @@ secret = "0123456789abcdef0123456789abcdef"
             &[],
             &[
                 "rate_limits.redis_prefix: must not be empty",
-                "rate_limits.redis_timeout: must be between 1ms and 1s",
+                "is out of range: must be between 1ms and 1s",
             ],
         );
         check(
@@ -573,7 +579,7 @@ secret = "0123456789abcdef0123456789abcdef"
             &[],
             &[
                 "rate_limits.redis_prefix: must not contain spaces",
-                "rate_limits.redis_timeout: must be between 1ms and 1s",
+                "is out of range: must be between 1ms and 1s",
             ],
         );
     }

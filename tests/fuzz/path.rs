@@ -292,7 +292,7 @@ impl Target for PathTarget {
                 Method::from_bytes(b"PURGE").expect("a token"),
             ] {
                 let decision = policy.decide(&method, forwarded);
-                let _ = policy.explain(method.as_str(), forwarded, None);
+                let _ = policy.describe_match(decision.exact);
                 verdicts.push(format!("{:?}", decision.verdict(None).0));
             }
         }

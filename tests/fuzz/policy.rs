@@ -151,6 +151,7 @@ fn parse(input: &[u8]) -> Case {
                     None => (Some(access.to_owned()), Vec::new()),
                 };
                 spec.routes.push(RouteSpec {
+                    name: None,
                     path: path.to_owned(),
                     methods: if methods == "-" {
                         Vec::new()

@@ -170,71 +170,421 @@ fn check_config_accepts_a_good_file() {
     }
 }
 
+/// A dozen mistakes in one file, errors and warnings together, one from the environment:
+/// `check-config` prints every one, errors first, each under its key, and exits 1.
+#[test]
+fn check_config_golden_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "golden.toml",
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listn = "127.0.0.1:9090"
+trusted_proxies = ["0.0.0.0/0", "::/0", "10.0.0.0/33"]
+shutdown_timeout = "45s"
+idle_timeout = "15 minutes"
+
+[upstream]
+url = "http://127.0.0.1:3000"
+timeout = "0"
+
+[tokens]
+secret = "change-me-change-me-change-me-change-me-0000"
+refresh_ttl = "1000d"
+
+[auth]
+registration = "maybe"
+
+[auth.lockout]
+window = "1h 30m"
+
+[rate_limits]
+login = "5 per minute"
+
+[policy]
+default = "public"
+
+[[routes]]
+name = "public"
+path = "/public/**"
+access = "public"
+
+[[routes]]
+name = "public"
+path = "/api/**"
+acess = "deny"
+"#,
+    );
+    let args = ["check-config", "--config", &file];
+    let out = run(&args, &[("GATEHOUSE_AUTH_EXPOSE_DEBUG_TOKENS", "true")]);
+    let all = describe(&args, &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{all}");
+    let expected = r#"FILE: 11 errors, 5 warnings
+  error: server.trusted_proxies[2]: "10.0.0.0/33" is not a CIDR like 10.0.0.0/8
+  error: server.idle_timeout: "15 minutes" is not a duration: write whole numbers with a unit (d, h, m, s or ms) and no spaces, like "900ms", "15m", "1h30m" or "30d"
+  error: server.admin_listn: unknown key; did you mean server.admin_listen?
+  error: upstream.timeout: 0 is out of range: must be between 100ms and 1h
+  error: tokens.refresh_ttl: 1000d is out of range: must be between 1m and 365d
+  error: auth.registration: "maybe" is not open or closed
+  error: auth.lockout.window: "1h 30m" is not a duration: write whole numbers with a unit (d, h, m, s or ms) and no spaces, like "900ms", "15m", "1h30m" or "30d"
+  error: routes[1].acess: unknown key; did you mean routes[1].access?
+  error: rate_limits.login: invalid rate "5 per minute": expected COUNT/PERIOD such as "5/15m", or "0" for no limit
+  error: routes[1]: set `access` (public, authenticated or deny) or a non-empty `roles` list
+  error: routes[1].name: `public` is already the name of routes[0]; names must be unique
+  warning: server.trusted_proxies: 0.0.0.0/0 and ::/0 trust every peer: any client can set X-Forwarded-For and pick the address that rate limits, lockouts and audit events see; list your proxies' own ranges
+  warning: server.shutdown_timeout: 45s is longer than the 30s grace period Kubernetes gives a pod by default: the drain is cut short by SIGKILL; shorten it or raise terminationGracePeriodSeconds above it
+  warning: tokens.secret: is an example placeholder, which anyone who read the example can use to mint tokens; generate one with `openssl rand -base64 48`
+  warning: GATEHOUSE_AUTH_EXPOSE_DEBUG_TOKENS (auth.expose_debug_tokens): is on: reset and verification tokens appear in API responses and forgot-password reveals which addresses have accounts; development only
+  warning: policy.default: is public: every path no rule names is forwarded without a token, including paths the upstream adds later; name public paths in [[routes]] and keep the default deny
+"#;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).replace(&file, "FILE"),
+        expected,
+        "{all}"
+    );
+}
+
+/// Warnings alone pass (exit 0, printed on stderr) unless `--strict`.
+#[test]
+fn check_config_warnings_pass_unless_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = base_config(dead(), &dir.path().join("store"), ROUTES)
+        .replace("[log]\n", "[auth]\nexpose_debug_tokens = true\n\n[log]\n");
+    let file = write(dir.path(), "risky.toml", &text);
+    let args = ["check-config", "--config", &file];
+    let out = run(&args, &[]);
+    let all = describe(&args, &out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 warning\n"), "{all}");
+    assert!(
+        stderr.contains("warning: auth.expose_debug_tokens: is on"),
+        "{all}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": ok ("),
+        "{all}"
+    );
+
+    let args = ["check-config", "--config", &file, "--strict"];
+    let out = run(&args, &[]);
+    let all = describe(&args, &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--strict"),
+        "{all}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{all}");
+}
+
 #[test]
 fn policy_explain_prints_the_rule_and_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    // No tokens.secret: explaining needs none.
+    let text = base_config(dead(), &dir.path().join("store"), ROUTES)
+        .replace(&format!("secret = \"{SECRET}\""), "");
+    let config = write(dir.path(), "policy.toml", &text);
+    // (arguments, exit code, what the output must say)
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (
+            &["GET", "/api/admin/users", "--roles", "creator"],
+            1,
+            &["routes[1]", "DENY 403"],
+        ),
+        (
+            &["GET", "/api/admin/users", "--roles", "admin"],
+            0,
+            &["routes[1]", "ALLOW"],
+        ),
+        // Inheritance: admin holds creator, which the write rule asks for.
+        (
+            &["POST", "/api/items", "--roles", "admin"],
+            0,
+            &["routes[2]", "ALLOW", "creator"],
+        ),
+        // The server answers 400 to a lower-case method, so explain refuses it too.
+        (
+            &["delete", "/api/items/1", "--roles", "reader"],
+            2,
+            &["REFUSED 400 INVALID_REQUEST", "upper-case"],
+        ),
+        (
+            &["GET", "/api/items"],
+            1,
+            &["routes[3]", "anonymous", "DENY 401 TOKEN_MISSING"],
+        ),
+        // GET rules cover HEAD; the writes rule does not.
+        (
+            &["HEAD", "/api/items", "--roles", "reader"],
+            0,
+            &["routes[3]", "ALLOW"],
+        ),
+        (
+            &["GET", "/blocked/x", "--roles", "admin"],
+            1,
+            &["routes[4]", "DENY 403"],
+        ),
+        (
+            &["GET", "/nowhere"],
+            1,
+            &["no rule matched", "deny", "DENY 403"],
+        ),
+        // The path is normalised first, as the proxy would.
+        (
+            &["GET", "/public/../api/admin/x", "--roles", "reader"],
+            1,
+            &["/api/admin/x", "routes[1]", "DENY 403"],
+        ),
+        (&["GET", "/public/a%2Fb"], 2, &["REFUSED 400"]),
+        (
+            &["POST", "/api/items", "--roles", "ghost"],
+            1,
+            &["not known", "ghost", "DENY 403"],
+        ),
+        // Served by gatehouse itself, never forwarded.
+        (&["POST", "/auth/login"], 0, &["SERVED", "auth:/login"]),
+        // The query is not part of the path; a method override in it is refused.
+        (
+            &["GET", "/api/x?token=abc", "--roles", "reader"],
+            0,
+            &["path:    /api/x", "ALLOW"],
+        ),
+        (
+            &["GET", "/api/x?_method=DELETE", "--roles", "reader"],
+            2,
+            &["REFUSED 400", "Method-override query parameters"],
+        ),
+    ];
+    for (args, code, expected) in cases {
+        let mut full = vec!["policy", "explain", "--config", config.as_str()];
+        full.extend_from_slice(args);
+        let out = run(&full, &[]);
+        let all = describe(&full, &out);
+        assert_eq!(out.status.code(), Some(*code), "{all}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for want in *expected {
+            assert!(stdout.contains(want), "no {want:?} in:\n{all}");
+        }
+    }
+
+    // --json for scripts.
+    let full = [
+        "policy",
+        "explain",
+        "--config",
+        &config,
+        "GET",
+        "/api/ADMIN/x?page=2",
+        "--json",
+    ];
+    let out = run(&full, &[]);
+    let all = describe(&full, &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&all);
+    assert_eq!(json["outcome"], "deny", "{all}");
+    assert_eq!(json["status"], 401, "{all}");
+    assert_eq!(json["code"], "TOKEN_MISSING", "{all}");
+    assert_eq!(json["path"], "/api/ADMIN/x", "{all}");
+    // Both spellings answer 401; on a tie the exact path's rule labels the request.
+    assert_eq!(json["route"], "/api/**", "{all}");
+
+    // A token needs the key; without one, say so (exit 3), never guess.
+    let full = [
+        "policy", "explain", "--config", &config, "GET", "/api/x", "--token", "a.b.c",
+    ];
+    let out = run(&full, &[]);
+    let all = describe(&full, &out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token needs the signing key"),
+        "{all}"
+    );
+    // With the key, a forged token is refused as the proxy refuses it.
+    let out = run(&full, &[("GATEHOUSE_TOKENS_SECRET", SECRET)]);
+    let all = describe(&full, &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DENY 401 TOKEN_INVALID"),
+        "{all}"
+    );
+}
+
+#[test]
+fn policy_test_runs_a_table_and_reports_every_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         dir.path(),
         "policy.toml",
         &base_config(dead(), &dir.path().join("store"), ROUTES),
     );
-    let cases: &[(&[&str], &[&str])] = &[
-        (
-            &["GET", "/api/admin/users", "--roles", "creator"],
-            &["routes[1]", "DENY 403"],
+    let good = write(
+        dir.path(),
+        "good.toml",
+        r#"
+[[case]]
+method = "GET"
+path = "/public/hello?x=1"
+expect = "allow"
+
+[[case]]
+method = "POST"
+path = "/api/items"
+roles = ["reader"]
+expect = "deny"
+status = 403
+
+[[case]]
+method = "get"
+path = "/api/items"
+expect = "refused"
+
+[[case]]
+method = "POST"
+path = "/auth/login"
+expect = "served"
+"#,
+    );
+    let full = ["policy", "test", "--config", &config, &good];
+    let out = run(&full, &[]);
+    let all = describe(&full, &out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 cases, 4 passed, 0 mismatched"),
+        "{all}"
+    );
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[[case]]
+method = "GET"
+path = "/api/items"
+expect = "allow"
+
+[[case]]
+method = "GET"
+path = "/public/x"
+expect = "allow"
+
+[[case]]
+method = "DELETE"
+path = "/api/items/1"
+roles = ["creator"]
+expect = "deny"
+"#,
+    );
+    let full = ["policy", "test", "--config", &config, &bad];
+    let out = run(&full, &[]);
+    let all = describe(&full, &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("MISMATCH case[0] GET /api/items: expected allow, got deny 401"),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(
+            "MISMATCH case[2] DELETE /api/items/1 as [creator]: expected deny, got allow"
         ),
-        (
-            &["GET", "/api/admin/users", "--roles", "admin"],
-            &["routes[1]", "ALLOW"],
-        ),
-        // Inheritance: admin holds creator, which the write rule asks for.
-        (
-            &["POST", "/api/items", "--roles", "admin"],
-            &["routes[2]", "ALLOW", "creator"],
-        ),
-        (
-            &["delete", "/api/items/1", "--roles", "reader"],
-            &["routes[2]", "DENY 403"],
-        ),
-        (
-            &["GET", "/api/items"],
-            &["routes[3]", "anonymous", "DENY 401"],
-        ),
-        // GET rules cover HEAD; the writes rule does not.
-        (
-            &["HEAD", "/api/items", "--roles", "reader"],
-            &["routes[3]", "ALLOW"],
-        ),
-        (
-            &["GET", "/blocked/x", "--roles", "admin"],
-            &["routes[4]", "DENY 403"],
-        ),
-        (
-            &["GET", "/nowhere"],
-            &["no rule matched", "deny", "DENY 403"],
-        ),
-        // The path is normalised first, as the proxy would.
-        (
-            &["GET", "/public/../api/admin/x", "--roles", "reader"],
-            &["/api/admin/x", "routes[1]", "DENY 403"],
-        ),
-        (&["GET", "/public/a%2Fb"], &["400"]),
-        (
-            &["POST", "/api/items", "--roles", "ghost"],
-            &["not known", "ghost", "DENY 403"],
-        ),
-    ];
-    for (args, expected) in cases {
-        let mut full = vec!["policy", "explain", "--config", config.as_str()];
-        full.extend_from_slice(args);
-        let out = run(&full, &[]);
-        let all = describe(&full, &out);
-        assert_eq!(out.status.code(), Some(0), "{all}");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        for want in *expected {
-            assert!(stdout.contains(want), "no {want:?} in:\n{all}");
+        "{all}"
+    );
+    assert!(stdout.contains("3 cases, 1 passed, 2 mismatched"), "{all}");
+
+    // A table with a typo is an error, not a silently skipped case.
+    let typo = write(
+        dir.path(),
+        "typo.toml",
+        "[[case]]\nmethod = \"GET\"\npath = \"/\"\nexpect = \"allow\"\nrole = [\"x\"]\n",
+    );
+    let full = ["policy", "test", "--config", &config, &typo];
+    let out = run(&full, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&full, &out));
+}
+
+/// Every subcommand describes its own --config, every option has a description, required
+/// flags look required, and `demo` refuses flags it would ignore.
+#[test]
+fn help_is_per_command_and_flags_are_honest() {
+    let help = |args: &[&str]| {
+        let out = run(args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(args, &out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let check = help(&["check-config", "-h"]);
+    assert!(check.contains("Config file to check"), "{check}");
+    assert!(check.contains("--strict"), "{check}");
+    let explain = help(&["policy", "explain", "-h"]);
+    assert!(
+        explain.contains("Config file whose policy decides"),
+        "{explain}"
+    );
+    let add = help(&["user", "add", "-h"]);
+    assert!(
+        add.contains("--email <EMAIL> [--username <USERNAME>]") || add.contains("--password-stdin"),
+        "{add}"
+    );
+    // Required flags are not shown in brackets in the usage line.
+    let usage = add
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_default();
+    assert!(
+        usage.contains(" --password-stdin") && !usage.contains("[--password-stdin]"),
+        "{add}"
+    );
+    let others: Vec<String> = [
+        &["-h"][..],
+        &["serve", "-h"],
+        &["demo", "-h"],
+        &["policy", "test", "-h"],
+        &["user", "list", "-h"],
+        &["user", "set-roles", "-h"],
+        &["user", "lock", "-h"],
+        &["store", "migrate", "-h"],
+        &["store", "copy", "-h"],
+    ]
+    .iter()
+    .map(|args| help(args))
+    .collect();
+    for text in [&check, &explain, &add].into_iter().chain(others.iter()) {
+        assert!(!text.contains("default `serve` command"), "{text}");
+        // In short help (-h) a described option has its text on the same line.
+        for line in text.lines().filter(|l| l.trim_start().starts_with("--")) {
+            assert!(
+                line.trim().contains("  "),
+                "undescribed option: {line:?} in\n{text}"
+            );
         }
     }
+
+    for args in [
+        &["demo", "--config", "x.toml"][..],
+        &["--config", "x.toml", "demo"][..],
+        &[
+            "--config", "x.toml", "store", "copy", "--from", "a", "--to", "b",
+        ][..],
+    ] {
+        let out = run(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(args, &out));
+    }
+    // user add without --password-stdin is a usage error before anything is opened.
+    let out = run(
+        &[
+            "user",
+            "add",
+            "--config",
+            "x.toml",
+            "--email",
+            "a@example.com",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&[], &out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-stdin"));
 }
 
 /// A child process that is killed if the test fails before it exits.
@@ -553,4 +903,97 @@ async fn serve_logs_never_contain_tokens_or_secrets() {
     ] {
         assert!(!logs.contains(secret), "{what} reached the logs:\n{logs}");
     }
+}
+
+/// Issue 11, point 4: the pretty format into a pipe is plain text, no ANSI colour codes;
+/// and point 2: `serve` logs at start the same warnings `check-config` prints.
+#[tokio::test]
+async fn serve_logs_plain_text_and_its_warnings_into_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = base_config(dead(), &dir.path().join("store"), ROUTES)
+        .replace("[log]\n", "[auth]\nexpose_debug_tokens = true\n\n[log]\n");
+    let config = write(dir.path(), "pretty.toml", &text);
+    let mut gh = Running::start(
+        &["serve", "--config", &config],
+        &[
+            ("GATEHOUSE_LOG_FORMAT", "pretty"),
+            ("GATEHOUSE_LOG_LEVEL", "info"),
+        ],
+    );
+    let ready = async {
+        while let Some(line) = gh.lines.recv().await {
+            let addr = line
+                .contains("gatehouse ready")
+                .then(|| {
+                    line.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten();
+            gh.said.push(line);
+            if addr.is_some() {
+                return addr;
+            }
+        }
+        None
+    };
+    // A safety net for a child that never starts; the normal path reads lines as they come.
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("never ready:\n{}", gh.said.join("\n")));
+    // Serving (and so handling SIGTERM) once it answers.
+    wait_healthy(addr).await;
+    gh.terminate();
+    assert_eq!(gh.exit_code().await, Some(0));
+    let logs = gh.all_output().await;
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escape codes in a pipe:\n{logs:?}"
+    );
+    assert!(
+        logs.contains("risky setting: is on: reset and verification tokens")
+            && logs.contains("auth.expose_debug_tokens"),
+        "the warning was not logged at start:\n{logs}"
+    );
+}
+
+/// Issue 11, point 7: a password the policy refuses is explained in a whole sentence.
+#[test]
+fn user_add_explains_a_weak_password_in_a_sentence() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "users.toml",
+        &base_config(dead(), &dir.path().join("store"), ROUTES),
+    );
+    let mut child = gatehouse()
+        .args([
+            "user",
+            "add",
+            "--config",
+            &config,
+            "--email",
+            "ada@example.com",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = describe(&["user", "add"], &out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: The password must be at least 8 characters long.",
+        "{all}"
+    );
 }

@@ -103,6 +103,7 @@ login = "0"
 register = "0"
 refresh = "0"
 forgot_password = "0"
+verify_email_resend = "0"
 
 [log]
 level = "warn"

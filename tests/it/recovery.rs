@@ -744,6 +744,54 @@ async fn cooldown_per_address_and_newer_tokens_void_older() {
         .await;
     again.expect_error(429, "RATE_LIMITED");
     assert_eq!(again.header("retry-after"), Some("120"));
+    assert_eq!(
+        again.json()["error"]["message"],
+        "A confirmation link was sent recently. Check your inbox and spam folder, or ask for a \
+         new link in 120 seconds.",
+        "{}",
+        again.text()
+    );
+}
+
+/// The resend budget per client address is its own (`rate_limits.verify_email_resend`), not
+/// forgot-password's: spending one leaves the other whole, and its 429 says what it limits.
+#[tokio::test]
+async fn the_resend_budget_is_its_own() {
+    let gh = debug_gatehouse(&[
+        ("GATEHOUSE_AUTH_FORGOT_COOLDOWN", "0s"),
+        ("GATEHOUSE_RATE_LIMITS_FORGOT_PASSWORD", "1/1h"),
+        ("GATEHOUSE_RATE_LIMITS_VERIFY_EMAIL_RESEND", "2/1h"),
+    ])
+    .await;
+    gh.register("ada@example.com").await;
+    forgot(&gh, "ada@example.com").await.expect(202);
+    forgot(&gh, "ada@example.com")
+        .await
+        .expect_error(429, "RATE_LIMITED");
+    let (access, _) = gh.session("ada@example.com", PASSWORD).await;
+    let auth = bearer(&access);
+    let headers = [("authorization", auth.as_str())];
+    let resend = || {
+        gh.send(
+            Method::POST,
+            "/auth/verify-email/resend",
+            &headers,
+            Bytes::new(),
+        )
+    };
+    resend().await.expect(202);
+    resend().await.expect(202);
+    let third = resend().await;
+    third.expect_error(429, "RATE_LIMITED");
+    assert!(third.header("ratelimit-limit") == Some("2"), "{third:?}");
+    let message = third.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("A confirmation link was sent recently."),
+        "{message}"
+    );
 }
 
 #[tokio::test]

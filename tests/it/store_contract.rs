@@ -2045,7 +2045,7 @@ fn store_config_is_validated_with_clear_errors() {
         errors("pool_size = 0\nstatement_timeout = \"0\"", &[]),
         vec![
             "store.pool_size: must be at least 1",
-            "store.statement_timeout: must be at least 1ms"
+            "store.statement_timeout: 0 is out of range: must be between 1ms and 10m"
         ]
     );
     // The URL never shows in Debug output.
