@@ -6,6 +6,7 @@ mod architecture;
 mod auth;
 mod binary;
 mod crash;
+mod dashboards;
 mod harness;
 mod ops;
 mod pg;
