@@ -109,7 +109,7 @@ impl MethodClass {
 /// The identity service's endpoints, by their default paths: each is counted under its own
 /// `route` label (`auth:/login`). Fixed whatever `[auth.paths]` renames them to, so
 /// dashboards survive a rename. Keep in step with the routing in `auth::handle`.
-pub const AUTH_ENDPOINTS: [&str; 13] = [
+pub const AUTH_ENDPOINTS: [&str; 14] = [
     "/register",
     "/login",
     "/refresh",
@@ -123,6 +123,7 @@ pub const AUTH_ENDPOINTS: [&str; 13] = [
     "/verify-email",
     "/verify-email/resend",
     "/admin",
+    "/openapi.json",
 ];
 
 /// The label of paths under the auth prefix that name no endpoint (404).

@@ -8,6 +8,7 @@ mod binary;
 mod crash;
 mod dashboards;
 mod harness;
+mod openapi;
 mod ops;
 mod pg;
 mod policy;
