@@ -420,6 +420,69 @@ async fn unknown_auth_endpoints_and_methods() {
     gh.get("/auth/me").await.expect_error(401, "TOKEN_MISSING");
 }
 
+/// Found by schemathesis (negative_data_rejection): serde fills a struct from a JSON array
+/// by position, so `[null, null]` was a valid empty admin update and `["e", "p"]` a
+/// registration. A JSON body must be an object.
+#[tokio::test]
+async fn json_bodies_must_be_objects() {
+    let gh = gatehouse().await;
+    let admin = gh.token("root", &["admin"]);
+    let id = gh.register("array@example.com").await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let send = |method: Method, path: String, token: Option<String>, body: &'static str| {
+        let gh = &gh;
+        async move {
+            let auth = token.map(|t| bearer(&t));
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(a) = &auth {
+                headers.push(("authorization", a.as_str()));
+            }
+            gh.send(method, &path, &headers, Bytes::from_static(body.as_bytes()))
+                .await
+        }
+    };
+    send(
+        Method::PATCH,
+        format!("/auth/admin/users/{id}"),
+        Some(admin.clone()),
+        "[null, null]",
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    send(
+        Method::POST,
+        "/auth/register".into(),
+        None,
+        r#"["arrays@example.com", "correct horse battery"]"#,
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    send(
+        Method::POST,
+        "/auth/login".into(),
+        None,
+        r#"[null, null, "x"]"#,
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    for body in ["\"text\"", "42", "null", "true"] {
+        send(Method::POST, "/auth/forgot-password".into(), None, body)
+            .await
+            .expect_error(400, "INVALID_REQUEST");
+    }
+    // Objects, with JSON whitespace around them, still work.
+    send(
+        Method::PATCH,
+        format!("/auth/admin/users/{id}"),
+        Some(admin),
+        " \r\n\t{}",
+    )
+    .await
+    .expect(200);
+}
+
 #[tokio::test]
 async fn admin_api_manages_users() {
     let gh = gatehouse().await;
