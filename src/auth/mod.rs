@@ -84,7 +84,7 @@ pub async fn handle(
         }
         "/reset-password" | "/verify-email" => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
         "/verify" | "/me" | "/openapi.json" => Err(Error::MethodNotAllowed("GET, HEAD")),
-        "/change-password" => Err(Error::MethodNotAllowed("PUT")),
+        "/change-password" => Err(Error::MethodNotAllowed("PUT, POST")),
         _ if rest == "/admin" || rest.starts_with("/admin/") => {
             admin::handle(app, caller, request, &rest["/admin".len()..]).await
         }
