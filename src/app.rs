@@ -349,6 +349,7 @@ impl App {
             .map_err(StartError::Store)?;
         let mut app = App::new(config, store, clock).await?;
         if let Some(tls) = &tls {
+            tls.export_expiry(app.metrics.tls_certificate_expiry_gauge());
             tls.spawn_reloader();
         }
         app.tls = tls;

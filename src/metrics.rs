@@ -17,8 +17,8 @@
 //! (argon2, store writes) has a histogram of its own so it cannot blur that difference.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, dense below 10 ms where a sidecar's overhead lives.
@@ -109,7 +109,7 @@ impl MethodClass {
 /// The identity service's endpoints, by their default paths: each is counted under its own
 /// `route` label (`auth:/login`). Fixed whatever `[auth.paths]` renames them to, so
 /// dashboards survive a rename. Keep in step with the routing in `auth::handle`.
-pub const AUTH_ENDPOINTS: [&str; 13] = [
+pub const AUTH_ENDPOINTS: [&str; 14] = [
     "/register",
     "/login",
     "/refresh",
@@ -123,6 +123,7 @@ pub const AUTH_ENDPOINTS: [&str; 13] = [
     "/verify-email",
     "/verify-email/resend",
     "/admin",
+    "/openapi.json",
 ];
 
 /// The label of paths under the auth prefix that name no endpoint (404).
@@ -217,6 +218,16 @@ pub struct Metrics {
     /// 1 while Redis answers the shared limits, 0 after it failed (or before it was first
     /// reached, and always with `rate_limits.backend = "local"`).
     pub shared_limit_redis_up: IntGauge,
+    /// `notAfter` of the listener's leaf certificate (Unix seconds), labelled
+    /// `certificate="listener"`; no series at all without `server.tls`, so an expiry alert
+    /// never fires on a plain-HTTP sidecar. Set at load and on every hot reload.
+    tls_certificate_expiry: IntGaugeVec,
+    /// Config reloads by result (`ok`, `failed`). Registered, and both series exported at 0,
+    /// so dashboards and alerts have them before the first reload.
+    pub config_reloads: IntCounterVec,
+    /// When the config last loaded successfully (Unix seconds): the start, then each
+    /// successful reload.
+    pub config_last_reload_success: IntGauge,
 }
 
 impl Metrics {
@@ -358,6 +369,31 @@ impl Metrics {
             "1 while Redis answers for the shared auth rate limits; 0 after a failure, before it was first reached, and with rate_limits.backend = \"local\".",
         )?;
         registry.register(Box::new(shared_limit_redis_up.clone()))?;
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the serving certificate's leaf, in Unix seconds; absent without server.tls.",
+            ),
+            &["certificate"],
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Config reloads by result (ok, failed); a failed one keeps the running config.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        for result in ["ok", "failed"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_reload_success = IntGauge::new(
+            "config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (Unix seconds): the start, then each successful reload.",
+        )?;
+        config_last_reload_success.set(unix_now());
+        registry.register(Box::new(config_last_reload_success.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new(
                 "build_info",
@@ -393,7 +429,16 @@ impl Metrics {
             revocation_feed_applied,
             shared_limit_fallbacks,
             shared_limit_redis_up,
+            tls_certificate_expiry,
+            config_reloads,
+            config_last_reload_success,
         })
+    }
+
+    /// The gauge that follows the listener certificate's expiry; creating the series is what
+    /// makes it appear, so this is called only when TLS is on.
+    pub fn tls_certificate_expiry_gauge(&self) -> IntGauge {
+        self.tls_certificate_expiry.with_label_values(&["listener"])
     }
 
     /// Records one request the gate answered: an atomic add and a histogram observation.
@@ -480,6 +525,13 @@ impl Metrics {
     }
 }
 
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +600,29 @@ mod tests {
         assert_eq!(MethodClass::of(&http::Method::HEAD), MethodClass::Read);
         assert_eq!(MethodClass::of(&http::Method::PATCH), MethodClass::Write);
         assert_eq!(MethodClass::of(&http::Method::TRACE), MethodClass::Other);
+    }
+
+    #[test]
+    fn reload_and_certificate_series() {
+        let metrics = Metrics::new(&[]).unwrap();
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains("gatehouse_config_reloads_total{result=\"ok\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("gatehouse_config_reloads_total{result=\"failed\"} 0"));
+        let loaded = text
+            .lines()
+            .find_map(|l| l.strip_prefix("gatehouse_config_last_reload_success_timestamp_seconds "))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap();
+        assert!(loaded > 1_600_000_000, "{loaded}");
+        // No TLS, no expiry series: an alert on it must not fire for plain HTTP.
+        assert!(!text.contains("gatehouse_tls_certificate_expiry_timestamp_seconds{"));
+        metrics.tls_certificate_expiry_gauge().set(1_900_000_000);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(text.contains(
+            "gatehouse_tls_certificate_expiry_timestamp_seconds{certificate=\"listener\"} 1900000000"
+        ));
     }
 }

@@ -32,6 +32,11 @@
 //! certificate and the key in two steps may be seen half-way, log one error, and be picked up
 //! complete on the next tick. [`ServerTls::reload_stats`] counts both outcomes for metrics.
 //!
+//! The leaf's `notAfter` is read from its DER at load and on every reload (a few lines of
+//! DER walking, no X.509 library) and exported as
+//! `gatehouse_tls_certificate_expiry_timestamp_seconds` once [`ServerTls::export_expiry`]
+//! hands the reloader the gauge, so an alert can warn before a rotation that never came.
+//!
 //! # Upstream
 //!
 //! [`upstream_connector`] wraps the plain TCP connector so `https://` upstreams work. With
@@ -45,8 +50,8 @@
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -167,6 +172,21 @@ impl ServerTls {
         })
     }
 
+    /// The served leaf certificate's `notAfter` (Unix seconds), when its DER could be read.
+    pub fn certificate_expiry(&self) -> Option<i64> {
+        let value = self.certs.not_after.load(Ordering::Relaxed);
+        (value != NO_EXPIRY).then_some(value)
+    }
+
+    /// Keeps `gauge` at the served certificate's `notAfter`: set now, and again by every
+    /// reload. Call once; later calls are ignored.
+    pub fn export_expiry(&self, gauge: prometheus::IntGauge) {
+        if let Some(expiry) = self.certificate_expiry() {
+            gauge.set(expiry);
+        }
+        let _ = self.certs.expiry_gauge.set(gauge);
+    }
+
     /// How many reloads succeeded and failed so far.
     pub fn reload_stats(&self) -> ReloadStats {
         ReloadStats {
@@ -204,7 +224,14 @@ struct ReloadingCert {
     seen: Mutex<Seen>,
     reloads: AtomicU64,
     failures: AtomicU64,
+    /// The current leaf's `notAfter`, or [`NO_EXPIRY`] when its DER could not be read.
+    not_after: AtomicI64,
+    /// Set once by [`ServerTls::export_expiry`].
+    expiry_gauge: OnceLock<prometheus::IntGauge>,
 }
+
+/// `not_after` of a leaf whose validity could not be parsed (rustls accepted it anyway).
+const NO_EXPIRY: i64 = i64::MIN;
 
 impl fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -236,7 +263,10 @@ impl ReloadingCert {
     ) -> Result<ReloadingCert, TlsError> {
         let (cert, key) = read_pair(&cert_path, &key_path)?;
         let certified = certified_key(&cert, &key, &cert_path, &key_path, &provider)?;
+        let not_after = leaf_not_after(&certified).unwrap_or(NO_EXPIRY);
         Ok(ReloadingCert {
+            not_after: AtomicI64::new(not_after),
+            expiry_gauge: OnceLock::new(),
             seen: Mutex::new(Seen::Files(digest(&cert, &key))),
             current: RwLock::new(Arc::new(certified)),
             cert_path,
@@ -272,6 +302,12 @@ impl ReloadingCert {
         match certified_key(&cert, &key, &self.cert_path, &self.key_path, &self.provider) {
             Ok(certified) => {
                 let fingerprint = leaf_fingerprint(&certified);
+                let not_after = leaf_not_after(&certified);
+                self.not_after
+                    .store(not_after.unwrap_or(NO_EXPIRY), Ordering::Relaxed);
+                if let (Some(gauge), Some(expiry)) = (self.expiry_gauge.get(), not_after) {
+                    gauge.set(expiry);
+                }
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -354,6 +390,100 @@ fn leaf_fingerprint(certified: &CertifiedKey) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+/// The leaf certificate's `notAfter` in Unix seconds.
+fn leaf_not_after(certified: &CertifiedKey) -> Option<i64> {
+    certified
+        .cert
+        .first()
+        .and_then(|leaf| not_after(leaf.as_ref()))
+}
+
+/// `notAfter` of a DER X.509 certificate (RFC 5280 §4.1): `Certificate ::= SEQUENCE {
+/// tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity
+/// SEQUENCE { notBefore, notAfter }, … } … }`. `None` for anything it cannot follow.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (tag, certificate, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, mut tbs, _) = der_element(certificate)?;
+    if tag != 0x30 {
+        return None;
+    }
+    // The optional explicit [0] version.
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_element(tbs)?.2;
+    }
+    // serialNumber, signature, issuer.
+    for _ in 0..3 {
+        tbs = der_element(tbs)?.2;
+    }
+    let (tag, validity, _) = der_element(tbs)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, rest) = der_element(validity)?;
+    let (tag, time, _) = der_element(rest)?;
+    let time = std::str::from_utf8(time).ok()?;
+    match tag {
+        // UTCTime YYMMDDHHMMSSZ: years 50–99 are 19xx (RFC 5280 §4.1.2.5.1).
+        0x17 if time.len() == 13 => {
+            let yy: i64 = time.get(0..2)?.parse().ok()?;
+            let year = if yy >= 50 { 1900 + yy } else { 2000 + yy };
+            der_time(year, time.get(2..)?)
+        }
+        // GeneralizedTime YYYYMMDDHHMMSSZ.
+        0x18 if time.len() == 15 => der_time(time.get(0..4)?.parse().ok()?, time.get(4..)?),
+        _ => None,
+    }
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// `MMDDHHMMSSZ` of `year` as Unix seconds (proleptic Gregorian, UTC).
+fn der_time(year: i64, rest: &str) -> Option<i64> {
+    if rest.len() != 11 || !rest.ends_with('Z') {
+        return None;
+    }
+    let field = |i: usize| rest.get(i..i + 2).and_then(|v| v.parse::<i64>().ok());
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 /// The upstream connector: plain TCP for `http://`, rustls for `https://` (HTTP/1.1 only,
@@ -551,6 +681,62 @@ mod tests {
         outcome: Outcome,
         served: usize,
         stats: (u64, u64),
+    }
+
+    /// A pair whose leaf expires at the start of `(year, month, day)` UTC.
+    fn pair_expiring(year: i32, month: u8, day: u8) -> Pair {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let cert = params.self_signed(&key).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    #[test]
+    fn not_after_reads_utc_and_generalized_times() {
+        // UTCTime up to 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5).
+        assert_eq!(
+            not_after(&pair_expiring(2031, 5, 17).der),
+            Some(1_936_742_400)
+        );
+        assert_eq!(
+            not_after(&pair_expiring(2061, 2, 28).der),
+            Some(2_876_774_400)
+        );
+        assert_eq!(not_after(b"not der"), None);
+        assert_eq!(not_after(&[]), None);
+        let der = pair_expiring(2031, 5, 17).der;
+        for cut in [1, 5, 40, der.len() / 2] {
+            assert_eq!(not_after(&der[..cut]), None, "truncated at {cut}");
+        }
+        assert_eq!(der_time(1999, "1231235959Z"), Some(946_684_799));
+        assert_eq!(der_time(2024, "1332000000Z"), None);
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_load_and_reload() {
+        let (old, new) = (pair_expiring(2031, 5, 17), pair_expiring(2061, 2, 28));
+        let files = Files::new();
+        files.put("tls.crt", Some(&old.cert));
+        files.put("tls.key", Some(&old.key));
+        let tls = ServerTls::load(&files.config()).unwrap();
+        assert_eq!(tls.certificate_expiry(), Some(1_936_742_400));
+        let gauge = prometheus::IntGauge::new("expiry", "test").unwrap();
+        tls.export_expiry(gauge.clone());
+        assert_eq!(gauge.get(), 1_936_742_400, "set at load");
+        files.put("tls.crt", Some(&new.cert));
+        files.put("tls.key", Some(&new.key));
+        assert_eq!(tls.certs.check(), Outcome::Reloaded);
+        assert_eq!(gauge.get(), 2_876_774_400, "set on reload");
+        // A refused change keeps the served certificate and its expiry.
+        files.put("tls.crt", Some("garbage"));
+        assert_eq!(tls.certs.check(), Outcome::Rejected);
+        assert_eq!(gauge.get(), 2_876_774_400);
+        assert_eq!(tls.certificate_expiry(), Some(2_876_774_400));
     }
 
     #[test]

@@ -211,8 +211,26 @@ async fn consume(
 /// Whether a reset link is live now (for the validate endpoint and the reset page); does
 /// not consume it. Returns the seconds it has left.
 pub async fn check_reset(app: &App, token: &str) -> Result<u64, Error> {
-    let (_, record, _) = live_token(app, OneTimeKind::PasswordReset, token).await?;
-    Ok(record.expires_at.saturating_sub(app.clock.now()))
+    Ok(reset_link(app, token).await?.expires_in)
+}
+
+/// A live reset link: what the reset page needs to know about it.
+#[derive(Debug, Clone)]
+pub struct ResetLink {
+    /// Seconds until the link expires.
+    pub expires_in: u64,
+    /// The account's email address: the page's hidden username field, so a password manager
+    /// files the new password under the right account. Only the link's holder sees it.
+    pub email: String,
+}
+
+/// Whether a reset link is live now, and for which account; does not consume it.
+pub async fn reset_link(app: &App, token: &str) -> Result<ResetLink, Error> {
+    let (_, record, user) = live_token(app, OneTimeKind::PasswordReset, token).await?;
+    Ok(ResetLink {
+        expires_in: record.expires_at.saturating_sub(app.clock.now()),
+        email: user.email,
+    })
 }
 
 /// Whether a verification link is live now (for the verify page); does not consume it.

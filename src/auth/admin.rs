@@ -51,12 +51,16 @@ async fn route(
         admin_id: &claims.sub,
         caller,
     };
-    let method = request.method().clone();
+    // HEAD is GET without the body (hyper drops it), as on every other endpoint.
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
     match (segments.as_slice(), &method) {
         (["users"], &Method::GET) => list(app, &request).await,
         (["users"], &Method::POST) => create(app, actor, request).await,
-        (["users"], _) => Err(Error::MethodNotAllowed("GET, POST")),
+        (["users"], _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
         (["users", id], &Method::GET) => {
             let user = admin::get(app, id).await?;
             Ok(user_response(StatusCode::OK, &user))
@@ -66,7 +70,7 @@ async fn route(
             admin::delete(app, actor, id).await?;
             Ok(no_content())
         }
-        (["users", _], _) => Err(Error::MethodNotAllowed("GET, PATCH, DELETE")),
+        (["users", _], _) => Err(Error::MethodNotAllowed("GET, HEAD, PATCH, DELETE")),
         (["users", id, "revoke-sessions"], &Method::POST) => {
             let revoked = admin::revoke_sessions(app, actor, id).await?;
             Ok(json(
@@ -76,7 +80,7 @@ async fn route(
         }
         (["users", _, "revoke-sessions"], _) => Err(Error::MethodNotAllowed("POST")),
         (["recovery"], &Method::GET) => super::recovery::admin_view(app).await,
-        (["recovery"], _) => Err(Error::MethodNotAllowed("GET")),
+        (["recovery"], _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         _ => Err(Error::NotFound),
     }
 }
@@ -102,9 +106,11 @@ fn user_response(status: StatusCode, user: &crate::store::UserRecord) -> Respons
 
 async fn list<B>(app: &App, request: &Request<B>) -> Result<Response<Full<Bytes>>, Error> {
     let query = Form::query(request);
-    let limit = match query.get("limit") {
-        "" => DEFAULT_PAGE,
-        v => v
+    // Only an absent limit means the default: `limit=` is not a number (the OpenAPI
+    // document says integer, and schemathesis holds the server to it).
+    let limit = match query.value("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))

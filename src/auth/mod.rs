@@ -8,10 +8,12 @@
 //! - [`session`]: login, refresh, logout, verify;
 //! - [`recovery`]: forgot/reset password, email verification; [`pages`]: their HTML;
 //! - [`admin`]: user management behind the admin role;
+//! - [`openapi`]: `GET {prefix}/openapi.json`, the OpenAPI document of all of these;
 //! - [`wire`]: reading JSON and form bodies, the JSON views of users and token grants.
 
 pub mod account;
 pub mod admin;
+pub mod openapi;
 pub mod pages;
 pub mod recovery;
 pub mod session;
@@ -75,13 +77,14 @@ pub async fn handle(
         "/verify-email/resend" if m == Method::POST => {
             recovery::resend_verification(app, caller, request).await
         }
+        "/openapi.json" if m == Method::GET || m == Method::HEAD => openapi::serve(app),
         "/register" | "/login" | "/refresh" | "/logout" => Err(Error::MethodNotAllowed("POST")),
         "/forgot-password" | "/reset-password/validate" | "/verify-email/resend" => {
             Err(Error::MethodNotAllowed("POST"))
         }
         "/reset-password" | "/verify-email" => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
-        "/verify" | "/me" => Err(Error::MethodNotAllowed("GET, HEAD")),
-        "/change-password" => Err(Error::MethodNotAllowed("PUT")),
+        "/verify" | "/me" | "/openapi.json" => Err(Error::MethodNotAllowed("GET, HEAD")),
+        "/change-password" => Err(Error::MethodNotAllowed("PUT, POST")),
         _ if rest == "/admin" || rest.starts_with("/admin/") => {
             admin::handle(app, caller, request, &rest["/admin".len()..]).await
         }

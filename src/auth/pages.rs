@@ -64,37 +64,53 @@ pub fn invalid_reset_page() -> Page {
     page(
         StatusCode::BAD_REQUEST,
         "Link expired or already used",
-        "<p class=\"bad\">This password reset link is invalid, has expired or has already \
-         been used.</p><p>Ask for a new link where you asked for this one; only the latest \
+        "<p class=\"bad\" role=\"alert\">This password reset link is invalid, has expired or \
+         has already been used.</p><p>Ask for a new link where you asked for this one; only the latest \
          link works.</p>",
         None,
     )
 }
 
-/// The form, with an optional problem to show above it.
-pub fn reset_form_page(app: &App, status: StatusCode, token: &str, problem: Option<&str>) -> Page {
+/// The form, with an optional problem to show above it. `email` fills the hidden username
+/// field that lets password managers file the new password under the right account.
+pub fn reset_form_page(
+    app: &App,
+    status: StatusCode,
+    token: &str,
+    email: &str,
+    problem: Option<&str>,
+) -> Page {
     let min = app.config.auth.password.min_length;
-    let (class, message) = match problem {
-        Some(p) => ("bad", escape(p)),
-        None => ("", String::new()),
+    // A problem is an alert (read out at once); the empty slot is a status region the
+    // script fills.
+    let (class, role, message) = match problem {
+        Some(p) => ("bad", "alert", escape(p)),
+        None => ("", "status", String::new()),
     };
     let body = format!(
-        "<p>Choose a new password for your account. Every session will be signed out.</p>\n\
-         <p id=\"outcome\" role=\"status\" class=\"{class}\">{message}</p>\n\
-         <form id=\"reset\" method=\"post\" action=\"{action}\">\n\
+        "<p id=\"intro\">Choose a new password for your account. Every session will be signed \
+         out.</p>\n\
+         <p id=\"outcome\" role=\"{role}\" class=\"{class}\">{message}</p>\n\
+         <form id=\"reset\" method=\"post\" action=\"{action}\" data-validate=\"{validate}\">\n\
          <input type=\"hidden\" name=\"token\" value=\"{token}\">\n\
+         <input type=\"text\" name=\"username\" autocomplete=\"username\" value=\"{email}\" \
+         readonly hidden>\n\
          <label for=\"new_password\">New password</label>\n\
          <input id=\"new_password\" name=\"new_password\" type=\"password\" \
-         autocomplete=\"new-password\" required minlength=\"{min}\" autofocus>\n\
+         autocomplete=\"new-password\" required minlength=\"{min}\" \
+         aria-describedby=\"password-hint\" autofocus>\n\
          <label for=\"confirm_password\">The new password again</label>\n\
          <input id=\"confirm_password\" name=\"confirm_password\" type=\"password\" \
-         autocomplete=\"new-password\" required minlength=\"{min}\">\n\
-         <p class=\"hint\">At least {min} characters. A few unrelated words make a strong, \
-         memorable password.</p>\n\
+         autocomplete=\"new-password\" required minlength=\"{min}\" \
+         aria-describedby=\"password-hint\">\n\
+         <p id=\"password-hint\" class=\"hint\">At least {min} characters. A few unrelated \
+         words make a strong, memorable password.</p>\n\
          <button type=\"submit\">Set the new password</button>\n\
          </form>",
         action = escape(&app.config.auth.path_of("/reset-password")),
+        validate = escape(&app.config.auth.path_of("/reset-password/validate")),
         token = escape(well_formed(token).unwrap_or_default()),
+        email = escape(email),
     );
     page(status, "Choose a new password", &body, Some(RESET_SCRIPT))
 }
@@ -104,44 +120,74 @@ pub fn reset_form_page(app: &App, status: StatusCode, token: &str, problem: Opti
 const RESET_SCRIPT: &str = r#"(function () {
   var form = document.getElementById('reset');
   var out = document.getElementById('outcome');
+  var heading = document.querySelector('h1');
   if (!form || !window.fetch || !window.JSON) { return; }
-  function show(text, good) { out.textContent = text; out.className = good ? 'good' : 'bad'; }
-  form.addEventListener('submit', function (event) {
-    event.preventDefault();
-    var password = form.elements['new_password'].value;
-    if (password !== form.elements['confirm_password'].value) {
-      show('The two passwords do not match. Type the same new password twice.', false);
-      return;
-    }
-    var button = form.querySelector('button');
-    button.disabled = true;
-    fetch(form.action, {
+  var DEAD_LINK = 'This password reset link is invalid, has expired or has already been used. Ask for a new link; only the latest link works.';
+  var MISMATCH = 'The two passwords do not match. Type the same new password twice.';
+  // Problems are alerts, read out at once; good news is a polite status.
+  function show(text, good) {
+    out.setAttribute('role', good ? 'status' : 'alert');
+    out.className = good ? 'good' : 'bad';
+    out.textContent = text;
+  }
+  // The page's outcome replaces the form, and its heading says so, as the server's page would.
+  function finish(title, text, good) {
+    form.hidden = true;
+    document.getElementById('intro').hidden = true;
+    heading.textContent = title;
+    document.title = title;
+    show(text, good);
+  }
+  function post(url, body) {
+    return fetch(url, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', 'Accept': 'application/json' },
-      body: JSON.stringify({ token: form.elements['token'].value, new_password: password }),
+      body: JSON.stringify(body),
       credentials: 'omit',
       cache: 'no-store',
       referrerPolicy: 'no-referrer'
     }).then(function (response) {
-      return response.json().catch(function () { return {}; }).then(function (body) {
-        if (response.ok) {
-          form.hidden = true;
-          show('Your password has been changed and every session was signed out. You can now sign in with your new password.', true);
-          return;
-        }
-        var error = body && body.error ? body.error : {};
-        if (error.code === 'INVALID_RESET_TOKEN') {
-          form.hidden = true;
-          show('This password reset link is invalid, has expired or has already been used. Ask for a new link; only the latest link works.', false);
-        } else if (error.code === 'WEAK_PASSWORD') {
-          show('That password cannot be used. ' + error.message, false);
-        } else if (error.code === 'RATE_LIMITED') {
-          show('Too many attempts. Wait a little and try again.', false);
+      return response.json().catch(function () { return {}; }).then(function (json) {
+        return { ok: response.ok, error: json && json.error ? json.error : {} };
+      });
+    });
+  }
+  form.addEventListener('submit', function (event) {
+    event.preventDefault();
+    var token = form.elements['token'].value;
+    var password = form.elements['new_password'].value;
+    var button = form.querySelector('button');
+    button.disabled = true;
+    if (password !== form.elements['confirm_password'].value) {
+      // A dead link is reported before a mismatch: retyping cannot help with it.
+      post(form.getAttribute('data-validate'), { token: token }).then(function (answer) {
+        if (answer.error.code === 'INVALID_RESET_TOKEN') {
+          finish('Link expired or already used', DEAD_LINK, false);
         } else {
-          show('Something went wrong on our side. Try again in a few minutes.', false);
+          show(MISMATCH, false);
         }
         button.disabled = false;
+      }, function () {
+        show(MISMATCH, false);
+        button.disabled = false;
       });
+      return;
+    }
+    post(form.action, { token: token, new_password: password }).then(function (answer) {
+      if (answer.ok) {
+        finish('Password changed', 'Your password has been changed and every session was signed out. You can now sign in with your new password.', true);
+        return;
+      }
+      if (answer.error.code === 'INVALID_RESET_TOKEN') {
+        finish('Link expired or already used', DEAD_LINK, false);
+      } else if (answer.error.code === 'WEAK_PASSWORD') {
+        show('That password cannot be used. ' + answer.error.message, false);
+      } else if (answer.error.code === 'RATE_LIMITED') {
+        show('Too many attempts. Wait a little and try again.', false);
+      } else {
+        show('Something went wrong on our side. Try again in a few minutes.', false);
+      }
+      button.disabled = false;
     }, function () {
       show('The server could not be reached. Check your connection and try again.', false);
       button.disabled = false;
@@ -153,14 +199,15 @@ pub fn invalid_verify_page() -> Page {
     page(
         StatusCode::BAD_REQUEST,
         "Link expired or already used",
-        "<p class=\"bad\">This confirmation link is invalid, has expired or has already been \
-         used.</p><p>If your address is not confirmed yet, sign in and ask for a new \
+        "<p class=\"bad\" role=\"alert\">This confirmation link is invalid, has expired or has \
+         already been used.</p><p>If your address is not confirmed yet, sign in and ask for a new \
          link.</p>",
         None,
     )
 }
 
-/// The pages' look: readable on a phone, no external assets.
+/// The pages' look: readable on a phone (narrow screens lose the outer margins, so the
+/// form and its button fit a 375x667 screen even with a problem shown), no external assets.
 const PAGE_STYLE: &str = "\
 body{margin:0;padding:24px;background:#f4f4f5;color:#18181b;\
 font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}\
@@ -175,7 +222,8 @@ background:#1d4ed8;color:#fff;cursor:pointer}\
 button:disabled{opacity:.6}\
 .hint{font-size:14px;color:#52525b;margin:8px 0 0}\
 .good{color:#166534}.bad{color:#b91c1c}\
-#outcome:empty{display:none}";
+#outcome:empty{display:none}\
+@media (max-width:480px){body{padding:12px}main{margin:12px auto;padding:20px}}";
 
 /// A complete page with the security headers of the module doc. `body` is trusted HTML
 /// written by this module (anything from the request in it is escaped).
@@ -234,7 +282,7 @@ pub fn error_page(error: Error) -> Page {
     page(
         status,
         "Something went wrong",
-        &format!("<p class=\"bad\">{}</p>", escape(message)),
+        &format!("<p class=\"bad\" role=\"alert\">{}</p>", escape(message)),
         None,
     )
 }

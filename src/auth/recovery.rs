@@ -86,11 +86,19 @@ pub async fn reset_password(
     }
     let form = read_form(app, request).await?;
     let (token, password) = (form.get("token"), form.get("new_password"));
+    // A dead link first: asking someone to retype two passwords that can never be used
+    // would only waste their time.
+    let link = match recovery::reset_link(app, token).await {
+        Ok(link) => link,
+        Err(Error::InvalidResetToken) => return pages::invalid_reset_page(),
+        Err(e) => return pages::error_page(e),
+    };
     if password != form.get("confirm_password") {
         return pages::reset_form_page(
             app,
             StatusCode::UNPROCESSABLE_ENTITY,
             token,
+            &link.email,
             Some("The two passwords do not match. Type the same new password twice."),
         );
     }
@@ -100,6 +108,7 @@ pub async fn reset_password(
             app,
             StatusCode::UNPROCESSABLE_ENTITY,
             token,
+            &link.email,
             Some(&format!("That password cannot be used. {reason}")),
         ),
         Err(Error::InvalidResetToken) => pages::invalid_reset_page(),
@@ -112,8 +121,8 @@ pub async fn reset_password(
 pub async fn reset_page<B>(app: &App, request: &Request<B>) -> pages::Page {
     let query = Form::query(request);
     let token = query.get("token");
-    match recovery::check_reset(app, token).await {
-        Ok(_) => pages::reset_form_page(app, StatusCode::OK, token, None),
+    match recovery::reset_link(app, token).await {
+        Ok(link) => pages::reset_form_page(app, StatusCode::OK, token, &link.email, None),
         Err(Error::InvalidResetToken) => pages::invalid_reset_page(),
         Err(e) => pages::error_page(e),
     }

@@ -15,8 +15,8 @@ use crate::store::UserRecord;
 
 /// Reads a JSON body: the content type must be JSON, the body at most
 /// `server.auth_max_body_bytes` (refused by its declared length before reading, or while
-/// reading a chunked one), and it must parse into `T`. A missing field or a wrong type is a
-/// 400; field *values* are judged by the service (422).
+/// reading a chunked one), and it must be a JSON object that parses into `T`. A missing
+/// field or a wrong type is a 400; field *values* are judged by the service (422).
 pub async fn read_json<T: DeserializeOwned>(
     app: &App,
     request: Request<Incoming>,
@@ -33,6 +33,16 @@ pub async fn read_json<T: DeserializeOwned>(
         ));
     }
     let (parts, bytes) = read_body(app, request).await?;
+    // serde fills a struct from a JSON array by position too, which would make
+    // `["a@example.com", "pw"]` a registration; every body here is an object.
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(Error::InvalidRequest(
+            "the JSON body must be an object".into(),
+        ));
+    }
     let value = serde_json::from_slice(&bytes).map_err(|e| {
         Error::InvalidRequest(format!("invalid JSON body: {}", json_error_message(&e)).into())
     })?;
@@ -121,10 +131,15 @@ impl Form {
 
     /// The first value of `name`, or an empty string.
     pub fn get(&self, name: &str) -> &str {
+        self.value(name).unwrap_or_default()
+    }
+
+    /// The first value of `name`, or `None` when the name is absent (`name=` is `Some("")`).
+    pub fn value(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -189,5 +204,7 @@ mod tests {
         let form = Form::parse(b"token=abc&token=def");
         assert_eq!(form.get("token"), "abc");
         assert_eq!(form.get("missing"), "");
+        assert_eq!(form.value("missing"), None);
+        assert_eq!(Form::parse(b"limit=").value("limit"), Some(""));
     }
 }

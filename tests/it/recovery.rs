@@ -253,9 +253,15 @@ async fn reset_flow_from_mail_to_new_login() {
     assert_self_contained(&page);
     let html = page.text();
     for needle in [
-        "<form id=\"reset\" method=\"post\" action=\"/auth/reset-password\">",
+        "<form id=\"reset\" method=\"post\" action=\"/auth/reset-password\" \
+         data-validate=\"/auth/reset-password/validate\">",
         "name=\"new_password\" type=\"password\"",
         "name=\"confirm_password\" type=\"password\"",
+        // The hint is tied to both fields; password managers get the account's name.
+        "aria-describedby=\"password-hint\"",
+        "<p id=\"password-hint\" class=\"hint\">",
+        "<input type=\"text\" name=\"username\" autocomplete=\"username\" \
+         value=\"ada@example.com\" readonly hidden>",
         &format!("<input type=\"hidden\" name=\"token\" value=\"{token}\">"),
         "<script nonce=",
     ] {
@@ -443,6 +449,14 @@ async fn the_form_works_without_javascript() {
     .await;
     mismatch.expect(422);
     assert_page_headers(&mismatch);
+    // The problem is an alert, read out as soon as the page loads.
+    assert!(
+        mismatch
+            .text()
+            .contains("<p id=\"outcome\" role=\"alert\" class=\"bad\">The two passwords"),
+        "{}",
+        mismatch.text()
+    );
     assert!(
         mismatch.text().contains("do not match"),
         "{}",
@@ -501,6 +515,22 @@ async fn the_form_works_without_javascript() {
         "{}",
         again.text()
     );
+    assert!(again.text().contains("role=\"alert\""), "{}", again.text());
+
+    // A dead link is reported before a mismatch: retyping could never help.
+    let dead = post_form(
+        &gh,
+        path,
+        &[
+            ("token", &token),
+            ("new_password", NEW_PASSWORD),
+            ("confirm_password", "something else entirely"),
+        ],
+    )
+    .await;
+    dead.expect(400);
+    assert!(dead.text().contains("already been used"), "{}", dead.text());
+    assert!(!dead.text().contains("do not match"), "{}", dead.text());
 }
 
 #[tokio::test]
@@ -620,6 +650,7 @@ async fn the_verify_page_posts_a_form() {
         "{}",
         again.text()
     );
+    assert!(again.text().contains("role=\"alert\""), "{}", again.text());
 }
 
 #[tokio::test]
