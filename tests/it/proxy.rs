@@ -1007,10 +1007,16 @@ async fn bodies_stream_both_ways_without_buffering() {
             });
         }
     });
+    // The upload's response head comes only after all of it has gone up, and on a loaded
+    // machine a debug build can take longer than the harness's 5 s for 256 MiB: this test
+    // is about memory, not speed.
     let gh = Gatehouse::start_with(
         upstream,
         ROUTES,
-        &[("GATEHOUSE_SERVER_MAX_BODY_BYTES", &(2 * LEN).to_string())],
+        &[
+            ("GATEHOUSE_SERVER_MAX_BODY_BYTES", &(2 * LEN).to_string()),
+            ("GATEHOUSE_UPSTREAM_TIMEOUT", "10m"),
+        ],
     )
     .await;
 

@@ -523,3 +523,50 @@ async fn refusals_are_counted_by_reason() {
         assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
     }
 }
+
+/// The verified-token cache (on by default) only ever answers for the exact bytes it
+/// verified: once a good token has been used, a copy with another payload and the same
+/// signature, or the same payload and another signature, is still refused, and the good
+/// token still has its time checked.
+#[tokio::test]
+async fn a_cached_token_makes_no_other_token_good() {
+    let gh = Gatehouse::start(ROUTES, &[]).await;
+    let token = gh.token("alice", &["reader"]);
+    get_with_token(&gh, "/api/items", &token).await.expect(200);
+    get_with_token(&gh, "/api/items", &token).await.expect(200);
+
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let (head, _) = message.split_once('.').unwrap();
+    let mut admin = claims();
+    admin["sub"] = json!("alice");
+    let forged_payload = format!(
+        "{head}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(admin.to_string())
+    );
+    refused(
+        &get_with_token(&gh, "/api/admin/users", &forged_payload).await,
+        "TOKEN_INVALID",
+    );
+    let mut other_sig = signature.as_bytes().to_vec();
+    other_sig[0] = if other_sig[0] == b'A' { b'B' } else { b'A' };
+    let forged_signature = format!("{message}.{}", String::from_utf8(other_sig).unwrap());
+    refused(
+        &get_with_token(&gh, "/api/items", &forged_signature).await,
+        "TOKEN_INVALID",
+    );
+    // A prefix of the good token, and the good token with a byte appended.
+    refused(
+        &get_with_token(&gh, "/api/items", &token[..token.len() - 1]).await,
+        "TOKEN_INVALID",
+    );
+    refused(
+        &get_with_token(&gh, "/api/items", &format!("{token}A")).await,
+        "TOKEN_INVALID",
+    );
+    get_with_token(&gh, "/api/items", &token).await.expect(200);
+    gh.advance(905);
+    refused(
+        &get_with_token(&gh, "/api/items", &token).await,
+        "TOKEN_EXPIRED",
+    );
+}
