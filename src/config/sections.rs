@@ -208,6 +208,10 @@ const DEFAULT_STORE_STATEMENT_TIMEOUT: &str = "5s";
 /// A request that waited 2s for a pooled connection is better answered 503 with
 /// Retry-After than queued further: under overload the queue would only grow.
 const DEFAULT_STORE_ACQUIRE_TIMEOUT: &str = "2s";
+/// Dead records (expired or revoked sessions and their refresh tokens, expired one-time
+/// tokens, revocations and counters) are purged this often. Ten minutes keeps the store within
+/// a few minutes' churn of its live data while a purge's scan stays rare.
+const DEFAULT_STORE_PURGE_INTERVAL: &str = "10m";
 
 fn upstream(s: &mut Section<'_>) -> UpstreamConfig {
     UpstreamConfig {
@@ -333,6 +337,15 @@ fn store(s: &mut Section<'_>) -> StoreConfig {
         acquire_timeout: s
             .duration("acquire_timeout", DEFAULT_STORE_ACQUIRE_TIMEOUT)
             .check(at_least_a_millisecond),
+        purge_interval: s
+            .duration("purge_interval", DEFAULT_STORE_PURGE_INTERVAL)
+            .check(|d| {
+                if d.as_secs() == 0 {
+                    Err("must be at least 1s".to_string())
+                } else {
+                    Ok(())
+                }
+            }),
     }
 }
 
