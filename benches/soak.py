@@ -2,7 +2,7 @@
 """Soak driver for benches/soak.sh (standard library only; plot.py draws the PNG).
 
     soak.py upstream PORT              # the upstream: HTTP/1.1 keep-alive + WebSocket echo,
-                                       # ~2% injected 500s marked `x-injected-fault: 1`, some slow
+                                       # 2% injected 500s marked `x-injected-fault: 1`, 0.5% slow
     soak.py smtp PORT                  # an SMTP sink that refuses half of the mails (451)
     soak.py load GATEHOUSE_PORT PID SECONDS OUT.json
                                        # the mixed load, sampling PID every 10 s; judges at the end
@@ -71,8 +71,8 @@ async def upstream_conn(reader, writer):
                 status = "500 Internal Server Error"
                 extra = "x-injected-fault: 1\r\n"
             else:
-                if roll < 0.05:
-                    await asyncio.sleep(0.2)  # a slow upstream answer
+                if roll < FAULT_RATE + 0.005:
+                    await asyncio.sleep(0.2)  # a slow upstream answer (0.5%)
                 body = b'{"ok":true}'
                 status = "200 OK"
                 extra = ""
