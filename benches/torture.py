@@ -25,6 +25,8 @@ The server purges every second with short access tokens, so revoked families are
 while the torture runs: purging is checked by the same invariants.
 
 Prints `cycles=… operations=… violations=…` (and each violation); exits 1 on any.
+`--sabotage STORE_DIR` (sled) deletes the store after every kill: a self-test that the
+checks do report lost writes (3 cycles: 100 violations, of every kind).
 """
 
 import argparse
@@ -454,6 +456,8 @@ def main():
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--label", default="")
+    ap.add_argument("--sabotage", metavar="STORE_DIR", default=None,
+                    help="self-test: delete this sled directory after every kill")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -490,6 +494,11 @@ def main():
         time.sleep(rng.uniform(RUN_MIN, RUN_MAX))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        if args.sabotage:
+            # Self-test: lose the store, as a broken durability promise would; the checks must
+            # report violations.
+            import shutil
+            shutil.rmtree(args.sabotage, ignore_errors=True)
         stop.set()
         for w in workers:
             w.join()
