@@ -26,7 +26,7 @@ while the torture runs: purging is checked by the same invariants.
 
 Prints `cycles=… operations=… violations=…` (and each violation); exits 1 on any.
 `--sabotage STORE_DIR` (sled) deletes the store after every kill: a self-test that the
-checks do report lost writes (3 cycles: 100 violations, of every kind).
+checks do report lost writes (a 3-cycle self-test run reported 100 violations).
 """
 
 import argparse
