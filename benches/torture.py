@@ -35,6 +35,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -497,7 +498,6 @@ def main():
         if args.sabotage:
             # Self-test: lose the store, as a broken durability promise would; the checks must
             # report violations.
-            import shutil
             shutil.rmtree(args.sabotage, ignore_errors=True)
         stop.set()
         for w in workers:
@@ -522,9 +522,11 @@ def main():
           f"users={users} spent_checked_pool={len(ledger.spent)} revoked_pool={len(ledger.revoked)} "
           f"resets_used={len(ledger.used_resets)} startup_median_s={statistics.median(starts) if starts else 0:.3f} "
           f"elapsed_s={elapsed:.0f} violations={len(ledger.violations)}", flush=True)
+    log.close()
     if ledger.violations:
         print(f"server log kept in {workdir}", flush=True)
         sys.exit(1)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
