@@ -20,8 +20,9 @@ use crate::tls::ServerTls;
 use crate::token::{TokenSettings, Tokens};
 use crate::upstream::Upstream;
 
-/// How often expired sessions, tokens, revocations and counters are purged from the store.
-const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Seconds added to an access token's lifetime and leeway before a revoked session may be
+/// purged: replicas' clocks must agree to the second, this allows a little more.
+const PURGE_MARGIN_SECS: u64 = 2;
 /// Forgot-password lookups running in the background at once; beyond that, requests are
 /// answered as usual and their work shed. Each holds a blocking-pool thread briefly.
 pub const MAX_BACKGROUND_JOBS: usize = 64;
@@ -367,23 +368,61 @@ impl App {
         if let Some(signal) = app.store.revocation_signal() {
             tokio::spawn(follow_revocations(Arc::downgrade(&app), signal));
         }
+        // The first purge waits one interval: start-up (and `/readyz`) never waits for a scan
+        // of dead data, and a crash loop does not purge on every start.
         let weak = Arc::downgrade(&app);
+        let every = app.config.store.purge_interval;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PURGE_INTERVAL);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let Some(app) = weak.upgrade() else { return };
-                let now = app.clock.now();
-                if let Err(e) = app.store.purge_expired(now).await {
-                    Error::from(e).log("purge");
-                }
-                app.metrics
-                    .revocations_cached
-                    .set(app.revocations.len() as i64);
+                app.purge().await;
             }
         });
         Ok(app)
+    }
+
+    /// Removes dead records from the store (`Store::purge_expired`) and counts them. A
+    /// revoked session goes once every access token it can have minted has expired: its last
+    /// use plus the access-token lifetime, the leeway and a margin (the argument is in the
+    /// `store` module docs, *Purging*). Errors are logged and retried at the next round.
+    pub async fn purge(&self) {
+        let now = self.clock.now();
+        let grace = self.revocation_until(0) + PURGE_MARGIN_SECS;
+        match self.store.purge_expired(now, grace).await {
+            Ok(purged) => {
+                for (kind, n) in purged.by_kind() {
+                    self.metrics
+                        .store_purged
+                        .with_label_values(&[kind])
+                        .inc_by(n as u64);
+                }
+                self.metrics.store_purges.with_label_values(&["ok"]).inc();
+                if purged.total() > 0 {
+                    tracing::info!(
+                        sessions = purged.sessions,
+                        refresh_tokens = purged.refresh_tokens,
+                        one_time_tokens = purged.one_time_tokens,
+                        revocations = purged.revocations,
+                        login_failures = purged.login_failures,
+                        "purged dead records from the store"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .store_purges
+                    .with_label_values(&["error"])
+                    .inc();
+                Error::from(e).log("purge");
+            }
+        }
+        self.metrics
+            .revocations_cached
+            .set(self.revocations.len() as i64);
     }
 
     /// Persists a revocation, then writes it through to the in-memory cache. In this order,

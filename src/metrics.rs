@@ -208,6 +208,11 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub revocations_cached: IntGauge,
+    /// Dead records removed from the store by the background purge, by `kind` (`session`,
+    /// `refresh_token`, `one_time_token`, `revocation`, `login_failure`).
+    pub store_purged: IntCounterVec,
+    /// Purge rounds by result (`ok`, `error`).
+    pub store_purges: IntCounterVec,
     /// Rounds of the revocation feed (replicas sharing a store) by result.
     revocation_feed_rounds: IntCounterVec,
     /// Revocations taken from the feed (recorded by any replica, this one included).
@@ -343,6 +348,28 @@ impl Metrics {
             "Revocation entries held in memory for the proxy path.",
         )?;
         registry.register(Box::new(revocations_cached.clone()))?;
+        let store_purged = IntCounterVec::new(
+            Opts::new(
+                "store_purged_total",
+                "Dead records the background purge removed from the store, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(store_purged.clone()))?;
+        for kind in crate::store::PurgeStats::default()
+            .by_kind()
+            .map(|(k, _)| k)
+        {
+            store_purged.with_label_values(&[kind]);
+        }
+        let store_purges = IntCounterVec::new(
+            Opts::new(
+                "store_purges_total",
+                "Background purges of the store by result (ok, error).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(store_purges.clone()))?;
         let revocation_feed_rounds = IntCounterVec::new(
             Opts::new(
                 "revocation_feed_rounds_total",
@@ -425,6 +452,8 @@ impl Metrics {
             connections_open,
             connections_refused,
             revocations_cached,
+            store_purged,
+            store_purges,
             revocation_feed_rounds,
             revocation_feed_applied,
             shared_limit_fallbacks,

@@ -12,6 +12,18 @@
 //!   so the semaphore also caps memory at `max_concurrent × memory_kib`. The permit moves into
 //!   the blocking task, so a client that disconnects mid-login cannot free a slot before the
 //!   work it started is done.
+//! - **argon2's working memory is ours, reused while logins overlap and given back when
+//!   they stop** ([`Blocks`]). The crate's own `hash_password`/`verify_password` allocate
+//!   `memory_kib` afresh on every call; with glibc's allocator those 19 MiB blocks, freed and
+//!   allocated again from other blocking-pool threads, were never given back: the soak
+//!   (`benches/soak.sh`) saw RSS climb by about 190 MB/s under steady logins, past 11 GB in
+//!   70 s. Now each computation borrows a buffer from a pool of at most `max_concurrent` (the
+//!   semaphore's permits), zeroed when returned, so memory is capped at `max_concurrent ×
+//!   memory_kib` whatever the allocator; and when the last computation in flight ends, the
+//!   pool is emptied, so an idle sidecar does not sit on `max_concurrent × 19 MiB` it is not
+//!   using (the binary also pins glibc's mmap threshold, so freed buffers leave the process:
+//!   see `src/main.rs`). Under a login storm computations overlap and buffers are reused
+//!   without new page faults.
 //! - **No user enumeration through timing.** Verifying for an unknown user runs the same
 //!   argon2id computation against a dummy hash made at start-up with the configured
 //!   parameters, and always answers [`VerifyOutcome::Mismatch`].
@@ -30,8 +42,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 /// The shortest password accepted, in characters: NIST SP 800-63B's minimum for passwords
@@ -153,6 +166,7 @@ impl std::error::Error for WeakPassword {}
 /// Hashes and verifies passwords, and applies the policy. Share it behind an `Arc`.
 pub struct Hasher {
     params: Params,
+    blocks: Arc<Blocks>,
     min_length: usize,
     max_length: usize,
     permits: Arc<Semaphore>,
@@ -191,7 +205,8 @@ impl Hasher {
         let mut dummy_password = [0u8; 32];
         getrandom::fill(&mut dummy_password)
             .map_err(|e| format!("no randomness for the dummy hash: {e}"))?;
-        let dummy_hash = hash_with(&params, &dummy_password).map_err(|e| e.to_string())?;
+        let blocks = Arc::new(Blocks::new(settings.max_concurrent));
+        let dummy_hash = hash_with(&params, &blocks, &dummy_password).map_err(|e| e.to_string())?;
 
         let common = COMMON_PASSWORDS
             .lines()
@@ -201,6 +216,7 @@ impl Hasher {
 
         Ok(Hasher {
             params,
+            blocks,
             min_length: settings.min_length,
             max_length: settings.max_length,
             permits: Arc::new(Semaphore::new(settings.max_concurrent)),
@@ -218,9 +234,10 @@ impl Hasher {
             });
         }
         let params = self.params.clone();
+        let blocks = Arc::clone(&self.blocks);
         self.run_limited(move || {
             let mut password = password.into_bytes();
-            let hashed = hash_with(&params, &password);
+            let hashed = hash_with(&params, &blocks, &password);
             wipe(&mut password);
             hashed
         })
@@ -236,10 +253,11 @@ impl Hasher {
         }
         let params = self.params.clone();
         let dummy = Arc::clone(&self.dummy_hash);
+        let blocks = Arc::clone(&self.blocks);
         let outcome = self
             .run_limited(move || {
                 let mut password = password.into_bytes();
-                let outcome = verify_with(&params, &password, stored.as_deref(), &dummy);
+                let outcome = verify_with(&params, &blocks, &password, stored.as_deref(), &dummy);
                 wipe(&mut password);
                 outcome
             })
@@ -307,33 +325,110 @@ impl Hasher {
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+/// argon2's working memory: buffers of [`Block`]s lent to one computation at a time and
+/// kept for the next. At most `keep` are kept (the hashing permits), so the pool never holds
+/// more than the semaphore lets run at once.
+pub struct Blocks {
+    free: std::sync::Mutex<Vec<Vec<Block>>>,
+    keep: usize,
+    /// Computations running now: the last one to finish empties the pool.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
-fn hash_with(params: &Params, password: &[u8]) -> Result<String, PasswordError> {
+impl Blocks {
+    fn new(keep: usize) -> Blocks {
+        Blocks {
+            free: std::sync::Mutex::new(Vec::with_capacity(keep)),
+            keep,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs argon2 into `out` with a pooled buffer of the size `params` need.
+    fn compute(
+        &self,
+        algorithm: Algorithm,
+        version: Version,
+        params: Params,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), argon2::Error> {
+        use std::sync::atomic::Ordering;
+        let need = params.block_count();
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // A poisoned lock only means another hash panicked; the buffers are still buffers.
+        let lent = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let found = free.iter().position(|b| b.len() == need);
+            found.map(|i| free.swap_remove(i))
+        };
+        let mut buffer = lent.unwrap_or_else(|| vec![Block::default(); need]);
+        let result = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+            password,
+            salt,
+            out,
+            &mut buffer[..],
+        );
+        // The state derives from the password: it does not outlive the computation.
+        buffer.fill(Block::default());
+        std::hint::black_box(&buffer);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided under the lock, so a computation starting now either finds this buffer or
+        // counts as in flight before the pool is emptied.
+        let others_running = self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1;
+        if others_running && free.len() < self.keep {
+            free.push(buffer);
+        } else if !others_running {
+            free.clear();
+        }
+        result
+    }
+
+    /// Buffers held for reuse now (for tests).
+    pub fn pooled(&self) -> usize {
+        self.free.lock().map_or(0, |free| free.len())
+    }
+}
+
+fn hash_with(params: &Params, blocks: &Blocks, password: &[u8]) -> Result<String, PasswordError> {
+    let internal =
+        |what: &str, e: &dyn fmt::Display| PasswordError::Internal(format!("{what}: {e}"));
     let mut salt = [0u8; SALT_LEN];
-    getrandom::fill(&mut salt)
-        .map_err(|e| PasswordError::Internal(format!("no randomness for a salt: {e}")))?;
-    let salt = SaltString::encode_b64(&salt)
-        .map_err(|e| PasswordError::Internal(format!("salt encoding: {e}")))?;
-    argon2(params)
-        .hash_password(password, &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| PasswordError::Internal(format!("argon2id: {e}")))
+    getrandom::fill(&mut salt).map_err(|e| internal("no randomness for a salt", &e))?;
+    let salt_string = SaltString::encode_b64(&salt).map_err(|e| internal("salt encoding", &e))?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    blocks
+        .compute(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params.clone(),
+            password,
+            &salt,
+            &mut out,
+        )
+        .map_err(|e| internal("argon2id", &e))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| internal("argon2id", &e))?,
+        salt: Some(salt_string.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| internal("argon2id", &e))?),
+    };
+    Ok(phc.to_string())
 }
 
 fn verify_with(
     params: &Params,
+    blocks: &Blocks,
     password: &[u8],
     stored: Option<&str>,
     dummy: &str,
 ) -> VerifyOutcome {
-    let hasher = argon2(params);
     let Some(stored) = stored else {
         // Unknown user: spend the same effort, then answer no whatever the result.
         if let Ok(dummy) = PasswordHash::new(dummy) {
-            let _ = hasher.verify_password(password, &dummy);
+            let _ = matches(blocks, password, &dummy);
         }
         return VerifyOutcome::Mismatch;
     };
@@ -345,14 +440,46 @@ fn verify_with(
             return VerifyOutcome::Mismatch;
         }
     };
-    // `verify_password` uses the algorithm and parameters recorded in the stored hash and
-    // compares outputs in constant time.
-    match hasher.verify_password(password, &parsed) {
-        Ok(()) => VerifyOutcome::Match {
+    if matches(blocks, password, &parsed) {
+        VerifyOutcome::Match {
             needs_rehash: needs_rehash(params, &parsed),
-        },
-        Err(_) => VerifyOutcome::Mismatch,
+        }
+    } else {
+        VerifyOutcome::Mismatch
     }
+}
+
+/// Whether `password` hashes to `stored` under the algorithm, version and parameters recorded
+/// in it (as argon2's `verify_password` decides), compared in constant time.
+fn matches(blocks: &Blocks, password: &[u8], stored: &PasswordHash<'_>) -> bool {
+    let Ok(algorithm) = Algorithm::try_from(stored.algorithm) else {
+        return false;
+    };
+    let version = match stored.version.map(Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let (Some(expected), Some(salt)) = (stored.hash, stored.salt) else {
+        return false;
+    };
+    let Ok(recorded) = Params::try_from(stored) else {
+        return false;
+    };
+    let Ok(params) = Params::new(
+        recorded.m_cost(),
+        recorded.t_cost(),
+        recorded.p_cost(),
+        Some(expected.len()),
+    ) else {
+        return false;
+    };
+    let mut salt_buffer = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buffer) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let computed = blocks.compute(algorithm, version, params, password, salt, &mut out);
+    computed.is_ok() && bool::from(expected.as_bytes().ct_eq(&out))
 }
 
 /// Whether a stored hash differs from what [`Hasher::hash`] would produce today.
@@ -398,6 +525,76 @@ mod tests {
 
     fn hasher() -> Hasher {
         Hasher::new(&settings()).unwrap()
+    }
+
+    /// Regression (issue 15's soak): argon2's working memory was allocated per call and, with
+    /// glibc, never given back (RSS +190 MB/s under logins). It now comes from a pool that
+    /// never holds more buffers than there are permits, however many computations ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn working_memory_is_pooled_and_bounded() {
+        let hasher = Arc::new(hasher());
+        let hash = hasher.hash("correct horse".into()).await.unwrap();
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let (hasher, hash) = (Arc::clone(&hasher), hash.clone());
+                tokio::spawn(async move {
+                    if i % 3 == 0 {
+                        hasher.hash("another horse".into()).await.map(|_| true)
+                    } else {
+                        let stored = (i % 3 == 1).then_some(hash);
+                        Ok(hasher.verify("correct horse".into(), stored).await
+                            != VerifyOutcome::Mismatch)
+                    }
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap().unwrap(), i % 3 != 2, "task {i}");
+        }
+        // Nothing is in flight any more: nothing is kept.
+        assert_eq!(hasher.blocks.pooled(), 0);
+    }
+
+    /// While computations overlap, a finished one leaves its buffer for the next, never more
+    /// than the permits; the last one to finish empties the pool.
+    #[test]
+    fn buffers_are_kept_only_while_others_run() {
+        use std::sync::atomic::Ordering;
+        let params = Params::new(8, 1, 1, None).unwrap();
+        let blocks = Blocks::new(2);
+        // Two others "running": a finished computation keeps its buffer, up to `keep`.
+        blocks.in_flight.store(2, Ordering::SeqCst);
+        for _ in 0..3 {
+            hash_with(&params, &blocks, b"correct horse").unwrap();
+        }
+        assert_eq!(blocks.pooled(), 1, "the buffer is reused, not multiplied");
+        blocks.in_flight.store(0, Ordering::SeqCst);
+        hash_with(&params, &blocks, b"correct horse").unwrap();
+        assert_eq!(blocks.pooled(), 0);
+    }
+
+    /// Hashes made here and by the argon2 crate's own `hash_password` verify either way: the
+    /// pooled path changes where the memory comes from, not the PHC strings.
+    #[test]
+    fn hashes_are_the_argon2_crates() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let params = Params::new(8, 1, 1, None).unwrap();
+        let blocks = Blocks::new(1);
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let ours = hash_with(&params, &blocks, b"correct horse").unwrap();
+        argon
+            .verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap())
+            .unwrap();
+        let salt = SaltString::encode_b64(&[7u8; SALT_LEN]).unwrap();
+        let theirs = argon
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        let theirs = PasswordHash::new(&theirs).unwrap();
+        assert!(matches(&blocks, b"correct horse", &theirs));
+        assert!(!matches(&blocks, b"correct horsf", &theirs));
+        assert_eq!(ours.len(), theirs.to_string().len());
+        assert_eq!(blocks.pooled(), 1);
     }
 
     #[tokio::test]
@@ -499,6 +696,7 @@ mod tests {
         .await;
 
         // Another argon2 variant with the same parameters still verifies, and asks for a rehash.
+        use argon2::password_hash::PasswordHasher;
         let params = Params::new(8, 1, 1, None).unwrap();
         let salt = SaltString::encode_b64(&[7; 16]).unwrap();
         let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, params);
@@ -644,13 +842,15 @@ mod tests {
                 tokio::spawn(async move {
                     let permits = Arc::clone(&hasher.permits);
                     let params = hasher.params.clone();
+                    let blocks = Arc::clone(&hasher.blocks);
                     hasher
                         .run_limited(move || {
                             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                             peak.fetch_max(now, Ordering::SeqCst);
                             // The one permit is held by this work while it runs.
                             assert_eq!(permits.available_permits(), 0);
-                            let hashed = hash_with(&params, format!("password {i}").as_bytes());
+                            let hashed =
+                                hash_with(&params, &blocks, format!("password {i}").as_bytes());
                             in_flight.fetch_sub(1, Ordering::SeqCst);
                             hashed
                         })

@@ -332,6 +332,9 @@ pub struct StoreConfig {
     pub statement_timeout: Duration,
     /// The longest a request waits for a free pooled connection.
     pub acquire_timeout: Duration,
+    /// How often the background task purges dead records (`Store::purge_expired`); the first
+    /// purge runs one interval after start, never before `/readyz`.
+    pub purge_interval: Duration,
 }
 
 /// The validated configuration: everything parsed and compiled once at start.

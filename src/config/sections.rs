@@ -263,6 +263,10 @@ const DEFAULT_STORE_STATEMENT_TIMEOUT: &str = "5s";
 /// A request that waited 2s for a pooled connection is better answered 503 with
 /// Retry-After than queued further: under overload the queue would only grow.
 const DEFAULT_STORE_ACQUIRE_TIMEOUT: &str = "2s";
+/// Dead records (expired or revoked sessions and their refresh tokens, expired one-time
+/// tokens, revocations and counters) are purged this often. Ten minutes keeps the store within
+/// a few minutes' churn of its live data while a purge's scan stays rare.
+const DEFAULT_STORE_PURGE_INTERVAL: &str = "10m";
 
 fn upstream(s: &mut Section<'_>) -> UpstreamConfig {
     UpstreamConfig {
@@ -383,6 +387,9 @@ fn store(s: &mut Section<'_>) -> StoreConfig {
         acquire_timeout: s
             .duration("acquire_timeout", DEFAULT_STORE_ACQUIRE_TIMEOUT)
             .within(ms(1), mins(1)),
+        purge_interval: s
+            .duration("purge_interval", DEFAULT_STORE_PURGE_INTERVAL)
+            .within(secs(1), days(1)),
     }
 }
 

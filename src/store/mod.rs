@@ -23,6 +23,34 @@
 //! - **Case-folded uniqueness.** Emails and usernames are unique after [`fold`] (trim and
 //!   lowercase), so `Alice@Example.com` and `alice@example.com ` are the same account, while the
 //!   record keeps the spelling the user chose.
+//! - **Purging** (`Store::purge_expired`, run by `App::start` shortly after start and then
+//!   periodically, never before `/readyz`, so start-up reads no dead data). Only records whose
+//!   absence cannot let a token through are removed; the argument, kind by kind:
+//!   - *An expired session and every refresh hash of its family.* Rotation refuses a family
+//!     past `expires_at` whatever its tokens say, and expiry cannot be undone, so a removed
+//!     hash (now "unknown", [`RotateOutcome::Invalid`]) is refused exactly as before. This is
+//!     where "reuse detection needs a rotated token only until its family expires" ends.
+//!   - *A revoked session and every refresh hash of its family, once `revoked_grace_secs`
+//!     have passed since its last use.* Revocation cannot be undone and a revoked family
+//!     never rotates, so each of its hashes is refused whether it is stored or not; the only
+//!     difference is the answer to a replayed rotated hash: `Reused` (which records a session
+//!     revocation for the family's access tokens) before, `Invalid` after. Every access token
+//!     of a family was minted at or before its `last_used_at` (each rotation sets it to the
+//!     minting time), so once `revoked_grace_secs` (the access-token lifetime plus leeway and
+//!     a margin, chosen by the app) have passed since then, none of them verifies any more and
+//!     that extra revocation would cover nothing.
+//!   - *Live families are untouched*: their rotated hashes are what recognises a replay, so
+//!     they stay until the family expires or is revoked and purged.
+//!   - *One-time tokens past `expires_at`*: taking one refuses it when expired anyway; a
+//!     spent token is already gone (taking removes it).
+//!   - *Revocations past `until`*: `until` is the moment every access token they cover has
+//!     expired (issue time + access lifetime + leeway), so nothing they could refuse still
+//!     verifies. On PostgreSQL they are also the feed; a replica that never applied one
+//!     loses nothing, for the same reason.
+//!   - *Login-failure counters past `expires_at`*: [`failure_state`] reads them as clean.
+//!
+//!   A crash half-way through a purge leaves hashes whose session is gone; they resolve to
+//!   `Invalid` and the next purge removes them.
 //! - **Copying between stores** (`gatehouse store copy`) is part of the trait: each backend
 //!   exports every record and imports a stream of them, under the contract written in
 //!   [`copy`].
@@ -308,6 +336,24 @@ pub struct PurgeStats {
     pub login_failures: usize,
 }
 
+impl PurgeStats {
+    /// Every kind with its count, for the `gatehouse_store_purged_total{kind}` metric.
+    pub fn by_kind(&self) -> [(&'static str, usize); 5] {
+        [
+            ("session", self.sessions),
+            ("refresh_token", self.refresh_tokens),
+            ("one_time_token", self.one_time_tokens),
+            ("revocation", self.revocations),
+            ("login_failure", self.login_failures),
+        ]
+    }
+
+    /// Records removed in all.
+    pub fn total(&self) -> usize {
+        self.by_kind().iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// Entry counts for an admin view or metrics. Counting walks each collection, so call it
 /// occasionally, not per request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -540,9 +586,12 @@ pub trait SyncStore: Send + Sync {
 
     // ----- housekeeping -----
 
-    /// Removes everything whose time has passed: sessions past `expires_at`, refresh hashes of
-    /// expired or deleted sessions, expired one-time tokens, revocations and failure counters.
-    fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
+    /// Removes what can no longer matter (the module docs, *Purging*, say why each is safe):
+    /// sessions past `expires_at`; revoked sessions whose last use is at least
+    /// `revoked_grace_secs` before `now`; every refresh hash of a removed (or otherwise
+    /// missing) session, rotated ones included; expired one-time tokens, revocations and
+    /// failure counters. Never revives anything: a removed token is refused as unknown.
+    fn purge_expired(&self, now: u64, revoked_grace_secs: u64) -> Result<PurgeStats, StoreError>;
 
     fn stats(&self) -> Result<StoreStats, StoreError>;
 
@@ -700,7 +749,11 @@ pub trait Store: Send + Sync {
         hash: &TokenHash,
         now: u64,
     ) -> Result<Option<OneTimeRecord>, StoreError>;
-    async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError>;
+    async fn purge_expired(
+        &self,
+        now: u64,
+        revoked_grace_secs: u64,
+    ) -> Result<PurgeStats, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
     async fn health(&self) -> Result<(), StoreError>;
 
@@ -894,8 +947,13 @@ impl<S: SyncStore + 'static> Store for Blocking<S> {
         let hash = *hash;
         self.run(move |s| s.peek_one_time(kind, &hash, now)).await
     }
-    async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError> {
-        self.run(move |s| s.purge_expired(now)).await
+    async fn purge_expired(
+        &self,
+        now: u64,
+        revoked_grace_secs: u64,
+    ) -> Result<PurgeStats, StoreError> {
+        self.run(move |s| s.purge_expired(now, revoked_grace_secs))
+            .await
     }
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.run(|s| s.stats()).await

@@ -31,8 +31,9 @@
 //!   `Ok`. Reads never flush.
 //! - **Refresh hashes of a family are not indexed by session.** A rotated hash must outlive its
 //!   rotation (that is how reuse is detected), and revoking a family only needs the session's
-//!   `revoked` flag, which every hash of the family points to. Hashes of deleted or expired
-//!   sessions resolve to [`RotateOutcome::Invalid`] and are removed by `purge_expired`.
+//!   `revoked` flag, which every hash of the family points to. Hashes of deleted, expired or
+//!   purged sessions resolve to [`RotateOutcome::Invalid`] and are removed by `purge_expired`,
+//!   which scans the `refresh` tree for them after removing dead sessions.
 //! - **Locking.** sled takes an exclusive `flock` on its `db` file and reports a busy lock as a
 //!   plain I/O error whose message starts with "could not acquire lock"; `open` maps that one
 //!   message to [`StoreError::Locked`]. `flock` locks belong to an open file, so a second open
@@ -198,14 +199,28 @@ impl SledStore {
         tree.iter().map(|item| item.map_err(sled_error))
     }
 
-    /// Removes one expired session and its entry in the owner's list.
-    fn purge_session(&self, sid: &[u8], user_id: &str) -> Result<(), StoreError> {
+    /// Removes one dead session (expired, or revoked long enough ago) and its entry in the
+    /// owner's list; `false` if, read again inside the transaction, it is gone or not dead.
+    fn purge_session(
+        &self,
+        sid: &[u8],
+        user_id: &str,
+        now: u64,
+        revoked_grace_secs: u64,
+    ) -> Result<bool, StoreError> {
         finish(
             (&self.sessions, &self.sessions_by_user).transaction(|(sessions, by_user)| {
+                let Some(bytes) = sessions.get(sid)? else {
+                    return Ok(false);
+                };
+                let session: SessionRecord = decode(&bytes, "session").map_err(abort)?;
+                if !session_is_dead(&session, now, revoked_grace_secs) {
+                    return Ok(false);
+                }
                 sessions.remove(sid)?;
                 let mut sids: Vec<String> = match by_user.get(user_id)? {
                     Some(list) => decode(&list, "session list").map_err(abort)?,
-                    None => return Ok(()),
+                    None => return Ok(true),
                 };
                 sids.retain(|s| s.as_bytes() != sid);
                 if sids.is_empty() {
@@ -213,7 +228,7 @@ impl SledStore {
                 } else {
                     by_user.insert(user_id, encode(&sids).map_err(abort)?)?;
                 }
-                Ok(())
+                Ok(true)
             }),
         )
     }
@@ -1022,20 +1037,22 @@ impl SyncStore for SledStore {
         Ok(voided)
     }
 
-    fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError> {
+    fn purge_expired(&self, now: u64, revoked_grace_secs: u64) -> Result<PurgeStats, StoreError> {
         let mut stats = PurgeStats::default();
 
         for item in self.scan(&self.sessions) {
             let (sid, bytes) = item?;
             let session: SessionRecord = decode(&bytes, "session")?;
-            if session.expires_at <= now {
-                self.purge_session(&sid, &session.user_id)?;
+            if session_is_dead(&session, now, revoked_grace_secs)
+                && self.purge_session(&sid, &session.user_id, now, revoked_grace_secs)?
+            {
                 stats.sessions += 1;
             }
         }
 
         // A hash is dead once its session's absolute expiry has passed or its session is gone;
-        // neither can be undone, so a plain remove cannot race with a rotation.
+        // neither can be undone (sessions are never re-created under an old sid), so a plain
+        // remove cannot race with a rotation.
         for item in self.scan(&self.refresh) {
             let (hash, bytes) = item?;
             let entry: RefreshEntry = decode(&bytes, "refresh token")?;
@@ -1233,6 +1250,14 @@ impl SyncStore for SledStore {
     }
 }
 
+/// Whether purging may remove a session (and with it its family's refresh hashes): past its
+/// absolute expiry, or revoked and unused for `revoked_grace_secs` (the argument is in the
+/// `store` module docs, *Purging*).
+fn session_is_dead(session: &SessionRecord, now: u64, revoked_grace_secs: u64) -> bool {
+    session.expires_at <= now
+        || (session.revoked && session.last_used_at.saturating_add(revoked_grace_secs) <= now)
+}
+
 fn kind_byte(kind: OneTimeKind) -> u8 {
     match kind {
         OneTimeKind::PasswordReset => b'r',
@@ -1328,6 +1353,9 @@ mod tests {
     use super::super::new_id;
     use super::*;
     use crate::token::token_hash;
+
+    /// How long a revoked session is kept after its last use, in the purge tests.
+    const GRACE: u64 = 100;
 
     fn open() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -2124,7 +2152,7 @@ mod tests {
             "until is exclusive"
         );
 
-        let purged = store.purge_expired(250).unwrap();
+        let purged = store.purge_expired(250, GRACE).unwrap();
         assert_eq!(purged.revocations, 2);
         assert_eq!(store.load_revocations(0).unwrap(), vec![session]);
     }
@@ -2180,14 +2208,14 @@ mod tests {
             }
         );
         assert_eq!(
-            store.purge_expired(199).unwrap(),
+            store.purge_expired(199, GRACE).unwrap(),
             PurgeStats {
                 one_time_tokens: 1,
                 login_failures: 1,
                 ..PurgeStats::default()
             }
         );
-        let purged = store.purge_expired(200).unwrap();
+        let purged = store.purge_expired(200, GRACE).unwrap();
         assert_eq!(
             purged,
             PurgeStats {
@@ -2209,7 +2237,10 @@ mod tests {
             store.revoke_user_sessions(&alice.id, None).unwrap().len(),
             1
         );
-        assert_eq!(store.purge_expired(200).unwrap(), PurgeStats::default());
+        assert_eq!(
+            store.purge_expired(200, GRACE).unwrap(),
+            PurgeStats::default()
+        );
     }
 
     #[test]

@@ -665,3 +665,52 @@ async fn renamed_endpoints_move() {
         .await
         .expect_error(404, "NOT_FOUND");
 }
+
+/// Purging through the app, on its manual clock: a logged-out family's rotated refresh token
+/// is still caught as reuse while the family's access tokens may be live; once they have all
+/// expired the purge removes the family, the token is refused as unknown, and
+/// `gatehouse_store_purged_total` counts what went.
+#[tokio::test]
+async fn purge_removes_a_logged_out_family_once_its_access_tokens_expired() {
+    let gh = Gatehouse::start("", &[]).await;
+    gh.register("ada@example.com").await;
+    let (_, first) = gh.session("ada@example.com", PASSWORD).await;
+    let refresh = |token: &str| {
+        gh.json(
+            Method::POST,
+            "/auth/refresh",
+            None,
+            json!({ "refresh_token": token }),
+        )
+    };
+    let rotated = refresh(&first).await.expect(200).json();
+    let access = rotated["access_token"].as_str().unwrap().to_string();
+    let current = rotated["refresh_token"].as_str().unwrap().to_string();
+    gh.json(Method::POST, "/auth/logout", Some(&access), json!({}))
+        .await
+        .expect(200);
+
+    // Within the access-token lifetime nothing of the family goes.
+    gh.app.purge().await;
+    refresh(&first).await.expect_error(401, "TOKEN_REVOKED");
+    let ttl = gh.app.config.tokens.access_ttl.as_secs() + gh.app.config.tokens.leeway.as_secs();
+    gh.advance(ttl);
+    gh.app.purge().await;
+    refresh(&first).await.expect_error(401, "TOKEN_REVOKED");
+
+    // Past it (and the 2 s margin), the family is purged: refused as unknown, counted.
+    gh.advance(3);
+    gh.app.purge().await;
+    refresh(&first).await.expect_error(401, "TOKEN_INVALID");
+    refresh(&current).await.expect_error(401, "TOKEN_INVALID");
+    let metrics = gh.get("/metrics").await.text();
+    for line in [
+        "gatehouse_store_purged_total{kind=\"session\"} 1",
+        "gatehouse_store_purged_total{kind=\"refresh_token\"} 2",
+        "gatehouse_store_purges_total{result=\"ok\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    // The account itself is untouched.
+    gh.session("ada@example.com", PASSWORD).await;
+}

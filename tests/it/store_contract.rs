@@ -31,6 +31,8 @@ use crate::pg::{SKIP_VAR, Schema, config, say_skipped};
 
 /// The session cap the tests open sessions under (the service's).
 const MAX_SESSIONS: usize = 64;
+/// How long a revoked session is kept after its last use, in the purge checks.
+const GRACE: u64 = 100;
 /// How many times each race is run.
 const RACE_ROUNDS: usize = 40;
 
@@ -124,6 +126,8 @@ contract!(
     login_failures_count_and_lock,
     one_time_tokens_are_single_use,
     purge_removes_what_expired,
+    purge_removes_revoked_families_after_the_grace,
+    purge_keeps_what_still_matters,
     stats_and_health_on_an_empty_store,
     racing_take_one_time_has_one_winner,
     racing_rotation_has_one_winner,
@@ -1085,7 +1089,7 @@ async fn revocations_load_merge_purge_and_feed(b: &Backend) {
             .unwrap();
     }
 
-    let purged = store.purge_expired(250).await.unwrap();
+    let purged = store.purge_expired(250, GRACE).await.unwrap();
     assert_eq!(purged.revocations, 2);
     assert_eq!(
         store.load_revocations(0).await.unwrap(),
@@ -1530,7 +1534,7 @@ async fn purge_removes_what_expired(b: &Backend) {
         b.name()
     );
     assert_eq!(
-        store.purge_expired(199).await.unwrap(),
+        store.purge_expired(199, GRACE).await.unwrap(),
         PurgeStats {
             one_time_tokens: 1,
             login_failures: 1,
@@ -1538,7 +1542,7 @@ async fn purge_removes_what_expired(b: &Backend) {
         }
     );
     assert_eq!(
-        store.purge_expired(200).await.unwrap(),
+        store.purge_expired(200, GRACE).await.unwrap(),
         PurgeStats {
             sessions: 1,
             refresh_tokens: 1,
@@ -1563,13 +1567,196 @@ async fn purge_removes_what_expired(b: &Backend) {
             .is_some()
     );
     assert_eq!(
-        store.purge_expired(200).await.unwrap(),
+        store.purge_expired(200, GRACE).await.unwrap(),
         PurgeStats::default()
     );
     // Once the long session is over too, its rotated hashes go with it.
-    let purged = store.purge_expired(1100).await.unwrap();
+    let purged = store.purge_expired(1100, GRACE).await.unwrap();
     assert_eq!((purged.sessions, purged.refresh_tokens), (1, 2));
     assert_eq!(store.stats().await.unwrap().refresh_tokens, 0);
+}
+
+/// Rotates `old` into `new` at `now` and says how it went, in one word.
+async fn rotate(store: &dyn Store, old: &str, new: &str, now: u64) -> &'static str {
+    match store
+        .rotate_refresh(&token_hash(old), &token_hash(new), now, 0)
+        .await
+        .unwrap()
+    {
+        RotateOutcome::Rotated { .. } => "rotated",
+        RotateOutcome::Reused { .. } => "reused",
+        RotateOutcome::Invalid => "invalid",
+    }
+}
+
+/// Revoked families (by logout and by reuse) go, with every rotated hash, once their last use
+/// is `GRACE` old; a live family keeps its rotated hashes; nothing purged ever rotates again.
+async fn purge_removes_revoked_families_after_the_grace(b: &Backend) {
+    let store = &*b.store;
+    let alice = user("a@example.com", None);
+    store.create_user(&alice).await.unwrap();
+    let open = |token: &'static str| {
+        let s = session(&alice.id, 100, 10_000);
+        async move {
+            store
+                .create_session(&s, &token_hash(token), None, MAX_SESSIONS)
+                .await
+                .unwrap();
+            s
+        }
+    };
+    let reused = open("a1").await;
+    let live = open("b1").await;
+    let logged_out = open("c1").await;
+    assert_eq!(rotate(store, "a1", "a2", 110).await, "rotated");
+    assert_eq!(rotate(store, "a2", "a3", 120).await, "rotated");
+    assert_eq!(rotate(store, "b1", "b2", 115).await, "rotated");
+    assert!(
+        store
+            .revoke_session(&logged_out.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A replay revokes the family; its last use stays that of its last rotation (120).
+    assert_eq!(rotate(store, "a1", "x", 130).await, "reused");
+    assert_eq!(
+        store.stats().await.unwrap().refresh_tokens,
+        6,
+        "{}",
+        b.name()
+    );
+
+    // The logged-out family was last used at 100: gone at 100 + GRACE, the other not yet.
+    assert_eq!(
+        store.purge_expired(100 + GRACE - 1, GRACE).await.unwrap(),
+        PurgeStats::default(),
+        "{}",
+        b.name()
+    );
+    assert_eq!(
+        store.purge_expired(120 + GRACE - 1, GRACE).await.unwrap(),
+        PurgeStats {
+            sessions: 1,
+            refresh_tokens: 1,
+            ..PurgeStats::default()
+        },
+        "{}",
+        b.name()
+    );
+    assert_eq!(store.get_session(&logged_out.id).await.unwrap(), None);
+    assert!(store.get_session(&reused.id).await.unwrap().is_some());
+    // Still stored, a replay is still recognised as one.
+    assert_eq!(rotate(store, "a2", "x", 200).await, "reused");
+    assert_eq!(
+        store.purge_expired(120 + GRACE, GRACE).await.unwrap(),
+        PurgeStats {
+            sessions: 1,
+            refresh_tokens: 3,
+            ..PurgeStats::default()
+        },
+        "{}",
+        b.name()
+    );
+    assert_eq!(store.get_session(&reused.id).await.unwrap(), None);
+    assert_eq!(
+        store.purge_expired(120 + GRACE, GRACE).await.unwrap(),
+        PurgeStats::default(),
+        "a second purge finds nothing"
+    );
+
+    // Every purged token is refused, as unknown.
+    for token in ["a1", "a2", "a3", "c1"] {
+        assert_eq!(rotate(store, token, "y", 300).await, "invalid", "{token}");
+    }
+    // The live family kept its rotated hash: it rotates on, and a replay still revokes it.
+    assert_eq!(store.stats().await.unwrap().refresh_tokens, 2);
+    assert_eq!(rotate(store, "b2", "b3", 300).await, "rotated");
+    assert_eq!(rotate(store, "b1", "z", 310).await, "reused");
+    assert!(store.get_session(&live.id).await.unwrap().unwrap().revoked);
+    assert_eq!(rotate(store, "b3", "b4", 320).await, "invalid");
+
+    // The user's list no longer names purged sessions: revoking all finds none left, and
+    // logins go on past the cap's count of what was purged.
+    assert!(
+        store
+            .revoke_user_sessions(&alice.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let fresh = session(&alice.id, 400, 10_000);
+    assert!(
+        store
+            .create_session(&fresh, &token_hash("d1"), None, MAX_SESSIONS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(rotate(store, "d1", "d2", 410).await, "rotated");
+}
+
+/// What still matters survives any purge: live sessions with every hash, a revoked session
+/// used recently, unexpired one-time tokens and revocations; and a spent one-time token
+/// stays spent (it was removed when taken, so purging cannot bring it back).
+async fn purge_keeps_what_still_matters(b: &Backend) {
+    let store = &*b.store;
+    let (alice, live) = user_with_session(store, "a@example.com", "t1").await;
+    assert_eq!(rotate(store, "t1", "t2", 150).await, "rotated");
+    let recent = session(&alice.id, 150, 10_000);
+    store
+        .create_session(&recent, &token_hash("r1"), None, MAX_SESSIONS)
+        .await
+        .unwrap();
+    store.revoke_session(&recent.id).await.unwrap();
+    for (name, kind) in [
+        ("reset", OneTimeKind::PasswordReset),
+        ("verify", OneTimeKind::EmailVerification),
+    ] {
+        store
+            .put_one_time(kind, &token_hash(name), &one_time(&alice.id, 1000))
+            .await
+            .unwrap();
+    }
+    let spent = store
+        .take_one_time(OneTimeKind::PasswordReset, &token_hash("reset"), 200)
+        .await
+        .unwrap();
+    assert!(spent.is_some());
+    store
+        .put_revocation(&Revocation::Session {
+            sid: recent.id.clone(),
+            until: 400,
+        })
+        .await
+        .unwrap();
+
+    let before = store.stats().await.unwrap();
+    assert_eq!(
+        store.purge_expired(150 + GRACE - 1, GRACE).await.unwrap(),
+        PurgeStats::default(),
+        "{}",
+        b.name()
+    );
+    assert_eq!(store.stats().await.unwrap(), before);
+    assert!(store.get_session(&live.id).await.unwrap().is_some());
+    assert_eq!(store.load_revocations(249).await.unwrap().len(), 1);
+    assert!(
+        store
+            .take_one_time(OneTimeKind::PasswordReset, &token_hash("reset"), 249)
+            .await
+            .unwrap()
+            .is_none(),
+        "a spent reset token never comes back"
+    );
+    assert!(
+        store
+            .peek_one_time(OneTimeKind::EmailVerification, &token_hash("verify"), 249)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(rotate(store, "t1", "x", 249).await, "reused");
 }
 
 async fn stats_and_health_on_an_empty_store(b: &Backend) {
@@ -1581,7 +1768,7 @@ async fn stats_and_health_on_an_empty_store(b: &Backend) {
         b.name()
     );
     assert_eq!(
-        b.store.purge_expired(u64::MAX).await.unwrap(),
+        b.store.purge_expired(u64::MAX, GRACE).await.unwrap(),
         PurgeStats::default()
     );
     assert!(b.store.load_revocations(0).await.unwrap().is_empty());

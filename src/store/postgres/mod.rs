@@ -1100,7 +1100,14 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn purge_expired(&self, now: u64) -> Result<PurgeStats, StoreError> {
+    async fn purge_expired(
+        &self,
+        now: u64,
+        revoked_grace_secs: u64,
+    ) -> Result<PurgeStats, StoreError> {
+        // A revoked session is dead once its last use is this old (`store` module docs,
+        // *Purging*); the same rule as sled's `session_is_dead`.
+        let used_before = now.checked_sub(revoked_grace_secs).map_or(-1, int);
         let now = int(now);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
@@ -1113,14 +1120,17 @@ impl Store for PgStore {
         };
         // Sessions first, their refresh tokens with them (the cascade): session rows before
         // token rows, the lock order of a rotation. Every sub-statement sees the tokens as
-        // they were, so the second count is of the tokens the cascade removes.
+        // they were, so the second count is of the tokens the cascade removes. Revoked
+        // sessions have no index of their own: this statement runs every few minutes and the
+        // sessions table is small next to refresh_tokens, which it reaches by its index.
         let row = query_opt(
             &tx,
-            "WITH gone AS (DELETE FROM sessions WHERE expires_at <= $1 RETURNING id) \
+            "WITH gone AS (DELETE FROM sessions WHERE expires_at <= $1 \
+                           OR (revoked AND last_used_at <= $2) RETURNING id) \
              SELECT (SELECT count(*) FROM gone) AS sessions, \
                     (SELECT count(*) FROM refresh_tokens \
                      WHERE session_id IN (SELECT id FROM gone)) AS refresh_tokens",
-            &[&now],
+            &[&now, &used_before],
         )
         .await?;
         let sessions = count(&row, "sessions")?;
