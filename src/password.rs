@@ -19,11 +19,10 @@
 //!   (`benches/soak.sh`) saw RSS climb by about 190 MB/s under steady logins, past 11 GB in
 //!   70 s. Now each computation borrows a buffer from a pool of at most `max_concurrent` (the
 //!   semaphore's permits), zeroed when returned, so memory is capped at `max_concurrent ×
-//!   memory_kib` whatever the allocator; and when the last computation in flight ends, the
-//!   pool is emptied, so an idle sidecar does not sit on `max_concurrent × 19 MiB` it is not
-//!   using (the binary also pins glibc's mmap threshold, so freed buffers leave the process:
-//!   see `src/main.rs`). Under a login storm computations overlap and buffers are reused
-//!   without new page faults.
+//!   memory_kib` whatever the allocator; and 2 s after the last computation the pool is
+//!   emptied, so an idle sidecar does not sit on `max_concurrent × 19 MiB` it is not using
+//!   (the binary also pins glibc's mmap threshold, so freed buffers leave the process: see
+//!   `src/main.rs`). Logins in a row reuse the buffers without new page faults.
 //! - **No user enumeration through timing.** Verifying for an unknown user runs the same
 //!   argon2id computation against a dummy hash made at start-up with the configured
 //!   parameters, and always answers [`VerifyOutcome::Mismatch`].
@@ -327,20 +326,36 @@ impl Hasher {
 
 /// argon2's working memory: buffers of [`Block`]s lent to one computation at a time and
 /// kept for the next. At most `keep` are kept (the hashing permits), so the pool never holds
-/// more than the semaphore lets run at once.
+/// more than the semaphore lets run at once; [`RELEASE_AFTER`] without a computation, the
+/// pool is emptied and the memory leaves the process.
 pub struct Blocks {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
     free: std::sync::Mutex<Vec<Vec<Block>>>,
     keep: usize,
-    /// Computations running now: the last one to finish empties the pool.
+    /// Computations running now.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Bumped by every computation, so a release scheduled before a later one does nothing.
+    epoch: std::sync::atomic::AtomicU64,
 }
+
+/// How long buffers outlive the last computation. Logins in a row, even one at a time,
+/// reuse them: a fresh 19 MiB buffer costs its page faults and zeroing on every hash
+/// (measured: logins/s fell from 51 to 31 on one core when buffers were dropped at once).
+/// An idle sidecar gives the memory back after this long.
+const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Blocks {
     fn new(keep: usize) -> Blocks {
         Blocks {
-            free: std::sync::Mutex::new(Vec::with_capacity(keep)),
-            keep,
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            pool: Arc::new(Pool {
+                free: std::sync::Mutex::new(Vec::with_capacity(keep)),
+                keep,
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
+                epoch: std::sync::atomic::AtomicU64::new(0),
+            }),
         }
     }
 
@@ -355,11 +370,13 @@ impl Blocks {
         out: &mut [u8],
     ) -> Result<(), argon2::Error> {
         use std::sync::atomic::Ordering;
+        let pool = &self.pool;
         let need = params.block_count();
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        pool.in_flight.fetch_add(1, Ordering::SeqCst);
+        pool.epoch.fetch_add(1, Ordering::SeqCst);
         // A poisoned lock only means another hash panicked; the buffers are still buffers.
         let lent = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let mut free = pool.free.lock().unwrap_or_else(|e| e.into_inner());
             let found = free.iter().position(|b| b.len() == need);
             found.map(|i| free.swap_remove(i))
         };
@@ -373,21 +390,51 @@ impl Blocks {
         // The state derives from the password: it does not outlive the computation.
         buffer.fill(Block::default());
         std::hint::black_box(&buffer);
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        // Decided under the lock, so a computation starting now either finds this buffer or
-        // counts as in flight before the pool is emptied.
-        let others_running = self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1;
-        if others_running && free.len() < self.keep {
-            free.push(buffer);
-        } else if !others_running {
-            free.clear();
+        let last = {
+            let mut free = pool.free.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < pool.keep {
+                free.push(buffer);
+            }
+            pool.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+        };
+        if last {
+            self.release_later(pool.epoch.load(Ordering::SeqCst));
         }
         result
     }
 
+    /// Empties the pool [`RELEASE_AFTER`] from now unless a computation starts meanwhile. On
+    /// the runtime when there is one (hashing runs on its blocking threads); without one (a
+    /// CLI command), at once.
+    fn release_later(&self, epoch: u64) {
+        let pool = Arc::downgrade(&self.pool);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(RELEASE_AFTER).await;
+                    if let Some(pool) = pool.upgrade() {
+                        pool.release_if_idle(epoch);
+                    }
+                });
+            }
+            Err(_) => self.pool.release_if_idle(epoch),
+        }
+    }
+
     /// Buffers held for reuse now (for tests).
     pub fn pooled(&self) -> usize {
-        self.free.lock().map_or(0, |free| free.len())
+        self.pool.free.lock().map_or(0, |free| free.len())
+    }
+}
+
+impl Pool {
+    fn release_if_idle(&self, epoch: u64) {
+        use std::sync::atomic::Ordering;
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if self.in_flight.load(Ordering::SeqCst) == 0 && self.epoch.load(Ordering::SeqCst) == epoch
+        {
+            free.clear();
+        }
     }
 }
 
@@ -551,26 +598,27 @@ mod tests {
         for (i, task) in tasks.into_iter().enumerate() {
             assert_eq!(task.await.unwrap().unwrap(), i % 3 != 2, "task {i}");
         }
-        // Nothing is in flight any more: nothing is kept.
-        assert_eq!(hasher.blocks.pooled(), 0);
+        // Bounded by the permits while they last.
+        assert!(hasher.blocks.pooled() <= settings().max_concurrent);
     }
 
-    /// While computations overlap, a finished one leaves its buffer for the next, never more
-    /// than the permits; the last one to finish empties the pool.
-    #[test]
-    fn buffers_are_kept_only_while_others_run() {
-        use std::sync::atomic::Ordering;
+    /// A finished computation leaves its buffer for the next, never more than the permits;
+    /// the pool empties RELEASE_AFTER after the last one, unless another starts meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn buffers_are_reused_then_released_when_idle() {
         let params = Params::new(8, 1, 1, None).unwrap();
         let blocks = Blocks::new(2);
-        // Two others "running": a finished computation keeps its buffer, up to `keep`.
-        blocks.in_flight.store(2, Ordering::SeqCst);
         for _ in 0..3 {
             hash_with(&params, &blocks, b"correct horse").unwrap();
         }
         assert_eq!(blocks.pooled(), 1, "the buffer is reused, not multiplied");
-        blocks.in_flight.store(0, Ordering::SeqCst);
+        tokio::time::sleep(RELEASE_AFTER / 2).await;
+        // A computation meanwhile postpones the release.
         hash_with(&params, &blocks, b"correct horse").unwrap();
-        assert_eq!(blocks.pooled(), 0);
+        tokio::time::sleep(RELEASE_AFTER / 2 + std::time::Duration::from_millis(1)).await;
+        assert_eq!(blocks.pooled(), 1, "released although used a moment ago");
+        tokio::time::sleep(RELEASE_AFTER).await;
+        assert_eq!(blocks.pooled(), 0, "still held after an idle spell");
     }
 
     /// Hashes made here and by the argon2 crate's own `hash_password` verify either way: the
@@ -594,7 +642,7 @@ mod tests {
         assert!(matches(&blocks, b"correct horse", &theirs));
         assert!(!matches(&blocks, b"correct horsf", &theirs));
         assert_eq!(ours.len(), theirs.to_string().len());
-        // Nothing else was running: nothing is kept.
+        // No runtime here: the pool is emptied as soon as nothing runs.
         assert_eq!(blocks.pooled(), 0);
     }
 
