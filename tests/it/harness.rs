@@ -757,3 +757,27 @@ pub fn request_in_flight(addr: SocketAddr, path: &str) -> tokio::task::JoinHandl
         answer
     })
 }
+
+/// Runs the test `name` alone in a child process of this test binary, with `marker` set in
+/// its environment, and asserts it passed. For scenarios that read process-wide state (RSS,
+/// tracing's call-site interest cache) that other tests running alongside would blur. The
+/// test calls this when `marker` is not set, and runs its scenario when it is.
+pub async fn run_alone(name: &'static str, marker: &'static str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env(marker, "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} failed:\n{said}");
+    assert!(said.contains("1 passed"), "{name} did not run:\n{said}");
+}

@@ -495,31 +495,7 @@ impl Captured {
 async fn every_answered_request_is_access_logged() {
     const CHILD: &str = "IT_ACCESS_LOG_SCENARIO_CHILD";
     if std::env::var_os(CHILD).is_none() {
-        let exe = std::env::current_exe().unwrap();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(exe)
-                .args([
-                    "ops::every_answered_request_is_access_logged",
-                    "--exact",
-                    "--test-threads=1",
-                    "--nocapture",
-                ])
-                .env(CHILD, "1")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "access-log scenario failed:\n{said}");
-        assert!(
-            said.contains("1 passed"),
-            "the scenario did not run:\n{said}"
-        );
+        crate::harness::run_alone("ops::every_answered_request_is_access_logged", CHILD).await;
         return;
     }
     let captured = Captured::default();

@@ -950,31 +950,11 @@ const STREAM_CHILD: &str = "IT_STREAM_SCENARIO_CHILD";
 #[tokio::test]
 async fn bodies_stream_both_ways_without_buffering() {
     if std::env::var_os(STREAM_CHILD).is_none() {
-        let exe = std::env::current_exe().unwrap();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(exe)
-                .args([
-                    "proxy::bodies_stream_both_ways_without_buffering",
-                    "--exact",
-                    "--test-threads=1",
-                    "--nocapture",
-                ])
-                .env(STREAM_CHILD, "1")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "streaming scenario failed:\n{said}");
-        assert!(
-            said.contains("1 passed"),
-            "the scenario did not run:\n{said}"
-        );
+        crate::harness::run_alone(
+            "proxy::bodies_stream_both_ways_without_buffering",
+            STREAM_CHILD,
+        )
+        .await;
         return;
     }
 
