@@ -27,7 +27,8 @@
 //! - [`accounts`]: the accounts service under them: users, sessions, recovery, admin
 //!   actions, with no HTTP types; the `user` CLI calls it too. [`cooldown`]: its cooldowns.
 //! - [`store`]: the store trait and its sled implementation (the only sled importer).
-//! - [`password`]: argon2id hashing on the blocking pool, password policy.
+//! - [`password`]: argon2id hashing on the blocking pool, password policy; [`imported_hash`]:
+//!   the schemes of hashes imported from other systems (bcrypt, scrypt, pbkdf2, argon2).
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
@@ -50,6 +51,7 @@ pub mod explain;
 pub mod gate;
 pub mod guard;
 pub mod hygiene;
+pub mod imported_hash;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -23,9 +23,19 @@
 //!   emptied, so an idle sidecar does not sit on `max_concurrent × 19 MiB` it is not using
 //!   (the binary also pins glibc's mmap threshold, so freed buffers leave the process: see
 //!   `src/main.rs`). Logins in a row reuse the buffers without new page faults.
-//! - **No user enumeration through timing.** Verifying for an unknown user runs the same
-//!   argon2id computation against a dummy hash made at start-up with the configured
-//!   parameters, and always answers [`VerifyOutcome::Mismatch`].
+//! - **No user enumeration through timing, whatever the stored hashes' schemes.** Imported
+//!   users keep their bcrypt, scrypt, pbkdf2 or argon2 hashes until their first login
+//!   ([`crate::imported_hash`]), and a bcrypt cost 12 verification takes ten times an argon2id
+//!   one: a wrong password would tell an imported account from an unknown name. So every
+//!   *failed* verification does the same work: one computation of each [`Kind`] of hash known
+//!   to be stored (the configured argon2id first; the others learned from imports, from a
+//!   scan of the store at start and from any login that meets a new kind). A wrong password
+//!   on a user computes that user's hash for real and a dummy of every other kind; an unknown
+//!   user computes a dummy of every kind. Only a *successful* login costs its own kind
+//!   alone, and success is no secret to whoever typed the right password. The cost is that
+//!   each failed login pays for every kind present (about 25 ms + 250 ms with imported bcrypt
+//!   cost 12 users), until the imported hashes are upgraded and the server restarts; at most
+//!   [`MAX_FAILURE_KINDS`] kinds are kept, which the import enforces.
 //! - **Long passwords are refused before any hashing** (`max_length` bytes), so a megabyte
 //!   "password" costs nothing. A password over the limit never matches.
 //! - **Policy per NIST SP 800-63B**: a minimum length in characters, a maximum in bytes, a
@@ -43,6 +53,8 @@ use std::sync::Arc;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+use crate::imported_hash::{self, Kind, Scheme};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
@@ -56,6 +68,10 @@ pub const DEFAULT_MAX_LENGTH: usize = 256;
 
 /// Salt length in bytes: the PHC recommendation of 16.
 const SALT_LEN: usize = 16;
+
+/// The most kinds of stored hash (scheme and parameters) whose work every failed login does:
+/// each one adds its cost to every failed login. The configured argon2id counts as one.
+pub const MAX_FAILURE_KINDS: usize = 8;
 
 /// Common passwords, one per line, lowercase; `#` lines are comments.
 const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
@@ -169,8 +185,9 @@ pub struct Hasher {
     min_length: usize,
     max_length: usize,
     permits: Arc<Semaphore>,
-    /// A hash of a random password, verified against when the user does not exist.
-    dummy_hash: Arc<str>,
+    /// The work of a failed verification: a dummy hash (of a random password) for each kind
+    /// of stored hash known, the configured argon2id's first. See the module docs.
+    failure_work: Arc<std::sync::RwLock<Vec<(Kind, Arc<str>)>>>,
     common: HashSet<&'static str>,
 }
 
@@ -206,6 +223,8 @@ impl Hasher {
             .map_err(|e| format!("no randomness for the dummy hash: {e}"))?;
         let blocks = Arc::new(Blocks::new(settings.max_concurrent));
         let dummy_hash = hash_with(&params, &blocks, &dummy_password).map_err(|e| e.to_string())?;
+        let own_kind = imported_hash::own_kind(&dummy_hash)
+            .ok_or("the dummy argon2id hash does not parse")?;
 
         let common = COMMON_PASSWORDS
             .lines()
@@ -219,7 +238,7 @@ impl Hasher {
             min_length: settings.min_length,
             max_length: settings.max_length,
             permits: Arc::new(Semaphore::new(settings.max_concurrent)),
-            dummy_hash: dummy_hash.into(),
+            failure_work: Arc::new(std::sync::RwLock::new(vec![(own_kind, dummy_hash.into())])),
             common,
         })
     }
@@ -244,27 +263,80 @@ impl Hasher {
         .and_then(|hashed| hashed)
     }
 
-    /// Checks a password against a stored hash, or against the dummy hash when `stored` is
-    /// `None` (unknown user), which costs the same and never matches.
+    /// Checks a password against a stored hash of any accepted scheme (argon2id, or one
+    /// imported: [`crate::imported_hash`]), or, when `stored` is `None` (unknown user),
+    /// does the work of a failed verification and answers [`VerifyOutcome::Mismatch`]. Every
+    /// failure costs the same (see the module docs). A hash of another scheme or parameters
+    /// matches with `needs_rehash`.
     pub async fn verify(&self, password: String, stored: Option<String>) -> VerifyOutcome {
+        self.verify_traced(password, stored).await.0
+    }
+
+    /// [`Hasher::verify`], also returning the kinds of hash it computed, in order (for the
+    /// tests that hold every failure to the same work, and for benches).
+    pub async fn verify_traced(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> (VerifyOutcome, Vec<Kind>) {
         if password.len() > self.max_length {
-            return VerifyOutcome::Mismatch;
+            return (VerifyOutcome::Mismatch, Vec::new());
         }
         let params = self.params.clone();
-        let dummy = Arc::clone(&self.dummy_hash);
         let blocks = Arc::clone(&self.blocks);
+        // A snapshot: a kind learned meanwhile applies from the next verification on.
+        let work = self.failure_work();
         let outcome = self
             .run_limited(move || {
                 let mut password = password.into_bytes();
-                let outcome = verify_with(&params, &blocks, &password, stored.as_deref(), &dummy);
+                let outcome = verify_with(&params, &blocks, &password, stored.as_deref(), &work);
                 wipe(&mut password);
                 outcome
             })
             .await;
-        outcome.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "password verification did not run");
-            VerifyOutcome::Mismatch
-        })
+        match outcome {
+            Ok((outcome, trace, unknown_kind)) => {
+                if let Some(sample) = unknown_kind {
+                    // A kind no failure paid for yet (stored by another replica's import, or
+                    // met before the start-up scan reached it): from now on every failure does.
+                    let learner = self.learner();
+                    tokio::spawn(async move { learner.learn(vec![sample]).await });
+                }
+                (outcome, trace)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "password verification did not run");
+                (VerifyOutcome::Mismatch, Vec::new())
+            }
+        }
+    }
+
+    /// The kinds of hash every failed verification computes, the configured argon2id first.
+    pub fn failure_kinds(&self) -> Vec<Kind> {
+        self.failure_work().iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    fn failure_work(&self) -> Vec<(Kind, Arc<str>)> {
+        self.failure_work
+            .read()
+            .map_or_else(|e| e.into_inner().clone(), |work| work.clone())
+    }
+
+    /// Adds the kinds of these stored hashes to the work of every failed verification (a
+    /// dummy of each new kind is computed once, on the blocking pool behind the semaphore).
+    /// Hashes that are not a valid accepted kind are skipped; past [`MAX_FAILURE_KINDS`] a
+    /// new kind is logged and left out.
+    pub async fn learn(&self, samples: Vec<String>) {
+        self.learner().learn(samples).await;
+    }
+
+    fn learner(&self) -> Learner {
+        Learner {
+            params: self.params.clone(),
+            blocks: Arc::clone(&self.blocks),
+            permits: Arc::clone(&self.permits),
+            work: Arc::clone(&self.failure_work),
+        }
     }
 
     /// Applies the password policy. `context` holds the account's identifiers (email,
@@ -310,18 +382,111 @@ impl Hasher {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| PasswordError::Internal("hashing semaphore closed".into()))?;
-        tokio::task::spawn_blocking(move || {
-            let result = work();
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| PasswordError::Internal(format!("hashing task failed: {e}")))
+        run_limited(&self.permits, work).await
     }
+}
+
+/// Runs blocking work on tokio's blocking pool once one of `permits` is free, holding it
+/// until the work is done even if the caller goes away.
+async fn run_limited<T, F>(permits: &Arc<Semaphore>, work: F) -> Result<T, PasswordError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let permit = Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| PasswordError::Internal("hashing semaphore closed".into()))?;
+    tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop(permit);
+        result
+    })
+    .await
+    .map_err(|e| PasswordError::Internal(format!("hashing task failed: {e}")))
+}
+
+/// What learning a new kind of stored hash needs, apart from the [`Hasher`] (so a login can
+/// hand it to a task of its own).
+struct Learner {
+    params: Params,
+    blocks: Arc<Blocks>,
+    permits: Arc<Semaphore>,
+    work: Arc<std::sync::RwLock<Vec<(Kind, Arc<str>)>>>,
+}
+
+impl Learner {
+    async fn learn(self, samples: Vec<String>) {
+        for sample in samples {
+            let Some(kind) = stored_kind(&self.params, &sample) else {
+                continue;
+            };
+            let known = |work: &Vec<(Kind, Arc<str>)>| work.iter().any(|(k, _)| *k == kind);
+            {
+                let work = self.work.read().unwrap_or_else(|e| e.into_inner());
+                if known(&work) {
+                    continue;
+                }
+                if work.len() >= MAX_FAILURE_KINDS {
+                    tracing::warn!(
+                        kind = %kind,
+                        max = MAX_FAILURE_KINDS,
+                        "a stored password hash is of a kind failed logins do not pay for: \
+                         too many kinds are stored"
+                    );
+                    continue;
+                }
+            }
+            let blocks = Arc::clone(&self.blocks);
+            let made = run_limited(&self.permits, move || dummy_like(&blocks, &sample)).await;
+            match made {
+                Ok(Ok(dummy)) => {
+                    let mut work = self.work.write().unwrap_or_else(|e| e.into_inner());
+                    if !known(&work) && work.len() < MAX_FAILURE_KINDS {
+                        tracing::info!(kind = %kind, "failed logins now also do the work of this kind of stored password hash");
+                        work.push((kind, dummy.into()));
+                    }
+                }
+                Ok(Err(e)) | Err(PasswordError::Internal(e)) => {
+                    tracing::error!(kind = %kind, error = %e, "no dummy hash for a stored kind");
+                }
+                Err(e) => tracing::error!(kind = %kind, error = %e, "no dummy hash for a stored kind"),
+            }
+        }
+    }
+}
+
+/// A hash of a random password with the scheme and parameters of `like`.
+fn dummy_like(blocks: &Blocks, like: &str) -> Result<String, String> {
+    if imported_hash::scheme_of(like) != Some(Scheme::Argon2) {
+        return imported_hash::dummy_like(like);
+    }
+    let parsed = PasswordHash::new(like).map_err(|e| e.to_string())?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(|e| e.to_string())?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let recorded = Params::try_from(&parsed).map_err(|e| e.to_string())?;
+    let len = parsed.hash.map_or(Params::DEFAULT_OUTPUT_LEN, |h| h.len());
+    let mut password = [0u8; 32];
+    getrandom::fill(&mut password).map_err(|e| e.to_string())?;
+    argon2_phc(algorithm, version, &recorded, len, blocks, &password).map_err(|e| e.to_string())
+}
+
+/// The kind of a stored hash, or `None` when it is not one gatehouse can verify: an argon2
+/// hash with the configured parameters is always one (the operator chose them); any other
+/// must be within the import caps.
+fn stored_kind(params: &Params, stored: &str) -> Option<Kind> {
+    if let Ok(parsed) = PasswordHash::new(stored)
+        && parsed.algorithm == Algorithm::Argon2id.ident()
+        && !needs_rehash(params, &parsed)
+    {
+        return imported_hash::own_kind(stored);
+    }
+    imported_hash::kind(stored).ok()
 }
 
 /// argon2's working memory: buffers of [`Block`]s lent to one computation at a time and
@@ -439,60 +604,104 @@ impl Pool {
 }
 
 fn hash_with(params: &Params, blocks: &Blocks, password: &[u8]) -> Result<String, PasswordError> {
+    argon2_phc(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params,
+        Params::DEFAULT_OUTPUT_LEN,
+        blocks,
+        password,
+    )
+}
+
+/// An argon2 PHC string of `password` with a fresh salt.
+fn argon2_phc(
+    algorithm: Algorithm,
+    version: Version,
+    params: &Params,
+    output_len: usize,
+    blocks: &Blocks,
+    password: &[u8],
+) -> Result<String, PasswordError> {
     let internal =
         |what: &str, e: &dyn fmt::Display| PasswordError::Internal(format!("{what}: {e}"));
     let mut salt = [0u8; SALT_LEN];
     getrandom::fill(&mut salt).map_err(|e| internal("no randomness for a salt", &e))?;
     let salt_string = SaltString::encode_b64(&salt).map_err(|e| internal("salt encoding", &e))?;
-    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let mut out = vec![0u8; output_len];
+    let params = Params::new(
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        Some(output_len),
+    )
+    .map_err(|e| internal("argon2", &e))?;
     blocks
-        .compute(
-            Algorithm::Argon2id,
-            Version::V0x13,
-            params.clone(),
-            password,
-            &salt,
-            &mut out,
-        )
-        .map_err(|e| internal("argon2id", &e))?;
+        .compute(algorithm, version, params.clone(), password, &salt, &mut out)
+        .map_err(|e| internal("argon2", &e))?;
     let phc = PasswordHash {
-        algorithm: Algorithm::Argon2id.ident(),
-        version: Some(Version::V0x13.into()),
-        params: ParamsString::try_from(params).map_err(|e| internal("argon2id", &e))?,
+        algorithm: algorithm.ident(),
+        version: Some(version.into()),
+        params: ParamsString::try_from(&params).map_err(|e| internal("argon2", &e))?,
         salt: Some(salt_string.as_salt()),
-        hash: Some(Output::new(&out).map_err(|e| internal("argon2id", &e))?),
+        hash: Some(Output::new(&out).map_err(|e| internal("argon2", &e))?),
     };
     Ok(phc.to_string())
 }
 
+/// Verifies `password` against `stored` (see [`Hasher::verify_traced`]). Returns the
+/// outcome, the kinds computed, and the stored hash when its kind is not in `work` (to be
+/// learned).
 fn verify_with(
     params: &Params,
     blocks: &Blocks,
     password: &[u8],
     stored: Option<&str>,
-    dummy: &str,
-) -> VerifyOutcome {
-    let Some(stored) = stored else {
-        // Unknown user: spend the same effort, then answer no whatever the result.
-        if let Ok(dummy) = PasswordHash::new(dummy) {
-            let _ = matches(blocks, password, &dummy);
+    work: &[(Kind, Arc<str>)],
+) -> (VerifyOutcome, Vec<Kind>, Option<String>) {
+    let mut trace = Vec::with_capacity(work.len());
+    // The stored hash's kind, when it is one gatehouse can verify; an unreadable or
+    // out-of-bounds hash is treated as an unknown user (the hash itself is never logged:
+    // it is offline-crackable material).
+    let real = stored.and_then(|stored| match stored_kind(params, stored) {
+        Some(kind) => Some((kind, stored)),
+        None => {
+            tracing::error!("a stored password hash is unreadable or over the cost caps");
+            None
         }
-        return VerifyOutcome::Mismatch;
-    };
-    let parsed = match PasswordHash::new(stored) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            // The hash itself is not logged: it is offline-crackable material.
-            tracing::error!(error = %e, "stored password hash is unreadable");
-            return VerifyOutcome::Mismatch;
+    });
+    if let Some((kind, stored)) = &real {
+        let matched = compute(blocks, password, stored);
+        trace.push(kind.clone());
+        if matched {
+            let needs_rehash = kind.scheme() != Scheme::Argon2
+                || PasswordHash::new(stored).map_or(true, |parsed| needs_rehash(params, &parsed));
+            return (VerifyOutcome::Match { needs_rehash }, trace, None);
         }
-    };
-    if matches(blocks, password, &parsed) {
-        VerifyOutcome::Match {
-            needs_rehash: needs_rehash(params, &parsed),
+    }
+    // A failure: the dummy of every other kind known, so that it costs what every other
+    // failure costs (an unknown user's included).
+    let own = real.as_ref().map(|(kind, _)| kind);
+    for (kind, dummy) in work {
+        if Some(kind) != own {
+            let _ = compute(blocks, password, dummy);
+            trace.push(kind.clone());
         }
-    } else {
-        VerifyOutcome::Mismatch
+    }
+    let unknown = real
+        .filter(|(kind, _)| !work.iter().any(|(k, _)| k == kind))
+        .map(|(_, stored)| stored.to_string());
+    (VerifyOutcome::Mismatch, trace, unknown)
+}
+
+/// Whether `password` matches `hash`, of whatever accepted scheme.
+fn compute(blocks: &Blocks, password: &[u8], hash: &str) -> bool {
+    match imported_hash::scheme_of(hash) {
+        Some(Scheme::Argon2) => {
+            PasswordHash::new(hash).is_ok_and(|parsed| matches(blocks, password, &parsed))
+        }
+        Some(_) => imported_hash::verify(password, hash),
+        None => false,
     }
 }
 
@@ -757,6 +966,114 @@ mod tests {
             hasher().verify("correct horse".into(), Some(hash)).await,
             VerifyOutcome::Match { needs_rehash: true }
         );
+    }
+
+    /// Every failed verification does the same work, whatever the stored hash's scheme: an
+    /// unknown user, and a wrong password on an argon2id, bcrypt, scrypt, pbkdf2 or imported
+    /// argon2i user, each compute one hash of every kind stored (counted, not timed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_failure_does_the_same_work() {
+        use argon2::password_hash::PasswordHasher;
+        let hasher = hasher();
+        let own = hasher.hash("correct horse".into()).await.unwrap();
+        let bcrypt = bcrypt::hash("correct horse", 4).unwrap();
+        let salt = SaltString::encode_b64(&[9u8; 16]).unwrap();
+        let scrypt = scrypt::Scrypt
+            .hash_password_customized(
+                b"correct horse",
+                None,
+                None,
+                scrypt::Params::new(4, 8, 1, 32).unwrap(),
+                &salt,
+            )
+            .unwrap()
+            .to_string();
+        let pbkdf2 = pbkdf2::Pbkdf2
+            .hash_password_customized(
+                b"correct horse",
+                Some(pbkdf2::Algorithm::Pbkdf2Sha256.ident()),
+                None,
+                pbkdf2::Params {
+                    rounds: 1000,
+                    output_length: 32,
+                },
+                &salt,
+            )
+            .unwrap()
+            .to_string();
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(16, 2, 1, None).unwrap(),
+        )
+        .hash_password(b"correct horse", &salt)
+        .unwrap()
+        .to_string();
+        let stored = [&own, &bcrypt, &scrypt, &pbkdf2, &argon2i];
+
+        // Before the kinds are learned a failure pays for argon2id alone.
+        let (outcome, work) = hasher.verify_traced("wrong horse".into(), None).await;
+        assert_eq!((outcome, work.len()), (VerifyOutcome::Mismatch, 1));
+        hasher
+            .learn(stored.iter().map(|s| s.to_string()).collect())
+            .await;
+        assert_eq!(hasher.failure_kinds().len(), 5);
+        hasher.learn(vec![bcrypt.clone()]).await;
+        assert_eq!(hasher.failure_kinds().len(), 5, "a kind is learned once");
+
+        let sorted = |mut kinds: Vec<Kind>| {
+            kinds.sort();
+            kinds
+        };
+        let expected = sorted(hasher.failure_kinds());
+        let (_, unknown) = hasher.verify_traced("wrong horse".into(), None).await;
+        assert_eq!(sorted(unknown), expected, "unknown user");
+        for hash in stored {
+            let (outcome, work) = hasher
+                .verify_traced("wrong horse".into(), Some(hash.clone()))
+                .await;
+            assert_eq!(outcome, VerifyOutcome::Mismatch, "{hash}");
+            assert_eq!(sorted(work), expected, "wrong password on {hash}");
+            // The right password costs its own kind only; a foreign scheme wants a rehash.
+            let (outcome, work) = hasher
+                .verify_traced("correct horse".into(), Some(hash.clone()))
+                .await;
+            assert_eq!(
+                outcome,
+                VerifyOutcome::Match {
+                    needs_rehash: hash != &own
+                },
+                "{hash}"
+            );
+            assert_eq!(work.len(), 1, "{hash}");
+        }
+        // An unreadable stored hash fails like an unknown user.
+        let (_, work) = hasher
+            .verify_traced("wrong horse".into(), Some("$2b$99$nonsense".into()))
+            .await;
+        assert_eq!(sorted(work), expected);
+    }
+
+    /// A stored kind no failure pays for yet is learned when a login meets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_teaches_a_new_kind() {
+        let hasher = hasher();
+        let bcrypt = bcrypt::hash("correct horse", 4).unwrap();
+        let (_, work) = hasher
+            .verify_traced("wrong horse".into(), Some(bcrypt.clone()))
+            .await;
+        assert_eq!(work.len(), 2, "its own kind, then argon2id's dummy");
+        // Polled (the learning runs in a task of its own), never timed.
+        for _ in 0..10_000 {
+            if hasher.failure_kinds().len() == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(hasher.failure_kinds().len(), 2);
+        let (_, unknown) = hasher.verify_traced("wrong horse".into(), None).await;
+        assert_eq!(unknown.len(), 2);
     }
 
     #[test]
