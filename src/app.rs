@@ -368,6 +368,12 @@ impl App {
         if let Some(signal) = app.store.revocation_signal() {
             tokio::spawn(follow_revocations(Arc::downgrade(&app), signal));
         }
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            if let Some(app) = weak.upgrade() {
+                app.learn_stored_hash_kinds().await;
+            }
+        });
         // The first purge waits one interval: start-up (and `/readyz`) never waits for a scan
         // of dead data, and a crash loop does not purge on every start.
         let weak = Arc::downgrade(&app);
@@ -383,6 +389,38 @@ impl App {
             }
         });
         Ok(app)
+    }
+
+    /// Teaches the hasher every kind of password hash the store holds (imported bcrypt,
+    /// scrypt, pbkdf2 or argon2 hashes not yet upgraded), so that from then on every failed
+    /// login does the work of each and none tells an account from an unknown name (see
+    /// `password.rs`). Reads the users a page at a time, in the background after start.
+    pub async fn learn_stored_hash_kinds(&self) {
+        const PAGE: usize = 500;
+        let mut samples: std::collections::HashMap<crate::imported_hash::Kind, String> =
+            std::collections::HashMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match self.store.list_users(PAGE, cursor.as_deref()).await {
+                Ok(page) => page,
+                Err(e) => {
+                    crate::error::Error::from(e).log("stored hash kinds");
+                    return;
+                }
+            };
+            for user in &page.users {
+                if let Ok(kind) = crate::imported_hash::kind(&user.password_hash) {
+                    samples
+                        .entry(kind)
+                        .or_insert_with(|| user.password_hash.clone());
+                }
+            }
+            match page.next_cursor {
+                Some(next) if !page.users.is_empty() => cursor = Some(next),
+                _ => break,
+            }
+        }
+        self.hasher.learn(samples.into_values().collect()).await;
     }
 
     /// Removes dead records from the store (`Store::purge_expired`) and counts them. A

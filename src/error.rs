@@ -74,6 +74,24 @@ pub enum Limited {
     VerificationMail,
 }
 
+/// One unacceptable line of a user import: its number (from 1), the field at fault when
+/// there is one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineProblem {
+    pub line: usize,
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field {
+            Some(field) => write!(f, "line {}: {field}: {}", self.line, self.message),
+            None => write!(f, "line {}: {}", self.line, self.message),
+        }
+    }
+}
+
 /// Every error gatehouse answers with. See API.md §3 for the codes.
 #[derive(Debug)]
 pub enum Error {
@@ -81,6 +99,9 @@ pub enum Error {
     InvalidRequest(Cow<'static, str>),
     /// 422: a field is present but not acceptable; `fields` maps field name to reason.
     ValidationFailed(Vec<(String, String)>),
+    /// 422: lines of a user import are not acceptable (every one of them, in line order);
+    /// nothing was imported.
+    ImportRejected(Vec<LineProblem>),
     /// 422: the password policy refused the password.
     WeakPassword(Cow<'static, str>),
     /// 401: wrong login name or password, or unknown user (indistinguishable).
@@ -138,7 +159,9 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::InvalidRequest(_) | Error::InvalidResetToken => StatusCode::BAD_REQUEST,
-            Error::ValidationFailed(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::ValidationFailed(_) | Error::ImportRejected(_) | Error::WeakPassword(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Error::InvalidCredentials | Error::Token(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden | Error::ForbiddenBecause(_) | Error::EmailNotVerified => {
                 StatusCode::FORBIDDEN
@@ -161,7 +184,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidRequest(_) => "INVALID_REQUEST",
-            Error::ValidationFailed(_) => "VALIDATION_FAILED",
+            Error::ValidationFailed(_) | Error::ImportRejected(_) => "VALIDATION_FAILED",
             Error::WeakPassword(_) => "WEAK_PASSWORD",
             Error::InvalidCredentials => "INVALID_CREDENTIALS",
             Error::Token(TokenRefusal::Missing) => "TOKEN_MISSING",
@@ -234,6 +257,17 @@ impl Error {
         match self {
             Error::InvalidRequest(msg) => msg.clone(),
             Error::ValidationFailed(_) => "One or more fields are not acceptable".into(),
+            Error::ImportRejected(problems) => {
+                let lines: std::collections::BTreeSet<usize> =
+                    problems.iter().map(|p| p.line).collect();
+                let n = lines.len();
+                format!(
+                    "{n} line{} of the import {} not acceptable; nothing was imported",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "is" } else { "are" }
+                )
+                .into()
+            }
             Error::WeakPassword(reason) => reason.clone(),
             Error::InvalidCredentials => "Invalid email or password".into(),
             Error::Token(TokenRefusal::Missing) => "A bearer token is required".into(),
@@ -346,7 +380,7 @@ impl Error {
         response
     }
 
-    /// The JSON body: `{"error": {"code", "message", "fields"?}}`.
+    /// The JSON body: `{"error": {"code", "message", "fields"?, "lines"?}}`.
     pub fn json_body(&self) -> Vec<u8> {
         let mut error = serde_json::Map::new();
         error.insert("code".into(), self.code().into());
@@ -357,6 +391,15 @@ impl Error {
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
                 .collect();
             error.insert("fields".into(), fields.into());
+        }
+        if let Error::ImportRejected(problems) = self {
+            let lines: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|p| {
+                    serde_json::json!({"line": p.line, "field": p.field, "message": p.message})
+                })
+                .collect();
+            error.insert("lines".into(), lines.into());
         }
         let body = serde_json::json!({ "error": error });
         // Serialising a Value built from strings cannot fail.

@@ -213,6 +213,10 @@ pub struct Metrics {
     pub store_purged: IntCounterVec,
     /// Purge rounds by result (`ok`, `error`).
     pub store_purges: IntCounterVec,
+    /// Stored password hashes upgraded to the configured argon2id at a login, by the
+    /// `scheme` they had (`bcrypt`, `scrypt`, `pbkdf2-sha256`, `argon2`: imported hashes,
+    /// or argon2 with other parameters).
+    pub password_upgrades: IntCounterVec,
     /// Rounds of the revocation feed (replicas sharing a store) by result.
     revocation_feed_rounds: IntCounterVec,
     /// Revocations taken from the feed (recorded by any replica, this one included).
@@ -378,6 +382,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(revocation_feed_rounds.clone()))?;
+        let password_upgrades = IntCounterVec::new(
+            Opts::new(
+                "password_upgrades_total",
+                "Password hashes upgraded to the configured argon2id at a successful login, by the scheme they had (bcrypt, scrypt, pbkdf2-sha256, argon2).",
+            ),
+            &["scheme"],
+        )?;
+        registry.register(Box::new(password_upgrades.clone()))?;
         let revocation_feed_applied = IntCounter::new(
             "revocation_feed_applied_total",
             "Revocations applied from the shared store's feed (made on any replica).",
@@ -454,6 +466,7 @@ impl Metrics {
             revocations_cached,
             store_purged,
             store_purges,
+            password_upgrades,
             revocation_feed_rounds,
             revocation_feed_applied,
             shared_limit_fallbacks,

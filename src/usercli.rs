@@ -85,7 +85,21 @@ pub enum UserCommand {
         /// User id, email or username.
         user: String,
     },
+    /// Import users with the password hashes of another system, from JSON lines:
+    /// {"email", "username"?, "name"?, "roles"?, "email_verified"?, "password_hash"} a line,
+    /// the hash bcrypt ($2a$/$2b$/$2y$) or PHC ($argon2id$, $argon2i$, $argon2d$, $scrypt$,
+    /// $pbkdf2-sha256$). Every bad line is reported and then nothing is imported; accounts
+    /// that exist already are never changed, so running it twice changes nothing. Users log
+    /// in with their old password, which is then rehashed to argon2id.
+    Import {
+        /// The JSON-lines file (`-` reads standard input).
+        #[arg(long, value_name = "FILE")]
+        input: std::path::PathBuf,
+    },
 }
+
+/// The largest import file read: far above `MAX_LINES` users of any sensible size.
+const MAX_IMPORT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Runs a user command against the store of the given config.
 pub fn run(config: Config, command: UserCommand) -> ExitCode {
@@ -135,6 +149,13 @@ fn describe(e: &Error) -> String {
             .collect::<Vec<_>>()
             .join("; "),
         Error::Internal(cause) => format!("internal error: {cause}"),
+        Error::ImportRejected(problems) => {
+            let mut text = e.message().into_owned();
+            for problem in problems {
+                text.push_str(&format!("\n  {problem}"));
+            }
+            text
+        }
         other => other.message().into_owned(),
     }
 }
@@ -232,7 +253,49 @@ async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> 
             admin::delete(app, CLI_ACTOR, &user.id).await?;
             Ok(format!("{} deleted", user.email))
         }
+        UserCommand::Import { input } => {
+            let text = read_import(&input)?;
+            let report = crate::accounts::import::import(app, CLI_ACTOR, &text).await?;
+            Ok(format!(
+                "imported {} users, {} unchanged",
+                report.imported, report.unchanged
+            ))
+        }
     }
+}
+
+/// The import's input, from a file or (`-`) standard input, bounded and UTF-8.
+fn read_import(path: &std::path::Path) -> Result<String, Error> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        Error::InvalidRequest(format!("cannot read {}: {e}", path.display()).into())
+    };
+    let mut bytes = Vec::new();
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(unreadable)?)
+    };
+    reader
+        .take(MAX_IMPORT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_IMPORT_BYTES {
+        return Err(Error::InvalidRequest(
+            format!(
+                "{} is over {} MiB; split it (each run is atomic on its own)",
+                path.display(),
+                MAX_IMPORT_BYTES >> 20
+            )
+            .into(),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::InvalidRequest(
+            format!("{} is not UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to())
+                .into(),
+        )
+    })
 }
 
 /// A user by id, email or username; a clear message when there is none.

@@ -14,9 +14,11 @@
 //! - [`sessions`]: login (lockout, argon2, rehash), refresh rotation with reuse detection,
 //!   logout;
 //! - [`recovery`]: reset and verification tokens, forgot/reset password, email verification;
-//! - [`admin`]: what an administrator may do to a user.
+//! - [`admin`]: what an administrator may do to a user;
+//! - [`import`]: importing users with the password hashes of another system.
 
 pub mod admin;
+pub mod import;
 pub mod recovery;
 pub mod sessions;
 pub mod signup;

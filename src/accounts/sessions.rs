@@ -138,8 +138,10 @@ pub async fn login(
     Ok(grant)
 }
 
-/// Re-hashes a password whose stored hash uses old parameters, off the request path. Best
-/// effort: a failure leaves the old (still valid) hash.
+/// Re-hashes a password whose stored hash uses old parameters or another scheme (an imported
+/// bcrypt, scrypt, pbkdf2 or argon2 hash) into the configured argon2id, off the request path,
+/// and counts it by the old scheme. Atomic and conditional: stored only if the hash is still
+/// the one verified. Best effort: a failure leaves the old (still valid) hash.
 fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: String) {
     let app = app.clone();
     let id = user_id.to_string();
@@ -158,14 +160,24 @@ fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: St
                 &UserUpdate {
                     password_hash: Some(hash),
                     updated_at: now,
-                    if_password_hash: Some(verified),
+                    if_password_hash: Some(verified.clone()),
                     ..UserUpdate::default()
                 },
             )
             .await;
-        // `NotFound` here means the password changed meanwhile: nothing to do.
-        if let Err(e) = result.map_err(Error::from) {
-            e.log("rehash");
+        match result {
+            Ok(_) => {
+                let scheme = crate::imported_hash::scheme_of(&verified)
+                    .map_or("unknown", crate::imported_hash::Scheme::label);
+                app.metrics
+                    .password_upgrades
+                    .with_label_values(&[scheme])
+                    .inc();
+            }
+            // The password changed meanwhile (a reset, or another login's upgrade): the hash
+            // that was verified is gone, and this job must not undo its replacement.
+            Err(crate::store::StoreError::NotFound) => {}
+            Err(e) => Error::from(e).log("rehash"),
         }
     });
 }

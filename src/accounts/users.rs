@@ -174,16 +174,21 @@ pub fn valid_role_name(role: &str) -> bool {
 /// Roles an administrator assigns must be valid names known to the policy: a typo would
 /// otherwise grant nothing and fail silently.
 pub fn check_roles(app: &App, roles: &[String]) -> Result<(), Error> {
-    let policy = &app.config.policy;
-    for role in roles {
-        if !valid_role_name(role) || policy.requirement([role.as_str()]).is_empty() {
-            return Err(Error::ValidationFailed(vec![(
-                "roles".into(),
-                format!("{role:?} is not a known role"),
-            )]));
-        }
+    match unknown_role(app, roles) {
+        Some(role) => Err(Error::ValidationFailed(vec![(
+            "roles".into(),
+            format!("{role:?} is not a known role"),
+        )])),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first of `roles` that is not a valid name known to the policy.
+pub fn unknown_role<'a>(app: &App, roles: &'a [String]) -> Option<&'a String> {
+    let policy = &app.config.policy;
+    roles
+        .iter()
+        .find(|role| !valid_role_name(role) || policy.requirement([role.as_str()]).is_empty())
 }
 
 /// The user behind a verified token, as stored now (roles may have changed since the token

@@ -2,7 +2,8 @@
 //! included). What each action does, and the revocations it implies, lives in
 //! [`crate::accounts::admin`]; every action is an audit event naming the acting admin.
 //! `GET …/admin/recovery` (pending reset and verification tokens, mail counts) is served by
-//! `recovery`.
+//! `recovery`. `POST …/admin/users/import` takes JSON lines of users with their existing
+//! password hashes ([`crate::accounts::import`]).
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::wire::{Form, read_json, user_json};
+use super::wire::{Form, read_json, read_json_lines, user_json};
 use crate::accounts::Caller;
 use crate::accounts::admin::{self, Actor, Changes};
 use crate::accounts::users::NewUser;
@@ -22,6 +23,10 @@ use crate::guard::require_bearer;
 use crate::policy::{Access, Verdict};
 use crate::response::{json, no_content, served_to};
 use crate::token::Claims;
+
+/// The largest user import body: about 40,000 users of typical size. Bigger imports go
+/// through `gatehouse user import` (or several requests: each is atomic on its own).
+pub const IMPORT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Page size when none is asked for, and the most one page may hold.
 const DEFAULT_PAGE: usize = 50;
@@ -61,6 +66,9 @@ async fn route(
         (["users"], &Method::GET) => list(app, &request).await,
         (["users"], &Method::POST) => create(app, actor, request).await,
         (["users"], _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        // Before `users/{id}`: ids are UUIDs, never `import`.
+        (["users", "import"], &Method::POST) => import(app, actor, request).await,
+        (["users", "import"], _) => Err(Error::MethodNotAllowed("POST")),
         (["users", id], &Method::GET) => {
             let user = admin::get(app, id).await?;
             Ok(user_response(StatusCode::OK, &user))
@@ -83,6 +91,22 @@ async fn route(
         (["recovery"], _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         _ => Err(Error::NotFound),
     }
+}
+
+/// `POST …/admin/users/import`: JSON lines of users with their existing password hashes
+/// (see [`crate::accounts::import`]). 200 with the counts, or 422 with every bad line and
+/// nothing imported.
+async fn import(
+    app: &App,
+    actor: Actor<'_>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let body = read_json_lines(request, IMPORT_MAX_BODY_BYTES).await?;
+    let report = crate::accounts::import::import(app, actor, &body).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "imported": report.imported, "unchanged": report.unchanged }),
+    ))
 }
 
 /// A valid token whose roles include the admin role.

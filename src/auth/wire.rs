@@ -80,12 +80,36 @@ fn content_type<B>(request: &Request<B>) -> Option<&str> {
         .map(|v| v.split(';').next().unwrap_or_default().trim())
 }
 
+/// Reads a JSON-lines body (`application/x-ndjson` or `application/jsonl`) of at most
+/// `limit` bytes, which must be UTF-8: the user import's.
+pub async fn read_json_lines(request: Request<Incoming>, limit: u64) -> Result<String, Error> {
+    let is_lines = content_type(&request).is_some_and(|v| {
+        v.eq_ignore_ascii_case("application/x-ndjson") || v.eq_ignore_ascii_case("application/jsonl")
+    });
+    if !is_lines {
+        return Err(Error::InvalidRequest(
+            "Content-Type must be application/x-ndjson (JSON lines)".into(),
+        ));
+    }
+    let (_, bytes) = read_limited(request, limit).await?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::InvalidRequest("the body is not valid UTF-8".into()))
+}
+
 async fn read_body(
     app: &App,
     request: Request<Incoming>,
 ) -> Result<(http::request::Parts, bytes::Bytes), Error> {
+    read_limited(request, app.config.server.auth_max_body_bytes).await
+}
+
+/// Reads a body of at most `limit` bytes: refused by its declared length before reading,
+/// or while reading a chunked one.
+async fn read_limited(
+    request: Request<Incoming>,
+    limit: u64,
+) -> Result<(http::request::Parts, bytes::Bytes), Error> {
     let (parts, body) = request.into_parts();
-    let limit = app.config.server.auth_max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

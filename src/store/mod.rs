@@ -445,6 +445,10 @@ pub trait SyncStore: Send + Sync {
     /// taken, in which case nothing is written.
     fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
 
+    /// Inserts several users in one transaction (an import): all of them, or, when any
+    /// unique key is taken or shared by two of them, none (`Conflict`). Durable on `Ok`.
+    fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError>;
+
     fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
 
     /// Looks a user up by email, compared after [`fold`].
@@ -690,6 +694,8 @@ impl UserUpdate {
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// All of `users` or none (see [`SyncStore::create_users`]).
+    async fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError>;
     async fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn find_user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError>;
@@ -816,6 +822,10 @@ impl<S: SyncStore + 'static> Store for Blocking<S> {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         let user = user.clone();
         self.run(move |s| s.create_user(&user)).await
+    }
+    async fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError> {
+        let users = users.to_vec();
+        self.run(move |s| s.create_users(&users)).await
     }
     async fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         let id = id.to_owned();

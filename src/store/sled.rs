@@ -505,6 +505,46 @@ impl SyncStore for SledStore {
         self.flush()
     }
 
+    fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError> {
+        let rows = users
+            .iter()
+            .map(|user| {
+                Ok((
+                    user.id.as_str(),
+                    fold(&user.email),
+                    user.username.as_deref().map(fold),
+                    encode(user)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        finish(
+            (&self.users, &self.users_by_email, &self.users_by_username).transaction(
+                |(users, by_email, by_username)| {
+                    // Checked against what this transaction wrote too, so two users of the
+                    // batch that share a key are a conflict like a taken one.
+                    for (id, email, username, value) in &rows {
+                        if users.get(*id)?.is_some() {
+                            return Err(abort(StoreError::Conflict(UniqueKey::Id)));
+                        }
+                        if by_email.get(email.as_bytes())?.is_some() {
+                            return Err(abort(StoreError::Conflict(UniqueKey::Email)));
+                        }
+                        if let Some(username) = username {
+                            if by_username.get(username.as_bytes())?.is_some() {
+                                return Err(abort(StoreError::Conflict(UniqueKey::Username)));
+                            }
+                            by_username.insert(username.as_bytes(), *id)?;
+                        }
+                        by_email.insert(email.as_bytes(), *id)?;
+                        users.insert(*id, value.as_slice())?;
+                    }
+                    Ok(())
+                },
+            ),
+        )?;
+        self.flush()
+    }
+
     fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         match self.users.get(id).map_err(sled_error)? {
             Some(bytes) => decode(&bytes, "user").map(Some),

@@ -113,6 +113,7 @@ contract!(
     uniqueness_is_case_folded,
     lookups_fold_and_dispatch_on_at_sign,
     conflicting_create_writes_nothing,
+    create_users_is_all_or_nothing,
     update_applies_conditions_and_reindexes,
     set_password_voids_reset_links,
     delete_cascades,
@@ -355,6 +356,58 @@ async fn conflicting_create_writes_nothing(b: &Backend) {
     assert_eq!(
         store.find_user_by_email("d@example.com").await.unwrap(),
         None
+    );
+}
+
+/// An import's batch: every user or none, whether a key is taken already or shared inside
+/// the batch.
+async fn create_users_is_all_or_nothing(b: &Backend) {
+    let store = &*b.store;
+    store
+        .create_user(&user("taken@example.com", Some("taken")))
+        .await
+        .unwrap();
+    let fresh = || {
+        vec![
+            user("one@example.com", Some("one")),
+            user("two@example.com", None),
+            user("three@example.com", Some("three")),
+        ]
+    };
+    let cases: [(&str, Box<dyn Fn(&mut Vec<UserRecord>)>, UniqueKey); 4] = [
+        ("taken email", Box::new(|b| b[2].email = "Taken@Example.com".into()), UniqueKey::Email),
+        ("taken username", Box::new(|b| b[1].username = Some("TAKEN".into())), UniqueKey::Username),
+        ("email twice in the batch", Box::new(|b| b[2].email = "ONE@example.com".into()), UniqueKey::Email),
+        ("username twice in the batch", Box::new(|b| b[2].username = Some("One".into())), UniqueKey::Username),
+    ];
+    for (what, spoil, key) in cases {
+        let mut batch = fresh();
+        spoil(&mut batch);
+        assert_eq!(
+            store.create_users(&batch).await,
+            Err(StoreError::Conflict(key)),
+            "{what}"
+        );
+        assert_eq!(store.stats().await.unwrap().users, 1, "{what}: nothing written");
+        for u in &batch {
+            assert_eq!(store.get_user(&u.id).await.unwrap(), None, "{what}");
+        }
+        assert_eq!(store.find_user_by_login("one").await.unwrap(), None, "{what}");
+    }
+    let batch = fresh();
+    store.create_users(&batch).await.unwrap();
+    store.create_users(&[]).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().users, 4);
+    for u in &batch {
+        assert_eq!(store.get_user(&u.id).await.unwrap().as_ref(), Some(u));
+        assert_eq!(
+            store.find_user_by_email(&u.email).await.unwrap().map(|f| f.id),
+            Some(u.id.clone())
+        );
+    }
+    assert_eq!(
+        store.find_user_by_login("three").await.unwrap().map(|f| f.id),
+        Some(batch[2].id.clone())
     );
 }
 

@@ -499,6 +499,45 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let insert = tx
+            .prepare(concat!(
+                "INSERT INTO users (",
+                user_columns!(),
+                ", email_folded, username_folded) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ))
+            .await
+            .map_err(pg_error)?;
+        for user in users {
+            tx.execute(
+                &insert,
+                &[
+                    &user.id,
+                    &user.email,
+                    &user.username,
+                    &user.name,
+                    &user.password_hash,
+                    &user.roles,
+                    &user.email_verified,
+                    &user.locked,
+                    &int(user.created_at),
+                    &int(user.updated_at),
+                    &int(user.password_changed_at),
+                    &fold(&user.email),
+                    &user.username.as_deref().map(fold),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        // Dropping the transaction on an error above rolls it back: nothing is half-written.
+        tx.commit().await.map_err(pg_error)?;
+        Ok(())
+    }
+
     async fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         let client = self.client().await?;
         query_opt(
