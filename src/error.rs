@@ -395,9 +395,9 @@ impl Error {
         if let Error::ImportRejected(problems) = self {
             let lines: Vec<serde_json::Value> = problems
                 .iter()
-                .map(|p| {
-                    serde_json::json!({"line": p.line, "field": p.field, "message": p.message})
-                })
+                .map(
+                    |p| serde_json::json!({"line": p.line, "field": p.field, "message": p.message}),
+                )
                 .collect();
             error.insert("lines".into(), lines.into());
         }

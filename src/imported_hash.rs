@@ -108,7 +108,10 @@ pub fn kind(hash: &str) -> Result<Kind, String> {
         return Err("is not a PHC string ($scheme$…) or a bcrypt hash ($2b$…)".into());
     }
     let id = hash[1..].split('$').next().unwrap_or_default();
-    if !matches!(id, "argon2id" | "argon2i" | "argon2d" | "scrypt" | "pbkdf2-sha256") {
+    if !matches!(
+        id,
+        "argon2id" | "argon2i" | "argon2d" | "scrypt" | "pbkdf2-sha256"
+    ) {
         let id: String = id.chars().take(32).collect();
         return Err(format!(
             "uses the scheme {id:?}; accepted are argon2id, argon2i, argon2d, scrypt, \
@@ -126,7 +129,9 @@ pub fn kind(hash: &str) -> Result<Kind, String> {
         .map(<[u8]>::len)
         .map_err(|_| "has a salt that is not valid base64 (or longer than 64 bytes)")?;
     if salt_len < MIN_SALT {
-        return Err(format!("has a salt of {salt_len} bytes; at least {MIN_SALT} are required"));
+        return Err(format!(
+            "has a salt of {salt_len} bytes; at least {MIN_SALT} are required"
+        ));
     }
     if !OUTPUT_LEN.contains(&output.len()) {
         return Err(format!(
@@ -144,8 +149,8 @@ pub fn kind(hash: &str) -> Result<Kind, String> {
 }
 
 fn argon2_kind(parsed: &PasswordHash<'_>, capped: bool) -> Result<Kind, String> {
-    let params =
-        argon2::Params::try_from(parsed).map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
+    let params = argon2::Params::try_from(parsed)
+        .map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
     let version = match parsed.version {
         None | Some(0x13) => 0x13,
         Some(0x10) => 0x10,
@@ -155,7 +160,7 @@ fn argon2_kind(parsed: &PasswordHash<'_>, capped: bool) -> Result<Kind, String> 
     if capped
         && (m > ARGON2_MAX_MEMORY_KIB
             || t > ARGON2_MAX_PASSES
-        || p > ARGON2_MAX_LANES
+            || p > ARGON2_MAX_LANES
             || u64::from(m) * u64::from(t) > ARGON2_MAX_WORK_KIB)
     {
         return Err(format!(
@@ -166,13 +171,16 @@ fn argon2_kind(parsed: &PasswordHash<'_>, capped: bool) -> Result<Kind, String> 
     let len = parsed.hash.map_or(0, |h| h.len());
     Ok(Kind {
         scheme: Scheme::Argon2,
-        params: format!("{} v={version} m={m},t={t},p={p} len={len}", parsed.algorithm),
+        params: format!(
+            "{} v={version} m={m},t={t},p={p} len={len}",
+            parsed.algorithm
+        ),
     })
 }
 
 fn scrypt_kind(parsed: &PasswordHash<'_>) -> Result<Kind, String> {
-    let params =
-        scrypt::Params::try_from(parsed).map_err(|e| format!("has invalid scrypt parameters ({e})"))?;
+    let params = scrypt::Params::try_from(parsed)
+        .map_err(|e| format!("has invalid scrypt parameters ({e})"))?;
     let (ln, r, p) = (params.log_n(), params.r(), params.p());
     let n = 1u64 << ln;
     let memory = 128 * u64::from(r) * n;
@@ -220,7 +228,8 @@ fn bcrypt_kind(hash: &str) -> Result<Kind, String> {
         .find_map(|prefix| hash.strip_prefix(prefix))
     else {
         return Err(if hash.starts_with("$2x$") {
-            "is a $2x$ bcrypt hash (the broken crypt_blowfish of 2011), which is not accepted".into()
+            "is a $2x$ bcrypt hash (the broken crypt_blowfish of 2011), which is not accepted"
+                .into()
         } else {
             FORM.into()
         });
@@ -382,7 +391,10 @@ mod tests {
             kind(&scrypt).unwrap().to_string(),
             "scrypt ln=4,r=8,p=1 len=32"
         );
-        assert_eq!(kind(&pbkdf2).unwrap().to_string(), "pbkdf2-sha256 i=1000 len=32");
+        assert_eq!(
+            kind(&pbkdf2).unwrap().to_string(),
+            "pbkdf2-sha256 i=1000 len=32"
+        );
     }
 
     #[test]
@@ -410,8 +422,14 @@ mod tests {
         refused("", "not a PHC string");
         refused("plain text", "not a PHC string");
         refused("$md5$abc$def", "scheme \"md5\"");
-        refused("$pbkdf2-sha512$i=1000,l=64$c2FsdHNhbHQ$aGFzaA", "pbkdf2-sha512");
-        refused("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ", "no hash output");
+        refused(
+            "$pbkdf2-sha512$i=1000,l=64$c2FsdHNhbHQ$aGFzaA",
+            "pbkdf2-sha512",
+        );
+        refused(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+            "no hash output",
+        );
         refused(&format!("$2x${}", &bcrypt[4..]), "$2x$");
         refused(&bcrypt[..59], "not a bcrypt hash");
         refused(&format!("$2b$4${}", &bcrypt[7..]), "not a bcrypt hash");

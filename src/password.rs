@@ -223,8 +223,8 @@ impl Hasher {
             .map_err(|e| format!("no randomness for the dummy hash: {e}"))?;
         let blocks = Arc::new(Blocks::new(settings.max_concurrent));
         let dummy_hash = hash_with(&params, &blocks, &dummy_password).map_err(|e| e.to_string())?;
-        let own_kind = imported_hash::own_kind(&dummy_hash)
-            .ok_or("the dummy argon2id hash does not parse")?;
+        let own_kind =
+            imported_hash::own_kind(&dummy_hash).ok_or("the dummy argon2id hash does not parse")?;
 
         let common = COMMON_PASSWORDS
             .lines()
@@ -450,7 +450,9 @@ impl Learner {
                 Ok(Err(e)) | Err(PasswordError::Internal(e)) => {
                     tracing::error!(kind = %kind, error = %e, "no dummy hash for a stored kind");
                 }
-                Err(e) => tracing::error!(kind = %kind, error = %e, "no dummy hash for a stored kind"),
+                Err(e) => {
+                    tracing::error!(kind = %kind, error = %e, "no dummy hash for a stored kind")
+                }
             }
         }
     }
@@ -637,7 +639,14 @@ fn argon2_phc(
     )
     .map_err(|e| internal("argon2", &e))?;
     blocks
-        .compute(algorithm, version, params.clone(), password, &salt, &mut out)
+        .compute(
+            algorithm,
+            version,
+            params.clone(),
+            password,
+            &salt,
+            &mut out,
+        )
         .map_err(|e| internal("argon2", &e))?;
     let phc = PasswordHash {
         algorithm: algorithm.ident(),

@@ -292,8 +292,12 @@ fn read_import(path: &std::path::Path) -> Result<String, Error> {
     }
     String::from_utf8(bytes).map_err(|e| {
         Error::InvalidRequest(
-            format!("{} is not UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to())
-                .into(),
+            format!(
+                "{} is not UTF-8 (byte {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+            .into(),
         )
     })
 }

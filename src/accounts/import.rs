@@ -16,7 +16,8 @@
 //!   belongs to an account counts as *unchanged* when the account is the one the line
 //!   describes: the same username, name and roles, the same password hash or one gatehouse
 //!   set since the account was created (the upgrade to argon2id at the first login, or a
-//!   password change), and the same verification state or one verified since. Any other
+//!   password change: a later `password_changed_at`, or the configured argon2id where the
+//!   line has another kind), and the same verification state or one verified since. Any other
 //!   difference is a problem on that line, naming the fields (never their values). So
 //!   running the same file twice imports nothing the second time and changes nothing. A
 //!   username held by another account is a problem too.
@@ -211,7 +212,7 @@ pub async fn import(app: &App, actor: Actor<'_>, input: &str) -> Result<Report, 
     for candidate in candidates {
         let user = &candidate.user;
         if let Some(existing) = app.store.find_user_by_email(&user.email).await? {
-            let differs = differences(&existing, user);
+            let differs = differences(&existing, user, own.first());
             if differs.is_empty() {
                 unchanged += 1;
             } else {
@@ -228,7 +229,11 @@ pub async fn import(app: &App, actor: Actor<'_>, input: &str) -> Result<Report, 
             continue;
         }
         if let Some(username) = &user.username
-            && app.store.find_user_by_login(&fold(username)).await?.is_some()
+            && app
+                .store
+                .find_user_by_login(&fold(username))
+                .await?
+                .is_some()
         {
             problems.push(problem(
                 candidate.line,
@@ -304,7 +309,7 @@ fn parse(line: usize, raw: &str, problems: &mut Vec<LineProblem>) -> Option<Line
 
 /// The fields in which an existing account differs from the line describing it (see the
 /// module docs for what still counts as the same).
-fn differences(existing: &UserRecord, line: &UserRecord) -> Vec<&'static str> {
+fn differences(existing: &UserRecord, line: &UserRecord, own: Option<&Kind>) -> Vec<&'static str> {
     let mut fields = Vec::new();
     if existing.username.as_deref().map(fold) != line.username.as_deref().map(fold) {
         fields.push("username");
@@ -319,7 +324,13 @@ fn differences(existing: &UserRecord, line: &UserRecord) -> Vec<&'static str> {
     if existing.email_verified != line.email_verified && !existing.email_verified {
         fields.push("email_verified");
     }
-    let changed_since = existing.password_changed_at > existing.created_at;
+    // Set by gatehouse since: changed after the account was created, or (an upgrade in the
+    // very second of the import) the configured argon2id where the line has another kind.
+    let upgraded = own.is_some_and(|own| {
+        imported_hash::own_kind(&existing.password_hash).as_ref() == Some(own)
+            && imported_hash::kind(&line.password_hash).ok().as_ref() != Some(own)
+    });
+    let changed_since = existing.password_changed_at > existing.created_at || upgraded;
     if existing.password_hash != line.password_hash && !changed_since {
         fields.push("password_hash");
     }

@@ -84,7 +84,8 @@ fn content_type<B>(request: &Request<B>) -> Option<&str> {
 /// `limit` bytes, which must be UTF-8: the user import's.
 pub async fn read_json_lines(request: Request<Incoming>, limit: u64) -> Result<String, Error> {
     let is_lines = content_type(&request).is_some_and(|v| {
-        v.eq_ignore_ascii_case("application/x-ndjson") || v.eq_ignore_ascii_case("application/jsonl")
+        v.eq_ignore_ascii_case("application/x-ndjson")
+            || v.eq_ignore_ascii_case("application/jsonl")
     });
     if !is_lines {
         return Err(Error::InvalidRequest(

@@ -375,10 +375,26 @@ async fn create_users_is_all_or_nothing(b: &Backend) {
         ]
     };
     let cases: [(&str, Box<dyn Fn(&mut Vec<UserRecord>)>, UniqueKey); 4] = [
-        ("taken email", Box::new(|b| b[2].email = "Taken@Example.com".into()), UniqueKey::Email),
-        ("taken username", Box::new(|b| b[1].username = Some("TAKEN".into())), UniqueKey::Username),
-        ("email twice in the batch", Box::new(|b| b[2].email = "ONE@example.com".into()), UniqueKey::Email),
-        ("username twice in the batch", Box::new(|b| b[2].username = Some("One".into())), UniqueKey::Username),
+        (
+            "taken email",
+            Box::new(|b| b[2].email = "Taken@Example.com".into()),
+            UniqueKey::Email,
+        ),
+        (
+            "taken username",
+            Box::new(|b| b[1].username = Some("TAKEN".into())),
+            UniqueKey::Username,
+        ),
+        (
+            "email twice in the batch",
+            Box::new(|b| b[2].email = "ONE@example.com".into()),
+            UniqueKey::Email,
+        ),
+        (
+            "username twice in the batch",
+            Box::new(|b| b[2].username = Some("One".into())),
+            UniqueKey::Username,
+        ),
     ];
     for (what, spoil, key) in cases {
         let mut batch = fresh();
@@ -388,11 +404,19 @@ async fn create_users_is_all_or_nothing(b: &Backend) {
             Err(StoreError::Conflict(key)),
             "{what}"
         );
-        assert_eq!(store.stats().await.unwrap().users, 1, "{what}: nothing written");
+        assert_eq!(
+            store.stats().await.unwrap().users,
+            1,
+            "{what}: nothing written"
+        );
         for u in &batch {
             assert_eq!(store.get_user(&u.id).await.unwrap(), None, "{what}");
         }
-        assert_eq!(store.find_user_by_login("one").await.unwrap(), None, "{what}");
+        assert_eq!(
+            store.find_user_by_login("one").await.unwrap(),
+            None,
+            "{what}"
+        );
     }
     let batch = fresh();
     store.create_users(&batch).await.unwrap();
@@ -401,12 +425,20 @@ async fn create_users_is_all_or_nothing(b: &Backend) {
     for u in &batch {
         assert_eq!(store.get_user(&u.id).await.unwrap().as_ref(), Some(u));
         assert_eq!(
-            store.find_user_by_email(&u.email).await.unwrap().map(|f| f.id),
+            store
+                .find_user_by_email(&u.email)
+                .await
+                .unwrap()
+                .map(|f| f.id),
             Some(u.id.clone())
         );
     }
     assert_eq!(
-        store.find_user_by_login("three").await.unwrap().map(|f| f.id),
+        store
+            .find_user_by_login("three")
+            .await
+            .unwrap()
+            .map(|f| f.id),
         Some(batch[2].id.clone())
     );
 }
