@@ -19,7 +19,8 @@
 //!   store never reads the clock, which keeps expiry logic testable.
 //! - **Secrets never reach the store in clear.** Refresh and one-time tokens are stored as
 //!   SHA-256 hashes ([`crate::token::token_hash`]); a leaked store file does not yield usable tokens. Password
-//!   hashes are argon2id strings produced by `password.rs` and are redacted from `Debug` output.
+//!   hashes are argon2id strings produced by `password.rs` (or, until the user's first login,
+//!   the hash an import brought: `crate::imported_hash`) and are redacted from `Debug` output.
 //! - **Case-folded uniqueness.** Emails and usernames are unique after [`fold`] (trim and
 //!   lowercase), so `Alice@Example.com` and `alice@example.com ` are the same account, while the
 //!   record keeps the spelling the user chose.
@@ -193,7 +194,8 @@ pub struct UserRecord {
     /// [`Store::find_user_by_login`] treats a login containing `@` as an email.
     pub username: Option<String>,
     pub name: Option<String>,
-    /// The argon2id PHC string.
+    /// The argon2id PHC string, or an imported hash (bcrypt, scrypt, pbkdf2-sha256, argon2)
+    /// until the user's first login rehashes it.
     pub password_hash: String,
     pub roles: Vec<String>,
     pub email_verified: bool,
