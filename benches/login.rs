@@ -92,9 +92,8 @@ fn bench_imported(c: &mut Criterion) {
     for (name, stored) in &schemes {
         group.bench_function(format!("right_password/{name}"), |b| {
             b.iter(|| {
-                runtime.block_on(
-                    hasher.verify(black_box(password.to_string()), Some(stored.clone())),
-                )
+                runtime
+                    .block_on(hasher.verify(black_box(password.to_string()), Some(stored.clone())))
             })
         });
     }

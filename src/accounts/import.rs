@@ -33,7 +33,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Deserialize;
 
 use super::admin::Actor;
-use super::users::{check_email, check_name, check_username, unknown_role};
+use super::users::{Identity, check_identity, unknown_role};
 use crate::app::App;
 use crate::error::{Error, LineProblem};
 use crate::imported_hash::{self, Kind};
@@ -103,21 +103,25 @@ pub async fn import(app: &App, actor: Actor<'_>, input: &str) -> Result<Report, 
         let Some(parsed) = parse(line, raw, &mut problems) else {
             continue;
         };
-        let email = parsed.email.trim().to_string();
-        let username = parsed
-            .username
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty());
-        let name = parsed
-            .name
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty());
+        let (
+            Identity {
+                email,
+                username,
+                name,
+            },
+            checked,
+        ) = check_identity(&parsed.email, parsed.username, parsed.name);
         let roles = parsed
             .roles
             .unwrap_or_else(|| app.config.auth.default_roles.clone());
-        if let Err(reason) = check_email(&email) {
-            problems.push(problem(line, Some("email"), reason.into()));
-        } else if let Some(first) = emails.insert(fold(&email), line) {
+        let bad = |field| checked.iter().any(|(f, _)| *f == field);
+        for (field, reason) in checked.iter().cloned() {
+            problems.push(problem(line, Some(field), reason));
+        }
+        // Repeats within the file, for fields that are valid in themselves.
+        if !bad("email")
+            && let Some(first) = emails.insert(fold(&email), line)
+        {
             emails.insert(fold(&email), first);
             problems.push(problem(
                 line,
@@ -125,22 +129,16 @@ pub async fn import(app: &App, actor: Actor<'_>, input: &str) -> Result<Report, 
                 format!("the same address as line {first}"),
             ));
         }
-        if let Some(u) = &username {
-            if let Err(reason) = check_username(u) {
-                problems.push(problem(line, Some("username"), reason.into()));
-            } else if let Some(first) = usernames.insert(fold(u), line) {
-                usernames.insert(fold(u), first);
-                problems.push(problem(
-                    line,
-                    Some("username"),
-                    format!("the same username as line {first}"),
-                ));
-            }
-        }
-        if let Some(n) = &name
-            && let Err(reason) = check_name(n)
+        if let Some(u) = &username
+            && !bad("username")
+            && let Some(first) = usernames.insert(fold(u), line)
         {
-            problems.push(problem(line, Some("name"), reason));
+            usernames.insert(fold(u), first);
+            problems.push(problem(
+                line,
+                Some("username"),
+                format!("the same username as line {first}"),
+            ));
         }
         if let Some(role) = unknown_role(app, &roles) {
             problems.push(problem(

@@ -30,29 +30,18 @@ pub struct NewUser {
 /// Validates, hashes and stores a new user. The password is hashed before the uniqueness
 /// check so a taken address costs the same time as a free one.
 pub async fn create_user(app: &App, new: NewUser) -> Result<UserRecord, Error> {
-    let email = new.email.trim().to_string();
-    let username = new
-        .username
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty());
-    let name = new
-        .name
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty());
-    let mut fields = Vec::new();
-    if let Err(reason) = check_email(&email) {
-        fields.push(("email".to_string(), reason.to_string()));
-    }
-    if let Some(u) = &username
-        && let Err(reason) = check_username(u)
-    {
-        fields.push(("username".to_string(), reason.to_string()));
-    }
-    if let Some(n) = &name
-        && let Err(reason) = check_name(n)
-    {
-        fields.push(("name".to_string(), reason));
-    }
+    let (
+        Identity {
+            email,
+            username,
+            name,
+        },
+        problems,
+    ) = check_identity(&new.email, new.username, new.name);
+    let mut fields: Vec<(String, String)> = problems
+        .into_iter()
+        .map(|(field, reason)| (field.to_string(), reason))
+        .collect();
     if let Some(bad) = new.roles.iter().find(|r| !valid_role_name(r)) {
         fields.push((
             "roles".to_string(),
@@ -79,6 +68,49 @@ pub async fn create_user(app: &App, new: NewUser) -> Result<UserRecord, Error> {
     };
     app.store.create_user(&user).await?;
     Ok(user)
+}
+
+/// A new user's identifying fields, trimmed; optional ones that are empty are `None`.
+pub struct Identity {
+    pub email: String,
+    pub username: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Trims a new user's email, username and name and checks each (sign-up, admin creation and
+/// import alike): the trimmed fields, and the problems as `(field, reason)`.
+pub fn check_identity(
+    email: &str,
+    username: Option<String>,
+    name: Option<String>,
+) -> (Identity, Vec<(&'static str, String)>) {
+    let email = email.trim().to_string();
+    let username = username
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty());
+    let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+    let mut problems = Vec::new();
+    if let Err(reason) = check_email(&email) {
+        problems.push(("email", reason.to_string()));
+    }
+    if let Some(u) = &username
+        && let Err(reason) = check_username(u)
+    {
+        problems.push(("username", reason.to_string()));
+    }
+    if let Some(n) = &name
+        && let Err(reason) = check_name(n)
+    {
+        problems.push(("name", reason));
+    }
+    (
+        Identity {
+            email,
+            username,
+            name,
+        },
+        problems,
+    )
 }
 
 /// Applies the password policy (the account's email and username count as too guessable)

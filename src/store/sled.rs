@@ -477,32 +477,7 @@ impl SledStore {
 
 impl SyncStore for SledStore {
     fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let id = user.id.as_str();
-        let email = fold(&user.email);
-        let username = user.username.as_deref().map(fold);
-        let value = encode(user)?;
-        finish(
-            (&self.users, &self.users_by_email, &self.users_by_username).transaction(
-                |(users, by_email, by_username)| {
-                    if users.get(id)?.is_some() {
-                        return Err(abort(StoreError::Conflict(UniqueKey::Id)));
-                    }
-                    if by_email.get(email.as_bytes())?.is_some() {
-                        return Err(abort(StoreError::Conflict(UniqueKey::Email)));
-                    }
-                    if let Some(username) = &username {
-                        if by_username.get(username.as_bytes())?.is_some() {
-                            return Err(abort(StoreError::Conflict(UniqueKey::Username)));
-                        }
-                        by_username.insert(username.as_bytes(), id)?;
-                    }
-                    by_email.insert(email.as_bytes(), id)?;
-                    users.insert(id, value.as_slice())?;
-                    Ok(())
-                },
-            ),
-        )?;
-        self.flush()
+        self.create_users(std::slice::from_ref(user))
     }
 
     fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError> {

@@ -25,6 +25,16 @@ fn crate_lines() -> Vec<(serde_json::Value, String, &'static str)> {
     let salt = SaltString::encode_b64(b"import-test-salt").unwrap();
     let hash = |password: &str, scheme: &str| -> String {
         let p = password.as_bytes();
+        let argon2_hash = |algorithm, m, t, lanes| {
+            argon2::Argon2::new(
+                algorithm,
+                argon2::Version::V0x13,
+                argon2::Params::new(m, t, lanes, None).unwrap(),
+            )
+            .hash_password(p, &salt)
+            .unwrap()
+            .to_string()
+        };
         match scheme {
             "bcrypt" => bcrypt::hash(p, 4).unwrap(),
             "bcrypt-2y" => format!("$2y${}", &bcrypt::hash(p, 5).unwrap()[4..]),
@@ -51,22 +61,8 @@ fn crate_lines() -> Vec<(serde_json::Value, String, &'static str)> {
                 )
                 .unwrap()
                 .to_string(),
-            "argon2id" => argon2::Argon2::new(
-                argon2::Algorithm::Argon2id,
-                argon2::Version::V0x13,
-                argon2::Params::new(512, 2, 2, None).unwrap(),
-            )
-            .hash_password(p, &salt)
-            .unwrap()
-            .to_string(),
-            "argon2i" => argon2::Argon2::new(
-                argon2::Algorithm::Argon2i,
-                argon2::Version::V0x13,
-                argon2::Params::new(256, 3, 1, None).unwrap(),
-            )
-            .hash_password(p, &salt)
-            .unwrap()
-            .to_string(),
+            "argon2id" => argon2_hash(argon2::Algorithm::Argon2id, 512, 2, 2),
+            "argon2i" => argon2_hash(argon2::Algorithm::Argon2i, 256, 3, 1),
             other => panic!("{other}"),
         }
     };
@@ -161,15 +157,22 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// `POST /auth/admin/users/import` as an admin, with JSON lines.
 async fn import(gh: &Gatehouse, body: &str) -> crate::harness::Reply {
-    let admin = bearer(&gh.token("root", &["admin"]));
+    post_import(gh, &["admin"], "application/x-ndjson", body).await
+}
+
+async fn post_import(
+    gh: &Gatehouse,
+    roles: &[&str],
+    content_type: &str,
+    body: &str,
+) -> crate::harness::Reply {
+    let token = bearer(&gh.token("root", roles));
     gh.send(
         Method::POST,
         "/auth/admin/users/import",
-        &[
-            ("authorization", admin.as_str()),
-            ("content-type", "application/x-ndjson"),
-        ],
+        &[("authorization", &token), ("content-type", content_type)],
         Bytes::from(body.to_string()),
     )
     .await
@@ -205,30 +208,13 @@ async fn admin_import_story(gh: &Gatehouse) {
     let before = all_records(&*gh.app.store).await;
 
     // Refusals before anything is read.
-    let reader = bearer(&gh.token("someone", &["reader"]));
-    gh.send(
-        Method::POST,
-        "/auth/admin/users/import",
-        &[
-            ("authorization", &reader),
-            ("content-type", "application/x-ndjson"),
-        ],
-        Bytes::from(text.clone()),
-    )
-    .await
-    .expect_error(403, "FORBIDDEN");
+    post_import(gh, &["reader"], "application/x-ndjson", &text)
+        .await
+        .expect_error(403, "FORBIDDEN");
+    post_import(gh, &["admin"], "application/json", &text)
+        .await
+        .expect_error(400, "INVALID_REQUEST");
     let admin = bearer(&gh.token("root", &["admin"]));
-    gh.send(
-        Method::POST,
-        "/auth/admin/users/import",
-        &[
-            ("authorization", &admin),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from(text.clone()),
-    )
-    .await
-    .expect_error(400, "INVALID_REQUEST");
     gh.send(
         Method::GET,
         "/auth/admin/users/import",

@@ -470,40 +470,14 @@ async fn update_locked(
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        execute(
-            &client,
-            concat!(
-                "INSERT INTO users (",
-                user_columns!(),
-                ", email_folded, username_folded) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-            ),
-            &[
-                &user.id,
-                &user.email,
-                &user.username,
-                &user.name,
-                &user.password_hash,
-                &user.roles,
-                &user.email_verified,
-                &user.locked,
-                &int(user.created_at),
-                &int(user.updated_at),
-                &int(user.password_changed_at),
-                &fold(&user.email),
-                &user.username.as_deref().map(fold),
-            ],
-        )
-        .await?;
-        Ok(())
+        self.create_users(std::slice::from_ref(user)).await
     }
 
     async fn create_users(&self, users: &[UserRecord]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let insert = tx
-            .prepare(concat!(
+            .prepare_cached(concat!(
                 "INSERT INTO users (",
                 user_columns!(),
                 ", email_folded, username_folded) \
