@@ -178,6 +178,9 @@ impl fmt::Display for WeakPassword {
 
 impl std::error::Error for WeakPassword {}
 
+/// The dummy hash of each kind of stored hash that every failed verification computes.
+type FailureWork = Arc<std::sync::RwLock<Vec<(Kind, Arc<str>)>>>;
+
 /// Hashes and verifies passwords, and applies the policy. Share it behind an `Arc`.
 pub struct Hasher {
     params: Params,
@@ -187,7 +190,7 @@ pub struct Hasher {
     permits: Arc<Semaphore>,
     /// The work of a failed verification: a dummy hash (of a random password) for each kind
     /// of stored hash known, the configured argon2id's first. See the module docs.
-    failure_work: Arc<std::sync::RwLock<Vec<(Kind, Arc<str>)>>>,
+    failure_work: FailureWork,
     common: HashSet<&'static str>,
 }
 
@@ -412,7 +415,7 @@ struct Learner {
     params: Params,
     blocks: Arc<Blocks>,
     permits: Arc<Semaphore>,
-    work: Arc<std::sync::RwLock<Vec<(Kind, Arc<str>)>>>,
+    work: FailureWork,
 }
 
 impl Learner {

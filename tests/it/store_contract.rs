@@ -374,25 +374,27 @@ async fn create_users_is_all_or_nothing(b: &Backend) {
             user("three@example.com", Some("three")),
         ]
     };
-    let cases: [(&str, Box<dyn Fn(&mut Vec<UserRecord>)>, UniqueKey); 4] = [
+    // (what, how a fresh batch is spoilt, the key it collides on)
+    type Spoil = fn(&mut [UserRecord]);
+    let cases: [(&str, Spoil, UniqueKey); 4] = [
         (
             "taken email",
-            Box::new(|b| b[2].email = "Taken@Example.com".into()),
+            |b| b[2].email = "Taken@Example.com".into(),
             UniqueKey::Email,
         ),
         (
             "taken username",
-            Box::new(|b| b[1].username = Some("TAKEN".into())),
+            |b| b[1].username = Some("TAKEN".into()),
             UniqueKey::Username,
         ),
         (
             "email twice in the batch",
-            Box::new(|b| b[2].email = "ONE@example.com".into()),
+            |b| b[2].email = "ONE@example.com".into(),
             UniqueKey::Email,
         ),
         (
             "username twice in the batch",
-            Box::new(|b| b[2].username = Some("One".into())),
+            |b| b[2].username = Some("One".into()),
             UniqueKey::Username,
         ),
     ];
