@@ -167,7 +167,8 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     drop(admin);
     app.begin_shutdown();
     tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(app.config.server.shutdown_timeout, graceful.shutdown()).await {
+    let deadline = tokio::time::Instant::now() + app.config.server.shutdown_timeout;
+    match tokio::time::timeout_at(deadline, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
@@ -177,6 +178,17 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
         }
     }
     while connections.join_next().await.is_some() {}
+    // Upgraded connections (auth channels, proxied WebSockets) live in tasks of their own,
+    // each holding a slot, and close themselves on the drain signal (a channel with a 1001
+    // close frame). Waiting until every slot is back, within the same deadline, lets those
+    // close frames out before `run` returns and the process exits.
+    let all = u32::try_from(app.config.server.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout_at(deadline, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed with upgraded connections still open");
+    }
 }
 
 /// An open connection, counted in `gatehouse_connections_open` and holding one slot of

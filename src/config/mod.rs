@@ -100,6 +100,7 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("verify_email", "/verify-email"),
     ("verify_email_resend", "/verify-email/resend"),
     ("admin", "/admin"),
+    ("ws", "/ws"),
 ];
 
 /// Registration policy.
@@ -213,6 +214,25 @@ pub struct AuthConfig {
     pub lockout: LockoutConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
+    /// `[auth.ws]`: the WebSocket auth channel.
+    pub ws: WsConfig,
+}
+
+/// `[auth.ws]`: the WebSocket auth channel at `{prefix}/ws`.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Off: `{prefix}/ws` answers 404 like any unknown path.
+    pub enabled: bool,
+    /// Auth-channel connections open at once; each also holds a `server.max_connections`
+    /// slot.
+    pub max_connections: usize,
+    /// The largest message (all its fragments together); a larger one closes with 1009.
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing (not even a ping) for this long is closed with 1000.
+    pub idle_timeout: Duration,
+    /// Messages one connection may send: a burst of `count`, refilled over `per`; `None` is
+    /// no limit.
+    pub message_rate: Option<crate::ratelimit::Rate>,
 }
 
 impl AuthConfig {
