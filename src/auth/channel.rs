@@ -35,6 +35,8 @@
 //! - Nothing received (not even a ping) for `auth.ws.idle_timeout`: closed with 1000. An
 //!   answer the client does not read within that time ends the connection too.
 //! - The server's drain closes every channel with 1001, after the action in flight.
+//! - A browser's upgrade (it carries `Origin`) is refused with 403 unless the origin is
+//!   `server.public_url`'s or in `auth.ws.allowed_origins` (see [`origin_allowed`]).
 //! - Each channel holds an `auth.ws.max_connections` slot and a `server.max_connections`
 //!   slot (it outlives the HTTP connection it was upgraded from, as a proxied WebSocket
 //!   does); with either exhausted the upgrade is answered 503.
@@ -133,6 +135,11 @@ pub fn upgrade(
                 .into(),
         ));
     };
+    if !origin_allowed(app, request.headers()) {
+        return Err(Error::ForbiddenBecause(
+            "this origin may not open the auth channel (auth.ws.allowed_origins)",
+        ));
+    }
     // A bearer token on the upgrade must be good, as anywhere else; a good one is the
     // channel's until a login or refresh replaces it.
     let claims = guard::authenticate(app, request.headers())?;
@@ -205,6 +212,36 @@ pub fn upgrade(
             .insert(crate::response::ServedUser(claims.sub.clone()));
     }
     Ok(response)
+}
+
+/// Whether the upgrade may proceed as far as its `Origin` goes. A browser sends `Origin` on
+/// every WebSocket upgrade, and a WebSocket is not subject to CORS: without this check any
+/// web page could have its visitors' browsers try logins and trigger reset mails from their
+/// addresses, which the JSON endpoints' CORS preflight prevents. So a browser's origin must
+/// be `server.public_url`'s or listed in `auth.ws.allowed_origins` (`*` for any); a client
+/// that sends no `Origin` (not a browser) is let through.
+fn origin_allowed(app: &App, headers: &http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(origin) = origin
+        .to_str()
+        .ok()
+        .and_then(crate::config::web_origin)
+    else {
+        return false;
+    };
+    let public = url::Url::parse(&app.config.server.public_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization());
+    public.as_deref() == Some(origin.as_str())
+        || app
+            .config
+            .auth
+            .ws
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == "*" || *allowed == origin)
 }
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;

@@ -103,6 +103,15 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("ws", "/ws"),
 ];
 
+/// The origin of an http(s) URL as a browser's `Origin` header spells it (lower case, no
+/// default port, no path); `None` for anything else.
+pub fn web_origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let bare = parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none();
+    (matches!(parsed.scheme(), "http" | "https") && bare && parsed.host().is_some())
+        .then(|| parsed.origin().ascii_serialization())
+}
+
 /// Registration policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -233,6 +242,10 @@ pub struct WsConfig {
     /// Messages one connection may send: a burst of `count`, refilled over `per`; `None` is
     /// no limit.
     pub message_rate: Option<crate::ratelimit::Rate>,
+    /// Browser origins (`https://app.example.com`, serialised as browsers send them) that may
+    /// open the channel besides `server.public_url`'s; `*` is any. An upgrade without
+    /// `Origin` (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AuthConfig {

@@ -690,8 +690,26 @@ fn ws(s: &mut Section<'_>) -> WsConfig {
             .duration("idle_timeout", DEFAULT_WS_IDLE_TIMEOUT)
             .within(ms(100), hours(1)),
         message_rate: s.rate("message_rate", DEFAULT_WS_MESSAGE_RATE).get(),
+        allowed_origins: s.list("allowed_origins", &[]).then(
+            |origins| {
+                origins
+                    .iter()
+                    .map(|o| {
+                        if o == "*" {
+                            return Ok(o.clone());
+                        }
+                        super::web_origin(o).ok_or_else(|| {
+                            format!("{o:?} is not an origin like \"https://app.example.com\" or \"*\"")
+                        })
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+        .get(),
     }
 }
+
 
 /// `[auth.paths]`: `login = "/signin"` serves login at `{prefix}/signin` (and no longer at
 /// `{prefix}/login`).

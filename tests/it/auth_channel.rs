@@ -28,13 +28,20 @@ struct Client {
 
 /// Opens `/auth/ws`, with a bearer token on the upgrade when given.
 async fn try_connect(gh: &Gatehouse, token: Option<&str>) -> Result<Client, WsError> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    try_connect_with(gh, &headers).await
+}
+
+/// Opens `/auth/ws` with extra headers on the upgrade request.
+async fn try_connect_with(gh: &Gatehouse, headers: &[(&str, &str)]) -> Result<Client, WsError> {
     let mut request = format!("ws://{}/auth/ws", gh.addr)
         .into_client_request()
         .unwrap();
-    if let Some(t) = token {
+    for (name, value) in headers {
         request
             .headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            .insert(*name, value.parse().unwrap());
     }
     let stream = TcpStream::connect(gh.addr).await.unwrap();
     let (ws, response) = tokio_tungstenite::client_async(request, stream).await?;
@@ -335,6 +342,8 @@ async fn malformed_messages_are_answered_and_the_connection_stays_open() {
         .await;
     success(&unknown);
     assert!(unknown.get("token").is_none(), "{unknown}");
+    // Gone before the drain, which would otherwise wait for its close reply.
+    drop(ws);
     gh.stop().await;
 }
 
@@ -468,6 +477,7 @@ async fn idle_connections_are_closed() {
         }
     }
     assert!(again.is_some(), "the slot never came back");
+    drop(again);
     gh.stop().await;
 }
 
@@ -485,6 +495,7 @@ async fn the_channel_count_is_capped() {
     // The open ones still serve.
     let answer = first.send_text("{}").await;
     assert_eq!(error_code(&answer["payload"]), "INVALID_REQUEST");
+    drop((first, _second));
     gh.stop().await;
 }
 
@@ -541,6 +552,7 @@ async fn lockout_and_rate_limits_are_shared_with_http() {
     gh.login("other@example.com", PASSWORD)
         .await
         .expect_error(423, "ACCOUNT_LOCKED");
+    drop(ws);
     gh.stop().await;
 
     let gh = Gatehouse::start("", &[("GATEHOUSE_RATE_LIMITS_LOGIN", "2/1h")]).await;
@@ -564,6 +576,7 @@ async fn lockout_and_rate_limits_are_shared_with_http() {
     gh.login("limited@example.com", PASSWORD)
         .await
         .expect_error(429, "RATE_LIMITED");
+    drop(ws);
     gh.stop().await;
 }
 
@@ -590,9 +603,37 @@ async fn the_upgrade_checks_its_bearer_and_its_handshake() {
     gh.json(Method::POST, "/auth/ws", None, json!({}))
         .await
         .expect(405);
+    drop(ws);
     gh.stop().await;
 
     let gh = Gatehouse::start("[auth.ws]\nenabled = false\n", &[]).await;
     gh.get("/auth/ws").await.expect_error(404, "NOT_FOUND");
+    gh.stop().await;
+}
+
+/// Browsers send `Origin` and WebSockets skip CORS: an origin must be the public URL's or
+/// listed; clients without `Origin` are let through.
+#[tokio::test]
+async fn browser_origins_must_be_allowed() {
+    let gh = Gatehouse::start(
+        "[auth.ws]\nallowed_origins = [\"https://App.Example.com:443\"]\n",
+        &[("GATEHOUSE_SERVER_PUBLIC_URL", "https://id.example.com/base")],
+    )
+    .await;
+    for origin in ["https://evil.example", "null", "http://app.example.com", "garbage"] {
+        match try_connect_with(&gh, &[("origin", origin)]).await {
+            Err(WsError::Http(response)) => assert_eq!(response.status(), 403, "{origin}"),
+            Err(e) => panic!("{origin}: {e}"),
+            Ok(_) => panic!("{origin} was let in"),
+        }
+    }
+    for origin in ["https://app.example.com", "https://id.example.com"] {
+        let mut ws = try_connect_with(&gh, &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        let answer = ws.send_text("{}").await;
+        assert_eq!(error_code(&answer["payload"]), "INVALID_REQUEST");
+    }
+    drop(connect(&gh).await);
     gh.stop().await;
 }
