@@ -39,9 +39,8 @@ async fn try_connect_with(gh: &Gatehouse, headers: &[(&str, &str)]) -> Result<Cl
         .into_client_request()
         .unwrap();
     for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, value.parse().unwrap());
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request.headers_mut().insert(name, value.parse().unwrap());
     }
     let stream = TcpStream::connect(gh.addr).await.unwrap();
     let (ws, response) = tokio_tungstenite::client_async(request, stream).await?;
