@@ -7,6 +7,8 @@
 //! in-flight requests get up to `server.shutdown_timeout` to finish; connections still open
 //! at that deadline are closed (their requests cancelled) before `run` returns, so an
 //! embedding process is not left with connections serving after `run` said it was done.
+//! Upgraded connections (WebSocket splices, auth channels) close themselves on the drain
+//! signal; `run` waits, within the same deadline, until their connection slots are back.
 //!
 //! With `server.tls` the main listener speaks TLS only (the admin listener stays plain, for
 //! in-cluster probes and scrapes). The handshake runs in the connection's own task, bounded

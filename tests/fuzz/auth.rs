@@ -39,16 +39,25 @@ use tokio::sync::oneshot;
 use crate::engine::{Outcome, Rng, Target, feature};
 
 pub struct AuthTarget {
-    runtime: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// Stops the server when the target is dropped.
+    server: Server,
+}
+
+/// A gatehouse running in-process for the targets that drive a whole server (`auth`, `ws`):
+/// the demo echo upstream, a sled store in a temp dir, cheap argon2, auth rate limits off,
+/// debug tokens on.
+pub struct Server {
+    pub runtime: tokio::runtime::Runtime,
+    pub addr: SocketAddr,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// Stops the server when dropped.
     _shutdown: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
 
-impl AuthTarget {
-    pub fn new() -> AuthTarget {
+impl Server {
+    /// Starts one, with `extra` TOML (whole tables) appended to the config, and waits until
+    /// `/readyz` answers 200.
+    pub fn start(extra: &str) -> Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -84,6 +93,7 @@ refresh = "0"
 forgot_password = "0"
 [log]
 level = "error"
+{extra}
 "#,
                 store = store.display()
             );
@@ -123,12 +133,20 @@ level = "error"
             }
             (addr, tx, client)
         });
-        AuthTarget {
+        Server {
             runtime,
             addr,
             client,
             _shutdown: shutdown,
             _dir: dir,
+        }
+    }
+}
+
+impl AuthTarget {
+    pub fn new() -> AuthTarget {
+        AuthTarget {
+            server: Server::start(""),
         }
     }
 }
@@ -178,7 +196,8 @@ const FIELDS: &[&str] = &[
     "current_password",
     "all_sessions",
 ];
-const STRINGS: &[&str] = &[
+/// Odd and ordinary field values, shared with the `ws` target.
+pub const STRINGS: &[&str] = &[
     "a@example.com",
     "A@EXAMPLE.COM",
     "correct horse battery",
@@ -331,7 +350,7 @@ impl Target for AuthTarget {
         }
         let mut builder = Request::builder()
             .method(method.clone())
-            .uri(format!("http://{}{path}", self.addr));
+            .uri(format!("http://{}{path}", self.server.addr));
         let mut form_post = false;
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -365,8 +384,8 @@ impl Target for AuthTarget {
         let Ok(request) = builder.body(Full::new(Bytes::copy_from_slice(body))) else {
             return Outcome::Pass(feature(&["unbuildable"]));
         };
-        let client = self.client.clone();
-        let answer = self.runtime.block_on(async move {
+        let client = self.server.client.clone();
+        let answer = self.server.runtime.block_on(async move {
             let response = client
                 .request(request)
                 .await
