@@ -316,14 +316,15 @@ impl Error {
             Error::Token(refusal) => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(*refusal));
             }
-            Error::RateLimited { quota, .. } => {
-                if let Some((limit, reset)) = quota {
-                    // draft-ietf-httpapi-ratelimit-headers: the quota, what is left (nothing,
-                    // we are refusing) and when it is whole again.
-                    headers.insert("ratelimit-limit", HeaderValue::from(*limit));
-                    headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
-                    headers.insert("ratelimit-reset", HeaderValue::from(*reset));
-                }
+            Error::RateLimited {
+                quota: Some((limit, reset)),
+                ..
+            } => {
+                // draft-ietf-httpapi-ratelimit-headers: the quota, what is left (nothing, we
+                // are refusing) and when it is whole again.
+                headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
+                headers.insert("ratelimit-reset", HeaderValue::from(*reset));
             }
             Error::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));

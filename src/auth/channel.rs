@@ -70,10 +70,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::{recovery, session, wire};
 use crate::accounts::Caller;
 use crate::app::{App, RequestId};
-use crate::error::{Error, Limited, Source, TokenRefusal};
+use crate::error::{Error, Source, TokenRefusal};
 use crate::guard;
 use crate::metrics::{Outcome, Route};
-use crate::ratelimit::{self, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use crate::response::Answer;
 use crate::token::bearer;
 use crate::websocket;
@@ -224,11 +224,7 @@ fn origin_allowed(app: &App, headers: &http::HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let Some(origin) = origin
-        .to_str()
-        .ok()
-        .and_then(crate::config::web_origin)
-    else {
+    let Some(origin) = origin.to_str().ok().and_then(crate::config::web_origin) else {
         return false;
     };
     let public = url::Url::parse(&app.config.server.public_url)
@@ -283,7 +279,9 @@ impl Channel {
                 next = tokio::time::timeout(idle, socket.next()) => next,
             };
             let message = match next {
-                Err(_) => return close(&mut socket, CloseCode::Normal, "idle timeout", "idle").await,
+                Err(_) => {
+                    return close(&mut socket, CloseCode::Normal, "idle timeout", "idle").await;
+                }
                 Ok(None) => return "gone",
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => return fail(&mut socket, e).await,
@@ -300,13 +298,8 @@ impl Channel {
                         }
                     }
                     Next::Flood => {
-                        return close(
-                            &mut socket,
-                            CloseCode::Policy,
-                            "too many messages",
-                            "flood",
-                        )
-                        .await;
+                        return close(&mut socket, CloseCode::Policy, "too many messages", "flood")
+                            .await;
                     }
                 },
                 Message::Binary(_) => {
@@ -387,25 +380,12 @@ impl Channel {
         Next::Answer(answer)
     }
 
-    /// Charges one message to this connection's `auth.ws.message_rate`.
+    /// Charges one message to this connection's `auth.ws.message_rate`: a limiter of its
+    /// own, so the key (the client address) only names the one slot it has.
     fn charge(&self) -> Result<(), Error> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        match limiter.check(0, Instant::now()) {
-            ratelimit::Outcome::Allowed { .. } => Ok(()),
-            ratelimit::Outcome::Limited {
-                limit,
-                retry_after_secs,
-                reset_secs,
-            } => {
-                self.app.metrics.rate_limited("auth_channel");
-                Err(Error::RateLimited {
-                    retry_after_secs,
-                    quota: Some((limit, reset_secs)),
-                    what: Limited::Requests,
-                })
-            }
+        match &self.limiter {
+            Some(limiter) => guard::check_rate(&self.app, limiter, self.caller.ip, "auth_channel"),
+            None => Ok(()),
         }
     }
 
@@ -441,8 +421,7 @@ impl Channel {
                 let claims = guard::verify_access_token(app, token);
                 let result = match claims {
                     Ok(claims) => {
-                        session::logout_answer(app, caller, &claims, async { body(&payload) })
-                            .await
+                        session::logout_answer(app, caller, &claims, async { body(&payload) }).await
                     }
                     Err(e) => Err(e),
                 };
@@ -463,15 +442,19 @@ impl Channel {
                 }
                 Ok(answer)
             }
-            Action::ResetPassword => {
-                recovery::reset_answer(app, caller, body(&payload)?).await
-            }
+            Action::ResetPassword => recovery::reset_answer(app, caller, body(&payload)?).await,
         }
     }
 
     /// Keeps the tokens of a token response for later `logout` and `refresh`.
     fn remember(&mut self, answer: &Answer) {
-        let token = |name: &str| answer.body.get(name).and_then(Value::as_str).map(str::to_owned);
+        let token = |name: &str| {
+            answer
+                .body
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         if let Some(access) = token("access_token") {
             self.access_token = Some(access);
         }
@@ -590,9 +573,7 @@ fn render(id: Value, action: Value, result: Result<Answer, Error>) -> String {
 /// or at once when the client is already gone.
 async fn fail(socket: &mut Socket, error: WsError) -> &'static str {
     match error {
-        WsError::Capacity(_) => {
-            close(socket, CloseCode::Size, "message too big", "too_big").await
-        }
+        WsError::Capacity(_) => close(socket, CloseCode::Size, "message too big", "too_big").await,
         WsError::Utf8(_) => {
             close(socket, CloseCode::Invalid, "text is not UTF-8", "protocol").await
         }
@@ -631,6 +612,7 @@ async fn close(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Limited;
 
     fn check(text: &str, id: Value, action: Value, expect: Result<&str, &str>) {
         let envelope = Envelope::read(text);

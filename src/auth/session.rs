@@ -106,7 +106,9 @@ pub async fn logout(
             Ok(LogoutBody::default())
         }
     };
-    Ok(logout_answer(app, caller, &claims, body).await?.into_response())
+    Ok(logout_answer(app, caller, &claims, body)
+        .await?
+        .into_response())
 }
 
 /// Logout of the session of `claims`, whatever the transport. The session ends first,

@@ -15,8 +15,7 @@ use super::read::{Section, did_you_mean, header_name};
 use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, HeadersConfig, LockoutConfig,
     LogConfig, LogFormat, RateLimitBackend, RateLimitConfig, Registration, ServerConfig,
-    StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl,
-    WsConfig,
+    StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl, WsConfig,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
@@ -709,7 +708,6 @@ fn ws(s: &mut Section<'_>) -> WsConfig {
         .get(),
     }
 }
-
 
 /// `[auth.paths]`: `login = "/signin"` serves login at `{prefix}/signin` (and no longer at
 /// `{prefix}/login`).

@@ -40,7 +40,13 @@ use crate::engine::{Outcome, Rng, Target, feature};
 
 pub struct AuthTarget {
     server: Server,
+    dictionary: Vec<&'static [u8]>,
 }
+
+/// JSON's delimiters and escapes that trip parsers, for the targets that send JSON.
+pub const JSON_TOKENS: &[&[u8]] = &[
+    b"{", b"}", b"\"", b":", b",", b"[", b"null", b"\\u0000", b"\\ud800",
+];
 
 /// A gatehouse running in-process for the targets that drive a whole server (`auth`, `ws`):
 /// the demo echo upstream, a sled store in a temp dir, cheap argon2, auth rate limits off,
@@ -145,8 +151,18 @@ level = "error"
 
 impl AuthTarget {
     pub fn new() -> AuthTarget {
+        let own: &[&[u8]] = &[
+            b"%FF",
+            b"&",
+            b"=",
+            b"\"email\":",
+            b"\"password\":",
+            b"\"refresh_token\":",
+            b"\"token\":",
+        ];
         AuthTarget {
             server: Server::start(""),
+            dictionary: [JSON_TOKENS, own].concat(),
         }
     }
 }
@@ -304,25 +320,7 @@ impl Target for AuthTarget {
     }
 
     fn dictionary(&self) -> &[&[u8]] {
-        const DICT: &[&[u8]] = &[
-            b"{",
-            b"}",
-            b"\"",
-            b":",
-            b",",
-            b"null",
-            b"\\u0000",
-            b"\\ud800",
-            b"%FF",
-            b"&",
-            b"=",
-            b"\"email\":",
-            b"\"password\":",
-            b"\"refresh_token\":",
-            b"\"token\":",
-            b"[",
-        ];
-        DICT
+        &self.dictionary
     }
 
     fn check(&mut self, input: &[u8]) -> Outcome {

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::auth::{STRINGS, Server};
+use crate::auth::{JSON_TOKENS, STRINGS, Server};
 use crate::engine::{Outcome, Rng, Target, feature};
 
 /// `auth.ws.max_message_bytes` of the server under test.
@@ -44,6 +44,7 @@ const BINARY: &[u8] = b"#binary\n";
 pub struct WsTarget {
     server: Server,
     socket: Option<WebSocketStream<TcpStream>>,
+    dictionary: Vec<&'static [u8]>,
 }
 
 impl WsTarget {
@@ -53,6 +54,18 @@ impl WsTarget {
                 "[auth.ws]\nmax_message_bytes = {MAX_MESSAGE}\nmessage_rate = \"0\"\n"
             )),
             socket: None,
+            dictionary: [
+                JSON_TOKENS,
+                &[
+                    b"\"type\":\"auth\"",
+                    b"\"id\":",
+                    b"\"payload\":{",
+                    b"\"action\":\"login\"",
+                    b"\"action\":\"logout\"",
+                    b"\"password\":",
+                ],
+            ]
+            .concat(),
         }
     }
 }
@@ -83,7 +96,9 @@ fn value(rng: &mut Rng) -> String {
     let quoted = |s: &str| Value::String(s.to_owned()).to_string();
     match rng.below(10) {
         0 => "null".into(),
-        1 => rng.pick(&["0", "-1", "1e400", "true", "[]", "{}"]).to_string(),
+        1 => rng
+            .pick(&["0", "-1", "1e400", "true", "[]", "{}"])
+            .to_string(),
         2 => quoted(&"p".repeat(rng.below(300))),
         _ => quoted(rng.pick(STRINGS)),
     }
@@ -99,7 +114,15 @@ impl Target for WsTarget {
             2 => return b"{\"type\":\"auth\",\"id\":\"\xff\"}".to_vec(),
             3..=5 => {
                 return rng
-                    .pick(&["", "{", "[]", "null", "\"auth\"", "{\"type\":\"auth\"}", "{} {}"])
+                    .pick(&[
+                        "",
+                        "{",
+                        "[]",
+                        "null",
+                        "\"auth\"",
+                        "{\"type\":\"auth\"}",
+                        "{} {}",
+                    ])
                     .as_bytes()
                     .to_vec();
             }
@@ -114,7 +137,10 @@ impl Target for WsTarget {
         }
         let mut message = Vec::new();
         if !rng.one_in(10) {
-            message.push(format!("\"type\":\"{}\"", rng.pick(&["auth", "auth", "chat", ""])));
+            message.push(format!(
+                "\"type\":\"{}\"",
+                rng.pick(&["auth", "auth", "chat", ""])
+            ));
         }
         match rng.below(6) {
             0 => {}
@@ -129,23 +155,7 @@ impl Target for WsTarget {
     }
 
     fn dictionary(&self) -> &[&[u8]] {
-        const DICT: &[&[u8]] = &[
-            b"{",
-            b"}",
-            b"\"",
-            b":",
-            b",",
-            b"null",
-            b"\\u0000",
-            b"\\ud800",
-            b"\"type\":\"auth\"",
-            b"\"id\":",
-            b"\"payload\":{",
-            b"\"action\":\"login\"",
-            b"\"action\":\"logout\"",
-            b"\"password\":",
-        ];
-        DICT
+        &self.dictionary
     }
 
     fn check(&mut self, input: &[u8]) -> Outcome {

@@ -29,7 +29,10 @@ struct Client {
 /// Opens `/auth/ws`, with a bearer token on the upgrade when given.
 async fn try_connect(gh: &Gatehouse, token: Option<&str>) -> Result<Client, WsError> {
     let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
     try_connect_with(gh, &headers).await
 }
 
@@ -135,7 +138,11 @@ expose_debug_tokens = true
 /// path through the echo upstream.
 #[tokio::test]
 async fn the_seed_flow_message_by_message() {
-    let gh = Gatehouse::start(&format!("{ROUTES}{DEBUG}"), &[("GATEHOUSE_LOG_ACCESS", "true")]).await;
+    let gh = Gatehouse::start(
+        &format!("{ROUTES}{DEBUG}"),
+        &[("GATEHOUSE_LOG_ACCESS", "true")],
+    )
+    .await;
     gh.json(
         Method::POST,
         "/auth/register",
@@ -148,7 +155,10 @@ async fn the_seed_flow_message_by_message() {
 
     // Login by username and password: the token response, beside action and success.
     let login = ws
-        .ask("login", json!({"username": "player1", "password": PASSWORD}))
+        .ask(
+            "login",
+            json!({"username": "player1", "password": PASSWORD}),
+        )
         .await;
     success(&login);
     assert_eq!(login["token_type"], "Bearer");
@@ -159,7 +169,10 @@ async fn the_seed_flow_message_by_message() {
     // The token works on the proxy path, with the identity the upstream sees.
     let user_id = login["user"]["id"].as_str().unwrap().to_string();
     let echoed = gh
-        .get_with("/api/items", &[("authorization", &format!("Bearer {access}"))])
+        .get_with(
+            "/api/items",
+            &[("authorization", &format!("Bearer {access}"))],
+        )
         .await;
     echoed.expect(200);
     assert_eq!(
@@ -178,9 +191,12 @@ async fn the_seed_flow_message_by_message() {
     success(&again);
     assert_ne!(again["refresh_token"], second_refresh.as_str());
     let access = again["access_token"].as_str().unwrap().to_string();
-    gh.get_with("/api/items", &[("authorization", &format!("Bearer {access}"))])
-        .await
-        .expect(200);
+    gh.get_with(
+        "/api/items",
+        &[("authorization", &format!("Bearer {access}"))],
+    )
+    .await
+    .expect(200);
     // The spent one is refused, with the HTTP code (reuse revokes the session).
     let reused = ws
         .ask("refresh", json!({"refresh_token": first_refresh}))
@@ -210,7 +226,10 @@ async fn the_seed_flow_message_by_message() {
     success(&reset);
     assert_eq!(reset["password_reset"], true);
     let old = ws
-        .ask("login", json!({"username": "player1", "password": PASSWORD}))
+        .ask(
+            "login",
+            json!({"username": "player1", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(error_code(&old), "INVALID_CREDENTIALS");
     let spent = ws
@@ -323,7 +342,10 @@ async fn malformed_messages_are_answered_and_the_connection_stays_open() {
     assert_eq!(error_code(&bad), "VALIDATION_FAILED");
     assert!(bad["error"]["fields"]["email"].is_string(), "{bad}");
     let weak = ws
-        .ask("reset_password", json!({"token": "x", "new_password": "short"}))
+        .ask(
+            "reset_password",
+            json!({"token": "x", "new_password": "short"}),
+        )
         .await;
     assert!(
         ["WEAK_PASSWORD", "INVALID_RESET_TOKEN"].contains(&error_code(&weak)),
@@ -337,7 +359,10 @@ async fn malformed_messages_are_answered_and_the_connection_stays_open() {
         "{pong:?}"
     );
     let unknown = ws
-        .ask("request_password_reset", json!({"email": "nobody@example.com"}))
+        .ask(
+            "request_password_reset",
+            json!({"email": "nobody@example.com"}),
+        )
         .await;
     success(&unknown);
     assert!(unknown.get("token").is_none(), "{unknown}");
@@ -403,7 +428,10 @@ async fn binary_messages_close_with_1003() {
     };
     let _ = ws
         .ws
-        .send(Message::Frame(Frame::from_payload(header, b"x".to_vec().into())))
+        .send(Message::Frame(Frame::from_payload(
+            header,
+            b"x".to_vec().into(),
+        )))
         .await;
     assert_eq!(ws.closed().await.0, 1002);
     gh.stop().await;
@@ -539,7 +567,11 @@ async fn lockout_and_rate_limits_are_shared_with_http() {
     assert!(locked["error"]["retry_after"].as_u64().unwrap() > 0);
     // And the other way round: failures on the channel lock HTTP logins.
     gh.register("other@example.com").await;
-    for expected in ["INVALID_CREDENTIALS", "INVALID_CREDENTIALS", "ACCOUNT_LOCKED"] {
+    for expected in [
+        "INVALID_CREDENTIALS",
+        "INVALID_CREDENTIALS",
+        "ACCOUNT_LOCKED",
+    ] {
         let failed = ws
             .ask(
                 "login",
@@ -594,11 +626,16 @@ async fn the_upgrade_checks_its_bearer_and_its_handshake() {
     let mut ws = try_connect(&gh, Some(&access)).await.expect("the upgrade");
     let logout = ws.ask("logout", json!({})).await;
     success(&logout);
-    gh.get_with("/api/items", &[("authorization", &format!("Bearer {access}"))])
-        .await
-        .expect_error(401, "TOKEN_REVOKED");
+    gh.get_with(
+        "/api/items",
+        &[("authorization", &format!("Bearer {access}"))],
+    )
+    .await
+    .expect_error(401, "TOKEN_REVOKED");
 
-    gh.get("/auth/ws").await.expect_error(400, "INVALID_REQUEST");
+    gh.get("/auth/ws")
+        .await
+        .expect_error(400, "INVALID_REQUEST");
     gh.json(Method::POST, "/auth/ws", None, json!({}))
         .await
         .expect(405);
@@ -619,7 +656,12 @@ async fn browser_origins_must_be_allowed() {
         &[("GATEHOUSE_SERVER_PUBLIC_URL", "https://id.example.com/base")],
     )
     .await;
-    for origin in ["https://evil.example", "null", "http://app.example.com", "garbage"] {
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://app.example.com",
+        "garbage",
+    ] {
         match try_connect_with(&gh, &[("origin", origin)]).await {
             Err(WsError::Http(response)) => assert_eq!(response.status(), 403, "{origin}"),
             Err(e) => panic!("{origin}: {e}"),
