@@ -678,3 +678,93 @@ async fn browser_origins_must_be_allowed() {
     drop(connect(&gh).await);
     gh.stop().await;
 }
+
+/// Every message is an access-log line like an HTTP request's (method `WS`, its action, the
+/// HTTP status of the same answer, the user it served, its own request id and the upgrade's
+/// as `connection`), and the audit event of a login over the channel carries that message's
+/// request id. Run alone in a child process, as the HTTP access-log test is (tracing's
+/// call-site cache is process-wide).
+#[tokio::test]
+async fn every_message_is_access_logged_and_audited() {
+    const CHILD: &str = "IT_AUTH_CHANNEL_ACCESS_LOG_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        crate::harness::run_alone(
+            "auth_channel::every_message_is_access_logged_and_audited",
+            CHILD,
+        )
+        .await;
+        return;
+    }
+    let captured = crate::ops::Captured::default();
+    let _guard = captured.install();
+    let gh = Gatehouse::start("", &[("GATEHOUSE_LOG_ACCESS", "true")]).await;
+    let user_id = gh.register("audited@example.com").await["user"]["id"].clone();
+    let mut ws = try_connect_with(&gh, &[("x-request-id", "the-upgrade")])
+        .await
+        .expect("the upgrade");
+    let login = ws
+        .ask(
+            "login",
+            json!({"email": "audited@example.com", "password": PASSWORD}),
+        )
+        .await;
+    success(&login);
+    let failed = ws
+        .ask(
+            "login",
+            json!({"email": "audited@example.com", "password": "not the password"}),
+        )
+        .await;
+    assert_eq!(error_code(&failed), "INVALID_CREDENTIALS");
+    drop(ws);
+    gh.stop().await;
+
+    let lines = captured.access_lines();
+    let upgrade = lines
+        .iter()
+        .find(|l| l["method"] == "GET" && l["route"] == "auth:/ws")
+        .unwrap_or_else(|| panic!("no access line for the upgrade:\n{lines:#?}"));
+    assert_eq!(upgrade["status"], 101, "{upgrade}");
+    assert_eq!(upgrade["request_id"], "the-upgrade", "{upgrade}");
+    let messages: Vec<&Value> = lines.iter().filter(|l| l["method"] == "WS").collect();
+    assert_eq!(messages.len(), 2, "{lines:#?}");
+    let (ok, refused) = (messages[0], messages[1]);
+    for line in [ok, refused] {
+        assert_eq!(line["action"], "login", "{line}");
+        assert_eq!(line["path"], "/auth/ws", "{line}");
+        assert_eq!(line["route"], "auth:/ws", "{line}");
+        assert_eq!(line["connection"], "the-upgrade", "{line}");
+        assert!(line["micros"].as_u64().is_some(), "{line}");
+        assert!(line["bytes"].as_u64().is_some_and(|b| b > 0), "{line}");
+    }
+    assert_eq!(
+        (&ok["status"], &ok["user"]),
+        (&json!(200), &user_id),
+        "{ok}"
+    );
+    assert_eq!(
+        (&refused["status"], &refused["user"]),
+        (&json!(401), &json!(""))
+    );
+    assert_ne!(ok["request_id"], refused["request_id"]);
+
+    let audit: Vec<Value> = captured
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["target"] == "gatehouse::audit" && e["event"] == "login")
+        .collect();
+    let login_ok = audit
+        .iter()
+        .find(|e| e["outcome"] == "ok")
+        .unwrap_or_else(|| panic!("no login audit event: {audit:#?}"));
+    assert_eq!(login_ok["request_id"], ok["request_id"], "{login_ok}");
+    assert_eq!(login_ok["user_id"], user_id, "{login_ok}");
+    assert!(audit.iter().any(|e| e["outcome"] == "failed"), "{audit:#?}");
+    // Neither passwords nor tokens reach the log.
+    let text = captured.text();
+    let access = login["access_token"].as_str().unwrap();
+    for secret in [PASSWORD, "not the password", access] {
+        assert!(!text.contains(secret), "{secret} logged:\n{text}");
+    }
+}
