@@ -127,7 +127,7 @@ pub enum LogFormat {
 
 /// A parsed upstream URL: only `http` and `https` with a host; the path prefix is kept so an
 /// upstream mounted under `/api` works.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
@@ -153,10 +153,12 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub auth_max_body_bytes: u64,
     pub http2_max_concurrent_streams: u32,
+    /// Reload when the config file's content changes, as well as on SIGHUP.
+    pub watch_config: bool,
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
