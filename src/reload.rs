@@ -46,7 +46,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
-use crate::config::{Config, ConfigError, Loaded, Purpose};
+use crate::config::{Config, ConfigError, EmailMode, Loaded, Purpose, RateLimitBackend, Secret};
 
 /// How often a watched config file is read and hashed: within the second or two in which
 /// operators expect a ConfigMap change to show, and cheap (one small file).
@@ -360,6 +360,23 @@ pub fn keep_restart_keys(running: &Config, new: &mut Config) -> Vec<&'static str
             keep($key, differs);
         }};
     }
+    // A setting that is off, or on with a URL (the Redis backend, SMTP mail): switching it
+    // and changing its URL are named apart.
+    macro_rules! switch {
+        ($switch:literal, $url:literal, $section:ident . $field:ident . $get:ident) => {{
+            let (switched, url) = match (running.$section.$field.$get(), new.$section.$field.$get())
+            {
+                (None, None) => (false, false),
+                (Some(a), Some(b)) => (false, a != b),
+                _ => (true, false),
+            };
+            if switched || url {
+                new.$section.$field = running.$section.$field.clone();
+            }
+            keep($switch, switched);
+            keep($url, url);
+        }};
+    }
     same!("server.listen", server.listen);
     same!("server.admin_listen", server.admin_listen);
     same!("server.workers", server.workers);
@@ -383,36 +400,14 @@ pub fn keep_restart_keys(running: &Config, new: &mut Config) -> Vec<&'static str
     same!("store.statement_timeout", store.statement_timeout);
     same!("store.acquire_timeout", store.acquire_timeout);
     same!("store.purge_interval", store.purge_interval);
-    {
-        use crate::config::RateLimitBackend::{Local, Redis};
-        let (old, now) = (&running.rate_limits.backend, &new.rate_limits.backend);
-        let (backend, url) = match (old, now) {
-            (Local, Local) => (false, false),
-            (Redis { url: a }, Redis { url: b }) => (false, a != b),
-            _ => (true, false),
-        };
-        if backend || url {
-            new.rate_limits.backend = old.clone();
-        }
-        keep("rate_limits.backend", backend);
-        keep("rate_limits.redis_url", url);
-    }
+    switch!(
+        "rate_limits.backend",
+        "rate_limits.redis_url",
+        rate_limits.backend.redis_url
+    );
     same!("rate_limits.redis_prefix", rate_limits.redis_prefix);
     same!("rate_limits.redis_timeout", rate_limits.redis_timeout);
-    {
-        use crate::config::EmailMode::{Log, Smtp};
-        let (old, now) = (&running.email.mode, &new.email.mode);
-        let (mode, url) = match (old, now) {
-            (Log, Log) => (false, false),
-            (Smtp { url: a }, Smtp { url: b }) => (false, a != b),
-            _ => (true, false),
-        };
-        if mode || url {
-            new.email.mode = old.clone();
-        }
-        keep("email.mode", mode);
-        keep("email.smtp_url", url);
-    }
+    switch!("email.mode", "email.smtp_url", email.mode.smtp_url);
     same!("email.from", email.from);
     same!("auth.password.min_length", auth.password.min_length);
     same!("auth.password.max_length", auth.password.max_length);
@@ -436,43 +431,7 @@ pub fn summarise(old: &Config, new: &Config) -> String {
     } else if format!("{:?}", old.policy) != format!("{:?}", new.policy) {
         parts.push("policy changed".to_string());
     }
-    // Debug output is complete for every section, with secrets redacted: the secrets are
-    // compared on their own.
-    let sections: [(&str, String, String); 8] = [
-        (
-            "server",
-            format!("{:?}", old.server),
-            format!("{:?}", new.server),
-        ),
-        (
-            "tokens",
-            format!("{:?}", old.tokens),
-            format!("{:?}", new.tokens),
-        ),
-        ("auth", format!("{:?}", old.auth), format!("{:?}", new.auth)),
-        ("rate_limits", class_limits(old), class_limits(new)),
-        (
-            "email",
-            format!("{:?}", old.email),
-            format!("{:?}", new.email),
-        ),
-        (
-            "headers",
-            format!("{:?}", old.headers),
-            format!("{:?}", new.headers),
-        ),
-        (
-            "upstream",
-            format!("{:?}", old.upstream),
-            format!("{:?}", new.upstream),
-        ),
-        (
-            "store",
-            format!("{:?}", old.store),
-            format!("{:?}", new.store),
-        ),
-    ];
-    for (name, a, b) in sections {
+    for ((name, a), b) in SECTIONS.iter().zip(sections(old)).zip(sections(new)) {
         if a != b {
             parts.push(format!("{name} changed"));
         }
@@ -497,6 +456,33 @@ pub fn summarise(old: &Config, new: &Config) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// The sections [`summarise`] names, in the order of [`sections`].
+const SECTIONS: [&str; 8] = [
+    "server",
+    "tokens",
+    "auth",
+    "rate_limits",
+    "email",
+    "headers",
+    "upstream",
+    "store",
+];
+
+/// Each of [`SECTIONS`] as text to compare: its Debug output, which is complete for every
+/// section, with secrets redacted (the secrets are compared on their own).
+fn sections(c: &Config) -> [String; 8] {
+    [
+        format!("{:?}", c.server),
+        format!("{:?}", c.tokens),
+        format!("{:?}", c.auth),
+        class_limits(c),
+        format!("{:?}", c.email),
+        format!("{:?}", c.headers),
+        format!("{:?}", c.upstream),
+        format!("{:?}", c.store),
+    ]
 }
 
 /// `[rate_limits]` without the routes' own limits, which the route count and "routes'

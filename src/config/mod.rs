@@ -118,6 +118,16 @@ pub enum EmailMode {
     Smtp { url: Secret },
 }
 
+impl EmailMode {
+    /// The SMTP URL, in `smtp` mode.
+    pub fn smtp_url(&self) -> Option<&Secret> {
+        match self {
+            EmailMode::Smtp { url } => Some(url),
+            EmailMode::Log => None,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -260,6 +270,16 @@ pub enum RateLimitBackend {
     /// In Redis, once across replicas; per replica while Redis does not answer. The URL may
     /// carry a password.
     Redis { url: Secret },
+}
+
+impl RateLimitBackend {
+    /// The Redis URL, with the Redis backend.
+    pub fn redis_url(&self) -> Option<&Secret> {
+        match self {
+            RateLimitBackend::Redis { url } => Some(url),
+            RateLimitBackend::Local => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -598,10 +598,16 @@ impl Running {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut command = gatehouse();
         command
-            .args(args)
             .env("GATEHOUSE_LOG_FORMAT", "json")
             .env("GATEHOUSE_LOG_LEVEL", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Running::spawn(command, args)
+    }
+
+    /// Runs `command` with `args`, its environment as the caller set it.
+    fn spawn(mut command: Command, args: &[&str]) -> Running {
+        command
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
@@ -1154,18 +1160,33 @@ async fn watch_config_follows_a_configmap_symlink_swap() {
     let version = |name: &str, open: bool| {
         let path = mount.join(name);
         std::fs::create_dir_all(&path).unwrap();
+        // The second version also turns debug logging on.
+        let level = if open { "debug" } else { "info" };
         let text = base_config(upstream, &store, &flip_policy(open))
-            .replace("[server]\n", "[server]\nwatch_config = true\n");
+            .replace("[server]\n", "[server]\nwatch_config = true\n")
+            .replace("level = \"warn\"", &format!("level = \"{level}\""));
         std::fs::write(path.join("config.toml"), text).unwrap();
     };
     version("..2026_12_01_00_00_00.1", false);
     symlink("..2026_12_01_00_00_00.1", mount.join("..data")).unwrap();
     symlink("..data/config.toml", mount.join("config.toml")).unwrap();
     let config = mount.join("config.toml");
-    let mut gh = Running::start(&["serve", "--config", config.to_str().unwrap()], &[]);
+    // The level comes from the file (no GATEHOUSE_LOG_LEVEL), so the reload can change it.
+    let mut command = gatehouse();
+    command.env("GATEHOUSE_LOG_FORMAT", "json");
+    let mut gh = Running::spawn(command, &["serve", "--config", config.to_str().unwrap()]);
     let addr = gh.ready_addr().await;
     wait_healthy(addr).await;
     assert_eq!(status_of(addr, "/flip/x").await, 403);
+    // A refusal is logged at debug: not yet.
+    let refused = |id: &str| {
+        format!(
+            "GET /blocked/x HTTP/1.1\r\nHost: gh\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    raw_exchange(addr, refused("before-reload").as_bytes())
+        .await
+        .expect(403);
 
     // As the kubelet does it: write the new version beside the old, point a new link at
     // it, and rename that link over `..data` (one atomic step), then remove the old one.
@@ -1177,11 +1198,21 @@ async fn watch_config_follows_a_configmap_symlink_swap() {
     let text = wait_for_metrics(addr, |t| reloads(t, "ok") == 1).await;
     assert_eq!(reloads(&text, "error"), 0, "{text}");
     assert_eq!(status_of(addr, "/flip/x").await, 200);
+    raw_exchange(addr, refused("after-reload").as_bytes())
+        .await
+        .expect(403);
     signal(&gh, "-TERM");
     assert_eq!(gh.exit_code().await, Some(0));
     let logs = gh.all_output().await;
     assert!(
-        logs.contains("file changed") && logs.contains("config reloaded: policy changed"),
+        logs.contains("file changed")
+            && logs.contains("config reloaded: policy changed, log.level info → debug"),
+        "{logs}"
+    );
+    // The new level is in force: the refusal after the reload is logged at debug, the one
+    // before it was not.
+    assert!(
+        logs.contains("after-reload") && !logs.contains("before-reload"),
         "{logs}"
     );
 }

@@ -37,6 +37,13 @@ fn count(metrics: &str, series: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
+fn reloads(metrics: &str, result: &str) -> Option<u64> {
+    count(
+        metrics,
+        &format!("gatehouse_config_reloads_total{{result=\"{result}\"}}"),
+    )
+}
+
 /// Rate-limit buckets follow the route's label, never its index: reordering the rules
 /// keeps `a`'s spent budget on `a` and gives `b` none of it; changing `a`'s rate starts it
 /// fresh. The request counters follow the labels the same way.
@@ -90,10 +97,7 @@ async fn limiters_and_counters_follow_route_labels_across_reloads() {
     assert!(!text.contains("route=\"a\""), "{text}");
     assert_eq!(count(&text, &series("c", "forwarded")), Some(1), "{text}");
     assert_eq!(count(&text, &series("b", "forwarded")), Some(3), "{text}");
-    assert_eq!(
-        count(&text, "gatehouse_config_reloads_total{result=\"ok\"}"),
-        Some(3)
-    );
+    assert_eq!(reloads(&text, "ok"), Some(3));
 }
 
 /// A config that fails validation is refused whole, with every error, and changes nothing;
@@ -123,14 +127,8 @@ async fn a_bad_config_is_refused_whole() {
     assert!(std::sync::Arc::ptr_eq(&before, &gh.current.load()));
     gh.get("/api/x").await.expect(401);
     let text = metrics(&gh).await;
-    assert_eq!(
-        count(&text, "gatehouse_config_reloads_total{result=\"error\"}"),
-        Some(1)
-    );
-    assert_eq!(
-        count(&text, "gatehouse_config_reloads_total{result=\"ok\"}"),
-        Some(0)
-    );
+    assert_eq!(reloads(&text, "error"), Some(1));
+    assert_eq!(reloads(&text, "ok"), Some(0));
 }
 
 /// Keys that need a restart keep their running values and are named; everything else in
