@@ -46,7 +46,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
-use crate::config::{Config, ConfigError, EmailMode, Loaded, Purpose, RateLimitBackend, Secret};
+use crate::config::{Config, ConfigError, Loaded, Purpose};
 
 /// How often a watched config file is read and hashed: within the second or two in which
 /// operators expect a ConfigMap change to show, and cheap (one small file).
@@ -186,6 +186,10 @@ impl Current {
         if let (Some(tls), Some(files)) = (&running.tls, &next.live.config.server.tls)
             && let Err(e) = tls.reconfigure(files)
         {
+            // The series the refused policy's new routes created are not exported.
+            running
+                .metrics
+                .retire_routes(&next.live.routes, &running.live.routes);
             return self.refuse(&running, trigger, [format!("server.tls: {e}")]);
         }
         let summary = summarise(&running.live.config, &next.live.config);
