@@ -44,6 +44,7 @@ pub fn verify_access_token(app: &App, token: &str) -> Result<Arc<Claims>, Error>
     };
     let now = app.clock.now();
     let claims = app
+        .live
         .tokens
         .verify_shared(token, now)
         .map_err(|e| refuse(token_refusal(e)))?;
@@ -89,6 +90,7 @@ pub fn check_rate(
 /// local otherwise. A class that is off allows everything.
 pub async fn limit_auth(app: &App, class: AuthClass, client: IpAddr) -> Result<(), Error> {
     match app
+        .live
         .shared_limits
         .check(class, client_ip::rate_key(client))
         .await

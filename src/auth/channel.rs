@@ -156,7 +156,7 @@ pub fn upgrade(
         return Err(Error::Unavailable("server.max_connections reached"));
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let limits = &app.config.auth.ws;
+    let limits = &app.live.config.auth.ws;
     let channel = Channel {
         app: app.clone(),
         caller,
@@ -227,11 +227,12 @@ fn origin_allowed(app: &App, headers: &http::HeaderMap) -> bool {
     let Some(origin) = origin.to_str().ok().and_then(crate::config::web_origin) else {
         return false;
     };
-    let public = url::Url::parse(&app.config.server.public_url)
+    let public = url::Url::parse(&app.live.config.server.public_url)
         .ok()
         .map(|u| u.origin().ascii_serialization());
     public.as_deref() == Some(origin.as_str())
         || app
+            .live
             .config
             .auth
             .ws
@@ -269,7 +270,7 @@ impl Channel {
     /// Serves messages until the channel ends; returns why, as a metric label.
     async fn run(mut self, mut socket: Socket) -> &'static str {
         let mut draining = self.app.draining();
-        let idle = self.app.config.auth.ws.idle_timeout;
+        let idle = self.app.live.config.auth.ws.idle_timeout;
         loop {
             let next = tokio::select! {
                 biased;
@@ -361,16 +362,16 @@ impl Channel {
         };
         self.app.metrics.auth_channel_message(label, outcome);
         let answer = render(envelope.id, envelope.action, result);
-        if self.app.config.log.access {
+        if self.app.live.config.log.access {
             tracing::info!(
                 target: "gatehouse::access",
                 request_id = caller.request_id.as_str(),
                 connection = self.caller.request_id.as_str(),
                 method = "WS",
-                path = self.app.config.auth.path_of("/ws"),
+                path = self.app.live.config.auth.path_of("/ws"),
                 action = label,
                 status = status.as_u16(),
-                route = self.app.metrics.route_label(Route::auth("/ws")),
+                route = self.app.live.routes.label(Route::auth("/ws")),
                 user = user.as_deref().unwrap_or_default(),
                 micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
                 bytes = answer.len(),

@@ -39,13 +39,13 @@ pub async fn handle(
     request: Request<Incoming>,
     path: &str,
 ) -> Result<Response<Body>, Error> {
-    let rest = &path[app.config.auth.prefix.len()..];
+    let rest = &path[app.live.config.auth.prefix.len()..];
     let rest = if rest.len() > 1 {
         rest.trim_end_matches('/')
     } else {
         rest
     };
-    let Some(rest) = app.config.auth.canonical(rest) else {
+    let Some(rest) = app.live.config.auth.canonical(rest) else {
         return Err(Error::NotFound);
     };
     let rest = rest.as_ref();
@@ -81,7 +81,7 @@ pub async fn handle(
             recovery::resend_verification(app, caller, request).await
         }
         "/openapi.json" if m == Method::GET || m == Method::HEAD => openapi::serve(app),
-        "/ws" if !app.config.auth.ws.enabled => Err(Error::NotFound),
+        "/ws" if !app.live.config.auth.ws.enabled => Err(Error::NotFound),
         "/ws" if m == Method::GET || m == Method::HEAD => channel::upgrade(app, caller, request),
         "/register" | "/login" | "/refresh" | "/logout" => Err(Error::MethodNotAllowed("POST")),
         "/forgot-password" | "/reset-password/validate" | "/verify-email/resend" => {
