@@ -555,6 +555,9 @@ from = "x@example.com"
 registration = "closed"
 [auth.password]
 min_length = 12
+[auth.ws]
+max_connections = 7
+idle_timeout = "5s"
 [log]
 format = "json"
 level = "debug"
@@ -568,6 +571,7 @@ level = "debug"
                 "server.admin_listen",
                 "server.workers",
                 "server.max_connections",
+                "auth.ws.max_connections",
                 "upstream.timeout",
                 "store.path",
                 "store.purge_interval",
@@ -588,6 +592,8 @@ level = "debug"
         assert!(new.rate_limits.proxy.is_some());
         assert_eq!(new.log.level, "debug");
         assert_eq!(new.auth.registration, crate::config::Registration::Closed);
+        assert_eq!(new.auth.ws.max_connections, running.auth.ws.max_connections);
+        assert_eq!(new.auth.ws.idle_timeout, std::time::Duration::from_secs(5));
         // A second comparison finds nothing left to keep.
         assert!(keep_restart_keys(&running, &mut new).is_empty());
     }
