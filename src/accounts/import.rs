@@ -113,7 +113,7 @@ pub async fn import(app: &App, actor: Actor<'_>, input: &str) -> Result<Report, 
         ) = check_identity(&parsed.email, parsed.username, parsed.name);
         let roles = parsed
             .roles
-            .unwrap_or_else(|| app.config.auth.default_roles.clone());
+            .unwrap_or_else(|| app.live.config.auth.default_roles.clone());
         let bad = |field| checked.iter().any(|(f, _)| *f == field);
         for (field, reason) in checked.iter().cloned() {
             problems.push(problem(line, Some(field), reason));

@@ -217,7 +217,7 @@ pub fn check_roles(app: &App, roles: &[String]) -> Result<(), Error> {
 
 /// The first of `roles` that is not a valid name known to the policy.
 pub fn unknown_role<'a>(app: &App, roles: &'a [String]) -> Option<&'a String> {
-    let policy = &app.config.policy;
+    let policy = &app.live.config.policy;
     roles
         .iter()
         .find(|role| !valid_role_name(role) || policy.requirement([role.as_str()]).is_empty())

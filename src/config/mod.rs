@@ -100,7 +100,17 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("verify_email", "/verify-email"),
     ("verify_email_resend", "/verify-email/resend"),
     ("admin", "/admin"),
+    ("ws", "/ws"),
 ];
+
+/// The origin of an http(s) URL as a browser's `Origin` header spells it (lower case, no
+/// default port, no path); `None` for anything else.
+pub fn web_origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let bare = parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none();
+    (matches!(parsed.scheme(), "http" | "https") && bare && parsed.host().is_some())
+        .then(|| parsed.origin().ascii_serialization())
+}
 
 /// Registration policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +128,16 @@ pub enum EmailMode {
     Smtp { url: Secret },
 }
 
+impl EmailMode {
+    /// The SMTP URL, in `smtp` mode.
+    pub fn smtp_url(&self) -> Option<&Secret> {
+        match self {
+            EmailMode::Smtp { url } => Some(url),
+            EmailMode::Log => None,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -127,7 +147,7 @@ pub enum LogFormat {
 
 /// A parsed upstream URL: only `http` and `https` with a host; the path prefix is kept so an
 /// upstream mounted under `/api` works.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
@@ -153,10 +173,12 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub auth_max_body_bytes: u64,
     pub http2_max_concurrent_streams: u32,
+    /// Reload when the config file's content changes, as well as on SIGHUP.
+    pub watch_config: bool,
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -213,6 +235,29 @@ pub struct AuthConfig {
     pub lockout: LockoutConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
+    /// `[auth.ws]`: the WebSocket auth channel.
+    pub ws: WsConfig,
+}
+
+/// `[auth.ws]`: the WebSocket auth channel at `{prefix}/ws`.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Off: `{prefix}/ws` answers 404 like any unknown path.
+    pub enabled: bool,
+    /// Auth-channel connections open at once; each also holds a `server.max_connections`
+    /// slot.
+    pub max_connections: usize,
+    /// The largest message (all its fragments together); a larger one closes with 1009.
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing (not even a ping) for this long is closed with 1000.
+    pub idle_timeout: Duration,
+    /// Messages one connection may send: a burst of `count`, refilled over `per`; `None` is
+    /// no limit.
+    pub message_rate: Option<crate::ratelimit::Rate>,
+    /// Browser origins (`https://app.example.com`, serialised as browsers send them) that may
+    /// open the channel besides `server.public_url`'s; `*` is any. An upgrade without
+    /// `Origin` (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AuthConfig {
@@ -258,6 +303,16 @@ pub enum RateLimitBackend {
     /// In Redis, once across replicas; per replica while Redis does not answer. The URL may
     /// carry a password.
     Redis { url: Secret },
+}
+
+impl RateLimitBackend {
+    /// The Redis URL, with the Redis backend.
+    pub fn redis_url(&self) -> Option<&Secret> {
+        match self {
+            RateLimitBackend::Redis { url } => Some(url),
+            RateLimitBackend::Local => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

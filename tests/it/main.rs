@@ -4,6 +4,7 @@
 mod abuse;
 mod architecture;
 mod auth;
+mod auth_channel;
 mod binary;
 mod crash;
 mod dashboards;
@@ -17,6 +18,7 @@ mod policy;
 mod proxy;
 mod recovery;
 mod relay;
+mod reload;
 mod replicas;
 mod shared_limits;
 mod smtp_sink;
