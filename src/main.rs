@@ -27,9 +27,15 @@ fn return_large_blocks() {
     }
 }
 
-/// How often freed heap pages are handed back.
+/// How often freed heap pages are handed back. Every second, because RSS is judged at any
+/// moment, not only after a quiet spell: with 10 s, what fifty connections had just freed
+/// was still resident when `benches/compare.sh` read RSS at the end of its load (20.4 MiB;
+/// 18.1 MiB once trimmed, `benches/memory.py`). A trim walks glibc's free lists and
+/// `madvise`s the whole free pages it finds: tens of microseconds at this heap size, and a
+/// page handed back and reused costs one minor fault, so once a second costs nothing
+/// measurable (`benches/results/memory.txt`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Hands freed heap pages back to the system every [`TRIM_EVERY`]. glibc only returns the
 /// top of a heap by itself; what a burst of connections freed in the middle stays resident

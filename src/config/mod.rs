@@ -135,12 +135,21 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
+/// Blocking threads kept for store calls (sled) beside the hashing permits, by default. A
+/// sled call is short (a lookup, or a write and its fsync), so a few threads keep them flowing
+/// while every hashing permit is in use; more would only add threads (and glibc arenas) that
+/// the disk cannot keep busy.
+pub const STORE_THREADS: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
+    /// Threads for blocking work (argon2id hashing, sled); 0 = [`Config::blocking_threads`]'s
+    /// default.
+    pub blocking_threads: usize,
     pub public_url: String,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -372,6 +381,15 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// The blocking pool's size: `server.blocking_threads`, or by default the hashing permits
+    /// plus [`STORE_THREADS`], so hashes in flight never hold every thread a store call needs.
+    pub fn blocking_threads(&self) -> usize {
+        match self.server.blocking_threads {
+            0 => self.auth.password.max_concurrent + STORE_THREADS,
+            n => n,
+        }
+    }
+
     /// Loads and validates a config file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Config::load_for(path, Purpose::Serve).config

@@ -161,6 +161,7 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
         admin_listen,
         trusted_proxies,
         workers: s.get("workers", DEFAULT_WORKERS).get(),
+        blocking_threads: s.get("blocking_threads", 0usize).get(),
         public_url,
         shutdown_timeout: s
             .duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)

@@ -488,3 +488,18 @@ fn odd_unknown_keys_are_quoted() {
         );
     }
 }
+
+#[test]
+fn blocking_threads_default_to_the_hashing_permits_plus_the_store_threads() {
+    let text = format!("{}[auth.password]\nmax_concurrent = 3\n", minimal());
+    let config = Config::from_toml(&text, no_env()).unwrap();
+    assert_eq!(config.server.blocking_threads, 0);
+    assert_eq!(config.blocking_threads(), 3 + STORE_THREADS);
+
+    let text = format!("[server]\nblocking_threads = 9\n{}", minimal());
+    let config = Config::from_toml(&text, no_env()).unwrap();
+    assert_eq!(config.blocking_threads(), 9);
+
+    let env = vec![("GATEHOUSE_SERVER_BLOCKING_THREADS".into(), "5".into())];
+    assert_eq!(Config::from_toml(&minimal(), env).unwrap().blocking_threads(), 5);
+}
