@@ -750,7 +750,10 @@ mod tests {
             });
             assert_eq!(most.load(Ordering::SeqCst), BOUND, "workers = {workers}");
             let threads = threads.lock().unwrap().len();
-            assert!(threads <= BOUND, "{threads} blocking threads, workers = {workers}");
+            assert!(
+                threads <= BOUND,
+                "{threads} blocking threads, workers = {workers}"
+            );
         }
     }
 }

@@ -577,7 +577,6 @@ mod tests {
         parse_rate(s).unwrap().unwrap()
     }
 
-
     /// A new table is empty buckets, mapped (so untouched pages cost nothing) where it can be.
     #[test]
     fn a_new_table_is_empty_buckets() {

@@ -501,5 +501,10 @@ fn blocking_threads_default_to_the_hashing_permits_plus_the_store_threads() {
     assert_eq!(config.blocking_threads(), 9);
 
     let env = vec![("GATEHOUSE_SERVER_BLOCKING_THREADS".into(), "5".into())];
-    assert_eq!(Config::from_toml(&minimal(), env).unwrap().blocking_threads(), 5);
+    assert_eq!(
+        Config::from_toml(&minimal(), env)
+            .unwrap()
+            .blocking_threads(),
+        5
+    );
 }
