@@ -45,6 +45,7 @@ fn token(tokens: &Tokens) -> String {
                 email_verified: true,
                 session_id: "01a201a3-bc2b-77d9-a831-e2018bc86554",
                 min_iat: 0,
+                amr: &["pwd"],
             },
             NOW,
         )

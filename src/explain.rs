@@ -333,6 +333,8 @@ fn claims_with(roles: &[String]) -> Claims {
         jti: String::new(),
         sid: String::new(),
         token_use: String::new(),
+        // A password login: an `mfa = true` route refuses it, as the proxy would.
+        amr: vec![crate::token::AMR_PWD.to_owned()],
     }
 }
 
@@ -691,6 +693,7 @@ mod tests {
             email_verified: true,
             session_id: "s",
             min_iat: 0,
+            amr: &["pwd"],
         };
         let now = 1_800_000_000;
         let (token, _) = tokens.issue(&identity, now).unwrap();

@@ -429,6 +429,7 @@ impl Gatehouse {
             email_verified,
             session_id: "test-session",
             min_iat: 0,
+            amr: &["pwd"],
         };
         self.app
             .tokens

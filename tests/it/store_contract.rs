@@ -163,6 +163,7 @@ fn session(user_id: &str, now: u64, ttl: u64) -> SessionRecord {
         last_used_at: now,
         expires_at: now + ttl,
         revoked: false,
+        otp: false,
     }
 }
 

@@ -366,6 +366,7 @@ async fn small_sled_store(path: &Path) -> StoreStats {
         last_used_at: 100,
         expires_at: 10_000,
         revoked: false,
+        otp: false,
     };
     store
         .create_session(&session, &[1; 32], None, 8)
