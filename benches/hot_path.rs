@@ -64,6 +64,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec!["POST".into(), "PUT".into(), "DELETE".into()],
             access: None,
             roles: vec!["creator".into()],
+            mfa: false,
         });
         routes.push(RouteSpec {
             name: None,
@@ -71,6 +72,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec![],
             access: None,
             roles: vec!["reader".into()],
+            mfa: false,
         });
         routes.push(RouteSpec {
             name: None,
@@ -78,6 +80,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec!["GET".into()],
             access: Some("authenticated".into()),
             roles: vec![],
+            mfa: false,
         });
         routes.push(RouteSpec {
             name: None,
@@ -85,6 +88,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec![],
             access: Some("public".into()),
             roles: vec![],
+            mfa: false,
         });
     }
     for i in 0..3 {
@@ -94,6 +98,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec![],
             access: Some("deny".into()),
             roles: vec![],
+            mfa: false,
         });
     }
     routes.push(RouteSpec {
@@ -102,6 +107,7 @@ fn policy_spec() -> PolicySpec {
         methods: vec![],
         access: None,
         roles: vec!["reader".into()],
+        mfa: false,
     });
     assert_eq!(routes.len(), 100);
     PolicySpec {

@@ -342,7 +342,7 @@ fn describe_identity(config: &Config, identity: &Identity) -> String {
     match identity {
         Identity::Anonymous => "anonymous (no token)".into(),
         Identity::Roles(roles) => format!(
-            "roles [{}] (as given, nothing verified){}",
+            "roles [{}] (as given, nothing verified; a password login: amr [pwd], so `mfa = true` routes refuse it){}",
             roles.join(", "),
             effective_roles(config, roles)
         ),

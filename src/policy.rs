@@ -79,6 +79,8 @@ pub struct RouteSpec {
     pub access: Option<String>,
     /// Any of these roles grants access; exclusive with `access`.
     pub roles: Vec<String>,
+    /// `mfa = true`: the token must carry `otp` in `amr` (a login with a second factor).
+    pub mfa: bool,
 }
 
 /// One `[roles]` entry: `name = { inherits = [...] }`.
@@ -209,6 +211,8 @@ pub struct Matched {
     pub rule: Option<usize>,
     /// What the request needs.
     pub access: Access,
+    /// Whether it also needs a token from a login with a second factor (`mfa = true`).
+    pub mfa: bool,
 }
 
 /// Which spelling of the path a match came from. Upstreams route some spellings of a path
@@ -292,6 +296,12 @@ impl Decision {
     /// change the answer.
     pub fn denial(&self) -> Option<Matched> {
         self.matched().find(|m| m.access == Access::Deny)
+    }
+
+    /// The match that requires a second factor, if any spelling's does: a token without
+    /// `otp` in `amr` is refused there whatever its roles.
+    pub fn mfa(&self) -> Option<Matched> {
+        self.matched().find(|m| m.mfa)
     }
 
     /// Whether every spelling is public (no token needed, no e-mail check).
@@ -507,12 +517,14 @@ impl Policy {
                 return Matched {
                     rule: Some(i),
                     access: rule.access,
+                    mfa: rule.mfa,
                 };
             }
         }
         Matched {
             rule: None,
             access: self.default,
+            mfa: false,
         }
     }
 
@@ -574,13 +586,15 @@ impl Policy {
     /// One line on a match: the rule, its label, pattern, methods and access, or the default.
     pub fn describe_match(&self, matched: Matched) -> String {
         match matched.rule.and_then(|i| Some((i, self.rules.get(i)?))) {
-            Some((i, rule)) => format!(
-                "routes[{i}] ({}) matched: path = \"{}\", methods = {}, {}",
-                rule.label,
-                rule.pattern,
-                rule.methods.label,
-                self.describe(rule.access)
-            ),
+            Some((i, rule)) => {
+                format!(
+                    "routes[{i}] ({}) matched: path = \"{}\", methods = {}, {}",
+                    rule.label,
+                    rule.pattern,
+                    rule.methods.label,
+                    self.describe(rule.access)
+                ) + if rule.mfa { ", mfa = true" } else { "" }
+            }
             None => format!("no rule matched; default = {}", access_name(self.default)),
         }
     }
@@ -647,6 +661,7 @@ struct Rule {
     glob: Glob,
     methods: Methods,
     access: Access,
+    mfa: bool,
 }
 
 impl Rule {
@@ -703,6 +718,14 @@ impl Rule {
                 Some(Access::Roles(RoleMask(mask)))
             }
         };
+        // A second factor is a property of a token: a rule that needs none, or lets nobody
+        // in, cannot ask for one.
+        if route.mfa && matches!(access, Some(Access::Public | Access::Deny)) {
+            errors.push(PolicyError::new(
+                format!("routes[{i}].mfa"),
+                "needs a token: use it with access = \"authenticated\" or `roles`",
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -712,6 +735,7 @@ impl Rule {
             glob: glob?,
             methods,
             access: access?,
+            mfa: route.mfa,
         })
     }
 }
@@ -1427,6 +1451,7 @@ mod tests {
                             Some(("methods", v)) => route.methods = list(v),
                             Some(("access", v)) => route.access = Some(v.to_owned()),
                             Some(("roles", v)) => route.roles = list(v),
+                            Some(("mfa", v)) => route.mfa = v == "true",
                             _ => panic!("bad route word {word:?}"),
                         }
                     }

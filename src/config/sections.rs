@@ -756,6 +756,7 @@ fn route(s: &mut Section<'_>) -> Route {
             methods: s.list("methods", &[]).get(),
             access: s.optional("access").get(),
             roles: s.list("roles", &[]).get(),
+            mfa: s.get("mfa", false).get(),
         },
         rate_limit: s
             .optional::<String>("rate_limit")
