@@ -1857,7 +1857,11 @@ async fn postgres_three_replicas_starting_at_once_on_an_empty_schema_all_come_up
             .iter()
             .map(|row| row.get(0))
             .collect();
-        assert_eq!(applied, vec![1], "each migration applied exactly once");
+        let every: Vec<i32> = store::postgres::MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(applied, every, "each migration applied exactly once");
         // They share one database: what one writes, the others read.
         let u = user("shared@example.com", None);
         stores[0].create_user(&u).await.unwrap();
@@ -2031,7 +2035,7 @@ async fn postgres_outages_are_unavailable_and_pass() {
             e,
             StoreError::SchemaMismatch {
                 found: 99,
-                expected: 1
+                expected: store::postgres::latest_schema_version() as u32
             }
         ),
         Ok(_) => panic!("a newer schema must be refused"),
@@ -2289,15 +2293,18 @@ fn store_migrate_command_applies_then_finds_nothing_to_do() {
     let section = format!("backend = \"postgres\"\nurl = {:?}", schema.url(""));
     let (ok, stdout, stderr) = run(&section);
     assert!(ok, "{stdout}{stderr}");
-    assert_eq!(
-        stdout,
-        "applied 0001_initial\npostgres store schema now at version 1\n"
-    );
+    let mut applied: String = store::postgres::MIGRATIONS
+        .iter()
+        .map(|m| format!("applied {}\n", m.name))
+        .collect();
+    let latest = store::postgres::latest_schema_version();
+    applied.push_str(&format!("postgres store schema now at version {latest}\n"));
+    assert_eq!(stdout, applied);
     let (ok, stdout, stderr) = run(&section);
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(
         stdout,
-        "postgres store schema is up to date at version 1; nothing to do\n"
+        format!("postgres store schema is up to date at version {latest}; nothing to do\n")
     );
     // Unreachable: a clear error and a failing exit code.
     let (ok, _, stderr) = run(
