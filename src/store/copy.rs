@@ -184,7 +184,7 @@ impl Kind {
             Kind::Revocation => "revocations",
             Kind::LoginFailure => "login-failure counters",
             Kind::Mfa => "second factors (TOTP)",
-            Kind::MfaChallenge => "second-factor login challenges",
+            Kind::MfaChallenge => "second-factor challenges",
         }
     }
 
