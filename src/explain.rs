@@ -714,6 +714,57 @@ mod tests {
         assert_eq!((e.outcome, e.status), (Outcome::Deny, Some(401)));
     }
 
+    /// An `mfa = true` route: a password-only token (and `--roles`, which stands for one) is
+    /// refused with 403 MFA_REQUIRED; a token with `otp` in `amr` passes, as on the proxy.
+    #[test]
+    fn mfa_routes_need_otp_in_amr() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        // The first rule: nothing before it decides /billing.
+        let billing = "[[routes]]\npath = \"/billing/**\"\naccess = \"authenticated\"\nmfa = true\n[[routes]]";
+        let text = format!(
+            "{}\n[tokens]\nsecret = \"{secret}\"\n",
+            POLICY.replacen("[[routes]]", billing, 1)
+        );
+        let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
+            .config
+            .unwrap();
+        let tokens = Tokens::new(TokenSettings {
+            secret: secret.as_bytes().to_vec(),
+            issuer: config.tokens.issuer.clone(),
+            audience: config.tokens.audience.clone(),
+            access_ttl_secs: 900,
+            leeway_secs: 0,
+        });
+        let roles = vec!["reader".to_string()];
+        let now = 1_800_000_000;
+        let token = |amr: &'static [&'static str]| {
+            let identity = crate::token::Identity {
+                user_id: "u1",
+                email: "u1@example.com",
+                roles: &roles,
+                email_verified: true,
+                session_id: "s",
+                min_iat: 0,
+                amr,
+            };
+            Identity::Token(tokens.issue(&identity, now).unwrap().0)
+        };
+        let e = explain(&config, "GET", "/billing/x", &token(&["pwd"]), now).unwrap();
+        assert_eq!(
+            (e.outcome, e.status, e.code.as_deref()),
+            (Outcome::Deny, Some(403), Some("MFA_REQUIRED")),
+            "{}",
+            e.text()
+        );
+        let e = explain(&config, "GET", "/billing/x", &token(&["pwd", "otp"]), now).unwrap();
+        assert_eq!(e.outcome, Outcome::Allow, "{}", e.text());
+        let reader = Identity::Roles(vec!["reader".into()]);
+        let e = explain(&config, "GET", "/billing/x", &reader, now).unwrap();
+        assert_eq!(e.code.as_deref(), Some("MFA_REQUIRED"), "{}", e.text());
+        let e = explain(&config, "GET", "/api/x", &reader, now).unwrap();
+        assert_eq!(e.outcome, Outcome::Allow, "{}", e.text());
+    }
+
     #[test]
     fn a_table_reports_every_mismatch() {
         let table: Table = toml::from_str(

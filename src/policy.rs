@@ -1509,6 +1509,39 @@ mod tests {
     }
 
     #[test]
+    fn mfa_routes() {
+        let src = "route /billing/** access=authenticated mfa=true\nroute /Shop/** roles=r mfa=true\nrole r\nroute /** access=authenticated";
+        let policy = Policy::compile(&spec(src)).unwrap();
+        let mfa_rule = |path: &str| policy.decide(&Method::GET, path).mfa().and_then(|m| m.rule);
+        assert_eq!(mfa_rule("/billing/x"), Some(0));
+        assert_eq!(mfa_rule("/other"), None);
+        // Another spelling that reaches the same handler needs the second factor too.
+        assert_eq!(mfa_rule("/BILLING/x"), Some(0));
+        assert_eq!(mfa_rule("/shop/x"), Some(1));
+        assert!(
+            policy
+                .describe_match(policy.decide(&Method::GET, "/billing/x").exact)
+                .ends_with("access = authenticated, mfa = true")
+        );
+        // A rule that needs no token, or admits nobody, cannot ask for a second factor.
+        check(
+            "route /a access=public mfa=true",
+            "GET /a anon",
+            "errors: routes[0].mfa",
+        );
+        check(
+            "route /a access=deny mfa=true",
+            "GET /a anon",
+            "errors: routes[0].mfa",
+        );
+        check(
+            "route /a access=authenticated mfa=true",
+            "GET /a anon",
+            "#0 401",
+        );
+    }
+
+    #[test]
     fn globs() {
         // Longer than `SHORT_PATH_SEGMENTS`, so walked in place rather than split.
         let deep = format!("/a{}/z", "/m".repeat(20));

@@ -488,3 +488,40 @@ fn odd_unknown_keys_are_quoted() {
         );
     }
 }
+
+#[test]
+fn totp_settings_are_checked() {
+    let config = Config::from_toml(&minimal(), no_env()).unwrap();
+    assert!(config.auth.mfa.encryption_key.is_empty(), "off by default");
+    assert_eq!(config.auth.mfa.challenge_ttl, Duration::from_secs(300));
+
+    let text = format!(
+        "{}[auth.mfa]\nencryption_key = \"too short\"\nissuer = \"a:b\"\nchallenge_ttl = \"2h\"\n\
+         [[routes]]\npath = \"/open/**\"\naccess = \"public\"\nmfa = true\n",
+        minimal()
+    );
+    let errors = errors_of(&text, no_env());
+    for key in [
+        "auth.mfa.encryption_key",
+        "auth.mfa.issuer",
+        "auth.mfa.challenge_ttl",
+        "routes[0].mfa",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key} missing in {errors:#?}"
+        );
+    }
+    // The key never appears in an error message.
+    assert!(
+        !errors.iter().any(|e| e.contains("too short")),
+        "{errors:#?}"
+    );
+
+    let env = vec![(
+        "GATEHOUSE_AUTH_MFA_ENCRYPTION_KEY".to_string(),
+        "k".repeat(40),
+    )];
+    let config = Config::from_toml(&minimal(), env).unwrap();
+    assert_eq!(config.auth.mfa.encryption_key.len(), 40);
+}
