@@ -230,7 +230,6 @@ pub async fn login(
     };
     if !accepted {
         audit(app, "login_mfa", "failed", Some(&user.id), caller);
-        app.metrics.auth_failure("mfa_code");
         return Err(attempt.failed(app, caller, Some(&user.id)).await?);
     }
     attempt.completed(app).await?;
