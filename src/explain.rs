@@ -545,6 +545,23 @@ mod tests {
             .expect("valid without a secret")
     }
 
+    /// `policy` with a token secret, and the tokens it verifies.
+    fn with_tokens(policy: &str) -> (Config, Tokens) {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let text = format!("{policy}\n[tokens]\nsecret = \"{secret}\"\n");
+        let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
+            .config
+            .unwrap();
+        let tokens = Tokens::new(TokenSettings {
+            secret: secret.as_bytes().to_vec(),
+            issuer: config.tokens.issuer.clone(),
+            audience: config.tokens.audience.clone(),
+            access_ttl_secs: 900,
+            leeway_secs: 0,
+        });
+        (config, tokens)
+    }
+
     fn outcome(method: &str, target: &str, identity: &Identity) -> (Outcome, Option<u16>, String) {
         let e = explain(&config(), method, target, identity, 0).expect("explained");
         (e.outcome, e.status, e.route)
@@ -673,18 +690,7 @@ mod tests {
         .expect_err("no key");
         assert!(err.0.contains("tokens.secret"), "{err}");
 
-        let secret = "0123456789abcdef0123456789abcdef";
-        let text = format!("{POLICY}\n[tokens]\nsecret = \"{secret}\"\n");
-        let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
-            .config
-            .unwrap();
-        let tokens = Tokens::new(TokenSettings {
-            secret: secret.as_bytes().to_vec(),
-            issuer: config.tokens.issuer.clone(),
-            audience: config.tokens.audience.clone(),
-            access_ttl_secs: 900,
-            leeway_secs: 0,
-        });
+        let (config, tokens) = with_tokens(POLICY);
         let roles = vec!["reader".to_string()];
         let identity = crate::token::Identity {
             user_id: "u1",
@@ -718,23 +724,9 @@ mod tests {
     /// refused with 403 MFA_REQUIRED; a token with `otp` in `amr` passes, as on the proxy.
     #[test]
     fn mfa_routes_need_otp_in_amr() {
-        let secret = "0123456789abcdef0123456789abcdef";
         // The first rule: nothing before it decides /billing.
         let billing = "[[routes]]\npath = \"/billing/**\"\naccess = \"authenticated\"\nmfa = true\n[[routes]]";
-        let text = format!(
-            "{}\n[tokens]\nsecret = \"{secret}\"\n",
-            POLICY.replacen("[[routes]]", billing, 1)
-        );
-        let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
-            .config
-            .unwrap();
-        let tokens = Tokens::new(TokenSettings {
-            secret: secret.as_bytes().to_vec(),
-            issuer: config.tokens.issuer.clone(),
-            audience: config.tokens.audience.clone(),
-            access_ttl_secs: 900,
-            leeway_secs: 0,
-        });
+        let (config, tokens) = with_tokens(&POLICY.replacen("[[routes]]", billing, 1));
         let roles = vec!["reader".to_string()];
         let now = 1_800_000_000;
         let token = |amr: &'static [&'static str]| {

@@ -206,10 +206,15 @@ pub async fn login(
             return Err(Error::InvalidCredentials);
         }
     };
+    // Before the attempt is counted: a server without its key is not the user's guess.
+    let sealer = match factor {
+        SecondFactor::Code(_) => Some(sealer(app)?),
+        SecondFactor::RecoveryCode(_) => None,
+    };
     let attempt = Attempt::admit(app, caller, challenge.login.clone(), "login_mfa").await?;
-    let (accepted, method) = match &factor {
-        SecondFactor::Code(code) => {
-            let secret = sealer(app)?
+    let (accepted, method) = match (&factor, sealer) {
+        (SecondFactor::Code(code), Some(sealer)) => {
+            let secret = sealer
                 .open(&user.id, &record.secret)
                 .map_err(|e| Error::internal(e.0))?;
             let accepted = match mfa::matching_step(&secret, code, now) {
@@ -219,7 +224,8 @@ pub async fn login(
             };
             (accepted, "totp")
         }
-        SecondFactor::RecoveryCode(code) => {
+        (SecondFactor::Code(_), None) => (false, "totp"),
+        (SecondFactor::RecoveryCode(code), _) => {
             let accepted = code.len() <= MAX_RECOVERY_CODE
                 && app
                     .store

@@ -130,6 +130,23 @@ async fn second_step(
     .await
 }
 
+/// A login by password alone succeeds, with `amr: ["pwd"]`.
+async fn password_only(gh: &Gatehouse, email: &str) {
+    let body = gh.login(email, PASSWORD).await.expect(200).json();
+    assert_eq!(body["amr"], json!(["pwd"]));
+}
+
+/// `DELETE /auth/admin/users/{id}/mfa` as `token`.
+async fn admin_reset_as(gh: &Gatehouse, path: &str, token: &str) -> crate::harness::Reply {
+    gh.send(
+        Method::DELETE,
+        path,
+        &[("authorization", &bearer(token))],
+        Default::default(),
+    )
+    .await
+}
+
 /// A fresh session through both factors, a step after the last code used: its access token.
 async fn mfa_session(gh: &Gatehouse, email: &str, secret: &str) -> String {
     gh.advance(30);
@@ -197,16 +214,7 @@ async fn flow(gh: &Gatehouse) {
         .expect_error(401, "INVALID_CREDENTIALS");
 
     // Refresh keeps the session's amr.
-    let refreshed = gh
-        .json(
-            Method::POST,
-            "/auth/refresh",
-            None,
-            json!({"refresh_token": refresh}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let refreshed = gh.refresh(&refresh).await.expect(200).json();
     assert_eq!(refreshed["amr"], json!(["pwd", "otp"]));
     assert_eq!(
         claims(refreshed["access_token"].as_str().unwrap())["amr"],
@@ -323,12 +331,7 @@ async fn flow(gh: &Gatehouse) {
     .await
     .expect(204);
     // Without a second factor the password logs in again, amr pwd only.
-    let body = gh
-        .login("ann@example.com", PASSWORD)
-        .await
-        .expect(200)
-        .json();
-    assert_eq!(body["amr"], json!(["pwd"]));
+    password_only(gh, "ann@example.com").await;
     gh.json(
         Method::DELETE,
         "/auth/mfa/totp",
@@ -412,44 +415,17 @@ async fn admin_reset(gh: &Gatehouse) {
         .unwrap()
         .to_string();
     let path = format!("/auth/admin/users/{id}/mfa");
-    gh.send(
-        Method::DELETE,
-        &path,
-        &[("authorization", &bearer(&reader))],
-        Default::default(),
-    )
-    .await
-    .expect_error(403, "FORBIDDEN");
-    gh.send(
-        Method::DELETE,
-        &path,
-        &[("authorization", &bearer(&admin))],
-        Default::default(),
-    )
-    .await
-    .expect(204);
-    let body = gh
-        .login("cy@example.com", PASSWORD)
+    admin_reset_as(gh, &path, &reader)
         .await
-        .expect(200)
-        .json();
-    assert_eq!(body["amr"], json!(["pwd"]));
-    gh.send(
-        Method::DELETE,
-        &path,
-        &[("authorization", &bearer(&admin))],
-        Default::default(),
-    )
-    .await
-    .expect_error(409, "MFA_STATE_CONFLICT");
-    gh.send(
-        Method::DELETE,
-        "/auth/admin/users/no-such-user/mfa",
-        &[("authorization", &bearer(&admin))],
-        Default::default(),
-    )
-    .await
-    .expect_error(404, "NOT_FOUND");
+        .expect_error(403, "FORBIDDEN");
+    admin_reset_as(gh, &path, &admin).await.expect(204);
+    password_only(gh, "cy@example.com").await;
+    admin_reset_as(gh, &path, &admin)
+        .await
+        .expect_error(409, "MFA_STATE_CONFLICT");
+    admin_reset_as(gh, "/auth/admin/users/no-such-user/mfa", &admin)
+        .await
+        .expect_error(404, "NOT_FOUND");
 }
 
 #[tokio::test]

@@ -84,16 +84,6 @@ struct Before {
     now: u64,
 }
 
-async fn refresh(gh: &Gatehouse, token: &str) -> crate::harness::Reply {
-    gh.json(
-        Method::POST,
-        "/auth/refresh",
-        None,
-        json!({"refresh_token": token}),
-    )
-    .await
-}
-
 async fn reset(gh: &Gatehouse, token: &str, password: &str) -> crate::harness::Reply {
     gh.json(
         Method::POST,
@@ -117,7 +107,7 @@ async fn api(gh: &Gatehouse, access: &str) -> crate::harness::Reply {
 async fn populate(gh: &Gatehouse) -> Before {
     gh.register("ada@example.com").await;
     let (_, first_refresh) = gh.session("ada@example.com", PASSWORD).await;
-    let rotated = refresh(gh, &first_refresh).await.expect(200).json();
+    let rotated = gh.refresh(&first_refresh).await.expect(200).json();
     let live_access = rotated["access_token"].as_str().unwrap().to_string();
     let current_refresh = rotated["refresh_token"].as_str().unwrap().to_string();
 
@@ -170,7 +160,7 @@ async fn check_copy(gh: &Gatehouse, before: &Before) {
         .await
         .expect_error(401, "TOKEN_REVOKED");
     api(gh, &before.live_access).await.expect(200);
-    refresh(gh, &before.revoked_refresh)
+    gh.refresh(&before.revoked_refresh)
         .await
         .expect_error(401, "TOKEN_INVALID");
 
@@ -187,15 +177,12 @@ async fn check_copy(gh: &Gatehouse, before: &Before) {
     gh.login("ada@example.com", PASSWORD).await.expect(200);
 
     // The current refresh token refreshes; the rotated one is reuse, which ends the family.
-    let next = refresh(gh, &before.current_refresh)
-        .await
-        .expect(200)
-        .json();
+    let next = gh.refresh(&before.current_refresh).await.expect(200).json();
     let next_refresh = next["refresh_token"].as_str().unwrap().to_string();
-    refresh(gh, &before.rotated_refresh)
+    gh.refresh(&before.rotated_refresh)
         .await
         .expect_error(401, "TOKEN_REVOKED");
-    refresh(gh, &next_refresh)
+    gh.refresh(&next_refresh)
         .await
         .expect_error(401, "TOKEN_INVALID");
 
