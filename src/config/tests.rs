@@ -249,7 +249,7 @@ fn every_kind_of_mistake_is_reported_at_once() {
         "upstream.timeout: 0 is out of range: must be between 100ms and 1h",
         r#"auth.registration: "maybe" is not open or closed"#,
         "auth.lockout.max_failures: -1 is out of range (0 to 4294967295)",
-        "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, admin)",
+        "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, login_mfa, mfa_totp, mfa_totp_setup, mfa_totp_confirm, admin)",
         "routes[2].acess: unknown key; did you mean routes[2].access?",
         "roles.owner.inherit: unknown key; did you mean roles.owner.inherits?",
         // With its typo ignored, routes[2] says nothing about access; the policy says so.
