@@ -7,7 +7,9 @@
 //! - **Confirm** takes the first code: the factor is enabled with that code's step as the
 //!   last accepted one (so the code cannot be replayed to log in) and ten recovery codes
 //!   are returned once and stored as SHA-256.
-//! - **Login** with a correct password answers `MFA_REQUIRED` with an `mfa_token`: 256 bits,
+//! - **Login** with a correct password answers `MFA_REQUIRED` with an `mfa_token`
+//!   (`sessions::login` issues it, so that this module depends on `sessions` and not the
+//!   other way): 256 bits,
 //!   stored hashed, single use, `auth.mfa.challenge_ttl` long, bound to the user, the login
 //!   name and the password hash that was verified (a password change, a reset or a lock
 //!   voids it). [`login`] spends it with a code or a recovery code. A code's step must be
@@ -26,8 +28,8 @@ use crate::guard;
 use crate::mfa::{self, Sealer};
 use crate::password::VerifyOutcome;
 use crate::shared_limits::AuthClass;
-use crate::store::{MfaChallenge, MfaRecord, fold};
-use crate::token::{Claims, ct_eq, random_token, token_hash};
+use crate::store::{MfaRecord, fold};
+use crate::token::{Claims, ct_eq, token_hash};
 
 /// `mfa_token`s are 43 characters; anything much longer is refused before hashing.
 const MAX_MFA_TOKEN: usize = 256;
@@ -131,30 +133,6 @@ pub async fn confirm(
     }
     audit(app, "mfa_confirm", "ok", Some(&user.id), caller);
     Ok(codes)
-}
-
-/// For a login whose password matched: an `mfa_token` when the user has an enabled second
-/// factor, `None` otherwise. `login` is the folded login name the password was given for.
-pub async fn challenge(
-    app: &App,
-    user: &crate::store::UserRecord,
-    login: &str,
-) -> Result<Option<String>, Error> {
-    match app.store.get_mfa(&user.id).await? {
-        Some(record) if record.enabled => {}
-        _ => return Ok(None),
-    }
-    let token = random_token().map_err(|e| Error::internal(e.0))?;
-    let record = MfaChallenge {
-        user_id: user.id.clone(),
-        login: login.to_owned(),
-        password_fingerprint: token_hash(&user.password_hash),
-        expires_at: app.clock.now() + app.config.auth.mfa.challenge_ttl.as_secs(),
-    };
-    app.store
-        .put_mfa_challenge(&token_hash(&token), &record)
-        .await?;
-    Ok(Some(token))
 }
 
 /// `POST {prefix}/login/mfa {mfa_token, code | recovery_code}`: completes a login with

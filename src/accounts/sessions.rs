@@ -14,7 +14,8 @@ use crate::guard;
 use crate::password::VerifyOutcome;
 use crate::shared_limits::AuthClass;
 use crate::store::{
-    LockoutPolicy, Revocation, RotateOutcome, SessionRecord, UserRecord, UserUpdate, fold, new_id,
+    LockoutPolicy, MfaChallenge, Revocation, RotateOutcome, SessionRecord, UserRecord, UserUpdate,
+    fold, new_id,
 };
 use crate::token::{AMR_OTP, AMR_PWD, Claims, Identity, random_token, token_hash};
 
@@ -136,7 +137,7 @@ impl Attempt {
 /// indistinguishable: same error and the same argon2 work (a dummy hash stands in for a
 /// missing user). Failures count per login name whether or not an account exists.
 /// A user with a second factor gets `MFA_REQUIRED` and an `mfa_token` instead of tokens:
-/// the attempt stays counted until [`super::mfa::login`] completes the login.
+/// the attempt stays counted until `accounts::mfa::login` completes the login.
 pub async fn login(
     app: &Arc<App>,
     caller: Caller,
@@ -176,7 +177,7 @@ pub async fn login(
     if needs_rehash {
         rehash_later(app, &user.id, &user.password_hash, password);
     }
-    if let Some(mfa_token) = super::mfa::challenge(app, &user, &key).await? {
+    if let Some(mfa_token) = mfa_challenge(app, &user, &key).await? {
         // The password alone does not complete the login, so the attempt stays counted.
         audit(app, "login", "mfa_required", Some(&user.id), caller);
         return Err(Error::MfaRequired { mfa_token });
@@ -189,6 +190,26 @@ pub async fn login(
     };
     audit(app, "login", "ok", Some(&user.id), caller);
     Ok(grant)
+}
+
+/// For a login whose password matched: an `mfa_token` when the user has an enabled second
+/// factor, `None` otherwise. `login` is the folded login name the password was given for.
+async fn mfa_challenge(app: &App, user: &UserRecord, login: &str) -> Result<Option<String>, Error> {
+    match app.store.get_mfa(&user.id).await? {
+        Some(record) if record.enabled => {}
+        _ => return Ok(None),
+    }
+    let token = random_token().map_err(|e| Error::internal(e.0))?;
+    let record = MfaChallenge {
+        user_id: user.id.clone(),
+        login: login.to_owned(),
+        password_fingerprint: token_hash(&user.password_hash),
+        expires_at: app.clock.now() + app.config.auth.mfa.challenge_ttl.as_secs(),
+    };
+    app.store
+        .put_mfa_challenge(&token_hash(&token), &record)
+        .await?;
+    Ok(Some(token))
 }
 
 /// Re-hashes a password whose stored hash uses old parameters, off the request path. Best

@@ -142,8 +142,9 @@ pub struct Claims {
     #[serde(default)]
     pub token_use: String,
     /// Authentication methods (RFC 8176): `pwd`, and `otp` after a second factor. Absent in
-    /// tokens minted before it existed, which therefore never satisfy `mfa = true`.
-    #[serde(default)]
+    /// tokens minted before it existed, which therefore never satisfy `mfa = true`; never
+    /// written empty (an absent claim reads back as empty, and writes back as absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
 }
 
