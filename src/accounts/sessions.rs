@@ -43,7 +43,7 @@ pub struct Grant {
 }
 
 fn lockout_policy(app: &App) -> Option<LockoutPolicy> {
-    let l = &app.config.auth.lockout;
+    let l = &app.live.config.auth.lockout;
     (l.max_failures > 0).then_some(LockoutPolicy {
         max_failures: l.max_failures,
         window_secs: l.window.as_secs(),
@@ -263,7 +263,7 @@ pub async fn open_session(
         user_id: user.id.clone(),
         created_at: now,
         last_used_at: now,
-        expires_at: now + app.config.tokens.refresh_ttl.as_secs(),
+        expires_at: now + app.live.config.tokens.refresh_ttl.as_secs(),
         revoked: false,
         otp,
     };
@@ -359,6 +359,7 @@ fn grant(
         },
     };
     let (access, claims) = app
+        .live
         .tokens
         .issue(&identity, now)
         .map_err(|e| Error::internal(format!("mint: {}", e.0)))?;
@@ -383,7 +384,7 @@ pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<G
     let old = token_hash(refresh_token);
     let next = random_token().map_err(|e| Error::internal(e.0))?;
     let new = token_hash(&next);
-    let idle = app.config.tokens.refresh_idle_ttl.as_secs();
+    let idle = app.live.config.tokens.refresh_idle_ttl.as_secs();
     let epoch = app.revocation_epoch();
     match app.store.rotate_refresh(&old, &new, now, idle).await? {
         RotateOutcome::Rotated { session, user } => {
