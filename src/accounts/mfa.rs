@@ -51,7 +51,7 @@ pub enum SecondFactor {
 }
 
 fn sealer(app: &App) -> Result<Sealer, Error> {
-    let key = &app.config.auth.mfa.encryption_key;
+    let key = &app.live.config.auth.mfa.encryption_key;
     if key.is_empty() {
         return Err(Error::MfaNotConfigured);
     }
@@ -77,7 +77,7 @@ pub async fn setup(app: &App, caller: Caller, claims: &Claims) -> Result<Provisi
         return Err(already_enabled());
     }
     let (secret, otpauth_url) =
-        mfa::provisioning(&secret, &app.config.auth.mfa.issuer, &user.email)
+        mfa::provisioning(&secret, &app.live.config.auth.mfa.issuer, &user.email)
             .map_err(|e| Error::internal(e.0))?;
     audit(app, "mfa_setup", "ok", Some(&user.id), caller);
     Ok(Provisioning {

@@ -204,7 +204,7 @@ async fn mfa_challenge(app: &App, user: &UserRecord, login: &str) -> Result<Opti
         user_id: user.id.clone(),
         login: login.to_owned(),
         password_fingerprint: token_hash(&user.password_hash),
-        expires_at: app.clock.now() + app.config.auth.mfa.challenge_ttl.as_secs(),
+        expires_at: app.clock.now() + app.live.config.auth.mfa.challenge_ttl.as_secs(),
     };
     app.store
         .put_mfa_challenge(&token_hash(&token), &record)
