@@ -29,6 +29,7 @@
 //!   actions, with no HTTP types; the `user` CLI calls it too. [`cooldown`]: its cooldowns.
 //! - [`store`]: the store trait and its sled implementation (the only sled importer).
 //! - [`password`]: argon2id hashing on the blocking pool, password policy.
+//! - [`mfa`]: the TOTP second factor's pure half: codes, recovery codes, sealed secrets.
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
@@ -53,6 +54,7 @@ pub mod guard;
 pub mod hygiene;
 pub mod logging;
 pub mod metrics;
+pub mod mfa;
 pub mod ops;
 pub mod password;
 pub mod path;

@@ -10,6 +10,7 @@ mod crash;
 mod dashboards;
 mod explain;
 mod harness;
+mod mfa;
 mod openapi;
 mod ops;
 mod pg;
