@@ -30,6 +30,7 @@
 //! - [`store`]: the store trait and its sled implementation (the only sled importer).
 //! - [`password`]: argon2id hashing on the blocking pool, password policy; [`imported_hash`]:
 //!   the schemes of hashes imported from other systems (bcrypt, scrypt, pbkdf2, argon2).
+//! - [`mfa`]: the TOTP second factor's pure half: codes, recovery codes, sealed secrets.
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
@@ -55,6 +56,7 @@ pub mod hygiene;
 pub mod imported_hash;
 pub mod logging;
 pub mod metrics;
+pub mod mfa;
 pub mod ops;
 pub mod password;
 pub mod path;

@@ -333,7 +333,7 @@ fn digest(text: &str) -> [u8; 32] {
 ///
 /// What needs a restart, and why:
 /// - `server.listen`, `server.admin_listen`: the sockets are bound once;
-/// - `server.workers`: the runtime is built once;
+/// - `server.workers`, `server.blocking_threads`: the runtime is built once;
 /// - `server.max_connections`: the connection slots are counted by one semaphore;
 /// - `auth.ws.max_connections`: so are the auth channel's (its other keys reload, and a
 ///   channel keeps the settings of the generation it was opened on);
@@ -386,6 +386,7 @@ pub fn keep_restart_keys(running: &Config, new: &mut Config) -> Vec<&'static str
     same!("server.listen", server.listen);
     same!("server.admin_listen", server.admin_listen);
     same!("server.workers", server.workers);
+    same!("server.blocking_threads", server.blocking_threads);
     same!("server.max_connections", server.max_connections);
     same!("auth.ws.max_connections", auth.ws.max_connections);
     if running.server.tls.is_some() != new.server.tls.is_some() {
@@ -538,6 +539,7 @@ mod tests {
 listen = "127.0.0.1:9999"
 admin_listen = "127.0.0.1:9998"
 workers = 3
+blocking_threads = 8
 max_connections = 5
 trusted_proxies = ["10.0.0.0/8"]
 [store]
@@ -570,6 +572,7 @@ level = "debug"
                 "server.listen",
                 "server.admin_listen",
                 "server.workers",
+                "server.blocking_threads",
                 "server.max_connections",
                 "auth.ws.max_connections",
                 "upstream.timeout",

@@ -14,11 +14,14 @@
 //! - [`sessions`]: login (lockout, argon2, rehash), refresh rotation with reuse detection,
 //!   logout;
 //! - [`recovery`]: reset and verification tokens, forgot/reset password, email verification;
+//! - [`mfa`]: the TOTP second factor: setup, confirmation, the second step of a login,
+//!   disabling, an administrator's reset;
 //! - [`admin`]: what an administrator may do to a user;
 //! - [`import`]: importing users with the password hashes of another system.
 
 pub mod admin;
 pub mod import;
+pub mod mfa;
 pub mod recovery;
 pub mod sessions;
 pub mod signup;

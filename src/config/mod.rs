@@ -99,6 +99,10 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("reset_password_validate", "/reset-password/validate"),
     ("verify_email", "/verify-email"),
     ("verify_email_resend", "/verify-email/resend"),
+    ("login_mfa", "/login/mfa"),
+    ("mfa_totp", "/mfa/totp"),
+    ("mfa_totp_setup", "/mfa/totp/setup"),
+    ("mfa_totp_confirm", "/mfa/totp/confirm"),
     ("admin", "/admin"),
     ("ws", "/ws"),
 ];
@@ -155,12 +159,21 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
+/// Blocking threads kept for store calls (sled) beside the hashing permits, by default. A
+/// sled call is short (a lookup, or a write and its fsync), so a few threads keep them flowing
+/// while every hashing permit is in use; more would only add threads (and glibc arenas) that
+/// the disk cannot keep busy.
+pub const STORE_THREADS: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
+    /// Threads for blocking work (argon2id hashing, sled); 0 = [`Config::blocking_threads`]'s
+    /// default.
+    pub blocking_threads: usize,
     pub public_url: String,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -233,6 +246,7 @@ pub struct AuthConfig {
     /// Zeros in the file are resolved to the argon2 crate's defaults here.
     pub password: crate::password::PasswordSettings,
     pub lockout: LockoutConfig,
+    pub mfa: MfaConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
     /// `[auth.ws]`: the WebSocket auth channel.
@@ -292,6 +306,18 @@ impl AuthConfig {
             .map_or(default, |(_, r)| r.as_str());
         format!("{}{path}", self.prefix)
     }
+}
+
+/// `[auth.mfa]`: the TOTP second factor.
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    /// Seals TOTP secrets in the store (AES-256-GCM under a key derived from it); empty
+    /// when not configured, which makes TOTP unavailable.
+    pub encryption_key: Secret,
+    /// The issuer label of `otpauth://` URLs (no `:`).
+    pub issuer: String,
+    /// How long an `mfa_token` stays valid.
+    pub challenge_ttl: Duration,
 }
 
 /// Where the auth rate-limit classes (`login`, `register`, `refresh`, `forgot_password`)
@@ -427,6 +453,15 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// The blocking pool's size: `server.blocking_threads`, or by default the hashing permits
+    /// plus [`STORE_THREADS`], so hashes in flight never hold every thread a store call needs.
+    pub fn blocking_threads(&self) -> usize {
+        match self.server.blocking_threads {
+            0 => self.auth.password.max_concurrent + STORE_THREADS,
+            n => n,
+        }
+    }
+
     /// Loads and validates a config file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Config::load_for(path, Purpose::Serve).config
