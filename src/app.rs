@@ -17,7 +17,7 @@ use crate::revocation::{Revocations, UserCutoff};
 use crate::shared_limits::{SharedCooldowns, SharedLimits};
 use crate::store::{Revocation, Store, StoreError};
 use crate::tls::ServerTls;
-use crate::token::{TokenSettings, Tokens};
+use crate::token::Tokens;
 use crate::upstream::Upstream;
 
 /// Seconds added to an access token's lifetime and leeway before a revoked session may be
@@ -184,6 +184,8 @@ pub enum StartError {
     Revocations(StoreError),
     /// `auth.password`: the argon2 parameters are unusable.
     Password(String),
+    /// `tokens`: no signing key (a config loaded for `policy` commands only).
+    Keys,
     /// `email.*`: the sender or the SMTP URL is unusable.
     Mail(String),
     /// `upstream.*`: the upstream client could not be built (its CA bundle).
@@ -208,6 +210,7 @@ impl std::fmt::Display for StartError {
             StartError::Store(e) => write!(f, "store: {e}"),
             StartError::Revocations(e) => write!(f, "cannot load revocations: {e}"),
             StartError::Password(e) => write!(f, "auth.password: {e}"),
+            StartError::Keys => f.write_str("tokens: no signing key is configured"),
             StartError::Mail(e) => write!(f, "email: {e}"),
             StartError::Upstream(e) => write!(f, "upstream: {e}"),
             StartError::RateLimits(e) => write!(f, "{e}"),
@@ -274,14 +277,8 @@ impl App {
         let shared_limits =
             SharedLimits::new(&config.rate_limits, &metrics).map_err(StartError::RateLimits)?;
         let cooldowns = shared_limits.cooldowns(config.auth.forgot_cooldown);
-        let tokens = Tokens::new(TokenSettings {
-            secret: config.tokens.secret.expose().as_bytes().to_vec(),
-            issuer: config.tokens.issuer.clone(),
-            audience: config.tokens.audience.clone(),
-            access_ttl_secs: config.tokens.access_ttl.as_secs(),
-            leeway_secs: config.tokens.leeway.as_secs(),
-        })
-        .with_cache(config.tokens.verify_cache);
+        let tokens = Tokens::new(config.tokens.settings().ok_or(StartError::Keys)?)
+            .with_cache(config.tokens.verify_cache);
         let hasher = Hasher::new(&config.auth.password).map_err(StartError::Password)?;
 
         let revocations = Revocations::new();
