@@ -30,6 +30,7 @@
 //! - [`password`]: argon2id hashing on the blocking pool, password policy.
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
+//!   [`wellknown`]: the published keys (JWKS) and discovery documents.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
 //! - [`app`]: the shared state; [`cli`], [`usercli`], [`demo`]: the command line.
 //!
@@ -68,3 +69,4 @@ pub mod token;
 pub mod upstream;
 pub mod usercli;
 pub mod websocket;
+pub mod wellknown;

@@ -55,6 +55,16 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     let headers = headers(&mut root.section("headers"));
     let policy = policy(&mut root.section("policy"), &routes, &roles, &auth);
     let log = log(&mut root.section("log"));
+    if tokens.algorithm.is_asymmetric() && server.public_url.is_empty() {
+        root.warn_at(
+            "server.public_url",
+            format!(
+                "is not set: under {} the discovery documents (/.well-known/openid-configuration) \
+                 need it for their URLs and answer 404 without it; the JWKS is served either way",
+                tokens.algorithm
+            ),
+        );
+    }
     Some(Config {
         server,
         upstream,
