@@ -9,6 +9,7 @@ mod crash;
 mod dashboards;
 mod explain;
 mod harness;
+mod keys;
 mod openapi;
 mod ops;
 mod pg;
