@@ -131,7 +131,7 @@ pub fn explain(
             Some(settings) => Some(Tokens::new(settings)),
             None => {
                 return Err(ExplainError(
-                    "--token needs the keys to verify the token: set tokens.secret in the \
+                    "--token needs the signing key to verify the token: set tokens.secret in the \
                      file or GATEHOUSE_TOKENS_SECRET under HS256, or make the \
                      [[tokens.keys]] files readable (or use --roles to decide for given \
                      roles without verifying anything)"
