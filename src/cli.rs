@@ -342,10 +342,9 @@ fn write_private(path: &std::path::Path, bytes: &[u8], force: bool) -> std::io::
     let target_exists = std::fs::symlink_metadata(path).is_ok();
     if !force || !target_exists {
         let mut file = create(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
-                e.kind(),
-                "already exists; pass --force to replace it",
-            ),
+            std::io::ErrorKind::AlreadyExists => {
+                std::io::Error::new(e.kind(), "already exists; pass --force to replace it")
+            }
             _ => e,
         })?;
         file.write_all(bytes)?;

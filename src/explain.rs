@@ -25,9 +25,9 @@ use crate::config::Config;
 use crate::decide::{self, Routing};
 use crate::error::{Error, TokenRefusal};
 use crate::hygiene::Head;
-use crate::token::{Claims, Tokens};
 #[cfg(test)]
 use crate::token::TokenSettings;
+use crate::token::{Claims, Tokens};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -464,12 +464,13 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
         })
         .warn(|secret| {
             (algorithm.is_asymmetric() && !secret.is_empty()).then(|| {
-                format!("is not used: tokens.algorithm is {algorithm}, which signs with [[tokens.keys]]")
+                format!(
+                    "is not used: tokens.algorithm is {algorithm}, which signs with [[tokens.keys]]"
+                )
             })
         })
         .check(|secret| {
-            if algorithm.is_asymmetric() || secret.is_empty() && purpose == super::Purpose::Policy
-            {
+            if algorithm.is_asymmetric() || secret.is_empty() && purpose == super::Purpose::Policy {
                 Ok(())
             } else if secret.is_empty() {
                 Err(
@@ -539,7 +540,10 @@ fn signing_keys(
                 Ok(())
             }
         });
-        if !algorithm.is_asymmetric() || path.is_empty() || kid.as_deref().is_some_and(|k| check_kid(k).is_err()) {
+        if !algorithm.is_asymmetric()
+            || path.is_empty()
+            || kid.as_deref().is_some_and(|k| check_kid(k).is_err())
+        {
             return None;
         }
         match SigningKey::from_pem_file(std::path::Path::new(&path), algorithm, kid.as_deref()) {

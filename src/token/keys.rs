@@ -181,8 +181,8 @@ impl PublicJwk {
                 let mut point = vec![4u8];
                 point.extend(decode("x", x)?);
                 point.extend(decode("y", y)?);
-                let key = ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point)
-                    .map_err(rejected)?;
+                let key =
+                    ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point).map_err(rejected)?;
                 Ok((Algorithm::ES256, key))
             }
             PublicJwk::Rsa { n, e } => {
@@ -221,9 +221,10 @@ pub struct VerifyKey {
     public: Option<PublicJwk>,
 }
 
+// aws-lc's HMAC key holds its precomputed state inline (over a kilobyte), hence the box.
 #[derive(Clone)]
 enum Check {
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Public(Arc<ParsedPublicKey>),
 }
 
@@ -323,7 +324,7 @@ pub struct SigningKey {
 }
 
 enum Signer {
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Ed(Ed25519KeyPair),
     Ec(EcdsaKeyPair),
     Rsa(RsaKeyPair),
@@ -350,11 +351,11 @@ impl SigningKey {
         // 12 bytes (16 characters) tell keys apart; the rest would only lengthen headers.
         let kid = URL_SAFE_NO_PAD.encode(&tag.as_ref()[..12]);
         SigningKey {
-            signer: Arc::new(Signer::Hmac(key.clone())),
+            signer: Arc::new(Signer::Hmac(Box::new(key.clone()))),
             verify: VerifyKey {
                 kid: kid.into(),
                 alg: Algorithm::HS256,
-                check: Check::Hmac(key),
+                check: Check::Hmac(Box::new(key)),
                 decoding: DecodingKey::from_secret(secret),
                 public: None,
             },
@@ -369,7 +370,8 @@ impl SigningKey {
         alg: Algorithm,
         kid: Option<&str>,
     ) -> Result<SigningKey, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         SigningKey::from_pem(&pem, alg, kid).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -499,12 +501,13 @@ pub fn generate(alg: Algorithm) -> Result<(String, String), String> {
             .map_err(failed)?
             .as_ref()
             .to_vec(),
-        Algorithm::ES256 => {
-            EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(failed)?
-                .as_ref()
-                .to_vec()
-        }
+        Algorithm::ES256 => EcdsaKeyPair::generate_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &SystemRandom::new(),
+        )
+        .map_err(failed)?
+        .as_ref()
+        .to_vec(),
         // 2048 bits: the size RFC 7518 §3.3 requires at least, and the fastest to verify.
         Algorithm::RS256 => RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
             .and_then(|pair| pair.as_der())

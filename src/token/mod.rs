@@ -709,7 +709,13 @@ mod tests {
     const LEEWAY: u64 = 5;
 
     fn tokens() -> Tokens {
-        Tokens::new(TokenSettings::hs256(SECRET, "gatehouse", "api", TTL, LEEWAY))
+        Tokens::new(TokenSettings::hs256(
+            SECRET,
+            "gatehouse",
+            "api",
+            TTL,
+            LEEWAY,
+        ))
     }
 
     fn roles() -> Vec<String> {
@@ -717,6 +723,10 @@ mod tests {
     }
 
     fn issue_at(now: u64, min_iat: u64) -> (String, Claims) {
+        issue_with(&tokens(), now, min_iat)
+    }
+
+    fn issue_with(tokens: &Tokens, now: u64, min_iat: u64) -> (String, Claims) {
         let roles = roles();
         let id = Identity {
             user_id: "u1",
@@ -726,7 +736,7 @@ mod tests {
             session_id: "s1",
             min_iat,
         };
-        tokens().issue(&id, now).unwrap()
+        tokens.issue(&id, now).unwrap()
     }
 
     fn header() -> Value {
@@ -1074,11 +1084,7 @@ mod tests {
     /// A verifier for each algorithm, with a fresh key (and, for the asymmetric ones, a
     /// second, verify-only key).
     fn verifiers() -> Vec<(Algorithm, Tokens, SigningKey)> {
-        let mut out = vec![(
-            Algorithm::HS256,
-            tokens(),
-            SigningKey::hs256(SECRET),
-        )];
+        let mut out = vec![(Algorithm::HS256, tokens(), SigningKey::hs256(SECRET))];
         for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
             let (pem, _) = keys::generate(alg).unwrap();
             let key = SigningKey::from_pem(pem.as_bytes(), alg, None).unwrap();
@@ -1096,7 +1102,11 @@ mod tests {
 
     /// A token with our exact header for `key` and these payload bytes, signed by `key`.
     fn signed_raw(tokens: &Tokens, key: &SigningKey, payload: &[u8]) -> String {
-        let entry = tokens.keys.iter().find(|k| k.key.kid() == key.kid()).unwrap();
+        let entry = tokens
+            .keys
+            .iter()
+            .find(|k| k.key.kid() == key.kid())
+            .unwrap();
         let message = format!("{}{}", entry.prefix, URL_SAFE_NO_PAD.encode(payload));
         let signature = key.sign(message.as_bytes()).unwrap();
         format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
@@ -1113,7 +1123,7 @@ mod tests {
     /// `serde_json::Value` cannot hold: duplicates, lone surrogates, `1e400`).
     fn payload_with(raw: &str) -> Vec<u8> {
         let text = serde_json::to_string(&payload()).unwrap();
-        let mut bytes = text[..text.len() - 1].as_bytes().to_vec();
+        let mut bytes = text.as_bytes()[..text.len() - 1].to_vec();
         bytes.extend_from_slice(b",");
         bytes.extend_from_slice(raw.as_bytes());
         bytes.push(b'}');
@@ -1123,22 +1133,17 @@ mod tests {
     #[test]
     fn every_algorithm_signs_and_verifies_and_names_its_key() {
         for (alg, tokens, key) in verifiers() {
-            let roles = roles();
-            let id = Identity {
-                user_id: "u1",
-                email: "a@example.com",
-                roles: &roles,
-                email_verified: true,
-                session_id: "s1",
-                min_iat: 0,
-            };
-            let (token, issued) = tokens.issue(&id, NOW).unwrap();
+            let (token, issued) = issue_with(&tokens, NOW, 0);
             let header = jsonwebtoken::decode_header(&token).unwrap();
             assert_eq!(header.alg, alg.jwt(), "{alg}");
             assert_eq!(header.kid.as_deref(), Some(key.kid()), "{alg}");
             assert_eq!(header.typ.as_deref(), Some("at+jwt"), "{alg}");
             assert_eq!(tokens.verify(&token, NOW).unwrap(), issued, "{alg}");
-            assert_eq!(library_only(tokens).verify(&token, NOW).unwrap(), issued, "{alg}");
+            assert_eq!(
+                library_only(tokens).verify(&token, NOW).unwrap(),
+                issued,
+                "{alg}"
+            );
         }
     }
 
@@ -1147,13 +1152,14 @@ mod tests {
         let verifiers = verifiers();
         let (_, ed, ed_key) = &verifiers[1];
         let p = serde_json::to_vec(&payload()).unwrap();
-        let own = jsonwebtoken::decode_header(&signed_raw(ed, ed_key, &p)).unwrap();
+        let own = jsonwebtoken::decode_header(signed_raw(ed, ed_key, &p)).unwrap();
         let kid = own.kid.unwrap();
         let header = |alg: &str, kid: &str| json!({"alg": alg, "typ": "at+jwt", "kid": kid});
         // The HMAC "secret" an attacker would use: the published public key's bytes.
         let jwk = ed_key.verify_key().jwk().unwrap();
         let public_x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
-        let hmac_with_public_key = forge_with(&header("HS256", &kid), &payload(), &public_x, Jwa::HS256);
+        let hmac_with_public_key =
+            forge_with(&header("HS256", &kid), &payload(), &public_x, Jwa::HS256);
         let rs_key = &verifiers[3].2;
         #[rustfmt::skip]
         let cases: Vec<(&str, String, Result<(), TokenError>)> = vec![
@@ -1215,14 +1221,26 @@ mod tests {
             }));
             for (name, payload, expect) in &payloads {
                 let token = signed_raw(&fast, &key, payload);
-                assert_eq!(fast.verify(&token, NOW).map(|_| ()), *expect, "{alg} fast: {name}");
-                assert_eq!(library.verify(&token, NOW).map(|_| ()), *expect, "{alg} library: {name}");
+                assert_eq!(
+                    fast.verify(&token, NOW).map(|_| ()),
+                    *expect,
+                    "{alg} fast: {name}"
+                );
+                assert_eq!(
+                    library.verify(&token, NOW).map(|_| ()),
+                    *expect,
+                    "{alg} library: {name}"
+                );
             }
             // The header's own leniencies can only reach the general path.
             let kid = key.kid();
             let good = serde_json::to_vec(&p()).unwrap();
             let raw_header = |json: &str| {
-                let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(json), URL_SAFE_NO_PAD.encode(&good));
+                let message = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(json),
+                    URL_SAFE_NO_PAD.encode(&good)
+                );
                 let signature = key.sign(message.as_bytes()).unwrap();
                 format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
             };
@@ -1238,10 +1256,17 @@ mod tests {
             ];
             for (name, header) in headers {
                 let token = raw_header(&header);
-                assert_eq!(fast.verify(&token, NOW).map(|_| ()), invalid("header"), "{alg}: {name}");
+                assert_eq!(
+                    fast.verify(&token, NOW).map(|_| ()),
+                    invalid("header"),
+                    "{alg}: {name}"
+                );
             }
             let control = raw_header(&format!(r#"{{"kid":"{kid}","typ":"at+jwt","alg":"{a}"}}"#));
-            assert!(fast.verify(&control, NOW).is_ok(), "{alg}: reordered header");
+            assert!(
+                fast.verify(&control, NOW).is_ok(),
+                "{alg}: reordered header"
+            );
         }
     }
 

@@ -209,23 +209,17 @@ mod tests {
 
     #[test]
     fn identity_table() {
-        let base = Claims {
-            sub: "u1".into(),
-            email: "a@example.com".into(),
-            roles: vec!["reader".into(), "app:admin".into()],
-            email_verified: true,
-            iss: "i".into(),
-            aud: "a".into(),
-            iat: 1,
-            nbf: 1,
-            exp: 2,
-            jti: "j".into(),
-            sid: "s".into(),
-            token_use: "access".into(),
-        };
+        let base: Claims = serde_json::from_value(serde_json::json!({
+            "sub": "u1", "email": "a@example.com", "roles": ["reader", "app:admin"],
+            "email_verified": true, "iss": "i", "aud": "a", "iat": 1, "nbf": 1, "exp": 2,
+            "jti": "j", "sid": "s", "token_use": "access",
+        }))
+        .unwrap();
         assert!(check_identity(&base).is_ok());
         let mut bad: Vec<Claims> = Vec::new();
-        for sub in ["", "u\r\n1", "u\n", "u\0", " u", "u ", "u\u{7f}", "ü", "u\t"] {
+        for sub in [
+            "", "u\r\n1", "u\n", "u\0", " u", "u ", "u\u{7f}", "ü", "u\t",
+        ] {
             bad.push(Claims {
                 sub: sub.into(),
                 ..base.clone()

@@ -329,8 +329,18 @@ fn payload_json(rng: &mut Rng) -> String {
             // The claims by position, which a struct deserialiser accepts from an array.
             let v: Value = serde_json::from_str(&text).unwrap_or_default();
             let fields = [
-                "sub", "email", "roles", "email_verified", "iss", "aud", "iat", "nbf", "exp",
-                "jti", "sid", "token_use",
+                "sub",
+                "email",
+                "roles",
+                "email_verified",
+                "iss",
+                "aud",
+                "iat",
+                "nbf",
+                "exp",
+                "jti",
+                "sid",
+                "token_use",
             ];
             text = Value::Array(fields.iter().map(|f| v[*f].clone()).collect()).to_string();
         }
@@ -567,7 +577,8 @@ fn lenient(token: &str, reason: &str, now: u64) -> Result<(), String> {
                 || bad_header_value(&payload_value["email"])
                 || payload_value["roles"].as_array().is_some_and(|roles| {
                     roles.iter().any(|r| {
-                        bad_header_value(r) || r.as_str().is_some_and(|s| s.is_empty() || s.contains(','))
+                        bad_header_value(r)
+                            || r.as_str().is_some_and(|s| s.is_empty() || s.contains(','))
                     })
                 })
         }

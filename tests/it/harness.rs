@@ -405,6 +405,17 @@ impl Gatehouse {
         .await
     }
 
+    /// `POST /auth/refresh` with `refresh_token`.
+    pub async fn refresh(&self, refresh_token: &str) -> Reply {
+        self.json(
+            Method::POST,
+            "/auth/refresh",
+            None,
+            serde_json::json!({"refresh_token": refresh_token}),
+        )
+        .await
+    }
+
     /// (access token, refresh token) of a fresh session.
     pub async fn session(&self, email: &str, password: &str) -> (String, String) {
         let body = self.login(email, password).await.expect(200).json();

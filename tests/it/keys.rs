@@ -56,7 +56,9 @@ fn jwt_header(token: &str) -> Value {
 fn verify_independently(jwks: &Value, token: &str) -> Value {
     let set: JwkSet = serde_json::from_value(jwks.clone()).unwrap();
     let kid = jwt_header(token)["kid"].as_str().unwrap().to_string();
-    let jwk = set.find(&kid).unwrap_or_else(|| panic!("kid {kid} not in {jwks}"));
+    let jwk = set
+        .find(&kid)
+        .unwrap_or_else(|| panic!("kid {kid} not in {jwks}"));
     let alg = jwk.common.key_algorithm.unwrap().to_string();
     let mut validation = Validation::new(alg.parse().unwrap());
     validation.set_issuer(&["gatehouse"]);
@@ -127,23 +129,19 @@ async fn each_algorithm_signs_publishes_and_is_verified_independently() {
         assert_eq!(header["kid"], "k1");
         assert_eq!(header["typ"], "at+jwt");
         // gatehouse verifies its own token on the proxy path and on its endpoints.
-        let reply = gh.get_with("/api/items", &[("authorization", &bearer(&access))]).await;
+        let reply = gh
+            .get_with("/api/items", &[("authorization", &bearer(&access))])
+            .await;
         reply.expect(200);
         assert!(reply.upstream_header("x-auth-user-id").is_some());
         gh.get_with("/auth/me", &[("authorization", &bearer(&access))])
             .await
             .expect(200);
-        let refreshed = gh
-            .json(
-                Method::POST,
-                "/auth/refresh",
-                None,
-                json!({"refresh_token": refresh}),
-            )
-            .await
-            .expect(200)
-            .json();
-        assert_eq!(jwt_header(refreshed["access_token"].as_str().unwrap())["kid"], "k1");
+        let refreshed = gh.refresh(&refresh).await.expect(200).json();
+        assert_eq!(
+            jwt_header(refreshed["access_token"].as_str().unwrap())["kid"],
+            "k1"
+        );
 
         // The key set: public parameters only, cacheable.
         let reply = gh.get("/.well-known/jwks.json").await;
@@ -154,13 +152,25 @@ async fn each_algorithm_signs_publishes_and_is_verified_independently() {
         let published = jwks["keys"].as_array().unwrap();
         assert_eq!(published.len(), 1, "{jwks}");
         let jwk = &published[0];
-        assert_eq!((jwk["kid"].as_str(), jwk["alg"].as_str(), jwk["use"].as_str()), (Some("k1"), Some(alg.name()), Some("sig")));
+        assert_eq!(
+            (
+                jwk["kid"].as_str(),
+                jwk["alg"].as_str(),
+                jwk["use"].as_str()
+            ),
+            (Some("k1"), Some(alg.name()), Some("sig"))
+        );
         let expected_members: &[&str] = match alg {
             Algorithm::EdDSA => &["alg", "crv", "kid", "kty", "use", "x"],
             Algorithm::ES256 => &["alg", "crv", "kid", "kty", "use", "x", "y"],
             _ => &["alg", "e", "kid", "kty", "n", "use"],
         };
-        let mut members: Vec<&str> = jwk.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut members: Vec<&str> = jwk
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         members.sort_unstable();
         assert_eq!(members, expected_members, "{alg}: {jwk}");
 
@@ -175,15 +185,27 @@ async fn each_algorithm_signs_publishes_and_is_verified_independently() {
             "/.well-known/oauth-authorization-server",
         ] {
             let reply = gh
-                .get_with(path, &[("host", "evil.example"), ("x-forwarded-host", "evil.example")])
+                .get_with(
+                    path,
+                    &[
+                        ("host", "evil.example"),
+                        ("x-forwarded-host", "evil.example"),
+                    ],
+                )
                 .await;
             reply.expect(200);
             assert_eq!(reply.header("cache-control"), Some("public, max-age=300"));
             let doc = reply.json();
             assert_eq!(doc["issuer"], "gatehouse", "{doc}");
-            assert_eq!(doc["jwks_uri"], format!("{PUBLIC_URL}/.well-known/jwks.json"));
+            assert_eq!(
+                doc["jwks_uri"],
+                format!("{PUBLIC_URL}/.well-known/jwks.json")
+            );
             assert_eq!(doc["token_endpoint"], format!("{PUBLIC_URL}/auth/login"));
-            assert_eq!(doc["id_token_signing_alg_values_supported"], json!([alg.name()]));
+            assert_eq!(
+                doc["id_token_signing_alg_values_supported"],
+                json!([alg.name()])
+            );
             assert!(!doc.to_string().contains("evil"), "{doc}");
         }
         gh.stop().await;
@@ -201,7 +223,12 @@ async fn well_known_paths_are_served_by_gatehouse_not_the_policy() {
         .await
         .expect_error(404, "NOT_FOUND");
     let head = gh
-        .send(Method::HEAD, "/.well-known/jwks.json", &[], bytes::Bytes::new())
+        .send(
+            Method::HEAD,
+            "/.well-known/jwks.json",
+            &[],
+            bytes::Bytes::new(),
+        )
         .await;
     head.expect(200);
     assert!(head.body.is_empty());
@@ -220,7 +247,10 @@ async fn well_known_paths_are_served_by_gatehouse_not_the_policy() {
     let gh = Gatehouse::start("", &[("GATEHOUSE_SERVER_PUBLIC_URL", PUBLIC_URL)]).await;
     let doc = gh.get("/.well-known/oauth-authorization-server").await;
     doc.expect(200);
-    assert_eq!(doc.json()["id_token_signing_alg_values_supported"], json!(["HS256"]));
+    assert_eq!(
+        doc.json()["id_token_signing_alg_values_supported"],
+        json!(["HS256"])
+    );
     gh.stop().await;
 }
 
@@ -234,7 +264,10 @@ async fn proxied(gh: &Gatehouse, token: &str) -> crate::harness::Reply {
 /// redeploy with new keys would.
 async fn redeploy(mut gh: Gatehouse, extra: &str, env: &[(&str, &str)]) -> Gatehouse {
     let dir = std::mem::replace(&mut gh.dir, tempfile::tempdir().unwrap());
-    let (upstream, now) = (gh.upstream, gh.now.load(std::sync::atomic::Ordering::SeqCst));
+    let (upstream, now) = (
+        gh.upstream,
+        gh.now.load(std::sync::atomic::Ordering::SeqCst),
+    );
     gh.stop().await;
     Gatehouse::launch_in(
         Setup {
@@ -275,16 +308,15 @@ async fn the_rotation_walk() {
 
     // 2. [new, old]: the new key signs, the old one still verifies.
     let gh = redeploy(gh, &config(&[("2026-11", &new), ("2026-10", &old)]), &env).await;
-    assert_eq!(kids(gh.get("/.well-known/jwks.json").await.json()), ["2026-11", "2026-10"]);
+    assert_eq!(
+        kids(gh.get("/.well-known/jwks.json").await.json()),
+        ["2026-11", "2026-10"]
+    );
     proxied(&gh, &old_token).await.expect(200);
     let (new_token, _) = gh.session("ada@example.com", PASSWORD).await;
     assert_eq!(jwt_header(&new_token)["kid"], "2026-11");
     // A session begun under the old key refreshes into a token of the new one.
-    let refreshed = gh
-        .json(Method::POST, "/auth/refresh", None, json!({"refresh_token": refresh}))
-        .await
-        .expect(200)
-        .json();
+    let refreshed = gh.refresh(&refresh).await.expect(200).json();
     let refreshed = refreshed["access_token"].as_str().unwrap().to_string();
     assert_eq!(jwt_header(&refreshed)["kid"], "2026-11");
     proxied(&gh, &new_token).await.expect(200);
@@ -292,7 +324,10 @@ async fn the_rotation_walk() {
     // 3. [new]: the old key is gone, so its tokens are refused by their kid, even one that
     //    has not expired (in production this step waits out access_ttl, so none is left).
     let gh = redeploy(gh, &config(&[("2026-11", &new)]), &env).await;
-    assert_eq!(kids(gh.get("/.well-known/jwks.json").await.json()), ["2026-11"]);
+    assert_eq!(
+        kids(gh.get("/.well-known/jwks.json").await.json()),
+        ["2026-11"]
+    );
     proxied(&gh, &old_token)
         .await
         .expect_error(401, "TOKEN_INVALID");
@@ -322,24 +357,90 @@ async fn lenient_tokens_are_refused_on_the_proxy_path() {
             URL_SAFE_NO_PAD.encode(payload)
         );
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
+        let sig =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+                .unwrap();
         format!("{message}.{sig}")
     };
     let own = json!({"alg": "HS256", "typ": "at+jwt", "kid": kid});
     let good = claims("u1", json!(["reader"])).to_string();
     let with_member = |raw: &str| format!("{},{raw}}}", &good[..good.len() - 1]);
     let cases: Vec<(&str, String)> = vec![
-        ("sub with CR LF", sign(own.clone(), claims("u1\r\nX-Auth-Roles: admin", json!(["reader"])).to_string().as_bytes())),
-        ("sub with NUL", sign(own.clone(), claims("u1\u{0}", json!(["reader"])).to_string().as_bytes())),
-        ("role with the separator", sign(own.clone(), claims("u1", json!(["reader,admin"])).to_string().as_bytes())),
-        ("array payload", sign(own.clone(), json!(["u1", "m@example.com", ["admin"]]).to_string().as_bytes())),
-        ("duplicate sub", sign(own.clone(), with_member(r#""sub":"admin""#).as_bytes())),
-        ("lone surrogate", sign(own.clone(), with_member(r#""x":"\ud800""#).as_bytes())),
-        ("1e400", sign(own.clone(), with_member(r#""x":1e400"#).as_bytes())),
-        ("iat ahead", sign(own.clone(), claims("u1", json!(["reader"])).to_string().replace(&format!("\"iat\":{T0}"), &format!("\"iat\":{}", T0 + 3600)).as_bytes())),
-        ("crit", sign(json!({"alg": "HS256", "typ": "at+jwt", "kid": kid, "crit": ["exp"]}), good.as_bytes())),
-        ("unknown kid", sign(json!({"alg": "HS256", "typ": "at+jwt", "kid": "../../k"}), good.as_bytes())),
-        ("jku to elsewhere, unknown kid", sign(json!({"alg": "HS256", "typ": "at+jwt", "kid": "x", "jku": "http://127.0.0.1:1/jwks"}), good.as_bytes())),
+        (
+            "sub with CR LF",
+            sign(
+                own.clone(),
+                claims("u1\r\nX-Auth-Roles: admin", json!(["reader"]))
+                    .to_string()
+                    .as_bytes(),
+            ),
+        ),
+        (
+            "sub with NUL",
+            sign(
+                own.clone(),
+                claims("u1\u{0}", json!(["reader"])).to_string().as_bytes(),
+            ),
+        ),
+        (
+            "role with the separator",
+            sign(
+                own.clone(),
+                claims("u1", json!(["reader,admin"])).to_string().as_bytes(),
+            ),
+        ),
+        (
+            "array payload",
+            sign(
+                own.clone(),
+                json!(["u1", "m@example.com", ["admin"]])
+                    .to_string()
+                    .as_bytes(),
+            ),
+        ),
+        (
+            "duplicate sub",
+            sign(own.clone(), with_member(r#""sub":"admin""#).as_bytes()),
+        ),
+        (
+            "lone surrogate",
+            sign(own.clone(), with_member(r#""x":"\ud800""#).as_bytes()),
+        ),
+        (
+            "1e400",
+            sign(own.clone(), with_member(r#""x":1e400"#).as_bytes()),
+        ),
+        (
+            "iat ahead",
+            sign(
+                own.clone(),
+                claims("u1", json!(["reader"]))
+                    .to_string()
+                    .replace(&format!("\"iat\":{T0}"), &format!("\"iat\":{}", T0 + 3600))
+                    .as_bytes(),
+            ),
+        ),
+        (
+            "crit",
+            sign(
+                json!({"alg": "HS256", "typ": "at+jwt", "kid": kid, "crit": ["exp"]}),
+                good.as_bytes(),
+            ),
+        ),
+        (
+            "unknown kid",
+            sign(
+                json!({"alg": "HS256", "typ": "at+jwt", "kid": "../../k"}),
+                good.as_bytes(),
+            ),
+        ),
+        (
+            "jku to elsewhere, unknown kid",
+            sign(
+                json!({"alg": "HS256", "typ": "at+jwt", "kid": "x", "jku": "http://127.0.0.1:1/jwks"}),
+                good.as_bytes(),
+            ),
+        ),
     ];
     // The control: the same construction, nothing lenient, is accepted.
     let control = sign(own.clone(), good.as_bytes());
@@ -352,7 +453,13 @@ async fn lenient_tokens_are_refused_on_the_proxy_path() {
             .await;
         assert_eq!(reply.status.as_u16(), 401, "{name}: {reply:?}");
         reply.expect_error(401, "TOKEN_INVALID");
-        assert_eq!(reply.header("www-authenticate").map(|h| h.starts_with("Bearer")), Some(true), "{name}");
+        assert_eq!(
+            reply
+                .header("www-authenticate")
+                .map(|h| h.starts_with("Bearer")),
+            Some(true),
+            "{name}"
+        );
         // Refused even on a public route: a bad token is never downgraded to anonymous.
         gh.get_with("/public/x", &[("authorization", &bearer(&token))])
             .await
@@ -392,7 +499,10 @@ fn key_config_errors_name_their_key() {
     let found = errors(&text);
     let expect = [
         ("tokens.keys[1].private_key", "cannot read"),
-        ("tokens.keys[2].private_key", "holds an RSA key (RS256), but tokens.algorithm is EdDSA"),
+        (
+            "tokens.keys[2].private_key",
+            "holds an RSA key (RS256), but tokens.algorithm is EdDSA",
+        ),
         ("tokens.keys[3].private_key", "PKCS#8"),
         ("tokens.keys[4].kid", "already the kid of tokens.keys[0]"),
         ("tokens.keys[5].kid", "is not a kid"),
@@ -410,26 +520,56 @@ fn key_config_errors_name_their_key() {
     let found = errors(&format!(
         "{base}[tokens]\nsecret = \"{SECRET}\"\n[[tokens.keys]]\nprivate_key = \"{ed}\"\n"
     ));
-    assert!(found.iter().any(|(k, m)| k == "tokens.keys" && m.contains("HS256 signs with tokens.secret")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|(k, m)| k == "tokens.keys" && m.contains("HS256 signs with tokens.secret")),
+        "{found:?}"
+    );
     let found = errors(&format!("{base}[tokens]\nalgorithm = \"ES256\"\n"));
-    assert!(found.iter().any(|(k, m)| k == "tokens.keys" && m.contains("gatehouse keys generate --algorithm ES256")), "{found:?}");
-    let found = errors(&format!("{base}[tokens]\nalgorithm = \"HS512\"\nsecret = \"{SECRET}\"\n"));
-    assert!(found.iter().any(|(k, m)| k == "tokens.algorithm" && m.contains("not supported")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|(k, m)| k == "tokens.keys"
+                && m.contains("gatehouse keys generate --algorithm ES256")),
+        "{found:?}"
+    );
+    let found = errors(&format!(
+        "{base}[tokens]\nalgorithm = \"HS512\"\nsecret = \"{SECRET}\"\n"
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|(k, m)| k == "tokens.algorithm" && m.contains("not supported")),
+        "{found:?}"
+    );
 
     // A good asymmetric config needs no secret; its kid defaults to the thumbprint.
     let loaded = Config::check(
-        &format!("{base}[tokens]\nalgorithm = \"EdDSA\"\n[[tokens.keys]]\nprivate_key = \"{ed}\"\n"),
+        &format!(
+            "{base}[tokens]\nalgorithm = \"EdDSA\"\n[[tokens.keys]]\nprivate_key = \"{ed}\"\n"
+        ),
         std::iter::empty(),
         Purpose::Serve,
     );
     let config = loaded.config.unwrap();
     let key = &config.tokens.keys[0];
     let jwk = key.verify_key().jwk().unwrap();
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, jwk["x"].as_str().unwrap());
-    let thumbprint = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()));
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        jwk["x"].as_str().unwrap()
+    );
+    let thumbprint = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        canonical.as_bytes(),
+    ));
     assert_eq!(key.kid(), thumbprint);
     // And warns that discovery needs server.public_url.
-    assert!(loaded.warnings.iter().any(|w| w.key == "server.public_url"), "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings.iter().any(|w| w.key == "server.public_url"),
+        "{:?}",
+        loaded.warnings
+    );
 }
 
 #[test]
@@ -460,12 +600,26 @@ fn keys_generate_writes_a_private_file_once_and_prints_its_kid() {
         // An existing file is refused and left alone; --force replaces it, still 0600.
         let again = run(&["keys", "generate", "--algorithm", alg.name(), "--out", path]);
         assert!(!again.status.success());
-        assert!(String::from_utf8_lossy(&again.stderr).contains("--force"), "{again:?}");
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("--force"),
+            "{again:?}"
+        );
         assert_eq!(std::fs::read(&out).unwrap(), pem);
-        let forced = run(&["keys", "generate", "--algorithm", alg.name(), "--out", path, "--force"]);
+        let forced = run(&[
+            "keys",
+            "generate",
+            "--algorithm",
+            alg.name(),
+            "--out",
+            path,
+            "--force",
+        ]);
         assert!(forced.status.success(), "{forced:?}");
         assert_ne!(std::fs::read(&out).unwrap(), pem);
-        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let hs = run(&["keys", "generate", "--algorithm", "HS256", "--out", path]);
     assert!(!hs.status.success());

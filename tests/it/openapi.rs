@@ -233,9 +233,12 @@ async fn documented_routes_and_served_routes_agree() {
 /// answers its documented methods and 405 to the others.
 #[tokio::test]
 async fn documented_well_known_paths_are_served() {
-    let gh = Gatehouse::start("", &[("GATEHOUSE_SERVER_PUBLIC_URL", "https://id.example.com")]).await;
-    let doc: serde_json::Value =
-        serde_json::from_str(gatehouse::auth::openapi::DOCUMENT).unwrap();
+    let gh = Gatehouse::start(
+        "",
+        &[("GATEHOUSE_SERVER_PUBLIC_URL", "https://id.example.com")],
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(gatehouse::auth::openapi::DOCUMENT).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let well_known: Vec<_> = paths
         .iter()
@@ -249,7 +252,11 @@ async fn documented_well_known_paths_are_served() {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let reply = gh.send(method.clone(), path, &[], Bytes::new()).await;
             let expected = if documented { 200 } else { 405 };
-            assert_eq!(reply.status.as_u16(), expected, "{method} {path}: {reply:?}");
+            assert_eq!(
+                reply.status.as_u16(),
+                expected,
+                "{method} {path}: {reply:?}"
+            );
         }
     }
     gh.stop().await;
