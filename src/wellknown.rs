@@ -56,7 +56,7 @@ pub fn handle<B>(app: &App, request: &Request<B>) -> Option<Response<Full<Bytes>
         return Some(Error::MethodNotAllowed("GET, HEAD").into_response());
     }
     let body = if path == JWKS_PATH {
-        Ok(app.tokens.jwks().to_string())
+        Ok(app.live.tokens.jwks().to_string())
     } else {
         discovery(app)
     };
@@ -68,14 +68,14 @@ pub fn handle<B>(app: &App, request: &Request<B>) -> Option<Response<Full<Bytes>
 
 /// The discovery document, the same for both paths.
 fn discovery(app: &App) -> Result<String, Error> {
-    let config = &app.config;
+    let config = &app.live.config;
     let base = config.server.public_url.as_str();
     if base.is_empty() {
         return Err(Error::NotFound);
     }
-    let alg = app.tokens.algorithm().name();
+    let alg = app.live.tokens.algorithm().name();
     let document = serde_json::json!({
-        "issuer": app.tokens.issuer(),
+        "issuer": app.live.tokens.issuer(),
         "jwks_uri": format!("{base}{JWKS_PATH}"),
         "token_endpoint": format!("{base}{}", config.auth.path_of("/login")),
         "id_token_signing_alg_values_supported": [alg],
