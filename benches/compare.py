@@ -57,6 +57,53 @@ def wait_up(port, path, timeout=30):
     sys.exit(f"port {port} never answered {path}")
 
 
+# The verified system's policy: roles and a role-protected route, as an API would have them.
+VERIFIED_POLICY = """[roles]
+admin = { inherits = ["creator"] }
+creator = { inherits = ["reader"] }
+[[routes]]
+path = "/public/**"
+access = "public"
+[[routes]]
+path = "/api/admin/**"
+roles = ["admin"]
+[[routes]]
+path = "/api/**"
+methods = ["POST", "PUT", "PATCH", "DELETE"]
+roles = ["creator"]
+[[routes]]
+path = "/api/**"
+roles = ["reader"]
+"""
+
+
+def gatehouse_config(tmp, name, port, upstream_port, secret, extra):
+    """Writes TMP/NAME.toml: one worker, a sled store in TMP, rate limits that never trip."""
+    path = os.path.join(tmp, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(
+            f"""[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+url = "http://127.0.0.1:{upstream_port}"
+[store]
+path = "{tmp}/store-{name}"
+[tokens]
+secret = "{secret}"
+[rate_limits]
+login = "0"
+register = "0"
+proxy = "1000000/1s"
+[log]
+level = "warn"
+access = false
+{extra}
+"""
+        )
+    return path
+
+
 def children(pid):
     """pid and all its descendants (nginx's master forks its worker)."""
     out = [pid]
@@ -261,29 +308,7 @@ backend be
     haproxy = spawn(["haproxy", "-f", hap_conf, "-db"], 0, "haproxy.log")
 
     def gh_conf(name, port, extra):
-        path = os.path.join(tmp, f"{name}.toml")
-        with open(path, "w") as f:
-            f.write(
-                f"""[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-[upstream]
-url = "http://127.0.0.1:{up}"
-[store]
-path = "{tmp}/store-{name}"
-[tokens]
-secret = "{secret}"
-[rate_limits]
-login = "0"
-register = "0"
-proxy = "1000000/1s"
-[log]
-level = "warn"
-access = false
-{extra}
-"""
-            )
-        return path
+        return gatehouse_config(tmp, name, port, up, secret, extra)
 
     public = spawn(
         [args.bin, "serve", "--config", gh_conf("public", pub, '[policy]\ndefault = "public"')],
@@ -298,23 +323,7 @@ access = false
             gh_conf(
                 "verified",
                 ver,
-                """[roles]
-admin = { inherits = ["creator"] }
-creator = { inherits = ["reader"] }
-[[routes]]
-path = "/public/**"
-access = "public"
-[[routes]]
-path = "/api/admin/**"
-roles = ["admin"]
-[[routes]]
-path = "/api/**"
-methods = ["POST", "PUT", "PATCH", "DELETE"]
-roles = ["creator"]
-[[routes]]
-path = "/api/**"
-roles = ["reader"]
-""",
+                VERIFIED_POLICY,
             ),
         ],
         0,

@@ -386,7 +386,7 @@ fn store_copy(args: &CopyArgs) -> ExitCode {
         (Ok(from), Ok(to)) => (from, to),
         (Err(code), _) | (_, Err(code)) => return code,
     };
-    let rt = match runtime(2) {
+    let rt = match runtime(2, ONE_OFF_BLOCKING_THREADS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -441,7 +441,7 @@ fn store_copy(args: &CopyArgs) -> ExitCode {
 
 /// `gatehouse store migrate`: one line per migration applied, then the version in force.
 fn store_migrate(config: &Config) -> ExitCode {
-    let rt = match runtime(1) {
+    let rt = match runtime(1, ONE_OFF_BLOCKING_THREADS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -620,11 +620,21 @@ fn policy_test(config: &Path, file: &Path) -> ExitCode {
     }
 }
 
+/// The blocking pool of one-off commands (`store copy`, `store migrate`, `demo`): tokio's
+/// default bound. A copy holds one thread for the export while the import needs others, and
+/// these commands do not run for days.
+const ONE_OFF_BLOCKING_THREADS: usize = 512;
+
 /// The runtime `serve` runs on: `server.workers` threads (0: one per core). With one worker
 /// the scheduler is tokio's current-thread one, on the main thread: no work stealing, no
 /// cross-thread wake-ups, which is what a one-core sidecar wants. Blocking work (argon2id,
-/// sled) has its own threads either way.
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// sled) has its own threads either way: at most `blocking_threads`
+/// ([`Config::blocking_threads`](crate::config::Config::blocking_threads)), where tokio's
+/// default is 512. Each thread costs its stack and, under glibc, a share of an arena; a
+/// pool that grows with every burst of slow store calls kept the soak's thread count and
+/// RSS climbing (`benches/soak.sh`: 15 to 24 threads in 10 minutes). Work beyond the bound
+/// queues for a free thread.
+fn runtime(workers: usize, blocking_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -634,7 +644,11 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         }
         builder
     };
-    builder.enable_all().thread_name("gatehouse").build()
+    builder
+        .enable_all()
+        .thread_name("gatehouse")
+        .max_blocking_threads(blocking_threads.max(1))
+        .build()
 }
 
 fn serve(path: &Path) -> ExitCode {
@@ -644,7 +658,7 @@ fn serve(path: &Path) -> ExitCode {
     };
     crate::logging::init(&config.log);
     crate::logging::config_warnings(&warnings);
-    let rt = match runtime(config.server.workers) {
+    let rt = match runtime(config.server.workers, config.blocking_threads()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -720,7 +734,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 fn demo(args: &DemoArgs) -> ExitCode {
-    let rt = match runtime(0) {
+    let rt = match runtime(0, ONE_OFF_BLOCKING_THREADS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -786,4 +800,61 @@ fn print_demo_banner(bound: &str, upstream: std::net::SocketAddr, p: &str) {
          \x20 curl -s {base}/metrics | grep gatehouse_requests_total\n\
          Ctrl-C stops it.\n"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// The serve runtime runs blocking work on at most `blocking_threads` threads, with either
+    /// scheduler: what is submitted beyond that waits for a thread rather than adding one.
+    #[test]
+    fn the_blocking_pool_is_bounded() {
+        const BOUND: usize = 3;
+        const TASKS: usize = 12;
+        for workers in [1, 2] {
+            let rt = super::runtime(workers, BOUND).unwrap();
+            let running = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let open = Arc::new(AtomicBool::new(false));
+            let threads = Arc::new(Mutex::new(HashSet::new()));
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let (running, most, open, threads) = (
+                        Arc::clone(&running),
+                        Arc::clone(&most),
+                        Arc::clone(&open),
+                        Arc::clone(&threads),
+                    );
+                    rt.spawn_blocking(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        threads.lock().unwrap().insert(std::thread::current().id());
+                        while !open.load(Ordering::SeqCst) {
+                            std::thread::park_timeout(std::time::Duration::from_millis(1));
+                        }
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            // Every task is submitted; hold them until the pool is full, then let all finish.
+            while running.load(Ordering::SeqCst) < BOUND {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            open.store(true, Ordering::SeqCst);
+            rt.block_on(async {
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            });
+            assert_eq!(most.load(Ordering::SeqCst), BOUND, "workers = {workers}");
+            let threads = threads.lock().unwrap().len();
+            assert!(
+                threads <= BOUND,
+                "{threads} blocking threads, workers = {workers}"
+            );
+        }
+    }
 }

@@ -16,8 +16,10 @@ fn main() -> ExitCode {
 /// later one is carved from the arena of whichever blocking thread ran it and stays there:
 /// a few logins left the process at 50+ MiB for good. Pinned, the hash memory goes back as
 /// soon as the hash is done, and the proxy path's small blocks are untouched by it.
-/// (`benches/compare.sh` reports RSS after 100 logins. mimalloc was measured too: 37 to 75
-/// MiB at start, depending on its purge options.)
+/// (`benches/compare.sh` reports RSS after 100 logins. Other allocators were measured after
+/// the same load with `benches/memory.py`: jemalloc 22.7 MiB, mimalloc 47.9, this policy
+/// 17.7; one glibc arena, `M_ARENA_MAX` 1, 24.9, as sled's zeroed tables then land on reused
+/// heap pages that must be written: `benches/results/memory.txt`.)
 fn return_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation policy; it is called before any other
@@ -27,9 +29,15 @@ fn return_large_blocks() {
     }
 }
 
-/// How often freed heap pages are handed back.
+/// How often freed heap pages are handed back: every second, so what a burst of connections
+/// freed leaves within a second of the burst rather than ten (measured after 60 s of load
+/// with 50 connections: 18.1 MiB once trimmed against 20.4 MiB read at once,
+/// `benches/results/memory.txt`). A trim walks glibc's free lists and `madvise`s the whole
+/// free pages it finds: tens of microseconds at this heap size, and a page handed back and
+/// reused costs one minor fault; instructions per request under callgrind stayed within
+/// that benchmark's run-to-run spread (`benches/results/callgrind.txt`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Hands freed heap pages back to the system every [`TRIM_EVERY`]. glibc only returns the
 /// top of a heap by itself; what a burst of connections freed in the middle stays resident

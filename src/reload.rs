@@ -333,8 +333,10 @@ fn digest(text: &str) -> [u8; 32] {
 ///
 /// What needs a restart, and why:
 /// - `server.listen`, `server.admin_listen`: the sockets are bound once;
-/// - `server.workers`: the runtime is built once;
+/// - `server.workers`, `server.blocking_threads`: the runtime is built once;
 /// - `server.max_connections`: the connection slots are counted by one semaphore;
+/// - `auth.ws.max_connections`: so are the auth channel's (its other keys reload, and a
+///   channel keeps the settings of the generation it was opened on);
 /// - `server.tls` on or off: the listener speaks TLS or not (with TLS on, the files and
 ///   `reload_interval` do reload);
 /// - `upstream.*`: the connection pools (and their TLS roots) are built from them;
@@ -384,7 +386,9 @@ pub fn keep_restart_keys(running: &Config, new: &mut Config) -> Vec<&'static str
     same!("server.listen", server.listen);
     same!("server.admin_listen", server.admin_listen);
     same!("server.workers", server.workers);
+    same!("server.blocking_threads", server.blocking_threads);
     same!("server.max_connections", server.max_connections);
+    same!("auth.ws.max_connections", auth.ws.max_connections);
     if running.server.tls.is_some() != new.server.tls.is_some() {
         new.server.tls = running.server.tls.clone();
         keep("server.tls", true);
@@ -555,6 +559,7 @@ mod tests {
 listen = "127.0.0.1:9999"
 admin_listen = "127.0.0.1:9998"
 workers = 3
+blocking_threads = 8
 max_connections = 5
 trusted_proxies = ["10.0.0.0/8"]
 [store]
@@ -572,6 +577,9 @@ from = "x@example.com"
 registration = "closed"
 [auth.password]
 min_length = 12
+[auth.ws]
+max_connections = 7
+idle_timeout = "5s"
 [log]
 format = "json"
 level = "debug"
@@ -584,7 +592,9 @@ level = "debug"
                 "server.listen",
                 "server.admin_listen",
                 "server.workers",
+                "server.blocking_threads",
                 "server.max_connections",
+                "auth.ws.max_connections",
                 "upstream.timeout",
                 "store.path",
                 "store.purge_interval",
@@ -605,6 +615,8 @@ level = "debug"
         assert!(new.rate_limits.proxy.is_some());
         assert_eq!(new.log.level, "debug");
         assert_eq!(new.auth.registration, crate::config::Registration::Closed);
+        assert_eq!(new.auth.ws.max_connections, running.auth.ws.max_connections);
+        assert_eq!(new.auth.ws.idle_timeout, std::time::Duration::from_secs(5));
         // A second comparison finds nothing left to keep.
         assert!(keep_restart_keys(&running, &mut new).is_empty());
     }

@@ -100,7 +100,17 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("verify_email", "/verify-email"),
     ("verify_email_resend", "/verify-email/resend"),
     ("admin", "/admin"),
+    ("ws", "/ws"),
 ];
+
+/// The origin of an http(s) URL as a browser's `Origin` header spells it (lower case, no
+/// default port, no path); `None` for anything else.
+pub fn web_origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let bare = parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none();
+    (matches!(parsed.scheme(), "http" | "https") && bare && parsed.host().is_some())
+        .then(|| parsed.origin().ascii_serialization())
+}
 
 /// Registration policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,12 +155,21 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
+/// Blocking threads kept for store calls (sled) beside the hashing permits, by default. A
+/// sled call is short (a lookup, or a write and its fsync), so a few threads keep them flowing
+/// while every hashing permit is in use; more would only add threads (and glibc arenas) that
+/// the disk cannot keep busy.
+pub const STORE_THREADS: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
+    /// Threads for blocking work (argon2id hashing, sled); 0 = [`Config::blocking_threads`]'s
+    /// default.
+    pub blocking_threads: usize,
     pub public_url: String,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -246,6 +265,29 @@ pub struct AuthConfig {
     pub lockout: LockoutConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
+    /// `[auth.ws]`: the WebSocket auth channel.
+    pub ws: WsConfig,
+}
+
+/// `[auth.ws]`: the WebSocket auth channel at `{prefix}/ws`.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Off: `{prefix}/ws` answers 404 like any unknown path.
+    pub enabled: bool,
+    /// Auth-channel connections open at once; each also holds a `server.max_connections`
+    /// slot.
+    pub max_connections: usize,
+    /// The largest message (all its fragments together); a larger one closes with 1009.
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing (not even a ping) for this long is closed with 1000.
+    pub idle_timeout: Duration,
+    /// Messages one connection may send: a burst of `count`, refilled over `per`; `None` is
+    /// no limit.
+    pub message_rate: Option<crate::ratelimit::Rate>,
+    /// Browser origins (`https://app.example.com`, serialised as browsers send them) that may
+    /// open the channel besides `server.public_url`'s; `*` is any. An upgrade without
+    /// `Origin` (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AuthConfig {
@@ -415,6 +457,15 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// The blocking pool's size: `server.blocking_threads`, or by default the hashing permits
+    /// plus [`STORE_THREADS`], so hashes in flight never hold every thread a store call needs.
+    pub fn blocking_threads(&self) -> usize {
+        match self.server.blocking_threads {
+            0 => self.auth.password.max_concurrent + STORE_THREADS,
+            n => n,
+        }
+    }
+
     /// Loads and validates a config file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Config::load_for(path, Purpose::Serve).config
