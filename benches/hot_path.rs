@@ -61,6 +61,7 @@ fn token(tokens: &Tokens) -> String {
                 email_verified: true,
                 session_id: "01a201a3-bc2b-77d9-a831-e2018bc86554",
                 min_iat: 0,
+                amr: &["pwd"],
             },
             NOW,
         )
@@ -79,6 +80,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec!["POST".into(), "PUT".into(), "DELETE".into()],
             access: None,
             roles: vec!["creator".into()],
+            mfa: false,
         });
         routes.push(RouteSpec {
             name: None,
@@ -86,6 +88,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec![],
             access: None,
             roles: vec!["reader".into()],
+            mfa: false,
         });
         routes.push(RouteSpec {
             name: None,
@@ -93,6 +96,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec!["GET".into()],
             access: Some("authenticated".into()),
             roles: vec![],
+            mfa: false,
         });
         routes.push(RouteSpec {
             name: None,
@@ -100,6 +104,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec![],
             access: Some("public".into()),
             roles: vec![],
+            mfa: false,
         });
     }
     for i in 0..3 {
@@ -109,6 +114,7 @@ fn policy_spec() -> PolicySpec {
             methods: vec![],
             access: Some("deny".into()),
             roles: vec![],
+            mfa: false,
         });
     }
     routes.push(RouteSpec {
@@ -117,6 +123,7 @@ fn policy_spec() -> PolicySpec {
         methods: vec![],
         access: None,
         roles: vec!["reader".into()],
+        mfa: false,
     });
     assert_eq!(routes.len(), 100);
     PolicySpec {

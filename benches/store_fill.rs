@@ -193,6 +193,7 @@ async fn fill(store: Arc<dyn Store>, shape: Shape) {
                     last_used_at: if live { shape.now } else { day_ago },
                     expires_at: day_ago + SESSION_TTL,
                     revoked: !live,
+                    otp: false,
                 };
                 if send(Record::Session(session), &mut chunk, &mut counts)
                     .await

@@ -95,14 +95,14 @@ pub struct Authorised {
     /// The verified token's claims, once one verified.
     pub claims: Option<Arc<Claims>>,
     /// Forward, or the refusal: 403 to everyone, a token refusal (401), 403 for missing
-    /// roles, 403 `EMAIL_NOT_VERIFIED`.
+    /// roles, 403 `EMAIL_NOT_VERIFIED`, 403 `MFA_REQUIRED`.
     pub result: Result<(), Error>,
 }
 
 /// Steps 9 and 10, in the gate's order: a rule that denies everyone answers 403 before any
 /// token is read; then `authenticate` verifies the presented token, if any (a bad one is
 /// refused even on a public route); then the stricter verdict of the spellings for the
-/// token's roles, and the verified-email requirement.
+/// token's roles, the verified-email requirement and the second-factor requirement.
 pub fn authorise(
     config: &Config,
     decision: &Decision,
@@ -134,8 +134,11 @@ pub fn authorise(
     let unverified = config.auth.require_verified_email
         && !decision.is_public()
         && claims.as_ref().is_some_and(|c| !c.email_verified);
+    // And so does the second-factor requirement (`mfa = true` on any spelling's rule).
+    let no_otp = decision.mfa().is_some() && claims.as_ref().is_some_and(|c| !c.has_otp());
     let result = match verdict {
         Verdict::Allow if unverified => Err(Error::EmailNotVerified),
+        Verdict::Allow if no_otp => Err(Error::MfaMissing),
         Verdict::Allow => Ok(()),
         Verdict::Unauthenticated => Err(Error::Token(TokenRefusal::Missing)),
         Verdict::Forbidden => Err(Error::Forbidden),

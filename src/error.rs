@@ -93,6 +93,17 @@ pub enum Error {
     ForbiddenBecause(&'static str),
     /// 403: the route or config requires a verified email.
     EmailNotVerified,
+    /// 401 at login: the password was right and the account has a second factor; the body
+    /// carries `mfa_token` beside `error`, to be sent to `{prefix}/login/mfa` with a code.
+    MfaRequired { mfa_token: String },
+    /// 403 on an `mfa = true` route: the token's `amr` lacks `otp`. Same code as
+    /// [`Error::MfaRequired`]; a different status, because the caller is authenticated.
+    MfaMissing,
+    /// 409: the second factor is not in the state the request needs (already enabled, no
+    /// setup pending, not enabled); the message says which.
+    MfaState(&'static str),
+    /// 501: TOTP needs `auth.mfa.encryption_key`, which is not configured.
+    MfaNotConfigured,
     /// 404: unknown auth endpoint or admin resource.
     NotFound,
     /// 405 on auth endpoints: the path exists but not with this method.
@@ -139,10 +150,15 @@ impl Error {
         match self {
             Error::InvalidRequest(_) | Error::InvalidResetToken => StatusCode::BAD_REQUEST,
             Error::ValidationFailed(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::InvalidCredentials | Error::Token(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden | Error::ForbiddenBecause(_) | Error::EmailNotVerified => {
-                StatusCode::FORBIDDEN
+            Error::InvalidCredentials | Error::Token(_) | Error::MfaRequired { .. } => {
+                StatusCode::UNAUTHORIZED
             }
+            Error::Forbidden
+            | Error::ForbiddenBecause(_)
+            | Error::EmailNotVerified
+            | Error::MfaMissing => StatusCode::FORBIDDEN,
+            Error::MfaState(_) => StatusCode::CONFLICT,
+            Error::MfaNotConfigured => StatusCode::NOT_IMPLEMENTED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -170,6 +186,9 @@ impl Error {
             Error::Token(TokenRefusal::Revoked) => "TOKEN_REVOKED",
             Error::Forbidden | Error::ForbiddenBecause(_) => "FORBIDDEN",
             Error::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Error::MfaRequired { .. } | Error::MfaMissing => "MFA_REQUIRED",
+            Error::MfaState(_) => "MFA_STATE_CONFLICT",
+            Error::MfaNotConfigured => "MFA_NOT_CONFIGURED",
             Error::NotFound => "NOT_FOUND",
             Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Error::Conflict(Conflict::Username) => "USERNAME_ALREADY_EXISTS",
@@ -190,10 +209,13 @@ impl Error {
     /// How the request counts in `gatehouse_requests_total{outcome}`.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Error::Token(_) | Error::InvalidCredentials => Outcome::Unauthenticated,
-            Error::Forbidden | Error::ForbiddenBecause(_) | Error::EmailNotVerified => {
-                Outcome::Forbidden
+            Error::Token(_) | Error::InvalidCredentials | Error::MfaRequired { .. } => {
+                Outcome::Unauthenticated
             }
+            Error::Forbidden
+            | Error::ForbiddenBecause(_)
+            | Error::EmailNotVerified
+            | Error::MfaMissing => Outcome::Forbidden,
             Error::RateLimited { .. } | Error::AccountLocked { .. } => Outcome::RateLimited,
             Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => Outcome::UpstreamError,
             Error::Internal(_) | Error::Unavailable(_) | Error::StoreUnavailable => Outcome::Failed,
@@ -243,6 +265,16 @@ impl Error {
             Error::Forbidden => "You do not have access to this resource".into(),
             Error::ForbiddenBecause(why) => (*why).into(),
             Error::EmailNotVerified => "The email address must be verified first".into(),
+            Error::MfaRequired { .. } => {
+                "A second factor is required: send a code with the mfa_token".into()
+            }
+            Error::MfaMissing => {
+                "This resource requires a login with a second factor (TOTP)".into()
+            }
+            Error::MfaState(why) => (*why).into(),
+            Error::MfaNotConfigured => {
+                "Two-factor authentication is not configured on this server".into()
+            }
             Error::NotFound => "Not found".into(),
             Error::MethodNotAllowed(_) => "Method not allowed".into(),
             Error::Conflict(Conflict::Username) => "That username is already taken".into(),
@@ -336,7 +368,12 @@ impl Error {
 
     /// The JSON body: `{"error": {"code", "message", "fields"?}}`.
     pub fn json_body(&self) -> Vec<u8> {
-        let body = serde_json::json!({ "error": self.error_object() });
+        let mut body = serde_json::json!({ "error": self.error_object() });
+        // Beside `error`, not inside it: the error object keeps the shape of the error
+        // contract, and the auth channel puts it beside `error` in its payload too.
+        if let Error::MfaRequired { mfa_token } = self {
+            body["mfa_token"] = mfa_token.as_str().into();
+        }
         // Serialising a Value built from strings cannot fail.
         serde_json::to_vec(&body).unwrap_or_default()
     }
@@ -447,6 +484,20 @@ mod tests {
         check(Error::Token(TokenRefusal::Revoked), 401, "TOKEN_REVOKED");
         check(Error::Forbidden, 403, "FORBIDDEN");
         check(Error::EmailNotVerified, 403, "EMAIL_NOT_VERIFIED");
+        check(
+            Error::MfaRequired {
+                mfa_token: "t".into(),
+            },
+            401,
+            "MFA_REQUIRED",
+        );
+        check(Error::MfaMissing, 403, "MFA_REQUIRED");
+        check(
+            Error::MfaState("TOTP is already enabled"),
+            409,
+            "MFA_STATE_CONFLICT",
+        );
+        check(Error::MfaNotConfigured, 501, "MFA_NOT_CONFIGURED");
         check(Error::NotFound, 404, "NOT_FOUND");
         check(
             Error::Conflict(Conflict::Email),
@@ -497,6 +548,17 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn mfa_required_carries_its_token_beside_the_error() {
+        let error = Error::MfaRequired {
+            mfa_token: "abc".into(),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&error.json_body()).unwrap();
+        assert_eq!(body["mfa_token"], "abc");
+        assert_eq!(body["error"]["code"], "MFA_REQUIRED");
+        assert!(body["error"].get("mfa_token").is_none());
     }
 
     #[test]

@@ -332,6 +332,8 @@ fn claims_with(roles: &[String]) -> Claims {
         jti: String::new(),
         sid: String::new(),
         token_use: String::new(),
+        // A password login: an `mfa = true` route refuses it, as the proxy would.
+        amr: vec![crate::token::AMR_PWD.to_owned()],
     }
 }
 
@@ -339,7 +341,7 @@ fn describe_identity(config: &Config, identity: &Identity) -> String {
     match identity {
         Identity::Anonymous => "anonymous (no token)".into(),
         Identity::Roles(roles) => format!(
-            "roles [{}] (as given, nothing verified){}",
+            "roles [{}] (as given, nothing verified; a password login: amr [pwd], so `mfa = true` routes refuse it){}",
             roles.join(", "),
             effective_roles(config, roles)
         ),
@@ -542,6 +544,23 @@ mod tests {
             .expect("valid without a secret")
     }
 
+    /// `policy` with a token secret, and the tokens it verifies.
+    fn with_tokens(policy: &str) -> (Config, Tokens) {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let text = format!("{policy}\n[tokens]\nsecret = \"{secret}\"\n");
+        let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
+            .config
+            .unwrap();
+        let tokens = Tokens::new(TokenSettings::hs256(
+            secret.as_bytes(),
+            &config.tokens.issuer,
+            &config.tokens.audience,
+            900,
+            0,
+        ));
+        (config, tokens)
+    }
+
     fn outcome(method: &str, target: &str, identity: &Identity) -> (Outcome, Option<u16>, String) {
         let e = explain(&config(), method, target, identity, 0).expect("explained");
         (e.outcome, e.status, e.route)
@@ -670,18 +689,7 @@ mod tests {
         .expect_err("no key");
         assert!(err.0.contains("tokens.secret"), "{err}");
 
-        let secret = "0123456789abcdef0123456789abcdef";
-        let text = format!("{POLICY}\n[tokens]\nsecret = \"{secret}\"\n");
-        let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
-            .config
-            .unwrap();
-        let tokens = Tokens::new(TokenSettings::hs256(
-            secret.as_bytes(),
-            &config.tokens.issuer,
-            &config.tokens.audience,
-            900,
-            0,
-        ));
+        let (config, tokens) = with_tokens(POLICY);
         let roles = vec!["reader".to_string()];
         let identity = crate::token::Identity {
             user_id: "u1",
@@ -690,6 +698,7 @@ mod tests {
             email_verified: true,
             session_id: "s",
             min_iat: 0,
+            amr: &["pwd"],
         };
         let now = 1_800_000_000;
         let (token, _) = tokens.issue(&identity, now).unwrap();
@@ -708,6 +717,43 @@ mod tests {
         let forged = Identity::Token("eyJhbGciOiJIUzI1NiJ9.e30.c2ln".into());
         let e = explain(&config, "GET", "/public/x", &forged, now).unwrap();
         assert_eq!((e.outcome, e.status), (Outcome::Deny, Some(401)));
+    }
+
+    /// An `mfa = true` route: a password-only token (and `--roles`, which stands for one) is
+    /// refused with 403 MFA_REQUIRED; a token with `otp` in `amr` passes, as on the proxy.
+    #[test]
+    fn mfa_routes_need_otp_in_amr() {
+        // The first rule: nothing before it decides /billing.
+        let billing = "[[routes]]\npath = \"/billing/**\"\naccess = \"authenticated\"\nmfa = true\n[[routes]]";
+        let (config, tokens) = with_tokens(&POLICY.replacen("[[routes]]", billing, 1));
+        let roles = vec!["reader".to_string()];
+        let now = 1_800_000_000;
+        let token = |amr: &'static [&'static str]| {
+            let identity = crate::token::Identity {
+                user_id: "u1",
+                email: "u1@example.com",
+                roles: &roles,
+                email_verified: true,
+                session_id: "s",
+                min_iat: 0,
+                amr,
+            };
+            Identity::Token(tokens.issue(&identity, now).unwrap().0)
+        };
+        let e = explain(&config, "GET", "/billing/x", &token(&["pwd"]), now).unwrap();
+        assert_eq!(
+            (e.outcome, e.status, e.code.as_deref()),
+            (Outcome::Deny, Some(403), Some("MFA_REQUIRED")),
+            "{}",
+            e.text()
+        );
+        let e = explain(&config, "GET", "/billing/x", &token(&["pwd", "otp"]), now).unwrap();
+        assert_eq!(e.outcome, Outcome::Allow, "{}", e.text());
+        let reader = Identity::Roles(vec!["reader".into()]);
+        let e = explain(&config, "GET", "/billing/x", &reader, now).unwrap();
+        assert_eq!(e.code.as_deref(), Some("MFA_REQUIRED"), "{}", e.text());
+        let e = explain(&config, "GET", "/api/x", &reader, now).unwrap();
+        assert_eq!(e.outcome, Outcome::Allow, "{}", e.text());
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //!   actions, with no HTTP types; the `user` CLI calls it too. [`cooldown`]: its cooldowns.
 //! - [`store`]: the store trait and its sled implementation (the only sled importer).
 //! - [`password`]: argon2id hashing on the blocking pool, password policy.
+//! - [`mfa`]: the TOTP second factor's pure half: codes, recovery codes, sealed secrets.
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
 //!   [`wellknown`]: the published keys (JWKS) and discovery documents.
@@ -54,6 +55,7 @@ pub mod guard;
 pub mod hygiene;
 pub mod logging;
 pub mod metrics;
+pub mod mfa;
 pub mod ops;
 pub mod password;
 pub mod path;

@@ -109,7 +109,7 @@ impl MethodClass {
 /// The identity service's endpoints, by their default paths: each is counted under its own
 /// `route` label (`auth:/login`). Fixed whatever `[auth.paths]` renames them to, so
 /// dashboards survive a rename. Keep in step with the routing in `auth::handle`.
-pub const AUTH_ENDPOINTS: [&str; 15] = [
+pub const AUTH_ENDPOINTS: [&str; 19] = [
     "/register",
     "/login",
     "/refresh",
@@ -122,6 +122,10 @@ pub const AUTH_ENDPOINTS: [&str; 15] = [
     "/reset-password",
     "/verify-email",
     "/verify-email/resend",
+    "/login/mfa",
+    "/mfa/totp",
+    "/mfa/totp/setup",
+    "/mfa/totp/confirm",
     "/admin",
     "/openapi.json",
     "/ws",

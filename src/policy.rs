@@ -79,6 +79,8 @@ pub struct RouteSpec {
     pub access: Option<String>,
     /// Any of these roles grants access; exclusive with `access`.
     pub roles: Vec<String>,
+    /// `mfa = true`: the token must carry `otp` in `amr` (a login with a second factor).
+    pub mfa: bool,
 }
 
 /// One `[roles]` entry: `name = { inherits = [...] }`.
@@ -209,6 +211,8 @@ pub struct Matched {
     pub rule: Option<usize>,
     /// What the request needs.
     pub access: Access,
+    /// Whether it also needs a token from a login with a second factor (`mfa = true`).
+    pub mfa: bool,
 }
 
 /// Which spelling of the path a match came from. Upstreams route some spellings of a path
@@ -292,6 +296,12 @@ impl Decision {
     /// change the answer.
     pub fn denial(&self) -> Option<Matched> {
         self.matched().find(|m| m.access == Access::Deny)
+    }
+
+    /// The match that requires a second factor, if any spelling's does: a token without
+    /// `otp` in `amr` is refused there whatever its roles.
+    pub fn mfa(&self) -> Option<Matched> {
+        self.matched().find(|m| m.mfa)
     }
 
     /// Whether every spelling is public (no token needed, no e-mail check).
@@ -507,12 +517,14 @@ impl Policy {
                 return Matched {
                     rule: Some(i),
                     access: rule.access,
+                    mfa: rule.mfa,
                 };
             }
         }
         Matched {
             rule: None,
             access: self.default,
+            mfa: false,
         }
     }
 
@@ -574,13 +586,15 @@ impl Policy {
     /// One line on a match: the rule, its label, pattern, methods and access, or the default.
     pub fn describe_match(&self, matched: Matched) -> String {
         match matched.rule.and_then(|i| Some((i, self.rules.get(i)?))) {
-            Some((i, rule)) => format!(
-                "routes[{i}] ({}) matched: path = \"{}\", methods = {}, {}",
-                rule.label,
-                rule.pattern,
-                rule.methods.label,
-                self.describe(rule.access)
-            ),
+            Some((i, rule)) => {
+                format!(
+                    "routes[{i}] ({}) matched: path = \"{}\", methods = {}, {}",
+                    rule.label,
+                    rule.pattern,
+                    rule.methods.label,
+                    self.describe(rule.access)
+                ) + if rule.mfa { ", mfa = true" } else { "" }
+            }
             None => format!("no rule matched; default = {}", access_name(self.default)),
         }
     }
@@ -647,6 +661,7 @@ struct Rule {
     glob: Glob,
     methods: Methods,
     access: Access,
+    mfa: bool,
 }
 
 impl Rule {
@@ -703,6 +718,14 @@ impl Rule {
                 Some(Access::Roles(RoleMask(mask)))
             }
         };
+        // A second factor is a property of a token: a rule that needs none, or lets nobody
+        // in, cannot ask for one.
+        if route.mfa && matches!(access, Some(Access::Public | Access::Deny)) {
+            errors.push(PolicyError::new(
+                format!("routes[{i}].mfa"),
+                "needs a token: use it with access = \"authenticated\" or `roles`",
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -712,6 +735,7 @@ impl Rule {
             glob: glob?,
             methods,
             access: access?,
+            mfa: route.mfa,
         })
     }
 }
@@ -1427,6 +1451,7 @@ mod tests {
                             Some(("methods", v)) => route.methods = list(v),
                             Some(("access", v)) => route.access = Some(v.to_owned()),
                             Some(("roles", v)) => route.roles = list(v),
+                            Some(("mfa", v)) => route.mfa = v == "true",
                             _ => panic!("bad route word {word:?}"),
                         }
                     }
@@ -1481,6 +1506,39 @@ mod tests {
             }
         };
         assert_eq!(got, expect, "\npolicy:\n{src}\nrequest: {request}");
+    }
+
+    #[test]
+    fn mfa_routes() {
+        let src = "route /billing/** access=authenticated mfa=true\nroute /Shop/** roles=r mfa=true\nrole r\nroute /** access=authenticated";
+        let policy = Policy::compile(&spec(src)).unwrap();
+        let mfa_rule = |path: &str| policy.decide(&Method::GET, path).mfa().and_then(|m| m.rule);
+        assert_eq!(mfa_rule("/billing/x"), Some(0));
+        assert_eq!(mfa_rule("/other"), None);
+        // Another spelling that reaches the same handler needs the second factor too.
+        assert_eq!(mfa_rule("/BILLING/x"), Some(0));
+        assert_eq!(mfa_rule("/shop/x"), Some(1));
+        assert!(
+            policy
+                .describe_match(policy.decide(&Method::GET, "/billing/x").exact)
+                .ends_with("access = authenticated, mfa = true")
+        );
+        // A rule that needs no token, or admits nobody, cannot ask for a second factor.
+        check(
+            "route /a access=public mfa=true",
+            "GET /a anon",
+            "errors: routes[0].mfa",
+        );
+        check(
+            "route /a access=deny mfa=true",
+            "GET /a anon",
+            "errors: routes[0].mfa",
+        );
+        check(
+            "route /a access=authenticated mfa=true",
+            "GET /a anon",
+            "#0 401",
+        );
     }
 
     #[test]

@@ -295,6 +295,7 @@ mod tests {
             jti: "j".into(),
             sid: sid.into(),
             token_use: "access".into(),
+            amr: vec!["pwd".into()],
         }
     }
 
@@ -479,6 +480,7 @@ mod tests {
                 email_verified: true,
                 session_id: sid,
                 min_iat: r.min_iat("u1"),
+                amr: &["pwd"],
             };
             let (token, _) = tokens.issue(&id, now).unwrap();
             tokens.verify(&token, now).unwrap()

@@ -14,9 +14,12 @@
 //! - [`sessions`]: login (lockout, argon2, rehash), refresh rotation with reuse detection,
 //!   logout;
 //! - [`recovery`]: reset and verification tokens, forgot/reset password, email verification;
+//! - [`mfa`]: the TOTP second factor: setup, confirmation, the second step of a login,
+//!   disabling, an administrator's reset;
 //! - [`admin`]: what an administrator may do to a user.
 
 pub mod admin;
+pub mod mfa;
 pub mod recovery;
 pub mod sessions;
 pub mod signup;

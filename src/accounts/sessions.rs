@@ -14,9 +14,10 @@ use crate::guard;
 use crate::password::VerifyOutcome;
 use crate::shared_limits::AuthClass;
 use crate::store::{
-    LockoutPolicy, Revocation, RotateOutcome, SessionRecord, UserRecord, UserUpdate, fold, new_id,
+    LockoutPolicy, MfaChallenge, Revocation, RotateOutcome, SessionRecord, UserRecord, UserUpdate,
+    fold, new_id,
 };
-use crate::token::{Claims, Identity, random_token, token_hash};
+use crate::token::{AMR_OTP, AMR_PWD, Claims, Identity, random_token, token_hash};
 
 /// Live sessions one user may hold; a new login past it revokes the oldest (and its access
 /// tokens). Generous for people with many devices, small enough that a login loop cannot
@@ -37,6 +38,8 @@ pub struct Grant {
     /// Seconds until the session (refresh token family) expires.
     pub refresh_expires_in: u64,
     pub user: UserRecord,
+    /// The access token's `amr` (RFC 8176), also in the token response.
+    pub amr: Vec<String>,
 }
 
 fn lockout_policy(app: &App) -> Option<LockoutPolicy> {
@@ -48,9 +51,93 @@ fn lockout_policy(app: &App) -> Option<LockoutPolicy> {
     })
 }
 
+/// One guess of a secret (a password or a second-factor code) counted against a login
+/// name *before* the secret is checked: check-then-count would let many parallel attempts
+/// all pass the check and each get a guess. The store counts atomically and stops counting
+/// once the name is locked, so with a threshold of max + 1 exactly `max` attempts per
+/// window reach the check; the next one locks.
+pub(super) struct Attempt {
+    key: String,
+    now: u64,
+    policy: Option<LockoutPolicy>,
+    /// The count after this attempt, and the max + 1 policy it was counted under.
+    admitted: Option<(u32, LockoutPolicy)>,
+}
+
+impl Attempt {
+    /// Counts an attempt for the folded login name `key`; `ACCOUNT_LOCKED` when it is
+    /// locked.
+    pub(super) async fn admit(
+        app: &App,
+        caller: Caller,
+        key: String,
+        event: &str,
+    ) -> Result<Attempt, Error> {
+        let now = app.clock.now();
+        let policy = lockout_policy(app);
+        let mut admitted = None;
+        if let Some(policy) = policy {
+            let ahead = LockoutPolicy {
+                max_failures: policy.max_failures + 1,
+                ..policy
+            };
+            let state = app.store.record_login_failure(&key, now, &ahead).await?;
+            if let Some(until) = state.locked_until {
+                audit(app, event, "locked_out", None, caller);
+                return Err(Error::AccountLocked {
+                    retry_after_secs: Some(until.saturating_sub(now).max(1)),
+                });
+            }
+            admitted = Some((state.count, ahead));
+        }
+        Ok(Attempt {
+            key,
+            now,
+            policy,
+            admitted,
+        })
+    }
+
+    /// The guess was wrong: the failure is already counted. The one that used up the
+    /// budget locks the name now (one more count crosses the threshold), so `Retry-After`
+    /// is exact. Returns the error to answer with.
+    pub(super) async fn failed(
+        self,
+        app: &App,
+        caller: Caller,
+        user_id: Option<&str>,
+    ) -> Result<Error, Error> {
+        if let (Some((count, ahead)), Some(policy)) = (self.admitted, self.policy)
+            && count > policy.max_failures.saturating_sub(1)
+        {
+            let state = app
+                .store
+                .record_login_failure(&self.key, self.now, &ahead)
+                .await?;
+            if let Some(until) = state.locked_until {
+                audit(app, "lockout", "locked", user_id, caller);
+                return Ok(Error::AccountLocked {
+                    retry_after_secs: Some(until.saturating_sub(self.now).max(1)),
+                });
+            }
+        }
+        Ok(Error::InvalidCredentials)
+    }
+
+    /// A login completed: the name's failures are forgotten.
+    pub(super) async fn completed(self, app: &App) -> Result<(), Error> {
+        if self.policy.is_some() {
+            app.store.clear_login_failures(&self.key).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Login by email or username (`login`). Unknown login names and wrong passwords are
 /// indistinguishable: same error and the same argon2 work (a dummy hash stands in for a
 /// missing user). Failures count per login name whether or not an account exists.
+/// A user with a second factor gets `MFA_REQUIRED` and an `mfa_token` instead of tokens:
+/// the attempt stays counted until `accounts::mfa::login` completes the login.
 pub async fn login(
     app: &Arc<App>,
     caller: Caller,
@@ -64,29 +151,7 @@ pub async fn login(
         ));
     }
     let key = fold(login);
-    let now = app.clock.now();
-    let policy = lockout_policy(app);
-
-    // The attempt is counted *before* the password is checked: check-then-count would let
-    // many parallel attempts all pass the check and each get a guess. The store counts
-    // atomically and stops counting once the name is locked, so with a threshold of
-    // max + 1 exactly `max` attempts per window reach argon2; the next one locks.
-    let mut admitted = None;
-    if let Some(policy) = policy {
-        let ahead = LockoutPolicy {
-            max_failures: policy.max_failures + 1,
-            ..policy
-        };
-        let k = key.clone();
-        let state = app.store.record_login_failure(&k, now, &ahead).await?;
-        if let Some(until) = state.locked_until {
-            audit(app, "login", "locked_out", None, caller);
-            return Err(Error::AccountLocked {
-                retry_after_secs: Some(until.saturating_sub(now).max(1)),
-            });
-        }
-        admitted = Some((state.count, ahead));
-    }
+    let attempt = Attempt::admit(app, caller, key.clone(), "login").await?;
 
     // Read before the user is: see `mint_stable`.
     let epoch = app.revocation_epoch();
@@ -99,21 +164,7 @@ pub async fn login(
         (user, _) => {
             let user_id = user.as_ref().map(|u| u.id.clone());
             audit(app, "login", "failed", user_id.as_deref(), caller);
-            // The failure is already counted. The one that used up the budget locks the
-            // name now (one more count crosses the threshold) so Retry-After is exact.
-            if let Some((count, ahead)) = admitted
-                && count > policy.map_or(u32::MAX, |p| p.max_failures.saturating_sub(1))
-            {
-                let k = key.clone();
-                let state = app.store.record_login_failure(&k, now, &ahead).await?;
-                if let Some(until) = state.locked_until {
-                    audit(app, "lockout", "locked", user_id.as_deref(), caller);
-                    return Err(Error::AccountLocked {
-                        retry_after_secs: Some(until.saturating_sub(now).max(1)),
-                    });
-                }
-            }
-            return Err(Error::InvalidCredentials);
+            return Err(attempt.failed(app, caller, user_id.as_deref()).await?);
         }
     };
     // An admin lock is revealed only to someone who knows the password.
@@ -123,19 +174,42 @@ pub async fn login(
             retry_after_secs: None,
         });
     }
-    if policy.is_some() {
-        app.store.clear_login_failures(&key).await?;
-    }
     if needs_rehash {
         rehash_later(app, &user.id, &user.password_hash, password);
     }
-    let grant = match open_session(app, &user, Some(&user.password_hash), epoch).await {
+    if let Some(mfa_token) = mfa_challenge(app, &user, &key).await? {
+        // The password alone does not complete the login, so the attempt stays counted.
+        audit(app, "login", "mfa_required", Some(&user.id), caller);
+        return Err(Error::MfaRequired { mfa_token });
+    }
+    attempt.completed(app).await?;
+    let grant = match open_session(app, &user, Some(&user.password_hash), epoch, false).await {
         // The password changed or the account was locked while argon2 ran.
         Err(Error::NotFound) => return Err(Error::InvalidCredentials),
         other => other?,
     };
     audit(app, "login", "ok", Some(&user.id), caller);
     Ok(grant)
+}
+
+/// For a login whose password matched: an `mfa_token` when the user has an enabled second
+/// factor, `None` otherwise. `login` is the folded login name the password was given for.
+async fn mfa_challenge(app: &App, user: &UserRecord, login: &str) -> Result<Option<String>, Error> {
+    match app.store.get_mfa(&user.id).await? {
+        Some(record) if record.enabled => {}
+        _ => return Ok(None),
+    }
+    let token = random_token().map_err(|e| Error::internal(e.0))?;
+    let record = MfaChallenge {
+        user_id: user.id.clone(),
+        login: login.to_owned(),
+        password_fingerprint: token_hash(&user.password_hash),
+        expires_at: app.clock.now() + app.live.config.auth.mfa.challenge_ttl.as_secs(),
+    };
+    app.store
+        .put_mfa_challenge(&token_hash(&token), &record)
+        .await?;
+    Ok(Some(token))
 }
 
 /// Re-hashes a password whose stored hash uses old parameters, off the request path. Best
@@ -173,12 +247,14 @@ fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: St
 /// Opens a session for a user and mints its tokens.
 /// With `verified_hash`, the session is only created if the user's password hash is still
 /// that one and the user is not locked (checked in the store's transaction). `epoch` is
-/// the revocation epoch read before `user` was.
+/// the revocation epoch read before `user` was. `otp`: a second factor was passed too, so
+/// the session's tokens carry `amr: ["pwd", "otp"]`.
 pub async fn open_session(
     app: &App,
     user: &UserRecord,
     verified_hash: Option<&str>,
     epoch: u64,
+    otp: bool,
 ) -> Result<Grant, Error> {
     let now = app.clock.now();
     let refresh = random_token().map_err(|e| Error::internal(e.0))?;
@@ -189,6 +265,7 @@ pub async fn open_session(
         last_used_at: now,
         expires_at: now + app.live.config.tokens.refresh_ttl.as_secs(),
         revoked: false,
+        otp,
     };
     let capped = app
         .store
@@ -275,6 +352,11 @@ fn grant(
         email_verified: user.email_verified,
         session_id: &session.id,
         min_iat: app.revocations.min_iat(&user.id),
+        amr: if session.otp {
+            &[AMR_PWD, AMR_OTP]
+        } else {
+            &[AMR_PWD]
+        },
     };
     let (access, claims) = app
         .live
@@ -287,6 +369,7 @@ fn grant(
         refresh_token: refresh,
         refresh_expires_in: session.expires_at.saturating_sub(now),
         user: user.clone(),
+        amr: claims.amr,
     })
 }
 

@@ -79,6 +79,11 @@ async fn route(
             ))
         }
         (["users", _, "revoke-sessions"], _) => Err(Error::MethodNotAllowed("POST")),
+        (["users", id, "mfa"], &Method::DELETE) => {
+            crate::accounts::mfa::admin_reset(app, actor, id).await?;
+            Ok(no_content())
+        }
+        (["users", _, "mfa"], _) => Err(Error::MethodNotAllowed("DELETE")),
         (["recovery"], &Method::GET) => super::recovery::admin_view(app).await,
         (["recovery"], _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         _ => Err(Error::NotFound),

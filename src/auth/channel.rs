@@ -565,6 +565,11 @@ fn render(id: Value, action: Value, result: Result<Answer, Error>) -> String {
                 error.insert("retry_after".into(), secs.into());
             }
             payload.insert("error".into(), error.into());
+            // As over HTTP, beside `error`: the client finishes the login with it at
+            // `{prefix}/login/mfa`.
+            if let Error::MfaRequired { mfa_token } = &e {
+                payload.insert("mfa_token".into(), mfa_token.as_str().into());
+            }
         }
     }
     serde_json::json!({ "type": "auth", "id": id, "payload": payload }).to_string()

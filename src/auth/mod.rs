@@ -5,7 +5,7 @@
 //! no HTTP types, and render its answer. The handler modules:
 //!
 //! - [`account`]: register, me, change-password;
-//! - [`session`]: login, refresh, logout, verify;
+//! - [`session`]: login, refresh, logout, verify; [`mfa`]: the TOTP second factor;
 //! - [`recovery`]: forgot/reset password, email verification; [`pages`]: their HTML;
 //! - [`admin`]: user management behind the admin role;
 //! - [`channel`]: `GET {prefix}/ws`, the WebSocket auth channel, whose actions call the
@@ -16,6 +16,7 @@
 pub mod account;
 pub mod admin;
 pub mod channel;
+pub mod mfa;
 pub mod openapi;
 pub mod pages;
 pub mod recovery;
@@ -80,10 +81,18 @@ pub async fn handle(
         "/verify-email/resend" if m == Method::POST => {
             recovery::resend_verification(app, caller, request).await
         }
+        "/login/mfa" if m == Method::POST => mfa::login(app, caller, request).await,
+        "/mfa/totp/setup" if m == Method::POST => mfa::setup(app, caller, &request).await,
+        "/mfa/totp/confirm" if m == Method::POST => mfa::confirm(app, caller, request).await,
+        "/mfa/totp" if m == Method::DELETE => mfa::disable(app, caller, request).await,
         "/openapi.json" if m == Method::GET || m == Method::HEAD => openapi::serve(app),
         "/ws" if !app.live.config.auth.ws.enabled => Err(Error::NotFound),
         "/ws" if m == Method::GET || m == Method::HEAD => channel::upgrade(app, caller, request),
-        "/register" | "/login" | "/refresh" | "/logout" => Err(Error::MethodNotAllowed("POST")),
+        "/register" | "/login" | "/refresh" | "/logout" | "/login/mfa" => {
+            Err(Error::MethodNotAllowed("POST"))
+        }
+        "/mfa/totp/setup" | "/mfa/totp/confirm" => Err(Error::MethodNotAllowed("POST")),
+        "/mfa/totp" => Err(Error::MethodNotAllowed("DELETE")),
         "/forgot-password" | "/reset-password/validate" | "/verify-email/resend" => {
             Err(Error::MethodNotAllowed("POST"))
         }

@@ -180,6 +180,7 @@ pub fn grant_json(grant: &Grant) -> serde_json::Value {
         "expires_in": grant.expires_in,
         "refresh_token": grant.refresh_token,
         "refresh_expires_in": grant.refresh_expires_in,
+        "amr": grant.amr,
         "user": user_json(&grant.user, false),
     })
 }

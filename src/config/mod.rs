@@ -99,6 +99,10 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("reset_password_validate", "/reset-password/validate"),
     ("verify_email", "/verify-email"),
     ("verify_email_resend", "/verify-email/resend"),
+    ("login_mfa", "/login/mfa"),
+    ("mfa_totp", "/mfa/totp"),
+    ("mfa_totp_setup", "/mfa/totp/setup"),
+    ("mfa_totp_confirm", "/mfa/totp/confirm"),
     ("admin", "/admin"),
     ("ws", "/ws"),
 ];
@@ -263,6 +267,7 @@ pub struct AuthConfig {
     /// Zeros in the file are resolved to the argon2 crate's defaults here.
     pub password: crate::password::PasswordSettings,
     pub lockout: LockoutConfig,
+    pub mfa: MfaConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
     /// `[auth.ws]`: the WebSocket auth channel.
@@ -322,6 +327,18 @@ impl AuthConfig {
             .map_or(default, |(_, r)| r.as_str());
         format!("{}{path}", self.prefix)
     }
+}
+
+/// `[auth.mfa]`: the TOTP second factor.
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    /// Seals TOTP secrets in the store (AES-256-GCM under a key derived from it); empty
+    /// when not configured, which makes TOTP unavailable.
+    pub encryption_key: Secret,
+    /// The issuer label of `otpauth://` URLs (no `:`).
+    pub issuer: String,
+    /// How long an `mfa_token` stays valid.
+    pub challenge_ttl: Duration,
 }
 
 /// Where the auth rate-limit classes (`login`, `register`, `refresh`, `forgot_password`)

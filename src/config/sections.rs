@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use super::read::{Section, did_you_mean, header_name};
 use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, HeadersConfig, LockoutConfig,
-    LogConfig, LogFormat, RateLimitBackend, RateLimitConfig, Registration, ServerConfig,
+    LogConfig, LogFormat, MfaConfig, RateLimitBackend, RateLimitConfig, Registration, ServerConfig,
     StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl, WsConfig,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
@@ -679,6 +679,7 @@ fn auth(s: &mut Section<'_>) -> AuthConfig {
     // is dropped, and it holds the reader until then.
     let password = password(&mut s.section("password"));
     let lockout = lockout(&mut s.section("lockout"));
+    let mfa = mfa(&mut s.section("mfa"));
     let renames = renames(&mut s.map("paths"));
     let ws = ws(&mut s.section("ws"));
     let auth = AuthConfig {
@@ -711,6 +712,7 @@ fn auth(s: &mut Section<'_>) -> AuthConfig {
             .within(Duration::ZERO, days(1)),
         password,
         lockout,
+        mfa,
         renames,
         ws,
     };
@@ -815,6 +817,52 @@ fn ws(s: &mut Section<'_>) -> WsConfig {
     }
 }
 
+/// The TOTP issuer shown in authenticator apps when none is configured.
+const DEFAULT_MFA_ISSUER: &str = "gatehouse";
+/// How long a correct password's `mfa_token` waits for its code: enough to open an
+/// authenticator app, short enough that a stolen one soon dies.
+const DEFAULT_MFA_CHALLENGE_TTL: &str = "5m";
+
+/// `[auth.mfa]`: the TOTP second factor.
+fn mfa(s: &mut Section<'_>) -> MfaConfig {
+    MfaConfig {
+        // Empty means "not configured": TOTP setup answers that it is unavailable, and
+        // users who already have a second factor cannot complete a login.
+        encryption_key: s
+            .get("encryption_key", super::Secret::default())
+            .warn(|key| {
+                is_placeholder_secret(key.expose()).then(|| {
+                    "is an example placeholder; generate one with `openssl rand -base64 48`"
+                        .to_string()
+                })
+            })
+            .check(|key| {
+                if !key.is_empty() && key.len() < MIN_SECRET_BYTES {
+                    Err(format!(
+                        "is {} bytes; at least {MIN_SECRET_BYTES} are needed for AES-256 \
+                         (e.g. `openssl rand -base64 48`)",
+                        key.len()
+                    ))
+                } else {
+                    Ok(())
+                }
+            }),
+        issuer: s.str("issuer", DEFAULT_MFA_ISSUER).check(|v| {
+            if v.is_empty() || v.contains(':') {
+                Err(
+                    "must be a non-empty name without ':' (it is the label in authenticator apps)"
+                        .into(),
+                )
+            } else {
+                Ok(())
+            }
+        }),
+        challenge_ttl: s
+            .duration("challenge_ttl", DEFAULT_MFA_CHALLENGE_TTL)
+            .within(mins(1), mins(30)),
+    }
+}
+
 /// `[auth.paths]`: `login = "/signin"` serves login at `{prefix}/signin` (and no longer at
 /// `{prefix}/login`).
 fn renames(s: &mut Section<'_>) -> Vec<(&'static str, String)> {
@@ -871,6 +919,7 @@ fn route(s: &mut Section<'_>) -> Route {
             methods: s.list("methods", &[]).get(),
             access: s.optional("access").get(),
             roles: s.list("roles", &[]).get(),
+            mfa: s.get("mfa", false).get(),
         },
         rate_limit: s
             .optional::<String>("rate_limit")

@@ -249,7 +249,7 @@ fn every_kind_of_mistake_is_reported_at_once() {
         "upstream.timeout: 0 is out of range: must be between 100ms and 1h",
         r#"auth.registration: "maybe" is not open or closed"#,
         "auth.lockout.max_failures: -1 is out of range (0 to 4294967295)",
-        "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, admin, ws)",
+        "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, login_mfa, mfa_totp, mfa_totp_setup, mfa_totp_confirm, admin, ws)",
         "routes[2].acess: unknown key; did you mean routes[2].access?",
         "roles.owner.inherit: unknown key; did you mean roles.owner.inherits?",
         // With its typo ignored, routes[2] says nothing about access; the policy says so.
@@ -550,4 +550,41 @@ fn blocking_threads_default_to_the_hashing_permits_plus_the_store_threads() {
             .blocking_threads(),
         5
     );
+}
+
+#[test]
+fn totp_settings_are_checked() {
+    let config = Config::from_toml(&minimal(), no_env()).unwrap();
+    assert!(config.auth.mfa.encryption_key.is_empty(), "off by default");
+    assert_eq!(config.auth.mfa.challenge_ttl, Duration::from_secs(300));
+
+    let text = format!(
+        "{}[auth.mfa]\nencryption_key = \"too short\"\nissuer = \"a:b\"\nchallenge_ttl = \"2h\"\n\
+         [[routes]]\npath = \"/open/**\"\naccess = \"public\"\nmfa = true\n",
+        minimal()
+    );
+    let errors = errors_of(&text, no_env());
+    for key in [
+        "auth.mfa.encryption_key",
+        "auth.mfa.issuer",
+        "auth.mfa.challenge_ttl",
+        "routes[0].mfa",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key} missing in {errors:#?}"
+        );
+    }
+    // The key never appears in an error message.
+    assert!(
+        !errors.iter().any(|e| e.contains("too short")),
+        "{errors:#?}"
+    );
+
+    let env = vec![(
+        "GATEHOUSE_AUTH_MFA_ENCRYPTION_KEY".to_string(),
+        "k".repeat(40),
+    )];
+    let config = Config::from_toml(&minimal(), env).unwrap();
+    assert_eq!(config.auth.mfa.encryption_key.len(), 40);
 }

@@ -12,14 +12,16 @@
 //! it: users with their ids, argon2id hashes, roles, flags and timestamps; sessions; every
 //! refresh-token hash of every family with its state (current or rotated, so that a rotated
 //! token presented after the copy is still detected as reuse); access-token revocations with
-//! their `until`; pending reset and verification tokens; login-failure counters. Secrets
+//! their `until`; pending reset and verification tokens; login-failure counters; second
+//! factors (the TOTP secret sealed as stored, the last accepted step, recovery-code hashes)
+//! and pending second-factor login challenges. Secrets
 //! exist only as the hashes the store holds: no token or password is ever in clear here, and
 //! nothing in this module logs a record.
 //!
 //! **Export** ([`Store::export`]) sends every record as [`Chunk::Records`] of at most `batch`
 //! records, then one [`Chunk::End`] with the number of records it sent of each [`Kind`].
 //! Kinds come in [`Kind::ALL`] order (users, sessions, refresh tokens, one-time tokens,
-//! revocations, login failures), so a session always follows its user and a refresh token
+//! revocations, login failures, second factors, their challenges), so a session always follows its user and a refresh token
 //! its session. It does not change the source. It is a consistent picture: PostgreSQL
 //! exports inside one `REPEATABLE READ READ ONLY` transaction (one snapshot, so replicas may
 //! keep serving from the source), sled under its process lock (nobody else can write).
@@ -65,8 +67,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{
-    FailureRecord, OneTimeKind, OneTimeRecord, Revocation, SessionRecord, Store, StoreError,
-    StoreStats, TokenHash, UserRecord,
+    FailureRecord, MfaChallenge, MfaRecord, OneTimeKind, OneTimeRecord, Revocation, SessionRecord,
+    Store, StoreError, StoreStats, TokenHash, UserRecord,
 };
 use crate::config::{StoreBackend, StoreConfig};
 
@@ -101,6 +103,13 @@ pub struct LoginFailureRecord {
     pub record: FailureRecord,
 }
 
+/// A pending second-factor login challenge (an `mfa_token`, as its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MfaChallengeToken {
+    pub hash: TokenHash,
+    pub record: MfaChallenge,
+}
+
 /// One record of any kind, as a store keeps it (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -110,6 +119,8 @@ pub enum Record {
     OneTime(OneTimeToken),
     Revocation(Revocation),
     LoginFailure(LoginFailureRecord),
+    Mfa(MfaRecord),
+    MfaChallenge(MfaChallengeToken),
 }
 
 impl Record {
@@ -125,6 +136,8 @@ impl Record {
             },
             Record::Revocation(_) => Kind::Revocation,
             Record::LoginFailure(_) => Kind::LoginFailure,
+            Record::Mfa(_) => Kind::Mfa,
+            Record::MfaChallenge(_) => Kind::MfaChallenge,
         }
     }
 }
@@ -140,11 +153,13 @@ pub enum Kind {
     EmailVerification,
     Revocation,
     LoginFailure,
+    Mfa,
+    MfaChallenge,
 }
 
 impl Kind {
     /// Every kind, in export order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::User,
         Kind::Session,
         Kind::RefreshCurrent,
@@ -153,6 +168,8 @@ impl Kind {
         Kind::EmailVerification,
         Kind::Revocation,
         Kind::LoginFailure,
+        Kind::Mfa,
+        Kind::MfaChallenge,
     ];
 
     /// How `gatehouse store copy` names the kind.
@@ -166,6 +183,8 @@ impl Kind {
             Kind::EmailVerification => "email-verification tokens",
             Kind::Revocation => "revocations",
             Kind::LoginFailure => "login-failure counters",
+            Kind::Mfa => "second factors (TOTP)",
+            Kind::MfaChallenge => "second-factor challenges",
         }
     }
 
@@ -176,7 +195,7 @@ impl Kind {
 
 /// A number of records per [`Kind`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts([u64; 8]);
+pub struct Counts([u64; 10]);
 
 impl Counts {
     pub fn get(&self, kind: Kind) -> u64 {

@@ -48,6 +48,8 @@
 //!     verifies. On PostgreSQL they are also the feed; a replica that never applied one
 //!     loses nothing, for the same reason.
 //!   - *Login-failure counters past `expires_at`*: [`failure_state`] reads them as clean.
+//!   - *Second-factor challenges (`mfa_token`s) past `expires_at`*: taking one refuses it
+//!     when expired anyway.
 //!
 //!   A crash half-way through a purge leaves hashes whose session is gone; they resolve to
 //!   `Invalid` and the next purge removes them.
@@ -235,6 +237,54 @@ pub struct SessionRecord {
     /// Absolute end of the session: no rotation extends it.
     pub expires_at: u64,
     pub revoked: bool,
+    /// Opened with a second factor: its access tokens carry `otp` in `amr`, refreshes
+    /// included. Absent (false) in sessions stored before second factors existed.
+    #[serde(default)]
+    pub otp: bool,
+}
+
+/// A user's TOTP second factor: pending from setup until confirmed, then enabled.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MfaRecord {
+    pub user_id: String,
+    /// The TOTP secret sealed by the accounts service (nonce ‖ AEAD ciphertext ‖ tag, the
+    /// user id as associated data): the store never holds it in clear.
+    pub secret: Vec<u8>,
+    /// `false` while the setup waits for its first code.
+    pub enabled: bool,
+    /// The last TOTP time step accepted (Unix time / 30): a code of this step or an earlier
+    /// one is refused, so each code works once.
+    pub last_step: u64,
+    /// SHA-256 of each unused recovery code; taking one removes it.
+    pub recovery_codes: Vec<TokenHash>,
+    pub created_at: u64,
+}
+
+// By hand, so the sealed secret and the code hashes never reach a log line.
+impl fmt::Debug for MfaRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MfaRecord")
+            .field("user_id", &self.user_id)
+            .field("secret", &"<redacted>")
+            .field("enabled", &self.enabled)
+            .field("last_step", &self.last_step)
+            .field("recovery_codes", &self.recovery_codes.len())
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// A pending second-factor login (the `mfa_token` a correct password earns), stored under
+/// the SHA-256 of the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MfaChallenge {
+    pub user_id: String,
+    /// The folded login name the password was given for: failed codes count against it.
+    pub login: String,
+    /// SHA-256 of the password hash that was verified: a password change or reset since
+    /// voids the challenge.
+    pub password_fingerprint: TokenHash,
+    pub expires_at: u64,
 }
 
 /// The result of presenting a refresh token.
@@ -334,17 +384,19 @@ pub struct PurgeStats {
     pub one_time_tokens: usize,
     pub revocations: usize,
     pub login_failures: usize,
+    pub mfa_challenges: usize,
 }
 
 impl PurgeStats {
     /// Every kind with its count, for the `gatehouse_store_purged_total{kind}` metric.
-    pub fn by_kind(&self) -> [(&'static str, usize); 5] {
+    pub fn by_kind(&self) -> [(&'static str, usize); 6] {
         [
             ("session", self.sessions),
             ("refresh_token", self.refresh_tokens),
             ("one_time_token", self.one_time_tokens),
             ("revocation", self.revocations),
             ("login_failure", self.login_failures),
+            ("mfa_challenge", self.mfa_challenges),
         ]
     }
 
@@ -584,6 +636,50 @@ pub trait SyncStore: Send + Sync {
     /// Voids the user's outstanding token of this kind, if any; `true` if there was one.
     fn void_one_time_for_user(&self, kind: OneTimeKind, user_id: &str) -> Result<bool, StoreError>;
 
+    // ----- second factors (TOTP) -----
+
+    /// The user's second factor, pending or enabled.
+    fn get_mfa(&self, user_id: &str) -> Result<Option<MfaRecord>, StoreError>;
+
+    /// Stores a pending (not enabled) second factor, replacing a pending one. `false`, and
+    /// nothing written, when an enabled one exists; `NotFound` when the user does not.
+    fn put_mfa_pending(&self, record: &MfaRecord) -> Result<bool, StoreError>;
+
+    /// Enables the pending second factor whose sealed secret is `secret` (so a setup that
+    /// replaced it meanwhile is not enabled by a code for the old one), with its first
+    /// accepted step and its recovery-code hashes. `false` when there is no such pending one.
+    fn enable_mfa(
+        &self,
+        user_id: &str,
+        secret: &[u8],
+        step: u64,
+        recovery_codes: &[TokenHash],
+    ) -> Result<bool, StoreError>;
+
+    /// Accepts TOTP step `step` for an enabled second factor if it is later than the last
+    /// accepted one, and records it: of two callers with the same step, at most one gets
+    /// `true`.
+    fn accept_mfa_step(&self, user_id: &str, step: u64) -> Result<bool, StoreError>;
+
+    /// Consumes one recovery code of an enabled second factor: at most one caller gets
+    /// `true` for a given code.
+    fn take_recovery_code(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError>;
+
+    /// Removes the user's second factor; `true` if there was one. Its outstanding challenges
+    /// stay until taken or purged: completing one needs an enabled factor.
+    fn delete_mfa(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Stores a second-factor challenge under the SHA-256 of its token.
+    fn put_mfa_challenge(&self, hash: &TokenHash, record: &MfaChallenge) -> Result<(), StoreError>;
+
+    /// Consumes a challenge: at most one caller ever gets `Some`. An expired one is removed
+    /// and yields `None`.
+    fn take_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<MfaChallenge>, StoreError>;
+
     // ----- housekeeping -----
 
     /// Removes what can no longer matter (the module docs, *Purging*, say why each is safe):
@@ -749,6 +845,29 @@ pub trait Store: Send + Sync {
         hash: &TokenHash,
         now: u64,
     ) -> Result<Option<OneTimeRecord>, StoreError>;
+    async fn get_mfa(&self, user_id: &str) -> Result<Option<MfaRecord>, StoreError>;
+    async fn put_mfa_pending(&self, record: &MfaRecord) -> Result<bool, StoreError>;
+    async fn enable_mfa(
+        &self,
+        user_id: &str,
+        secret: &[u8],
+        step: u64,
+        recovery_codes: &[TokenHash],
+    ) -> Result<bool, StoreError>;
+    async fn accept_mfa_step(&self, user_id: &str, step: u64) -> Result<bool, StoreError>;
+    async fn take_recovery_code(&self, user_id: &str, hash: &TokenHash)
+    -> Result<bool, StoreError>;
+    async fn delete_mfa(&self, user_id: &str) -> Result<bool, StoreError>;
+    async fn put_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        record: &MfaChallenge,
+    ) -> Result<(), StoreError>;
+    async fn take_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<MfaChallenge>, StoreError>;
     async fn purge_expired(
         &self,
         now: u64,
@@ -946,6 +1065,59 @@ impl<S: SyncStore + 'static> Store for Blocking<S> {
     ) -> Result<Option<OneTimeRecord>, StoreError> {
         let hash = *hash;
         self.run(move |s| s.peek_one_time(kind, &hash, now)).await
+    }
+    async fn get_mfa(&self, user_id: &str) -> Result<Option<MfaRecord>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.get_mfa(&user_id)).await
+    }
+    async fn put_mfa_pending(&self, record: &MfaRecord) -> Result<bool, StoreError> {
+        let record = record.clone();
+        self.run(move |s| s.put_mfa_pending(&record)).await
+    }
+    async fn enable_mfa(
+        &self,
+        user_id: &str,
+        secret: &[u8],
+        step: u64,
+        recovery_codes: &[TokenHash],
+    ) -> Result<bool, StoreError> {
+        let (user_id, secret, codes) =
+            (user_id.to_owned(), secret.to_vec(), recovery_codes.to_vec());
+        self.run(move |s| s.enable_mfa(&user_id, &secret, step, &codes))
+            .await
+    }
+    async fn accept_mfa_step(&self, user_id: &str, step: u64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.accept_mfa_step(&user_id, step)).await
+    }
+    async fn take_recovery_code(
+        &self,
+        user_id: &str,
+        hash: &TokenHash,
+    ) -> Result<bool, StoreError> {
+        let (user_id, hash) = (user_id.to_owned(), *hash);
+        self.run(move |s| s.take_recovery_code(&user_id, &hash))
+            .await
+    }
+    async fn delete_mfa(&self, user_id: &str) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.delete_mfa(&user_id)).await
+    }
+    async fn put_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        record: &MfaChallenge,
+    ) -> Result<(), StoreError> {
+        let (hash, record) = (*hash, record.clone());
+        self.run(move |s| s.put_mfa_challenge(&hash, &record)).await
+    }
+    async fn take_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<MfaChallenge>, StoreError> {
+        let hash = *hash;
+        self.run(move |s| s.take_mfa_challenge(&hash, now)).await
     }
     async fn purge_expired(
         &self,

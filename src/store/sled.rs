@@ -18,6 +18,8 @@
 //! | `one_time_by_user` | kind byte ‖ user id | SHA-256 of the user's outstanding token |
 //! | `revocations` | `s` ‖ sid, or `u` ‖ user id ‖ 0 ‖ cutoff ‖ except-sid | [`Revocation`] |
 //! | `login_failures` | folded login name | [`FailureRecord`] |
+//! | `mfa` | user id | [`MfaRecord`] (the TOTP secret sealed, never in clear) |
+//! | `mfa_challenges` | SHA-256 of the `mfa_token` | [`MfaChallenge`] |
 //!
 //! Decisions, and why:
 //!
@@ -57,12 +59,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::copy::{
-    Counts, ImportMode, Imported, LoginFailureRecord, OneTimeToken, Record, RefreshRecord,
+    Counts, ImportMode, Imported, LoginFailureRecord, MfaChallengeToken, OneTimeToken, Record,
+    RefreshRecord,
 };
 use super::{
-    FailureRecord, FailureState, LockoutPolicy, OneTimeKind, OneTimeRecord, PurgeStats, Revocation,
-    RotateOutcome, SessionRecord, StoreError, StoreStats, SyncStore, TokenHash, UniqueKey,
-    UserPage, UserRecord, apply_failure, failure_state, fold,
+    FailureRecord, FailureState, LockoutPolicy, MfaChallenge, MfaRecord, OneTimeKind,
+    OneTimeRecord, PurgeStats, Revocation, RotateOutcome, SessionRecord, StoreError, StoreStats,
+    SyncStore, TokenHash, UniqueKey, UserPage, UserRecord, apply_failure, failure_state, fold,
 };
 
 /// The version of the layout above. Bump it on any incompatible change.
@@ -111,6 +114,8 @@ pub struct SledStore {
     one_time_by_user: Tree,
     revocations: Tree,
     login_failures: Tree,
+    mfa: Tree,
+    mfa_challenges: Tree,
 }
 
 impl SledStore {
@@ -155,6 +160,10 @@ impl SledStore {
             one_time_by_user: tree("one_time_by_user")?,
             revocations: tree("revocations")?,
             login_failures: tree("login_failures")?,
+            // Trees added after version 1 of the layout start empty in an older store, which
+            // is exactly its state: nobody had a second factor.
+            mfa: tree("mfa")?,
+            mfa_challenges: tree("mfa_challenges")?,
             db,
         };
         store.check_schema()?;
@@ -231,6 +240,35 @@ impl SledStore {
                 Ok(true)
             }),
         )
+    }
+}
+
+impl SledStore {
+    /// Reads, edits and writes a user's second factor in one transaction (serialisable under
+    /// sled's write lock, so two callers never both see the same step or recovery code).
+    /// `edit` says whether it changed anything; nothing is written when it did not, or when
+    /// there is no second factor.
+    fn edit_mfa(
+        &self,
+        user_id: &str,
+        edit: &mut dyn FnMut(&mut MfaRecord) -> bool,
+    ) -> Result<bool, StoreError> {
+        let edit = RefCell::new(edit);
+        let changed = finish(self.mfa.transaction(|mfa| {
+            let Some(bytes) = mfa.get(user_id)? else {
+                return Ok(false);
+            };
+            let mut record: MfaRecord = decode(&bytes, "second factor").map_err(abort)?;
+            if !(edit.borrow_mut())(&mut record) {
+                return Ok(false);
+            }
+            mfa.insert(user_id, encode(&record).map_err(abort)?)?;
+            Ok(true)
+        }))?;
+        if changed {
+            self.flush()?;
+        }
+        Ok(changed)
     }
 }
 
@@ -446,6 +484,50 @@ impl SledStore {
         Ok(true)
     }
 
+    fn import_mfa(&self, record: &MfaRecord, write: bool) -> Result<bool, StoreError> {
+        if let Some(bytes) = self.mfa.get(&record.user_id).map_err(sled_error)? {
+            let existing: MfaRecord = decode(&bytes, "second factor")?;
+            return if existing == *record {
+                Ok(false)
+            } else {
+                Err(conflict(format!(
+                    "a different second factor for user {}",
+                    record.user_id
+                )))
+            };
+        }
+        if write {
+            self.mfa
+                .insert(record.user_id.as_bytes(), encode(record)?)
+                .map_err(sled_error)?;
+        }
+        Ok(true)
+    }
+
+    fn import_mfa_challenge(
+        &self,
+        token: &MfaChallengeToken,
+        write: bool,
+    ) -> Result<bool, StoreError> {
+        if let Some(bytes) = self.mfa_challenges.get(token.hash).map_err(sled_error)? {
+            let existing: MfaChallenge = decode(&bytes, "second-factor challenge")?;
+            return if existing == token.record {
+                Ok(false)
+            } else {
+                Err(conflict(format!(
+                    "a different second-factor challenge of user {}",
+                    token.record.user_id
+                )))
+            };
+        }
+        if write {
+            self.mfa_challenges
+                .insert(token.hash.as_slice(), encode(&token.record)?)
+                .map_err(sled_error)?;
+        }
+        Ok(true)
+    }
+
     fn import_login_failure(
         &self,
         failure: &LoginFailureRecord,
@@ -596,6 +678,7 @@ impl SyncStore for SledStore {
                 &self.sessions_by_user,
                 &self.one_time,
                 &self.one_time_by_user,
+                &self.mfa,
             )
                 .transaction(
                     |(
@@ -606,6 +689,7 @@ impl SyncStore for SledStore {
                         sessions_by_user,
                         one_time,
                         ot_by_user,
+                        mfa,
                     )| {
                         let Some(bytes) = users.remove(id)? else {
                             return Err(abort(StoreError::NotFound));
@@ -635,6 +719,7 @@ impl SyncStore for SledStore {
                                 one_time.remove(token_key(kind, &hash))?;
                             }
                         }
+                        mfa.remove(id)?;
                         Ok(live)
                     },
                 ),
@@ -1037,6 +1122,104 @@ impl SyncStore for SledStore {
         Ok(voided)
     }
 
+    fn get_mfa(&self, user_id: &str) -> Result<Option<MfaRecord>, StoreError> {
+        match self.mfa.get(user_id).map_err(sled_error)? {
+            Some(bytes) => decode(&bytes, "second factor").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_mfa_pending(&self, record: &MfaRecord) -> Result<bool, StoreError> {
+        let id = record.user_id.as_str();
+        let value = encode(record)?;
+        let stored = finish((&self.users, &self.mfa).transaction(|(users, mfa)| {
+            if users.get(id)?.is_none() {
+                return Err(abort(StoreError::NotFound));
+            }
+            if let Some(bytes) = mfa.get(id)? {
+                let existing: MfaRecord = decode(&bytes, "second factor").map_err(abort)?;
+                if existing.enabled {
+                    return Ok(false);
+                }
+            }
+            mfa.insert(id, value.as_slice())?;
+            Ok(true)
+        }))?;
+        if stored {
+            self.flush()?;
+        }
+        Ok(stored)
+    }
+
+    fn enable_mfa(
+        &self,
+        user_id: &str,
+        secret: &[u8],
+        step: u64,
+        recovery_codes: &[TokenHash],
+    ) -> Result<bool, StoreError> {
+        self.edit_mfa(user_id, &mut |record| {
+            if record.enabled || record.secret != secret {
+                return false;
+            }
+            record.enabled = true;
+            record.last_step = step;
+            record.recovery_codes = recovery_codes.to_vec();
+            true
+        })
+    }
+
+    fn accept_mfa_step(&self, user_id: &str, step: u64) -> Result<bool, StoreError> {
+        self.edit_mfa(user_id, &mut |record| {
+            if !record.enabled || step <= record.last_step {
+                return false;
+            }
+            record.last_step = step;
+            true
+        })
+    }
+
+    fn take_recovery_code(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError> {
+        self.edit_mfa(user_id, &mut |record| {
+            let before = record.recovery_codes.len();
+            record.recovery_codes.retain(|h| h != hash);
+            record.enabled && record.recovery_codes.len() < before
+        })
+    }
+
+    fn delete_mfa(&self, user_id: &str) -> Result<bool, StoreError> {
+        let removed = self.mfa.remove(user_id).map_err(sled_error)?.is_some();
+        if removed {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    fn put_mfa_challenge(&self, hash: &TokenHash, record: &MfaChallenge) -> Result<(), StoreError> {
+        let swapped = self
+            .mfa_challenges
+            .compare_and_swap(hash, None::<&[u8]>, Some(encode(record)?))
+            .map_err(sled_error)?;
+        if swapped.is_err() {
+            return Err(StoreError::Conflict(UniqueKey::Id));
+        }
+        self.flush()
+    }
+
+    fn take_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<MfaChallenge>, StoreError> {
+        // `remove` is atomic: of two callers, one gets the value and the other `None`.
+        let Some(bytes) = self.mfa_challenges.remove(hash).map_err(sled_error)? else {
+            return Ok(None);
+        };
+        self.flush()?;
+        let record: MfaChallenge = decode(&bytes, "second-factor challenge")?;
+        Ok((record.expires_at > now).then_some(record))
+    }
+
     fn purge_expired(&self, now: u64, revoked_grace_secs: u64) -> Result<PurgeStats, StoreError> {
         let mut stats = PurgeStats::default();
 
@@ -1105,6 +1288,15 @@ impl SyncStore for SledStore {
             if record.expires_at <= now && remove_if_unchanged(&self.login_failures, &key, &bytes)?
             {
                 stats.login_failures += 1;
+            }
+        }
+
+        for item in self.scan(&self.mfa_challenges) {
+            let (key, bytes) = item?;
+            let record: MfaChallenge = decode(&bytes, "second-factor challenge")?;
+            if record.expires_at <= now && remove_if_unchanged(&self.mfa_challenges, &key, &bytes)?
+            {
+                stats.mfa_challenges += 1;
             }
         }
 
@@ -1189,6 +1381,25 @@ impl SyncStore for SledStore {
                 record: decode(&bytes, "login failures")?,
             }))?;
         }
+        // As with sessions: a second factor or challenge of a deleted user is unreachable.
+        let user_exists = |id: &str| self.users.contains_key(id.as_bytes()).map_err(sled_error);
+        for item in self.scan(&self.mfa) {
+            let (_, bytes) = item?;
+            let record: MfaRecord = decode(&bytes, "second factor")?;
+            if user_exists(&record.user_id)? {
+                pager.push(Record::Mfa(record))?;
+            }
+        }
+        for item in self.scan(&self.mfa_challenges) {
+            let (hash, bytes) = item?;
+            let record: MfaChallenge = decode(&bytes, "second-factor challenge")?;
+            if user_exists(&record.user_id)? {
+                pager.push(Record::MfaChallenge(MfaChallengeToken {
+                    hash: hash_from(&hash, "second-factor challenge")?,
+                    record,
+                }))?;
+            }
+        }
         pager.finish()
     }
 
@@ -1215,6 +1426,8 @@ impl SyncStore for SledStore {
                 Record::OneTime(token) => self.import_one_time(token, write)?,
                 Record::Revocation(revocation) => self.import_revocation(revocation, write)?,
                 Record::LoginFailure(failure) => self.import_login_failure(failure, write)?,
+                Record::Mfa(record) => self.import_mfa(record, write)?,
+                Record::MfaChallenge(token) => self.import_mfa_challenge(token, write)?,
             };
             imported.count(record.kind(), copied);
         }
@@ -1387,6 +1600,7 @@ mod tests {
             last_used_at: now,
             expires_at: now + ttl,
             revoked: false,
+            otp: false,
         }
     }
 

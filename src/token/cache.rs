@@ -136,6 +136,7 @@ mod tests {
             jti: "j".into(),
             sid: "s".into(),
             token_use: "access".into(),
+            amr: vec!["pwd".into()],
         })
     }
 

@@ -135,6 +135,9 @@ pub struct Identity<'a> {
     /// The smallest `iat` the token may carry: pass `Revocations::min_iat(user_id)`, which is 0
     /// when the user has no revocation in force. See the module doc.
     pub min_iat: u64,
+    /// How the session was authenticated (RFC 8176), written as `amr`: `["pwd"]`, or
+    /// `["pwd", "otp"]` after a second factor.
+    pub amr: &'a [&'static str],
 }
 
 /// The claims of an access token (API.md §2).
@@ -161,7 +164,24 @@ pub struct Claims {
     /// a missing value is reported as the wrong type rather than as a malformed payload.
     #[serde(default)]
     pub token_use: String,
+    /// Authentication methods (RFC 8176): `pwd`, and `otp` after a second factor. Absent in
+    /// tokens minted before it existed, which therefore never satisfy `mfa = true`; never
+    /// written empty (an absent claim reads back as empty, and writes back as absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
 }
+
+impl Claims {
+    /// Whether the session behind the token passed a second factor (`otp` in `amr`).
+    pub fn has_otp(&self) -> bool {
+        self.amr.iter().any(|m| m == AMR_OTP)
+    }
+}
+
+/// The `amr` value of a password (RFC 8176 §2).
+pub const AMR_PWD: &str = "pwd";
+/// The `amr` value of a one-time password, TOTP or a recovery code (RFC 8176 §2).
+pub const AMR_OTP: &str = "otp";
 
 /// Why a presented access token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,6 +392,7 @@ impl Tokens {
             jti: new_jti(now_unix)?,
             sid: id.session_id.to_owned(),
             token_use: ACCESS_TOKEN_USE.to_owned(),
+            amr: id.amr.iter().map(|m| (*m).to_owned()).collect(),
         };
         // A token that verify would refuse must not be handed out: it could only come from
         // stored data no endpoint accepts, and the caller should see it fail now.
@@ -735,6 +756,7 @@ mod tests {
             email_verified: true,
             session_id: "s1",
             min_iat,
+            amr: &[AMR_PWD],
         };
         tokens.issue(&id, now).unwrap()
     }
@@ -848,6 +870,7 @@ mod tests {
             email_verified: false,
             session_id: "s1",
             min_iat: 0,
+            amr: &["pwd"],
         };
         assert_eq!(
             tokens().issue(&id, NOW).unwrap_err(),

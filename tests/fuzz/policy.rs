@@ -160,6 +160,7 @@ fn parse(input: &[u8]) -> Case {
                     },
                     access,
                     roles,
+                    mfa: false,
                 });
             }
             Some("req") => {

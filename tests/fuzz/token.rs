@@ -84,6 +84,7 @@ impl TokenTarget {
                     email_verified: i % 2 == 0,
                     session_id: "s-1",
                     min_iat: 0,
+                    amr: &["pwd"],
                 };
                 tokens.issue(&id, NOW - i * 100).expect("issue").0
             })

@@ -446,6 +446,7 @@ impl Gatehouse {
             email_verified,
             session_id: "test-session",
             min_iat: 0,
+            amr: &["pwd"],
         };
         // The keys in force: after a reload that changed them, tokens are minted with the
         // new ones, as the server's own login would.

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use gatehouse::config::Config;
 use gatehouse::store::{
-    self, FailureState, LockoutPolicy, OneTimeKind, OneTimeRecord, PurgeStats, Revocation,
-    RotateOutcome, SessionRecord, Store, StoreError, StoreStats, UniqueKey, UserRecord, UserUpdate,
-    new_id,
+    self, FailureState, LockoutPolicy, MfaChallenge, MfaRecord, OneTimeKind, OneTimeRecord,
+    PurgeStats, Revocation, RotateOutcome, SessionRecord, Store, StoreError, StoreStats, UniqueKey,
+    UserRecord, UserUpdate, new_id,
 };
 use gatehouse::token::token_hash;
 use tokio::sync::Barrier;
@@ -133,6 +133,9 @@ contract!(
     racing_rotation_has_one_winner,
     concurrent_sign_ups_with_one_address_yield_one_account,
     concurrent_failures_each_count_once,
+    second_factor_lifecycle,
+    mfa_challenges_are_single_use_and_purged,
+    racing_second_factor_uses_have_one_winner,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -163,6 +166,7 @@ fn session(user_id: &str, now: u64, ttl: u64) -> SessionRecord {
         last_used_at: now,
         expires_at: now + ttl,
         revoked: false,
+        otp: false,
     }
 }
 
@@ -1853,7 +1857,11 @@ async fn postgres_three_replicas_starting_at_once_on_an_empty_schema_all_come_up
             .iter()
             .map(|row| row.get(0))
             .collect();
-        assert_eq!(applied, vec![1], "each migration applied exactly once");
+        let every: Vec<i32> = store::postgres::MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(applied, every, "each migration applied exactly once");
         // They share one database: what one writes, the others read.
         let u = user("shared@example.com", None);
         stores[0].create_user(&u).await.unwrap();
@@ -2027,7 +2035,7 @@ async fn postgres_outages_are_unavailable_and_pass() {
             e,
             StoreError::SchemaMismatch {
                 found: 99,
-                expected: 1
+                expected: store::postgres::latest_schema_version() as u32
             }
         ),
         Ok(_) => panic!("a newer schema must be refused"),
@@ -2285,15 +2293,18 @@ fn store_migrate_command_applies_then_finds_nothing_to_do() {
     let section = format!("backend = \"postgres\"\nurl = {:?}", schema.url(""));
     let (ok, stdout, stderr) = run(&section);
     assert!(ok, "{stdout}{stderr}");
-    assert_eq!(
-        stdout,
-        "applied 0001_initial\npostgres store schema now at version 1\n"
-    );
+    let mut applied: String = store::postgres::MIGRATIONS
+        .iter()
+        .map(|m| format!("applied {}\n", m.name))
+        .collect();
+    let latest = store::postgres::latest_schema_version();
+    applied.push_str(&format!("postgres store schema now at version {latest}\n"));
+    assert_eq!(stdout, applied);
     let (ok, stdout, stderr) = run(&section);
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(
         stdout,
-        "postgres store schema is up to date at version 1; nothing to do\n"
+        format!("postgres store schema is up to date at version {latest}; nothing to do\n")
     );
     // Unreachable: a clear error and a failing exit code.
     let (ok, _, stderr) = run(
@@ -2302,4 +2313,190 @@ fn store_migrate_command_applies_then_finds_nothing_to_do() {
     assert!(!ok);
     assert!(stderr.contains("the store is unavailable"), "{stderr}");
     drop(schema);
+}
+
+// ---------------------------------------------------------------------------------------
+// Second factors (TOTP)
+// ---------------------------------------------------------------------------------------
+
+fn pending_mfa(user_id: &str, secret: &[u8]) -> MfaRecord {
+    MfaRecord {
+        user_id: user_id.into(),
+        secret: secret.to_vec(),
+        enabled: false,
+        last_step: 0,
+        recovery_codes: Vec::new(),
+        created_at: 100,
+    }
+}
+
+async fn second_factor_lifecycle(b: &Backend) {
+    let s = &*b.store;
+    let u = user("mfa@example.com", None);
+    s.create_user(&u).await.unwrap();
+    assert_eq!(s.get_mfa(&u.id).await.unwrap(), None);
+    assert_eq!(
+        s.put_mfa_pending(&pending_mfa("nobody", b"x")).await,
+        Err(StoreError::NotFound),
+        "{}",
+        b.name()
+    );
+    // Pending: replaced by a second setup; enabled only with the pending secret.
+    assert!(
+        s.put_mfa_pending(&pending_mfa(&u.id, b"one"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.put_mfa_pending(&pending_mfa(&u.id, b"two"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.accept_mfa_step(&u.id, 5).await.unwrap(),
+        "not enabled yet"
+    );
+    let codes = [token_hash("c1"), token_hash("c2")];
+    assert!(!s.enable_mfa(&u.id, b"one", 7, &codes).await.unwrap());
+    assert!(s.enable_mfa(&u.id, b"two", 7, &codes).await.unwrap());
+    assert!(
+        !s.enable_mfa(&u.id, b"two", 7, &codes).await.unwrap(),
+        "once"
+    );
+    let record = s.get_mfa(&u.id).await.unwrap().unwrap();
+    assert!(record.enabled && record.last_step == 7 && record.secret == b"two");
+    assert_eq!(record.recovery_codes, codes.to_vec());
+    // Enabled: setup refused, nothing written.
+    assert!(
+        !s.put_mfa_pending(&pending_mfa(&u.id, b"three"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get_mfa(&u.id).await.unwrap().unwrap().secret, b"two");
+    // Steps only move forward.
+    assert!(!s.accept_mfa_step(&u.id, 7).await.unwrap());
+    assert!(!s.accept_mfa_step(&u.id, 6).await.unwrap());
+    assert!(s.accept_mfa_step(&u.id, 9).await.unwrap());
+    assert!(!s.accept_mfa_step(&u.id, 8).await.unwrap());
+    // Recovery codes are taken once.
+    assert!(s.take_recovery_code(&u.id, &codes[0]).await.unwrap());
+    assert!(!s.take_recovery_code(&u.id, &codes[0]).await.unwrap());
+    assert!(
+        !s.take_recovery_code(&u.id, &token_hash("c3"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_mfa(&u.id).await.unwrap().unwrap().recovery_codes,
+        vec![codes[1]]
+    );
+    // Removed, then gone with its user.
+    assert!(s.delete_mfa(&u.id).await.unwrap());
+    assert!(!s.delete_mfa(&u.id).await.unwrap());
+    assert!(
+        s.put_mfa_pending(&pending_mfa(&u.id, b"four"))
+            .await
+            .unwrap()
+    );
+    s.delete_user(&u.id).await.unwrap();
+    assert_eq!(s.get_mfa(&u.id).await.unwrap(), None, "{}", b.name());
+}
+
+async fn mfa_challenges_are_single_use_and_purged(b: &Backend) {
+    let s = &*b.store;
+    let u = user("challenge@example.com", None);
+    s.create_user(&u).await.unwrap();
+    let challenge = |expires_at| MfaChallenge {
+        user_id: u.id.clone(),
+        login: "challenge@example.com".into(),
+        password_fingerprint: token_hash(&u.password_hash),
+        expires_at,
+    };
+    let (live, dead) = (token_hash("live"), token_hash("dead"));
+    s.put_mfa_challenge(&live, &challenge(500)).await.unwrap();
+    s.put_mfa_challenge(&dead, &challenge(150)).await.unwrap();
+    assert_eq!(
+        s.put_mfa_challenge(&live, &challenge(500)).await,
+        Err(StoreError::Conflict(UniqueKey::Id))
+    );
+    let purged = s.purge_expired(200, GRACE).await.unwrap();
+    assert_eq!(purged.mfa_challenges, 1, "{}: {purged:?}", b.name());
+    assert_eq!(s.take_mfa_challenge(&dead, 100).await.unwrap(), None);
+    assert_eq!(
+        s.take_mfa_challenge(&live, 200).await.unwrap(),
+        Some(challenge(500))
+    );
+    assert_eq!(
+        s.take_mfa_challenge(&live, 200).await.unwrap(),
+        None,
+        "once"
+    );
+    // Expired: taken and refused.
+    s.put_mfa_challenge(&live, &challenge(300)).await.unwrap();
+    assert_eq!(s.take_mfa_challenge(&live, 300).await.unwrap(), None);
+    assert_eq!(
+        s.take_mfa_challenge(&live, 100).await.unwrap(),
+        None,
+        "removed"
+    );
+}
+
+/// Time steps, recovery codes and challenges are single use under races (on PostgreSQL,
+/// between the pool's connections as between replicas).
+async fn racing_second_factor_uses_have_one_winner(b: &Backend) {
+    const TASKS: usize = 4;
+    let u = user("racer@example.com", None);
+    b.store.create_user(&u).await.unwrap();
+    let codes: Vec<_> = (0..RACE_ROUNDS)
+        .map(|i| token_hash(&format!("code{i}")))
+        .collect();
+    b.store
+        .put_mfa_pending(&pending_mfa(&u.id, b"s"))
+        .await
+        .unwrap();
+    assert!(b.store.enable_mfa(&u.id, b"s", 1, &codes).await.unwrap());
+    for (round, &code) in codes.iter().enumerate() {
+        let step = 10 + round as u64;
+        let hash = token_hash(&format!("challenge{round}"));
+        b.store
+            .put_mfa_challenge(
+                &hash,
+                &MfaChallenge {
+                    user_id: u.id.clone(),
+                    login: "racer@example.com".into(),
+                    password_fingerprint: [0; 32],
+                    expires_at: 500,
+                },
+            )
+            .await
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let handles: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (store, barrier, id) = (b.store.clone(), barrier.clone(), u.id.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    (
+                        store.accept_mfa_step(&id, step).await.unwrap(),
+                        store.take_recovery_code(&id, &code).await.unwrap(),
+                        store
+                            .take_mfa_challenge(&hash, 100)
+                            .await
+                            .unwrap()
+                            .is_some(),
+                    )
+                })
+            })
+            .collect();
+        let mut wins = (0, 0, 0);
+        for h in handles {
+            let (a, r, c) = h.await.unwrap();
+            wins = (
+                wins.0 + usize::from(a),
+                wins.1 + usize::from(r),
+                wins.2 + usize::from(c),
+            );
+        }
+        assert_eq!(wins, (1, 1, 1), "{}: round {round}", b.name());
+    }
 }

@@ -84,16 +84,6 @@ struct Before {
     now: u64,
 }
 
-async fn refresh(gh: &Gatehouse, token: &str) -> crate::harness::Reply {
-    gh.json(
-        Method::POST,
-        "/auth/refresh",
-        None,
-        json!({"refresh_token": token}),
-    )
-    .await
-}
-
 async fn reset(gh: &Gatehouse, token: &str, password: &str) -> crate::harness::Reply {
     gh.json(
         Method::POST,
@@ -117,7 +107,7 @@ async fn api(gh: &Gatehouse, access: &str) -> crate::harness::Reply {
 async fn populate(gh: &Gatehouse) -> Before {
     gh.register("ada@example.com").await;
     let (_, first_refresh) = gh.session("ada@example.com", PASSWORD).await;
-    let rotated = refresh(gh, &first_refresh).await.expect(200).json();
+    let rotated = gh.refresh(&first_refresh).await.expect(200).json();
     let live_access = rotated["access_token"].as_str().unwrap().to_string();
     let current_refresh = rotated["refresh_token"].as_str().unwrap().to_string();
 
@@ -170,7 +160,7 @@ async fn check_copy(gh: &Gatehouse, before: &Before) {
         .await
         .expect_error(401, "TOKEN_REVOKED");
     api(gh, &before.live_access).await.expect(200);
-    refresh(gh, &before.revoked_refresh)
+    gh.refresh(&before.revoked_refresh)
         .await
         .expect_error(401, "TOKEN_INVALID");
 
@@ -187,15 +177,12 @@ async fn check_copy(gh: &Gatehouse, before: &Before) {
     gh.login("ada@example.com", PASSWORD).await.expect(200);
 
     // The current refresh token refreshes; the rotated one is reuse, which ends the family.
-    let next = refresh(gh, &before.current_refresh)
-        .await
-        .expect(200)
-        .json();
+    let next = gh.refresh(&before.current_refresh).await.expect(200).json();
     let next_refresh = next["refresh_token"].as_str().unwrap().to_string();
-    refresh(gh, &before.rotated_refresh)
+    gh.refresh(&before.rotated_refresh)
         .await
         .expect_error(401, "TOKEN_REVOKED");
-    refresh(gh, &next_refresh)
+    gh.refresh(&next_refresh)
         .await
         .expect_error(401, "TOKEN_INVALID");
 
@@ -283,7 +270,8 @@ async fn sled_to_postgres_and_back_keeps_passwords_sessions_and_links() {
     assert_counts(&report, &source_stats);
     assert_eq!(report.copied.get(Kind::RefreshRotated), 1, "{report:?}");
     assert_eq!(report.copied.get(Kind::RefreshCurrent), 2, "{report:?}");
-    assert_eq!(report.migrations, vec!["0001_initial"]);
+    let every: Vec<&str> = store::postgres::MIGRATIONS.iter().map(|m| m.name).collect();
+    assert_eq!(report.migrations, every);
     assert!(report.target_was_empty);
     assert_eq!(report.present.total(), 0);
     assert_eq!(stats_of(&target).await, source_stats);
@@ -366,6 +354,7 @@ async fn small_sled_store(path: &Path) -> StoreStats {
         last_used_at: 100,
         expires_at: 10_000,
         revoked: false,
+        otp: true,
     };
     store
         .create_session(&session, &[1; 32], None, 8)
@@ -403,7 +392,81 @@ async fn small_sled_store(path: &Path) -> StoreStats {
         )
         .await
         .unwrap();
+    store.put_mfa_pending(&small_mfa(&ada.id)).await.unwrap();
+    let codes = [[5; 32], [6; 32]];
+    store
+        .enable_mfa(&ada.id, b"sealed secret", 60_000_000, &codes)
+        .await
+        .unwrap();
+    store
+        .put_mfa_challenge(&[4; 32], &small_challenge(&ada))
+        .await
+        .unwrap();
     store.stats().await.unwrap()
+}
+
+fn small_mfa(user_id: &str) -> store::MfaRecord {
+    store::MfaRecord {
+        user_id: user_id.into(),
+        secret: b"sealed secret".to_vec(),
+        enabled: false,
+        last_step: 0,
+        recovery_codes: Vec::new(),
+        created_at: 100,
+    }
+}
+
+fn small_challenge(user: &UserRecord) -> store::MfaChallenge {
+    store::MfaChallenge {
+        user_id: user.id.clone(),
+        login: user.email.clone(),
+        password_fingerprint: gatehouse::token::token_hash(&user.password_hash),
+        expires_at: 9_000,
+    }
+}
+
+/// A second factor (sealed secret, last accepted step, unused recovery codes), its pending
+/// challenge and a session's `otp` come through sled → PostgreSQL → sled unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_factors_and_their_challenges_are_copied() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source = sled_store(&dir.path().join("store"));
+    small_sled_store(&dir.path().join("store")).await;
+    let target = pg_store(&schema);
+    let report = copy_stores(&source, &target, false).await.unwrap();
+    assert_eq!(report.copied.get(Kind::Mfa), 1, "{report:?}");
+    assert_eq!(report.copied.get(Kind::MfaChallenge), 1, "{report:?}");
+    let back_dir = tempfile::tempdir().unwrap();
+    let back = sled_store(&back_dir.path().join("store"));
+    let report_back = copy_stores(&target, &back, false).await.unwrap();
+    assert_eq!(report_back.copied, report.copied, "{report_back:?}");
+
+    for config in [&target, &back] {
+        let store = store::open(&config_with(config)).await.unwrap();
+        let ada = store
+            .find_user_by_email("ada@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        let mfa = store.get_mfa(&ada.id).await.unwrap().unwrap();
+        assert!(mfa.enabled);
+        assert_eq!(mfa.secret, b"sealed secret");
+        assert_eq!(mfa.last_step, 60_000_000);
+        assert_eq!(mfa.recovery_codes, vec![[5; 32], [6; 32]]);
+        // Replay and reuse stay refused: the step and the codes came along.
+        assert!(!store.accept_mfa_step(&ada.id, 60_000_000).await.unwrap());
+        assert!(store.take_recovery_code(&ada.id, &[6; 32]).await.unwrap());
+        assert_eq!(
+            store.take_mfa_challenge(&[4; 32], 200).await.unwrap(),
+            Some(small_challenge(&ada))
+        );
+        let page = store.list_users(10, None).await.unwrap();
+        assert_eq!(page.users.len(), 2);
+        drop(store);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +553,8 @@ async fn an_interrupted_sled_copy_is_never_served_and_a_rerun_finishes_it() {
             + stats.email_verification_tokens as u64
             + stats.revocations as u64
             + stats.login_failures as u64
+            // The second factor and its challenge, which `StoreStats` does not count.
+            + 2
     );
     assert_eq!(stats_of(&target).await, stats);
 
@@ -597,10 +662,14 @@ fn the_binary_copies_prints_counts_and_refuses_what_it_should() {
         lines[0].starts_with("copied the sled store of "),
         "{stdout}"
     );
-    assert_eq!(
-        lines[1],
-        "applied migration 0001_initial to the target first"
-    );
+    let migrations = store::postgres::MIGRATIONS;
+    for (i, m) in migrations.iter().enumerate() {
+        assert_eq!(
+            lines[1 + i],
+            format!("applied migration {} to the target first", m.name)
+        );
+    }
+    let first = 1 + migrations.len();
     let expected = [
         ("users", 2),
         ("sessions", 1),
@@ -610,16 +679,23 @@ fn the_binary_copies_prints_counts_and_refuses_what_it_should() {
         ("email-verification tokens", 1),
         ("revocations", 1),
         ("login-failure counters", 1),
+        ("second factors (TOTP)", 1),
+        ("second-factor challenges", 1),
     ];
     for (i, (label, n)) in expected.iter().enumerate() {
-        assert_eq!(lines[2 + i], format!("  {label:<28}{n:>10}"), "{stdout}");
+        assert_eq!(
+            lines[first + i],
+            format!("  {label:<28}{n:>10}"),
+            "{stdout}"
+        );
     }
+    let last = first + expected.len();
     assert!(
-        lines[10].starts_with("8 records copied in ")
-            && lines[10].ends_with("s, committed in one transaction"),
+        lines[last].starts_with("10 records copied in ")
+            && lines[last].ends_with("s, committed in one transaction"),
         "{stdout}"
     );
-    assert_eq!(lines.len(), 11, "{stdout}");
+    assert_eq!(lines.len(), last + 1, "{stdout}");
 
     // Again: the target is not empty.
     let (code, stdout, stderr) = run_copy(&from, &to, &[], &[]);
@@ -647,7 +723,7 @@ fn the_binary_copies_prints_counts_and_refuses_what_it_should() {
     );
     let (code, stdout, stderr) = run_copy(&to, &back_config, &[], &[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("8 records copied in "), "{stdout}");
+    assert!(stdout.contains("10 records copied in "), "{stdout}");
     assert!(stdout.contains(", flushed to disk"), "{stdout}");
     let stats = rt.block_on(stats_of(&sled_store(&back)));
     assert_eq!((stats.users, stats.refresh_tokens), (2, 2), "{stats:?}");

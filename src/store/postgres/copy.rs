@@ -21,13 +21,14 @@ use tokio_postgres::types::ToSql;
 
 // The store's records come through the parent's imports, as in every store module.
 use super::{
-    FailureRecord, OneTimeKind, PgStore, REVOCATION_LOCK, Revocation, SessionRecord, StoreError,
-    TokenHash, UserRecord, column, execute, fold, int, kind_name, one_time_from, pg_error, query,
-    revocation_from, revocation_key, session_from, time, user_from,
+    FailureRecord, MfaRecord, OneTimeKind, PgStore, REVOCATION_LOCK, Revocation, SessionRecord,
+    StoreError, TokenHash, UserRecord, column, execute, fold, int, kind_name, mfa_challenge_from,
+    mfa_from, one_time_from, pg_error, query, revocation_from, revocation_key, session_from, time,
+    user_from,
 };
 use crate::store::copy::{
-    Chunk, Counts, EXPORT_GONE, ImportMode, Imported, Kind, LoginFailureRecord, OneTimeToken,
-    Record, RefreshRecord, send,
+    Chunk, Counts, EXPORT_GONE, ImportMode, Imported, Kind, LoginFailureRecord, MfaChallengeToken,
+    OneTimeToken, Record, RefreshRecord, send,
 };
 
 /// An import's statements may take longer than a request's (a large chunk on a large table).
@@ -61,6 +62,20 @@ const EXPORTS: &[(&str, Convert)] = &[
         "SELECT login, window_start, count, locked_until, expires_at FROM login_failures \
          ORDER BY login",
         |row| login_failure_from(row).map(Record::LoginFailure),
+    ),
+    (
+        concat!("SELECT ", mfa_columns!(), " FROM mfa_totp ORDER BY user_id"),
+        |row| mfa_from(row).map(Record::Mfa),
+    ),
+    (
+        "SELECT hash, user_id, login, password_fingerprint, expires_at FROM mfa_challenges \
+         ORDER BY hash",
+        |row| {
+            Ok(Record::MfaChallenge(MfaChallengeToken {
+                hash: hash_from(row)?,
+                record: mfa_challenge_from(row)?,
+            }))
+        },
     ),
 ];
 
@@ -252,7 +267,132 @@ impl ImportState {
                 self.login_failures(tx, &only!(group, Record::LoginFailure))
                     .await
             }
+            Some(Record::Mfa(_)) => self.mfa(tx, &only!(group, Record::Mfa)).await,
+            Some(Record::MfaChallenge(_)) => {
+                self.mfa_challenges(tx, &only!(group, Record::MfaChallenge))
+                    .await
+            }
         }
+    }
+
+    /// Second factors, a row at a time: there are few, and their recovery codes are an
+    /// array per row, which `UNNEST` cannot take apart.
+    async fn mfa(
+        &mut self,
+        tx: &Transaction<'_>,
+        records: &[&MfaRecord],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
+        let existing = query(
+            tx,
+            concat!(
+                "SELECT ",
+                mfa_columns!(),
+                " FROM mfa_totp WHERE user_id = ANY($1)"
+            ),
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|row| mfa_from(row).map(|r| (r.user_id.clone(), r)))
+        .collect::<Result<HashMap<_, _>, _>>()?;
+        for record in records {
+            match existing.get(&record.user_id) {
+                Some(found) if found == *record => self.imported.count(Kind::Mfa, false),
+                Some(_) => {
+                    return Err(conflict(format!(
+                        "a different second factor for user {}",
+                        record.user_id
+                    )));
+                }
+                None => {
+                    self.imported.count(Kind::Mfa, true);
+                    if self.write {
+                        let codes: Vec<&[u8]> =
+                            record.recovery_codes.iter().map(|c| c.as_slice()).collect();
+                        execute(
+                            tx,
+                            concat!(
+                                "INSERT INTO mfa_totp (",
+                                mfa_columns!(),
+                                ") VALUES ($1, $2, $3, $4, $5, $6)"
+                            ),
+                            &[
+                                &record.user_id,
+                                &record.secret,
+                                &record.enabled,
+                                &int(record.last_step),
+                                &codes,
+                                &int(record.created_at),
+                            ],
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn mfa_challenges(
+        &mut self,
+        tx: &Transaction<'_>,
+        tokens: &[&MfaChallengeToken],
+    ) -> Result<(), StoreError> {
+        let hashes: Vec<&[u8]> = tokens.iter().map(|t| t.hash.as_slice()).collect();
+        let existing = query(
+            tx,
+            "SELECT hash, user_id, login, password_fingerprint, expires_at FROM mfa_challenges \
+             WHERE hash = ANY($1)",
+            &[&hashes],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((hash_from(row)?, mfa_challenge_from(row)?)))
+        .collect::<Result<HashMap<_, _>, StoreError>>()?;
+        let mut new = Vec::new();
+        for token in tokens {
+            match existing.get(&token.hash) {
+                Some(found) if *found == token.record => {
+                    self.imported.count(Kind::MfaChallenge, false);
+                }
+                Some(_) => {
+                    return Err(conflict(format!(
+                        "a different second-factor challenge of user {}",
+                        token.record.user_id
+                    )));
+                }
+                None => {
+                    self.imported.count(Kind::MfaChallenge, true);
+                    new.push(*token);
+                }
+            }
+        }
+        if !self.write || new.is_empty() {
+            return Ok(());
+        }
+        execute(
+            tx,
+            "INSERT INTO mfa_challenges (hash, user_id, login, password_fingerprint, expires_at) \
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::bytea[], $5::int8[])",
+            &[
+                &new.iter().map(|t| t.hash.as_slice()).collect::<Vec<_>>(),
+                &new.iter()
+                    .map(|t| t.record.user_id.as_str())
+                    .collect::<Vec<_>>(),
+                &new.iter()
+                    .map(|t| t.record.login.as_str())
+                    .collect::<Vec<_>>(),
+                &new.iter()
+                    .map(|t| t.record.password_fingerprint.as_slice())
+                    .collect::<Vec<_>>(),
+                &new.iter()
+                    .map(|t| int(t.record.expires_at))
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn users(
@@ -417,7 +557,7 @@ impl ImportState {
                 "INSERT INTO sessions (",
                 session_columns!(),
                 ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], \
-                 $5::int8[], $6::bool[])"
+                 $5::int8[], $6::bool[], $7::bool[])"
             ),
             &[
                 &new.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
@@ -426,6 +566,7 @@ impl ImportState {
                 &new.iter().map(|s| int(s.last_used_at)).collect::<Vec<_>>(),
                 &new.iter().map(|s| int(s.expires_at)).collect::<Vec<_>>(),
                 &new.iter().map(|s| s.revoked).collect::<Vec<_>>(),
+                &new.iter().map(|s| s.otp).collect::<Vec<_>>(),
             ],
         )
         .await?;

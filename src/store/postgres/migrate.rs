@@ -28,11 +28,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Never edit a released one: add the next.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_totp",
+        sql: include_str!("../migrations/0002_totp.sql"),
+    },
+];
 
 /// The schema version this binary expects: the last migration's.
 pub fn latest() -> i32 {
@@ -146,6 +153,6 @@ mod tests {
             );
             assert!(!m.sql.trim().is_empty(), "{}", m.name);
         }
-        assert_eq!(latest(), 1);
+        assert_eq!(latest(), i32::try_from(MIGRATIONS.len()).unwrap());
     }
 }

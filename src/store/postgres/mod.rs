@@ -64,9 +64,9 @@ use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use super::{
-    FailureRecord, FailureState, LockoutPolicy, OneTimeKind, OneTimeRecord, PurgeStats, Revocation,
-    RotateOutcome, SessionRecord, Store, StoreError, StoreStats, TokenHash, UniqueKey, UserPage,
-    UserRecord, UserUpdate, failure_state, fold,
+    FailureRecord, FailureState, LockoutPolicy, MfaChallenge, MfaRecord, OneTimeKind,
+    OneTimeRecord, PurgeStats, Revocation, RotateOutcome, SessionRecord, Store, StoreError,
+    StoreStats, TokenHash, UniqueKey, UserPage, UserRecord, UserUpdate, failure_state, fold,
 };
 use crate::config::StoreConfig;
 
@@ -302,7 +302,13 @@ macro_rules! user_columns {
 
 macro_rules! session_columns {
     () => {
-        "id, user_id, created_at, last_used_at, expires_at, revoked"
+        "id, user_id, created_at, last_used_at, expires_at, revoked, otp"
+    };
+}
+
+macro_rules! mfa_columns {
+    () => {
+        "user_id, secret, enabled, last_step, recovery_codes, created_at"
     };
 }
 
@@ -333,6 +339,36 @@ fn session_from(row: &Row) -> Result<SessionRecord, StoreError> {
         last_used_at: time(row, "last_used_at")?,
         expires_at: time(row, "expires_at")?,
         revoked: column(row, "revoked")?,
+        otp: column(row, "otp")?,
+    })
+}
+
+fn mfa_from(row: &Row) -> Result<MfaRecord, StoreError> {
+    let codes: Vec<Vec<u8>> = column(row, "recovery_codes")?;
+    Ok(MfaRecord {
+        user_id: column(row, "user_id")?,
+        secret: column(row, "secret")?,
+        enabled: column(row, "enabled")?,
+        last_step: time(row, "last_step")?,
+        recovery_codes: codes
+            .iter()
+            .map(|c| {
+                TokenHash::try_from(c.as_slice())
+                    .map_err(|_| StoreError::Corrupt("malformed recovery-code hash".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        created_at: time(row, "created_at")?,
+    })
+}
+
+fn mfa_challenge_from(row: &Row) -> Result<MfaChallenge, StoreError> {
+    let fingerprint: Vec<u8> = column(row, "password_fingerprint")?;
+    Ok(MfaChallenge {
+        user_id: column(row, "user_id")?,
+        login: column(row, "login")?,
+        password_fingerprint: TokenHash::try_from(fingerprint.as_slice())
+            .map_err(|_| StoreError::Corrupt("malformed password fingerprint".into()))?,
+        expires_at: time(row, "expires_at")?,
     })
 }
 
@@ -696,7 +732,7 @@ impl Store for PgStore {
             concat!(
                 "INSERT INTO sessions (",
                 session_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
             ),
             &[
                 &session.id,
@@ -705,6 +741,7 @@ impl Store for PgStore {
                 &int(session.last_used_at),
                 &int(session.expires_at),
                 &session.revoked,
+                &session.otp,
             ],
         )
         .await?;
@@ -1100,6 +1137,162 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn get_mfa(&self, user_id: &str) -> Result<Option<MfaRecord>, StoreError> {
+        let client = self.client().await?;
+        query_opt(
+            &client,
+            concat!(
+                "SELECT ",
+                mfa_columns!(),
+                " FROM mfa_totp WHERE user_id = $1"
+            ),
+            &[&user_id],
+        )
+        .await?
+        .map(|row| mfa_from(&row))
+        .transpose()
+    }
+
+    async fn put_mfa_pending(&self, record: &MfaRecord) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let codes: Vec<&[u8]> = record.recovery_codes.iter().map(|c| c.as_slice()).collect();
+        // One upsert that replaces only a pending row: an enabled one is left as it is and
+        // the statement returns nothing. The user must exist (the foreign key).
+        let result = query_opt(
+            &client,
+            concat!(
+                "INSERT INTO mfa_totp (",
+                mfa_columns!(),
+                ") VALUES ($1, $2, FALSE, $3, $4, $5) \
+                 ON CONFLICT (user_id) DO UPDATE SET secret = EXCLUDED.secret, \
+                 last_step = EXCLUDED.last_step, recovery_codes = EXCLUDED.recovery_codes, \
+                 created_at = EXCLUDED.created_at WHERE NOT mfa_totp.enabled \
+                 RETURNING user_id"
+            ),
+            &[
+                &record.user_id,
+                &record.secret,
+                &int(record.last_step),
+                &codes,
+                &int(record.created_at),
+            ],
+        )
+        .await;
+        match result {
+            Ok(row) => Ok(row.is_some()),
+            Err(StoreError::Io(e)) if e.contains("mfa_totp_user_fkey") => Err(StoreError::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn enable_mfa(
+        &self,
+        user_id: &str,
+        secret: &[u8],
+        step: u64,
+        recovery_codes: &[TokenHash],
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let codes: Vec<&[u8]> = recovery_codes.iter().map(|c| c.as_slice()).collect();
+        let n = execute(
+            &client,
+            "UPDATE mfa_totp SET enabled = TRUE, last_step = $3, recovery_codes = $4 \
+             WHERE user_id = $1 AND NOT enabled AND secret = $2",
+            &[&user_id, &secret, &int(step), &codes],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn accept_mfa_step(&self, user_id: &str, step: u64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        // Conditional: under READ COMMITTED a second UPDATE of the row waits for the first
+        // and re-checks `last_step < $2` against its result, so a step is accepted once
+        // across every replica.
+        let n = execute(
+            &client,
+            "UPDATE mfa_totp SET last_step = $2 \
+             WHERE user_id = $1 AND enabled AND last_step < $2",
+            &[&user_id, &int(step)],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn take_recovery_code(
+        &self,
+        user_id: &str,
+        hash: &TokenHash,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = execute(
+            &client,
+            "UPDATE mfa_totp SET recovery_codes = array_remove(recovery_codes, $2) \
+             WHERE user_id = $1 AND enabled AND $2 = ANY(recovery_codes)",
+            &[&user_id, &hash.as_slice()],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_mfa(&self, user_id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = execute(
+            &client,
+            "DELETE FROM mfa_totp WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn put_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        record: &MfaChallenge,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let result = execute(
+            &client,
+            "INSERT INTO mfa_challenges (hash, user_id, login, password_fingerprint, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &hash.as_slice(),
+                &record.user_id,
+                &record.login,
+                &record.password_fingerprint.as_slice(),
+                &int(record.expires_at),
+            ],
+        )
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(StoreError::Io(e)) if e.contains("mfa_challenges_user_fkey") => {
+                Err(StoreError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn take_mfa_challenge(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+    ) -> Result<Option<MfaChallenge>, StoreError> {
+        let client = self.client().await?;
+        // As `take_one_time`: one DELETE … RETURNING, so one caller gets the row.
+        let taken = query_opt(
+            &client,
+            "DELETE FROM mfa_challenges WHERE hash = $1 \
+             RETURNING user_id, login, password_fingerprint, expires_at",
+            &[&hash.as_slice()],
+        )
+        .await?
+        .map(|row| mfa_challenge_from(&row))
+        .transpose()?;
+        Ok(taken.filter(|record| record.expires_at > now))
+    }
+
     async fn purge_expired(
         &self,
         now: u64,
@@ -1156,6 +1349,12 @@ impl Store for PgStore {
             &[&now],
         )
         .await?;
+        let mfa_challenges = execute(
+            &tx,
+            "DELETE FROM mfa_challenges WHERE expires_at <= $1",
+            &[&now],
+        )
+        .await?;
         tx.commit().await.map_err(pg_error)?;
         let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Ok(PurgeStats {
@@ -1164,6 +1363,7 @@ impl Store for PgStore {
             one_time_tokens: n(one_time_tokens),
             revocations: n(revocations),
             login_failures: n(login_failures),
+            mfa_challenges: n(mfa_challenges),
         })
     }
 
