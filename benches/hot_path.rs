@@ -2,7 +2,8 @@
 //! baseline so the numbers have something to be read against:
 //!
 //! - token verify (HS256), and a token found in the verified-token cache, vs. jsonwebtoken's
-//!   stock `decode` with a default `Validation`;
+//!   stock `decode` with a default `Validation`; verify per algorithm (HS256, EdDSA, ES256,
+//!   RS256 with a 2048-bit key) on the fast path, the general path and from the cache;
 //! - policy decide over 100 rules vs. a linear scan that splits and allocates per request;
 //! - header rewrite (strip spoofed/hop-by-hop, set identity and forwarding headers);
 //! - rate-limit check vs. a `Mutex<HashMap>` GCRA;
@@ -18,19 +19,34 @@ use gatehouse::config::Config;
 use gatehouse::policy::{Policy, PolicySpec, RoleSpec, RouteSpec};
 use gatehouse::proxy::{Forwarding, Identity, rewrite_request};
 use gatehouse::ratelimit::{Rate, RateLimiter};
-use gatehouse::token::{Identity as TokenIdentity, TokenSettings, Tokens};
+use gatehouse::token::{
+    Algorithm, Identity as TokenIdentity, SigningKey, TokenSettings, Tokens, keys,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 const NOW: u64 = 1_800_000_000;
 
 fn tokens() -> Tokens {
+    Tokens::new(TokenSettings::hs256(
+        SECRET.as_bytes(),
+        "gatehouse",
+        "api",
+        900,
+        5,
+    ))
+}
+
+/// A verifier signing with a fresh key of `alg` (HS256: the bench secret).
+fn tokens_for(alg: Algorithm) -> Tokens {
+    if alg == Algorithm::HS256 {
+        return tokens();
+    }
+    let (pem, _) = keys::generate(alg).unwrap();
+    let key = SigningKey::from_pem(pem.as_bytes(), alg, None).unwrap();
     Tokens::new(TokenSettings {
-        secret: SECRET.as_bytes().to_vec(),
-        issuer: "gatehouse".into(),
-        audience: "api".into(),
-        access_ttl_secs: 900,
-        leeway_secs: 5,
+        signing: key,
+        ..TokenSettings::hs256(SECRET.as_bytes(), "gatehouse", "api", 900, 5)
     })
 }
 
@@ -184,6 +200,28 @@ fn bench_tokens(c: &mut Criterion) {
             jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &key, &validation).unwrap()
         })
     });
+    group.finish();
+
+    // Per algorithm: what a token costs the first time (fast path: our own header), through
+    // the general path (any other header), and each later time (the cache).
+    let mut group = c.benchmark_group("token_verify_by_algorithm");
+    for alg in Algorithm::ALL {
+        let tokens = tokens_for(alg);
+        let token = self::token(&tokens);
+        group.bench_function(format!("{alg}/fast"), |b| {
+            b.iter(|| tokens.verify(black_box(&token), NOW).unwrap())
+        });
+        let cached = tokens_for(alg).with_cache(4096);
+        let token_cached = self::token(&cached);
+        let _ = cached.verify_shared(&token_cached, NOW).unwrap();
+        group.bench_function(format!("{alg}/cached"), |b| {
+            b.iter(|| cached.verify_shared(black_box(&token_cached), NOW).unwrap())
+        });
+        let general = tokens.general_path_only();
+        group.bench_function(format!("{alg}/general"), |b| {
+            b.iter(|| general.verify(black_box(&token), NOW).unwrap())
+        });
+    }
     group.finish();
 }
 

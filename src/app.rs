@@ -23,7 +23,7 @@ use crate::revocation::{Revocations, UserCutoff};
 use crate::shared_limits::{SharedCooldowns, SharedLimits};
 use crate::store::{Revocation, Store, StoreError};
 use crate::tls::ServerTls;
-use crate::token::{TokenSettings, Tokens};
+use crate::token::Tokens;
 use crate::upstream::Upstream;
 
 /// Seconds added to an access token's lifetime and leeway before a revoked session may be
@@ -232,6 +232,8 @@ pub enum StartError {
     Revocations(StoreError),
     /// `auth.password`: the argon2 parameters are unusable.
     Password(String),
+    /// `tokens`: no signing key (a config loaded for `policy` commands only).
+    Keys,
     /// `email.*`: the sender or the SMTP URL is unusable.
     Mail(String),
     /// `upstream.*`: the upstream client could not be built (its CA bundle).
@@ -256,6 +258,7 @@ impl std::fmt::Display for StartError {
             StartError::Store(e) => write!(f, "store: {e}"),
             StartError::Revocations(e) => write!(f, "cannot load revocations: {e}"),
             StartError::Password(e) => write!(f, "auth.password: {e}"),
+            StartError::Keys => f.write_str("tokens: no signing key is configured"),
             StartError::Mail(e) => write!(f, "email: {e}"),
             StartError::Upstream(e) => write!(f, "upstream: {e}"),
             StartError::RateLimits(e) => write!(f, "{e}"),
@@ -329,7 +332,8 @@ impl Live {
             // fresh one: a token verified under the old settings must be verified again.
             Some(live) if same_tokens(&live.config, &config) => live.tokens.clone(),
             _ => Arc::new(
-                Tokens::new(token_settings(&config)).with_cache(config.tokens.verify_cache),
+                Tokens::new(config.tokens.settings().ok_or(StartError::Keys)?)
+                    .with_cache(config.tokens.verify_cache),
             ),
         };
         let shared_limits = match running {
@@ -362,26 +366,19 @@ impl Live {
 }
 
 /// Whether two configs build the same [`Tokens`]. The secrets are compared in constant
-/// time, as secrets always are here.
+/// time, as secrets always are here; asymmetric keys by `kid` and public key (one public
+/// key has one private key), in order, since the first one signs.
 fn same_tokens(a: &Config, b: &Config) -> bool {
     let (a, b) = (&a.tokens, &b.tokens);
+    let key = |k: &crate::token::SigningKey| (k.kid().to_string(), k.verify_key().jwk());
     crate::token::ct_eq(a.secret.expose().as_bytes(), b.secret.expose().as_bytes())
+        && a.algorithm == b.algorithm
+        && a.keys.iter().map(key).eq(b.keys.iter().map(key))
         && a.issuer == b.issuer
         && a.audience == b.audience
         && a.access_ttl == b.access_ttl
         && a.leeway == b.leeway
         && a.verify_cache == b.verify_cache
-}
-
-/// What the token module needs from `[tokens]`.
-fn token_settings(config: &Config) -> TokenSettings {
-    TokenSettings {
-        secret: config.tokens.secret.expose().as_bytes().to_vec(),
-        issuer: config.tokens.issuer.clone(),
-        audience: config.tokens.audience.clone(),
-        access_ttl_secs: config.tokens.access_ttl.as_secs(),
-        leeway_secs: config.tokens.leeway.as_secs(),
-    }
 }
 
 /// The parts of a running gatehouse that live as long as the process, whatever config is

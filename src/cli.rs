@@ -68,6 +68,34 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Signing keys for tokens.algorithm = EdDSA, ES256 or RS256.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Write a new private key (PKCS#8 PEM, mode 0600) and print its kid (the key's RFC 7638
+    /// thumbprint) on stdout. Add it to [[tokens.keys]] as the README's rotation procedure
+    /// says. Takes no config file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// EdDSA (Ed25519; small and fast, the usual choice), ES256 (P-256) or RS256 (RSA 2048
+    /// bits, for verifiers that know nothing else).
+    #[arg(long, value_parser = ["EdDSA", "ES256", "RS256"])]
+    pub algorithm: String,
+    /// The file to write. An existing file is refused unless --force.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace an existing file (atomically: the old key stays whole until the new one is
+    /// on disk).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -228,7 +256,7 @@ pub fn run(cli: Cli) -> ExitCode {
         eprintln!(
             "error: --config before the command name is only for the default `serve`; \
              write it after the command (`gatehouse <command> --config FILE`), and \
-             `demo` and `store copy` take none"
+             `demo`, `store copy` and `keys generate` take none"
         );
         return ExitCode::from(2);
     }
@@ -265,7 +293,79 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Store {
             command: StoreCommand::Copy(args),
         } => store_copy(&args),
+        Command::Keys {
+            command: KeysCommand::Generate(args),
+        } => keys_generate(&args),
     }
+}
+
+/// `gatehouse keys generate`: the key file, then its kid on stdout (alone, for scripts)
+/// and the config lines on stderr.
+fn keys_generate(args: &GenerateArgs) -> ExitCode {
+    let Some(alg) = crate::token::Algorithm::from_name(&args.algorithm) else {
+        eprintln!("error: --algorithm must be EdDSA, ES256 or RS256");
+        return ExitCode::from(2);
+    };
+    let (pem, kid) = match crate::token::keys::generate(alg) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = write_private(&args.out, pem.as_bytes(), args.force) {
+        eprintln!("error: {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{kid}");
+    eprintln!(
+        "wrote {} ({alg}, mode 0600); to use it:\n\n[tokens]\nalgorithm = \"{alg}\"\n\
+         [[tokens.keys]]\nkid = \"{kid}\"\nprivate_key = \"{}\"",
+        args.out.display(),
+        args.out.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Writes a secret file readable by its owner only, durably. Without `force` an existing
+/// file is refused (`create_new`, so a race cannot overwrite one either); with it the key is
+/// written beside the target and renamed over it, so the old key stays whole until the new
+/// one is on disk.
+fn write_private(path: &std::path::Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let create = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    let target_exists = std::fs::symlink_metadata(path).is_ok();
+    if !force || !target_exists {
+        let mut file = create(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                std::io::Error::new(e.kind(), "already exists; pass --force to replace it")
+            }
+            _ => e,
+        })?;
+        file.write_all(bytes)?;
+        return file.sync_all();
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let temp = path.with_file_name(name);
+    let written = create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    // The rename itself is durable once the directory is.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(std::path::Path::new(".")))?.sync_all()
 }
 
 /// `gatehouse store copy`: the counts of each kind, then a line saying where they are.

@@ -25,7 +25,9 @@ use crate::config::Config;
 use crate::decide::{self, Routing};
 use crate::error::{Error, TokenRefusal};
 use crate::hygiene::Head;
-use crate::token::{Claims, TokenSettings, Tokens};
+#[cfg(test)]
+use crate::token::TokenSettings;
+use crate::token::{Claims, Tokens};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,21 +127,18 @@ pub fn explain(
     now: u64,
 ) -> Result<Explanation, ExplainError> {
     let tokens = match identity {
-        Identity::Token(_) if config.tokens.secret.is_empty() => {
-            return Err(ExplainError(
-                "--token needs the signing key to verify the token: set tokens.secret in the \
-                 file or GATEHOUSE_TOKENS_SECRET (or use --roles to decide for given roles \
-                 without verifying anything)"
-                    .into(),
-            ));
-        }
-        Identity::Token(_) => Some(Tokens::new(TokenSettings {
-            secret: config.tokens.secret.expose().as_bytes().to_vec(),
-            issuer: config.tokens.issuer.clone(),
-            audience: config.tokens.audience.clone(),
-            access_ttl_secs: config.tokens.access_ttl.as_secs(),
-            leeway_secs: config.tokens.leeway.as_secs(),
-        })),
+        Identity::Token(_) => match config.tokens.settings() {
+            Some(settings) => Some(Tokens::new(settings)),
+            None => {
+                return Err(ExplainError(
+                    "--token needs the signing key to verify the token: set tokens.secret in the \
+                     file or GATEHOUSE_TOKENS_SECRET under HS256, or make the \
+                     [[tokens.keys]] files readable (or use --roles to decide for given \
+                     roles without verifying anything)"
+                        .into(),
+                ));
+            }
+        },
         _ => None,
     };
     let mut out = Explanation {
@@ -552,13 +551,13 @@ mod tests {
         let config = Config::check(&text, std::iter::empty(), Purpose::Policy)
             .config
             .unwrap();
-        let tokens = Tokens::new(TokenSettings {
-            secret: secret.as_bytes().to_vec(),
-            issuer: config.tokens.issuer.clone(),
-            audience: config.tokens.audience.clone(),
-            access_ttl_secs: 900,
-            leeway_secs: 0,
-        });
+        let tokens = Tokens::new(TokenSettings::hs256(
+            secret.as_bytes(),
+            &config.tokens.issuer,
+            &config.tokens.audience,
+            900,
+            0,
+        ));
         (config, tokens)
     }
 

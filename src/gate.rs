@@ -5,7 +5,8 @@
 //!
 //! 1. accept the connection (`server.rs`), which calls [`handle`] per request;
 //! 2. take or mint the request id (`gate.rs`);
-//! 3. answer the ops endpoints unless they live on the admin listener (`ops.rs`);
+//! 3. answer the ops endpoints unless they live on the admin listener (`ops.rs`), and the
+//!    published keys and discovery documents (`wellknown.rs`);
 //! 4. refuse what must never be decided on or forwarded (`hygiene.rs`);
 //! 5. normalise the path once; that path is decided on and forwarded (`path.rs`);
 //! 6. find the client address (`client_ip.rs`), where it is needed: for the auth
@@ -73,6 +74,16 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         && let Some(response) = crate::ops::handle(&app, &request).await
     {
         return with_request_id(&app, local(response), request_id);
+    }
+    // 3. The published keys and discovery documents (`wellknown.rs`): gatehouse's own, never
+    //    the policy's, and like the ops endpoints neither counted nor access-logged.
+    if let Some(response) = crate::wellknown::handle(&app, &request) {
+        let response = with_request_id(&app, local(response), request_id);
+        return if request.method() == Method::HEAD {
+            without_body(response)
+        } else {
+            response
+        };
     }
 
     let class = MethodClass::of(request.method());

@@ -33,6 +33,7 @@
 //! - [`mfa`]: the TOTP second factor's pure half: codes, recovery codes, sealed secrets.
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
+//!   [`wellknown`]: the published keys (JWKS) and discovery documents.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
 //! - [`app`]: the shared state (the process-long core and the compiled config); [`cli`], [`usercli`], [`demo`]: the command line.
 //!
@@ -74,3 +75,4 @@ pub mod token;
 pub mod upstream;
 pub mod usercli;
 pub mod websocket;
+pub mod wellknown;

@@ -450,6 +450,18 @@ pub fn summarise(old: &Config, new: &Config) -> String {
     if old.tokens.secret != new.tokens.secret {
         parts.push("tokens.secret changed".to_string());
     }
+    // Asymmetric keys by kid and public key, in order: which one signs matters too.
+    let public = |c: &Config| -> Vec<(String, Option<serde_json::Value>)> {
+        c.tokens
+            .keys
+            .iter()
+            .filter(|k| k.algorithm().is_asymmetric())
+            .map(|k| (k.kid().to_string(), k.verify_key().jwk()))
+            .collect()
+    };
+    if public(old) != public(new) {
+        parts.push("tokens.keys changed".to_string());
+    }
     if old.log.level != new.log.level {
         parts.push(format!("log.level {} → {}", old.log.level, new.log.level));
     }
@@ -483,7 +495,7 @@ const SECTIONS: [&str; 8] = [
 fn sections(c: &Config) -> [String; 8] {
     [
         format!("{:?}", c.server),
-        format!("{:?}", c.tokens),
+        tokens_section(c),
         format!("{:?}", c.auth),
         class_limits(c),
         format!("{:?}", c.email),
@@ -491,6 +503,14 @@ fn sections(c: &Config) -> [String; 8] {
         format!("{:?}", c.upstream),
         format!("{:?}", c.store),
     ]
+}
+
+/// `[tokens]` without the loaded keys, which the key line of [`summarise`] describes (under
+/// HS256 the key is the secret's, compared on its own).
+fn tokens_section(config: &Config) -> String {
+    let mut tokens = config.tokens.clone();
+    tokens.keys.clear();
+    format!("{tokens:?}")
 }
 
 /// `[rate_limits]` without the routes' own limits, which the route count and "routes'

@@ -469,13 +469,7 @@ mod tests {
     #[test]
     fn works_with_issued_tokens() {
         use crate::token::{Identity, TokenSettings, Tokens};
-        let tokens = Tokens::new(TokenSettings {
-            secret: vec![7; 32],
-            issuer: "gatehouse".into(),
-            audience: "api".into(),
-            access_ttl_secs: TTL,
-            leeway_secs: 5,
-        });
+        let tokens = Tokens::new(TokenSettings::hs256(&[7; 32], "gatehouse", "api", TTL, 5));
         let r = Revocations::new();
         let roles = vec!["reader".to_owned()];
         let issue = |sid: &str, now: u64| {

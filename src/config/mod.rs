@@ -213,6 +213,11 @@ pub struct UpstreamConfig {
 pub struct TokensConfig {
     /// The HS256 key: the UTF-8 bytes of the string.
     pub secret: Secret,
+    /// `tokens.algorithm`: what new tokens are signed with.
+    pub algorithm: crate::token::Algorithm,
+    /// The keys, loaded and checked: under HS256 the secret's (none when a `policy` command
+    /// runs without one), otherwise `[[tokens.keys]]` in order. The first signs.
+    pub keys: Vec<crate::token::SigningKey>,
     pub issuer: String,
     pub audience: String,
     pub access_ttl: Duration,
@@ -221,6 +226,22 @@ pub struct TokensConfig {
     pub leeway: Duration,
     /// Slots of the verified-token cache (0: off).
     pub verify_cache: usize,
+}
+
+impl TokensConfig {
+    /// What `Tokens::new` takes: the first key signs, the others only verify. `None` when no
+    /// key is loaded, which only a `policy` command's config allows.
+    pub fn settings(&self) -> Option<crate::token::TokenSettings> {
+        let (signing, others) = self.keys.split_first()?;
+        Some(crate::token::TokenSettings {
+            signing: signing.clone(),
+            verify_only: others.iter().map(|k| k.verify_key().clone()).collect(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            access_ttl_secs: self.access_ttl.as_secs(),
+            leeway_secs: self.leeway.as_secs(),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

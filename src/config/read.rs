@@ -308,6 +308,15 @@ impl<'a> Section<'a> {
         self.cx.err(path, message);
     }
 
+    /// Records a warning on a key anywhere, for checks that span sections.
+    pub(super) fn warn_at(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.cx.warnings.push(ConfigError {
+            key: path.into(),
+            env: None,
+            message: message.into(),
+        });
+    }
+
     /// A subsection, `[server.tls]`; missing is the same as empty.
     pub(super) fn section(&mut self, name: &str) -> Section<'_> {
         self.read.push(name.to_string());

@@ -19,6 +19,8 @@ use super::{
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
+use crate::token::keys::check_kid;
+use crate::token::{Algorithm, SigningKey};
 
 // Duration bounds, for the per-key ranges (`Got::within`); README's config reference lists
 // them.
@@ -53,6 +55,16 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     let headers = headers(&mut root.section("headers"));
     let policy = policy(&mut root.section("policy"), &routes, &roles, &auth);
     let log = log(&mut root.section("log"));
+    if tokens.algorithm.is_asymmetric() && server.public_url.is_empty() {
+        root.warn_at(
+            "server.public_url",
+            format!(
+                "is not set: under {} the discovery documents (/.well-known/openid-configuration) \
+                 need it for their URLs and answer 404 without it; the JWKS is served either way",
+                tokens.algorithm
+            ),
+        );
+    }
     Some(Config {
         server,
         upstream,
@@ -416,7 +428,8 @@ impl NonEmpty for String {
 
 /// The secret must carry at least 256 bits for HS256.
 pub const MIN_SECRET_BYTES: usize = 32;
-/// The only algorithm supported; pinned so a token's own `alg` header is never trusted.
+/// HS256 keeps a single deployment simple (one secret); the asymmetric algorithms are for
+/// publishing keys. Pinned either way: a token's own `alg` header is never trusted.
 const DEFAULT_ALGORITHM: &str = "HS256";
 const DEFAULT_ISSUER: &str = "gatehouse";
 const DEFAULT_AUDIENCE: &str = "api";
@@ -439,6 +452,13 @@ const MAX_VERIFY_CACHE: usize = 1 << 20;
 
 fn tokens(s: &mut Section<'_>) -> TokensConfig {
     let purpose = s.purpose();
+    let algorithm = s
+        .str("algorithm", DEFAULT_ALGORITHM)
+        .parse(|a| {
+            Algorithm::from_name(a)
+                .ok_or_else(|| format!("{a:?} is not supported: HS256, EdDSA, ES256 or RS256"))
+        })
+        .unwrap_or(Algorithm::HS256);
     let secret = s
         .get("secret", super::Secret::default())
         .warn(|secret| {
@@ -448,8 +468,15 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
                     .to_string()
             })
         })
+        .warn(|secret| {
+            (algorithm.is_asymmetric() && !secret.is_empty()).then(|| {
+                format!(
+                    "is not used: tokens.algorithm is {algorithm}, which signs with [[tokens.keys]]"
+                )
+            })
+        })
         .check(|secret| {
-            if secret.is_empty() && purpose == super::Purpose::Policy {
+            if algorithm.is_asymmetric() || secret.is_empty() && purpose == super::Purpose::Policy {
                 Ok(())
             } else if secret.is_empty() {
                 Err(
@@ -465,16 +492,11 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
                 Ok(())
             }
         });
-    // Read only to be checked: HS256 is the one algorithm, and saying so in the file documents it.
-    s.str("algorithm", DEFAULT_ALGORITHM).check(|a| {
-        if a == "HS256" {
-            Ok(())
-        } else {
-            Err(format!("{a:?} is not supported (HS256)"))
-        }
-    });
+    let keys = signing_keys(s, algorithm, &secret);
     TokensConfig {
         secret,
+        algorithm,
+        keys,
         issuer: s.str("issuer", DEFAULT_ISSUER).check(|v| not_empty(v)),
         audience: s.str("audience", DEFAULT_AUDIENCE).check(|v| not_empty(v)),
         // An access token lives until it expires whatever happens to its session, so more
@@ -502,6 +524,84 @@ fn tokens(s: &mut Section<'_>) -> TokensConfig {
             }
         }),
     }
+}
+
+/// `[[tokens.keys]]`, loaded: under HS256 the secret's key (none while a `policy` command
+/// runs without a secret), otherwise each key file read and checked against the algorithm,
+/// its error on its own key (`tokens.keys[1].private_key`). The first signs.
+fn signing_keys(
+    s: &mut Section<'_>,
+    algorithm: Algorithm,
+    secret: &super::Secret,
+) -> Vec<SigningKey> {
+    let purpose = s.purpose();
+    let entries = s.tables("keys", |k| {
+        let kid = k
+            .optional::<String>("kid")
+            .check(|kid| kid.as_deref().map_or(Ok(()), check_kid));
+        let path = k.str("private_key", "").check(|p| {
+            if p.is_empty() {
+                Err("is required: the path of a PKCS#8 PEM private key".into())
+            } else {
+                Ok(())
+            }
+        });
+        if !algorithm.is_asymmetric()
+            || path.is_empty()
+            || kid.as_deref().is_some_and(|k| check_kid(k).is_err())
+        {
+            return None;
+        }
+        match SigningKey::from_pem_file(std::path::Path::new(&path), algorithm, kid.as_deref()) {
+            Ok(key) => Some(key),
+            // Deciding requests (`policy explain`) needs a key only to verify a --token, and
+            // the files may not be mounted where policies are tested; it says so then.
+            Err(_) if purpose == super::Purpose::Policy => None,
+            Err(e) => {
+                k.err("private_key", e);
+                None
+            }
+        }
+    });
+    if !algorithm.is_asymmetric() {
+        if !entries.is_empty() {
+            s.err(
+                "keys",
+                "are for EdDSA, ES256 and RS256; HS256 signs with tokens.secret (set \
+                 tokens.algorithm, or remove [[tokens.keys]])",
+            );
+        }
+        return if secret.len() >= MIN_SECRET_BYTES {
+            vec![SigningKey::hs256(secret.expose().as_bytes())]
+        } else {
+            Vec::new()
+        };
+    }
+    if entries.is_empty() && purpose == super::Purpose::Serve {
+        s.err(
+            "keys",
+            format!(
+                "{algorithm} needs at least one [[tokens.keys]] entry with a private_key \
+                 (make one with `gatehouse keys generate --algorithm {algorithm} --out FILE`)"
+            ),
+        );
+    }
+    // Each loaded key with its index in the file, so a duplicate names the entry it repeats.
+    let mut keys: Vec<(usize, SigningKey)> = Vec::with_capacity(entries.len());
+    for (i, key) in entries.into_iter().enumerate() {
+        let Some(key) = key else { continue };
+        if let Some((j, _)) = keys.iter().find(|(_, k)| k.kid() == key.kid()) {
+            s.err_at(
+                format!("tokens.keys[{i}].kid"),
+                format!(
+                    "{:?} is already the kid of tokens.keys[{j}]; kids must be unique",
+                    key.kid()
+                ),
+            );
+        }
+        keys.push((i, key));
+    }
+    keys.into_iter().map(|(_, key)| key).collect()
 }
 
 /// Whether a secret is one of the placeholders examples use (`change-me-…`,

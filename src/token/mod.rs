@@ -1,21 +1,35 @@
-//! Access tokens (HS256 JWTs) and the opaque tokens behind refresh, password reset and
-//! email verification.
+//! Access tokens (JWTs signed with HS256, EdDSA, ES256 or RS256) and the opaque tokens behind
+//! refresh, password reset and email verification.
 //!
 //! This module owns the whole life of a credential string: minting it, recognising it in an
 //! `Authorization` header, and deciding whether it is genuine and current. Whether a genuine
 //! token has since been revoked is the business of `revocation`; what its roles allow is the
-//! business of the policy.
+//! business of the policy. The keys themselves are `keys.rs`; what a signed token may
+//! contain is `strict.rs`.
 //!
 //! Decisions, and why:
 //!
-//! - **The algorithm is pinned, never read from the token.** [`Tokens::new`] builds one
-//!   [`Validation`] that allows HS256 only, so `alg: none`, `HS512` and the RS256-with-a-public-key
-//!   confusion are refused before the key is touched. Other header parameters (`kid`, `jku`, `jwk`,
-//!   `x5u`, `crit`) are ignored: there is one fixed key and nothing is ever fetched.
+//! - **The key decides the algorithm, never the token.** Every token carries the `kid` of the
+//!   key that signed it; verification finds that key and refuses a token whose `alg` is not
+//!   the key's own, so `alg: none`, `HS512`, and HS256 keyed with a published public key are
+//!   refused before any signature work. An unknown `kid` is refused. `jku`, `x5u`, `jwk` and
+//!   `x5c` are never read, let alone fetched. Under HS256 a token without `kid` (minted before
+//!   kids were written) is verified with the secret, the only key there is.
+//! - **One strict verifier** (`strict.rs`): on every path, a token's header and payload must
+//!   be JSON objects without duplicate members, invalid strings or non-finite numbers, the
+//!   header without `crit`, and the identity claims must be valid header values (no role
+//!   with the roles header's `,`), so that a signed token means one thing to every reader.
+//!   These checks run on the decoded segments before the signature, in the same order on
+//!   both paths, so both give the same answer and reason for every input.
+//! - **Two paths, one outcome.** A token whose header segment is byte for byte one we write
+//!   (`alg`, `typ`, `kid` of a known key) skips header parsing and is checked with the
+//!   prepared key; any other header goes through `jsonwebtoken` under a `Validation` pinned
+//!   to the key's algorithm. Tests and the fuzz target hold the two to the same results.
 //! - **Time is injected.** `jsonwebtoken` reads the system clock for `exp` and `nbf`, so its own
 //!   time checks are switched off and both are checked here against `now_unix`, with
 //!   `leeway_secs` for clock skew, as RFC 7519 words them: a token is usable while
-//!   `now < exp + leeway` and once `now + leeway >= nbf`. The presence of `exp`, `nbf`, `iss`,
+//!   `now < exp + leeway` and once `now + leeway >= nbf`, and is refused when its `iat` is
+//!   more than the leeway (plus the one second of [`Identity::min_iat`]) in the future. The presence of `exp`, `nbf`, `iss`,
 //!   `aud` and `sub` is still required by the library, and `iss` and `aud` are matched by it.
 //! - **Only access tokens pass.** The header carries `typ: "at+jwt"` (RFC 9068 §2.1) and the
 //!   payload `token_use: "access"`; both are checked, so no other JWT that might one day be signed
@@ -41,15 +55,17 @@
 //!   store yields no usable token. Stored hashes are compared in constant time.
 
 mod cache;
+pub mod keys;
+mod strict;
 
+pub use keys::{Algorithm, SigningKey, VerifyKey};
 use std::fmt;
 use std::sync::Arc;
 
-use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -67,32 +83,39 @@ pub const ACCESS_TOKEN_USE: &str = "access";
 /// Bytes of OS randomness in an opaque token: 256 bits, twice the 128 the contract requires.
 const OPAQUE_TOKEN_BYTES: usize = 32;
 
-/// What [`Tokens`] needs from the configuration. The config module validates it (secret of at
-/// least 32 bytes, non-empty issuer and audience) and owns every default.
-#[derive(Clone)]
+/// What [`Tokens`] needs from the configuration. The config module validates it (the keys
+/// loaded and of one algorithm, their `kid`s unique, non-empty issuer and audience) and owns
+/// every default; `TokensConfig::settings` builds it, so a reload rebuilds `Tokens` the same
+/// way a start does.
+#[derive(Clone, Debug)]
 pub struct TokenSettings {
-    /// The HS256 key: the UTF-8 bytes of `tokens.secret`.
-    pub secret: Vec<u8>,
+    /// The key that signs new tokens (`tokens.secret` under HS256, else the first of
+    /// `[[tokens.keys]]`); it verifies too.
+    pub signing: SigningKey,
+    /// Keys that only verify: the rest of `[[tokens.keys]]`, so tokens signed before a
+    /// rotation stay valid until they expire.
+    pub verify_only: Vec<VerifyKey>,
     /// `iss` written into and required of every access token.
     pub issuer: String,
     /// `aud` written into and required of every access token.
     pub audience: String,
     /// Lifetime of an access token, in seconds.
     pub access_ttl_secs: u64,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_secs: u64,
 }
 
-impl fmt::Debug for TokenSettings {
-    // The secret must never reach a log line, so it is redacted rather than derived.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSettings")
-            .field("secret", &"[redacted]")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("access_ttl_secs", &self.access_ttl_secs)
-            .field("leeway_secs", &self.leeway_secs)
-            .finish()
+impl TokenSettings {
+    /// HS256 settings under `secret` (tests, benches, and `policy explain`).
+    pub fn hs256(secret: &[u8], issuer: &str, audience: &str, ttl: u64, leeway: u64) -> Self {
+        TokenSettings {
+            signing: SigningKey::hs256(secret),
+            verify_only: Vec::new(),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            access_ttl_secs: ttl,
+            leeway_secs: leeway,
+        }
     }
 }
 
@@ -164,8 +187,9 @@ pub const AMR_OTP: &str = "otp";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
     /// Maps to `TOKEN_INVALID`. The label is for metrics and logs, never for the client:
-    /// `malformed`, `oversized`, `header`, `algorithm`, `signature`, `claims`, `issuer`,
-    /// `audience`, `type` or `not_yet_valid`.
+    /// `malformed`, `oversized`, `header`, `kid` (none, or no such key), `algorithm`,
+    /// `signature`, `claims`, `issuer`, `audience`, `type`, `identity` (a claim that cannot
+    /// become an identity header), `not_yet_valid` or `issued_in_future`.
     Invalid(&'static str),
     /// Maps to `TOKEN_EXPIRED`: `exp` (plus leeway) has passed.
     Expired,
@@ -197,22 +221,54 @@ impl std::error::Error for MintError {}
 
 const MALFORMED: TokenError = TokenError::Invalid("malformed");
 
-/// Issues and verifies access tokens. Built once at start; every key, header and validation
-/// rule is prepared here so that [`Tokens::verify`] does no set-up per call.
-pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+/// `iat` may run this far ahead of the clock beyond the leeway: [`Identity::min_iat`] raises
+/// it by up to one second so that a login in the second of a user-wide revocation survives it.
+const IAT_FLOOR_SECS: u64 = 1;
+
+/// Longest signature segment the fast path decodes on the stack: an RS256 signature of an
+/// 8192-bit key (1024 bytes), the largest key accepted.
+const MAX_SIGNATURE_BYTES: usize = 1024;
+
+/// One key the verifier knows, prepared for both paths.
+struct KeyEntry {
+    key: VerifyKey,
+    /// The exact first segment of the tokens this key signs when it is the signing key,
+    /// followed by `.`: a token that starts with it takes the fast path.
+    prefix: String,
+    /// `jsonwebtoken`'s rules for the general path, pinned to this key's algorithm.
     validation: Validation,
-    header: Header,
-    /// The HS256 key, prepared once for the fast verification path.
-    hmac_key: hmac::Key,
-    /// The exact first segment of every token [`Tokens::issue`] mints, followed by `.`. A token
-    /// that starts with it takes the fast path; any other header goes through the library.
-    header_prefix: String,
+}
+
+/// The header gatehouse writes; member order is fixed, so its encoding is too.
+#[derive(Serialize)]
+struct OwnHeader<'a> {
+    alg: &'a str,
+    typ: &'a str,
+    kid: &'a str,
+}
+
+/// The header members the general path reads. Unknown members are ignored, never
+/// followed (`jku`, `x5u`, `jwk`, `x5c`); `crit` is refused by its presence.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    typ: Option<String>,
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// Issues and verifies access tokens. Built once from one set of keys; every key, header and
+/// validation rule is prepared here so that [`Tokens::verify`] does no set-up per call.
+pub struct Tokens {
+    signing: SigningKey,
+    /// The signing key first, then the verify-only keys, each `kid` once.
+    keys: Vec<KeyEntry>,
     issuer: String,
     audience: String,
     access_ttl_secs: u64,
     leeway_secs: u64,
+    /// The JWK set served at `/.well-known/jwks.json`, rendered once.
+    jwks: String,
     /// Tokens verified before, for [`Tokens::verify_shared`]; off unless [`Tokens::with_cache`].
     cache: cache::VerifiedCache,
 }
@@ -221,6 +277,7 @@ impl fmt::Debug for Tokens {
     // Keys stay out of logs; the rest is what an operator may want to see.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokens")
+            .field("signing", &self.signing)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("access_ttl_secs", &self.access_ttl_secs)
@@ -230,41 +287,52 @@ impl fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Prepares keys and validation from validated settings.
+    /// Prepares keys and validation from validated settings. The only constructor: a reload
+    /// builds a new `Tokens` (with an empty cache) from the new settings.
     pub fn new(s: TokenSettings) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        // Time is checked in `verify` against the injected clock; the library would read the
-        // system clock instead.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        validation.validate_aud = true;
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.set_issuer(&[&s.issuer]);
-        validation.set_audience(&[&s.audience]);
-
-        let mut header = Header::new(Algorithm::HS256);
-        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        let encoding = EncodingKey::from_secret(&s.secret);
-        // The header segment exactly as the library writes it when issuing. Should that ever
-        // fail, the prefix stays empty and every token takes the library path.
-        let header_prefix = jsonwebtoken::encode(&header, &serde_json::Map::new(), &encoding)
-            .ok()
-            .and_then(|t| t.split('.').next().map(|h| format!("{h}.")))
-            .filter(|h| h.len() > 1)
-            .unwrap_or_default();
-
+        let mut keys: Vec<KeyEntry> = Vec::with_capacity(1 + s.verify_only.len());
+        let all = std::iter::once(s.signing.verify_key().clone()).chain(s.verify_only);
+        for key in all {
+            // The config refuses duplicate kids; should one slip through, the first wins.
+            if keys.iter().any(|k| k.key.kid() == key.kid()) {
+                continue;
+            }
+            let header = OwnHeader {
+                alg: key.algorithm().name(),
+                typ: ACCESS_TOKEN_TYP,
+                kid: key.kid(),
+            };
+            // Serialising three plain strings cannot fail; an empty prefix would only send
+            // every token of this key down the general path.
+            let prefix = serde_json::to_vec(&header)
+                .map(|h| format!("{}.", URL_SAFE_NO_PAD.encode(h)))
+                .unwrap_or_default();
+            let mut validation = Validation::new(key.algorithm().jwt());
+            // Time is checked in `verify` against the injected clock; the library would read
+            // the system clock instead.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.leeway = 0;
+            validation.validate_aud = true;
+            validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+            validation.set_issuer(&[&s.issuer]);
+            validation.set_audience(&[&s.audience]);
+            keys.push(KeyEntry {
+                key,
+                prefix,
+                validation,
+            });
+        }
+        let published: Vec<serde_json::Value> = keys.iter().filter_map(|k| k.key.jwk()).collect();
+        let jwks = serde_json::json!({ "keys": published }).to_string();
         Tokens {
-            encoding,
-            decoding: DecodingKey::from_secret(&s.secret),
-            validation,
-            header,
-            hmac_key: hmac::Key::new(hmac::HMAC_SHA256, &s.secret),
-            header_prefix,
+            signing: s.signing,
+            keys,
             issuer: s.issuer,
             audience: s.audience,
             access_ttl_secs: s.access_ttl_secs,
             leeway_secs: s.leeway_secs,
+            jwks,
             cache: cache::VerifiedCache::new(0),
         }
     }
@@ -275,6 +343,37 @@ impl Tokens {
     pub fn with_cache(mut self, entries: usize) -> Self {
         self.cache = cache::VerifiedCache::new(entries);
         self
+    }
+
+    /// The same verifier with the fast path off: every token goes through the general path.
+    /// For the tests and the fuzz target that hold the two paths to the same answers.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn general_path_only(mut self) -> Self {
+        for entry in &mut self.keys {
+            entry.prefix.clear();
+        }
+        self
+    }
+
+    /// The algorithm new tokens are signed with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.signing.algorithm()
+    }
+
+    /// The `kid` of the signing key.
+    pub fn signing_kid(&self) -> &str {
+        self.signing.kid()
+    }
+
+    /// The issuer (`iss`) of every token.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The public keys as a JWK set (RFC 7517 §5): `{"keys": []}` under HS256.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
     }
 
     /// Mints an access token for `id` at `now_unix`, returning the compact JWT and its claims
@@ -295,28 +394,46 @@ impl Tokens {
             token_use: ACCESS_TOKEN_USE.to_owned(),
             amr: id.amr.iter().map(|m| (*m).to_owned()).collect(),
         };
-        let token = jsonwebtoken::encode(&self.header, &claims, &self.encoding)
-            .map_err(|_| MintError("signing"))?;
-        // A token that verify would refuse must not be handed out: it could only come from an
-        // absurd number of roles or an enormous email, and the caller should see it fail now.
+        // A token that verify would refuse must not be handed out: it could only come from
+        // stored data no endpoint accepts, and the caller should see it fail now.
+        if strict::check_identity(&claims).is_err() {
+            return Err(MintError("identity"));
+        }
+        let payload = serde_json::to_vec(&claims).map_err(|_| MintError("claims"))?;
+        // The signing key is the first entry; its prefix is this token's header.
+        let prefix = self.keys.first().map_or("", |k| k.prefix.as_str());
+        if prefix.is_empty() {
+            return Err(MintError("header"));
+        }
+        let mut token = String::with_capacity(prefix.len() + payload.len() * 2);
+        token.push_str(prefix);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.signing.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        // An absurd number of roles or an enormous email: verify would refuse it.
         if token.len() > MAX_TOKEN_LEN {
             return Err(MintError("oversized"));
         }
         Ok((token, claims))
     }
 
-    /// Verifies a compact JWT at `now_unix`: size and shape, algorithm, signature, issuer,
-    /// audience, type, `nbf` and `exp`. Runs on every proxied request.
+    /// Verifies a compact JWT at `now_unix`: size and shape, header, key by `kid`, algorithm
+    /// (the key's), the JSON's strictness, signature, issuer, audience, type, the identity
+    /// claims, `nbf`, `iat` and `exp`. Runs on every proxied request the cache misses.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid("oversized"));
         }
         check_shape(token.as_bytes())?;
 
-        let claims = if !self.header_prefix.is_empty() && token.starts_with(&self.header_prefix) {
-            self.verify_own_header(token)?
-        } else {
-            self.verify_with_library(token)?
+        let own = self
+            .keys
+            .iter()
+            .find(|k| !k.prefix.is_empty() && token.starts_with(&k.prefix));
+        let claims = match own {
+            Some(entry) => self.verify_own_header(token, entry)?,
+            None => self.verify_with_library(token)?,
         };
         self.check_time(&claims, now_unix)?;
         Ok(claims)
@@ -335,10 +452,16 @@ impl Tokens {
         Ok(claims)
     }
 
-    /// `nbf` and `exp` against the injected clock, with the leeway (see the module doc).
+    /// `nbf`, `iat` and `exp` against the injected clock, with the leeway (see the module
+    /// doc). An `iat` in the future would survive a user-wide revocation, which revokes the
+    /// tokens issued at or before its cutoff.
     fn check_time(&self, claims: &Claims, now_unix: u64) -> Result<(), TokenError> {
-        if now_unix.saturating_add(self.leeway_secs) < claims.nbf {
+        let ahead = now_unix.saturating_add(self.leeway_secs);
+        if ahead < claims.nbf {
             return Err(TokenError::Invalid("not_yet_valid"));
+        }
+        if ahead.saturating_add(IAT_FLOOR_SECS) < claims.iat {
+            return Err(TokenError::Invalid("issued_in_future"));
         }
         if now_unix >= claims.exp.saturating_add(self.leeway_secs) {
             return Err(TokenError::Expired);
@@ -346,29 +469,15 @@ impl Tokens {
         Ok(())
     }
 
-    /// The fast path, for a token whose header segment is byte for byte the one we issue
-    /// (`alg` HS256, `typ` at+jwt), so the header needs no decoding. It makes the same checks in
-    /// the same order as `jsonwebtoken::decode` under `self.validation`, with the same outcome
-    /// and reason label: signature (base64 first), then the payload decoded once and the claims
-    /// deserialised once, then issuer and audience, then the type.
-    fn verify_own_header(&self, token: &str) -> Result<Claims, TokenError> {
+    /// The fast path, for a token whose header segment is byte for byte one we write (`alg`,
+    /// `typ` at+jwt and `kid` of a known key), so the header needs no decoding. It makes the
+    /// same checks in the same order as the general path, with the same outcome and reason
+    /// label: the payload decoded once and judged strict, the signature (base64 first), the
+    /// claims deserialised once, then issuer and audience, type and identity.
+    fn verify_own_header(&self, token: &str, entry: &KeyEntry) -> Result<Claims, TokenError> {
         // `check_shape` guarantees three non-empty segments.
         let (message, signature) = token.rsplit_once('.').ok_or(MALFORMED)?;
-        let payload = &message[self.header_prefix.len()..];
-
-        // 64 base64 characters decode to at most 48 bytes; a longer signature is never ours
-        // and is decoded on the heap only to tell bad base64 from a wrong signature.
-        let mut sig_buf = [0u8; 48];
-        let signature = if signature.len() <= 64 {
-            let n = URL_SAFE_NO_PAD
-                .decode_slice(signature, &mut sig_buf)
-                .map_err(|_| MALFORMED)?;
-            &sig_buf[..n]
-        } else {
-            return Err(long_signature(signature));
-        };
-        hmac::verify(&self.hmac_key, message.as_bytes(), signature)
-            .map_err(|_| TokenError::Invalid("signature"))?;
+        let payload = &message[entry.prefix.len()..];
 
         // Our payloads are a few hundred bytes: decode on the stack when they fit.
         let mut payload_buf = [0u8; 1536];
@@ -382,6 +491,23 @@ impl Tokens {
             heap = URL_SAFE_NO_PAD.decode(payload).map_err(|_| MALFORMED)?;
             &heap
         };
+        strict::check_json(json).map_err(|_| TokenError::Invalid("claims"))?;
+
+        // A longer signature than the largest key makes is never ours, and is decoded on the
+        // heap only to tell bad base64 from a wrong signature.
+        let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
+        let signature = if signature.len() <= MAX_SIGNATURE_BYTES / 3 * 4 {
+            let n = URL_SAFE_NO_PAD
+                .decode_slice(signature, &mut sig_buf)
+                .map_err(|_| MALFORMED)?;
+            &sig_buf[..n]
+        } else {
+            return Err(long_signature(signature));
+        };
+        if !entry.key.verify(message.as_bytes(), signature) {
+            return Err(TokenError::Invalid("signature"));
+        }
+
         let claims: Claims =
             serde_json::from_slice(json).map_err(|_| TokenError::Invalid("claims"))?;
         // Every required claim is a non-optional field of `Claims`, so presence is settled;
@@ -396,24 +522,59 @@ impl Tokens {
         if claims.token_use != ACCESS_TOKEN_USE {
             return Err(TokenError::Invalid("type"));
         }
+        strict::check_identity(&claims).map_err(|_| TokenError::Invalid("identity"))?;
         Ok(claims)
     }
 
-    /// The general path through `jsonwebtoken`, for any other header.
+    /// The general path, for any other header: the header judged strict and read, the key
+    /// found by `kid`, the token's `alg` required to be that key's, the payload judged
+    /// strict, then `jsonwebtoken` checks the signature, issuer and audience.
     fn verify_with_library(&self, token: &str) -> Result<Claims, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| library_error(&e, token))?;
+        // `check_shape` guarantees three non-empty segments.
+        let mut segments = token.split('.');
+        let header = segments.next().unwrap_or_default();
+        let payload = segments.next().unwrap_or_default();
+
+        let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| MALFORMED)?;
+        strict::check_json(&header).map_err(|_| TokenError::Invalid("header"))?;
+        let header: JoseHeader =
+            serde_json::from_slice(&header).map_err(|_| TokenError::Invalid("header"))?;
+        // RFC 7515 §4.1.11: no critical extension is understood here.
+        if header.crit.is_some() {
+            return Err(TokenError::Invalid("header"));
+        }
+        let alg = header.alg.ok_or(TokenError::Invalid("header"))?;
+        let entry = match header.kid.as_deref() {
+            Some(kid) => self.keys.iter().find(|k| k.key.kid() == kid),
+            // Tokens minted before kids were written carry none; under HS256 the one secret
+            // is unambiguous. An asymmetric key set always names its keys.
+            None if self.signing.algorithm() == Algorithm::HS256 => self.keys.first(),
+            None => None,
+        }
+        .ok_or(TokenError::Invalid("kid"))?;
+        // The key decides the algorithm, never the token.
+        if alg != entry.key.algorithm().name() {
+            return Err(TokenError::Invalid("algorithm"));
+        }
+
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| MALFORMED)?;
+        strict::check_json(&payload).map_err(|_| TokenError::Invalid("claims"))?;
+
+        let data =
+            jsonwebtoken::decode::<Claims>(token, entry.key.decoding_key(), &entry.validation)
+                .map_err(|e| library_error(&e, token))?;
 
         // Both markers are signed, so checking them after the signature costs nothing in safety.
-        if !is_access_typ(data.header.typ.as_deref()) || data.claims.token_use != ACCESS_TOKEN_USE {
+        if !is_access_typ(header.typ.as_deref()) || data.claims.token_use != ACCESS_TOKEN_USE {
             return Err(TokenError::Invalid("type"));
         }
+        strict::check_identity(&data.claims).map_err(|_| TokenError::Invalid("identity"))?;
         Ok(data.claims)
     }
 }
 
-/// A signature segment too long to be an HS256 tag: bad base64 is `malformed`, as the library
-/// has it, and anything else cannot match.
+/// A signature segment too long for any key we hold: bad base64 is `malformed`, as the
+/// library has it, and anything else cannot match.
 #[cold]
 fn long_signature(signature: &str) -> TokenError {
     match URL_SAFE_NO_PAD.decode(signature) {
@@ -546,33 +707,21 @@ fn library_error(e: &jsonwebtoken::errors::Error, token: &str) -> TokenError {
     TokenError::Invalid(reason)
 }
 
-/// A JSON error comes either from the header (the library parses it before checking the
-/// signature) or from the claims (parsed after it). A header whose `alg` the library does not
-/// know, `none` included, is the common case and gets its own label.
+/// A JSON error comes either from the header (the library parses the members the general
+/// path does not read, `jwk` and `x5c` among them) or from the claims.
 #[cold]
 fn json_error_reason(token: &str) -> &'static str {
     if jsonwebtoken::decode_header(token).is_ok() {
-        return "claims";
-    }
-    #[derive(Deserialize)]
-    struct AlgOnly {
-        alg: Option<String>,
-    }
-    let header = token.split('.').next().unwrap_or_default();
-    let alg = URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()
-        .and_then(|json| serde_json::from_slice::<AlgOnly>(&json).ok())
-        .and_then(|h| h.alg);
-    match alg {
-        Some(alg) if alg != "HS256" => "algorithm",
-        _ => "header",
+        "claims"
+    } else {
+        "header"
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::{Algorithm as Jwa, EncodingKey};
     use serde_json::{Value, json};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -581,13 +730,13 @@ mod tests {
     const LEEWAY: u64 = 5;
 
     fn tokens() -> Tokens {
-        Tokens::new(TokenSettings {
-            secret: SECRET.to_vec(),
-            issuer: "gatehouse".into(),
-            audience: "api".into(),
-            access_ttl_secs: TTL,
-            leeway_secs: LEEWAY,
-        })
+        Tokens::new(TokenSettings::hs256(
+            SECRET,
+            "gatehouse",
+            "api",
+            TTL,
+            LEEWAY,
+        ))
     }
 
     fn roles() -> Vec<String> {
@@ -595,6 +744,10 @@ mod tests {
     }
 
     fn issue_at(now: u64, min_iat: u64) -> (String, Claims) {
+        issue_with(&tokens(), now, min_iat)
+    }
+
+    fn issue_with(tokens: &Tokens, now: u64, min_iat: u64) -> (String, Claims) {
         let roles = roles();
         let id = Identity {
             user_id: "u1",
@@ -605,7 +758,7 @@ mod tests {
             min_iat,
             amr: &[AMR_PWD],
         };
-        tokens().issue(&id, now).unwrap()
+        tokens.issue(&id, now).unwrap()
     }
 
     fn header() -> Value {
@@ -625,7 +778,7 @@ mod tests {
     }
 
     /// A token built by hand, signed with `key` under `alg` whatever its header says.
-    fn forge_with(header: &Value, payload: &Value, key: &[u8], alg: Algorithm) -> String {
+    fn forge_with(header: &Value, payload: &Value, key: &[u8], alg: Jwa) -> String {
         let message = format!("{}.{}", b64(header), b64(payload));
         let signature =
             jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(key), alg)
@@ -634,7 +787,7 @@ mod tests {
     }
 
     fn forge(header: &Value, payload: &Value) -> String {
-        forge_with(header, payload, SECRET, Algorithm::HS256)
+        forge_with(header, payload, SECRET, Jwa::HS256)
     }
 
     fn with(mut v: Value, key: &str, value: Value) -> Value {
@@ -645,6 +798,10 @@ mod tests {
     fn without(mut v: Value, key: &str) -> Value {
         v.as_object_mut().unwrap().remove(key);
         v
+    }
+
+    fn library_only(tokens: Tokens) -> Tokens {
+        tokens.general_path_only()
     }
 
     fn check(name: &str, token: &str, now: u64, expect: Result<(), TokenError>) {
@@ -675,7 +832,7 @@ mod tests {
         );
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-        assert_eq!(header.alg, Algorithm::HS256);
+        assert_eq!(header.alg, Jwa::HS256);
     }
 
     #[test]
@@ -697,13 +854,7 @@ mod tests {
             (NOW + 1, NOW, NOW + TTL)
         );
         // Usable at once even with no leeway at all: nbf is the real issue time.
-        let strict = Tokens::new(TokenSettings {
-            secret: SECRET.to_vec(),
-            issuer: "gatehouse".into(),
-            audience: "api".into(),
-            access_ttl_secs: TTL,
-            leeway_secs: 0,
-        });
+        let strict = Tokens::new(TokenSettings::hs256(SECRET, "gatehouse", "api", TTL, 0));
         assert!(strict.verify(&token, NOW).is_ok());
         // A floor in the past changes nothing.
         assert_eq!(issue_at(NOW, NOW - 10).1.iat, NOW);
@@ -755,10 +906,16 @@ mod tests {
         let none_header = b64(&json!({"alg": "none", "typ": "at+jwt"}));
         let other_signature = issue_at(NOW, 0).0.rsplit('.').next().unwrap().to_owned();
         let other_secret = b"another-secret-another-secret-!!";
+        let kid = SigningKey::hs256(SECRET).kid().to_string();
         let jku = with(
-            with(h(), "kid", json!("k9")),
+            with(h(), "kid", json!(kid)),
             "jku",
             json!("https://evil.example/jwks"),
+        );
+        let embedded = with(
+            with(jku.clone(), "x5u", json!("https://evil.example/cert")),
+            "jwk",
+            json!({"kty": "oct", "k": "AAAA"}),
         );
         let padded = with(p(), "pad", json!("x".repeat(MAX_TOKEN_LEN)));
         #[rustfmt::skip]
@@ -766,15 +923,22 @@ mod tests {
             ("well formed", good.clone(), Ok(())),
             ("full media type", forge(&with(h(), "typ", json!("application/AT+JWT")), &p()), Ok(())),
             ("extra claim", forge(&h(), &with(p(), "extra", json!(1))), Ok(())),
-            ("kid and jku are ignored", forge(&jku, &p()), Ok(())),
+            ("our kid, jku ignored", forge(&jku, &p()), Ok(())),
+            ("our kid, jku, x5u and jwk ignored", forge(&embedded, &p()), Ok(())),
+            ("no kid (minted before kids), HS256", forge(&h(), &p()), Ok(())),
+            ("unknown kid", forge(&with(h(), "kid", json!("k9")), &p()), invalid("kid")),
+            ("kid path traversal", forge(&with(h(), "kid", json!("../../etc/passwd")), &p()), invalid("kid")),
+            ("kid not a string", forge(&with(h(), "kid", json!(7)), &p()), invalid("header")),
+            ("crit", forge(&with(h(), "crit", json!(["exp"])), &p()), invalid("header")),
+            ("crit empty", forge(&with(h(), "crit", json!([])), &p()), invalid("header")),
             // Signature and algorithm attacks.
-            ("wrong secret", forge_with(&h(), &p(), other_secret, Algorithm::HS256), invalid("signature")),
+            ("wrong secret", forge_with(&h(), &p(), other_secret, Jwa::HS256), invalid("signature")),
             ("tampered payload", format!("{gh}.{admin}.{gs}"), invalid("signature")),
             ("signature of another token", format!("{gh}.{gp}.{other_signature}"), invalid("signature")),
             ("alg none, no signature", format!("{none_header}.{gp}."), invalid("malformed")),
             ("alg none, any signature", format!("{none_header}.{gp}.{gs}"), invalid("algorithm")),
             ("alg None", format!("{}.{gp}.{gs}", b64(&json!({"alg": "None"}))), invalid("algorithm")),
-            ("alg HS512, our secret", forge_with(&with(h(), "alg", json!("HS512")), &p(), SECRET, Algorithm::HS512), invalid("algorithm")),
+            ("alg HS512, our secret", forge_with(&with(h(), "alg", json!("HS512")), &p(), SECRET, Jwa::HS512), invalid("algorithm")),
             ("alg RS256, HMAC-signed", forge(&with(h(), "alg", json!("RS256")), &p()), invalid("algorithm")),
             ("alg missing", forge(&without(h(), "alg"), &p()), invalid("header")),
             // Issuer, audience, type.
@@ -862,17 +1026,17 @@ mod tests {
     fn fast_path_agrees_with_the_library() {
         let fast = tokens();
         let (issued, _) = issue_at(NOW, 0);
-        assert!(!fast.header_prefix.is_empty());
-        assert!(issued.starts_with(&fast.header_prefix));
-        let mut library = tokens();
-        library.header_prefix.clear();
+        let prefix = fast.keys[0].prefix.clone();
+        assert!(!prefix.is_empty());
+        assert!(issued.starts_with(&prefix));
+        let library = library_only(tokens());
         let (h, p) = (header, payload);
-        let own = || fast.header_prefix.trim_end_matches('.').to_owned();
+        let own = || prefix.trim_end_matches('.').to_owned();
         let sign = |message: String| {
             let signature = jsonwebtoken::crypto::sign(
                 message.as_bytes(),
                 &EncodingKey::from_secret(SECRET),
-                Algorithm::HS256,
+                Jwa::HS256,
             )
             .unwrap();
             format!("{message}.{signature}")
@@ -936,6 +1100,213 @@ mod tests {
                     library.verify(token, now),
                     "token {token:?} at {now}"
                 );
+            }
+        }
+    }
+
+    /// A verifier for each algorithm, with a fresh key (and, for the asymmetric ones, a
+    /// second, verify-only key).
+    fn verifiers() -> Vec<(Algorithm, Tokens, SigningKey)> {
+        let mut out = vec![(Algorithm::HS256, tokens(), SigningKey::hs256(SECRET))];
+        for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+            let (pem, _) = keys::generate(alg).unwrap();
+            let key = SigningKey::from_pem(pem.as_bytes(), alg, None).unwrap();
+            let (old, _) = keys::generate(alg).unwrap();
+            let old = SigningKey::from_pem(old.as_bytes(), alg, Some("old")).unwrap();
+            let settings = TokenSettings {
+                signing: key.clone(),
+                verify_only: vec![old.verify_key().clone()],
+                ..TokenSettings::hs256(SECRET, "gatehouse", "api", TTL, LEEWAY)
+            };
+            out.push((alg, Tokens::new(settings), key));
+        }
+        out
+    }
+
+    /// A token with our exact header for `key` and these payload bytes, signed by `key`.
+    fn signed_raw(tokens: &Tokens, key: &SigningKey, payload: &[u8]) -> String {
+        let entry = tokens
+            .keys
+            .iter()
+            .find(|k| k.key.kid() == key.kid())
+            .unwrap();
+        let message = format!("{}{}", entry.prefix, URL_SAFE_NO_PAD.encode(payload));
+        let signature = key.sign(message.as_bytes()).unwrap();
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    /// A token with this header, signed by `key` whatever the header says.
+    fn signed_with_header(key: &SigningKey, header: &Value, payload: &[u8]) -> String {
+        let message = format!("{}.{}", b64(header), URL_SAFE_NO_PAD.encode(payload));
+        let signature = key.sign(message.as_bytes()).unwrap();
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    /// The payload as JSON text, with `raw` spliced in as extra members (for what
+    /// `serde_json::Value` cannot hold: duplicates, lone surrogates, `1e400`).
+    fn payload_with(raw: &str) -> Vec<u8> {
+        let text = serde_json::to_string(&payload()).unwrap();
+        let mut bytes = text.as_bytes()[..text.len() - 1].to_vec();
+        bytes.extend_from_slice(b",");
+        bytes.extend_from_slice(raw.as_bytes());
+        bytes.push(b'}');
+        bytes
+    }
+
+    #[test]
+    fn every_algorithm_signs_and_verifies_and_names_its_key() {
+        for (alg, tokens, key) in verifiers() {
+            let (token, issued) = issue_with(&tokens, NOW, 0);
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.alg, alg.jwt(), "{alg}");
+            assert_eq!(header.kid.as_deref(), Some(key.kid()), "{alg}");
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"), "{alg}");
+            assert_eq!(tokens.verify(&token, NOW).unwrap(), issued, "{alg}");
+            assert_eq!(
+                library_only(tokens).verify(&token, NOW).unwrap(),
+                issued,
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_picked_by_kid_and_pin_the_algorithm() {
+        let verifiers = verifiers();
+        let (_, ed, ed_key) = &verifiers[1];
+        let p = serde_json::to_vec(&payload()).unwrap();
+        let own = jsonwebtoken::decode_header(signed_raw(ed, ed_key, &p)).unwrap();
+        let kid = own.kid.unwrap();
+        let header = |alg: &str, kid: &str| json!({"alg": alg, "typ": "at+jwt", "kid": kid});
+        // The HMAC "secret" an attacker would use: the published public key's bytes.
+        let jwk = ed_key.verify_key().jwk().unwrap();
+        let public_x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+        let hmac_with_public_key =
+            forge_with(&header("HS256", &kid), &payload(), &public_x, Jwa::HS256);
+        let rs_key = &verifiers[3].2;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, String, Result<(), TokenError>)> = vec![
+            ("own key, general path", signed_with_header(ed_key, &header("EdDSA", &kid), &p), Ok(())),
+            ("HS256 keyed with the public key", hmac_with_public_key, invalid("algorithm")),
+            ("HS256 under the server's HMAC secret", forge(&header("HS256", &kid), &payload()), invalid("algorithm")),
+            ("alg none", format!("{}.{}.", b64(&header("none", &kid)), b64(&payload())), invalid("malformed")),
+            ("alg none, any signature", format!("{}.{}.AAAA", b64(&header("none", &kid)), b64(&payload())), invalid("algorithm")),
+            ("another key under our kid", signed_with_header(rs_key, &header("EdDSA", &kid), &p), invalid("signature")),
+            ("RS256 under our kid", signed_with_header(rs_key, &header("RS256", &kid), &p), invalid("algorithm")),
+            ("no kid, asymmetric", signed_with_header(ed_key, &json!({"alg": "EdDSA", "typ": "at+jwt"}), &p), invalid("kid")),
+            ("unknown kid", signed_with_header(ed_key, &header("EdDSA", "nope"), &p), invalid("kid")),
+            ("the verify-only key's kid, signed by the signer", signed_with_header(ed_key, &header("EdDSA", "old"), &p), invalid("signature")),
+        ];
+        for (name, token, expect) in cases {
+            let got = ed.verify(&token, NOW).map(|_| ());
+            assert_eq!(got, expect, "case {name:?}");
+        }
+    }
+
+    /// Issue 14, item 6: what a correctly signed token may not contain, refused with the same
+    /// reason on the fast path and the general path, under every algorithm.
+    #[test]
+    fn lenient_cases_are_refused_on_both_paths() {
+        let p = payload;
+        #[rustfmt::skip]
+        let payloads: Vec<(&str, Vec<u8>, Result<(), TokenError>)> = vec![
+            ("control: well formed", serde_json::to_vec(&p()).unwrap(), Ok(())),
+            ("array payload", serde_json::to_vec(&json!(["u1", "a@example.com", ["admin"], true, "gatehouse", "api", NOW, NOW, NOW + TTL, "j", "s", "access"])).unwrap(), invalid("claims")),
+            ("string payload", b"\"claims\"".to_vec(), invalid("claims")),
+            ("duplicate sub", payload_with(r#""sub":"u2""#), invalid("claims")),
+            ("duplicate unread member", {
+                let mut v = payload_with(r#""x":1"#);
+                v.pop();
+                v.extend_from_slice(br#","x":2}"#);
+                v
+            }, invalid("claims")),
+            ("duplicate inside an unread object", payload_with(r#""x":{"a":1,"a":2}"#), invalid("claims")),
+            ("duplicate spelled with an escape", payload_with(r#""s\u0075b":"u2""#), invalid("claims")),
+            ("invalid UTF-8 in an unread member", payload_with("\"x\":\"\u{0}\"").into_iter().map(|b| if b == 0 { 0xff } else { b }).collect(), invalid("claims")),
+            ("lone surrogate in an unread member", payload_with(r#""x":"\ud800""#), invalid("claims")),
+            ("1e400 in an unread member", payload_with(r#""x":1e400"#), invalid("claims")),
+            ("-1e400 deep in an unread member", payload_with(r#""x":[{"y":-1e400}]"#), invalid("claims")),
+            ("iat in the future", serde_json::to_vec(&with(p(), "iat", json!(NOW + LEEWAY + 2))).unwrap(), invalid("issued_in_future")),
+            ("sub with CR LF", serde_json::to_vec(&with(p(), "sub", json!("u1\r\nX-Auth-Roles: admin"))).unwrap(), invalid("identity")),
+            ("sub with NUL", serde_json::to_vec(&with(p(), "sub", json!("u1\u{0}"))).unwrap(), invalid("identity")),
+            ("empty sub", serde_json::to_vec(&with(p(), "sub", json!(""))).unwrap(), invalid("identity")),
+            ("email with LF", serde_json::to_vec(&with(p(), "email", json!("a@example.com\nx"))).unwrap(), invalid("identity")),
+            ("email non-ASCII", serde_json::to_vec(&with(p(), "email", json!("é@example.com"))).unwrap(), invalid("identity")),
+            ("role with the separator", serde_json::to_vec(&with(p(), "roles", json!(["reader,admin"]))).unwrap(), invalid("identity")),
+            ("role with a control", serde_json::to_vec(&with(p(), "roles", json!(["reader\u{7}"]))).unwrap(), invalid("identity")),
+            ("empty role", serde_json::to_vec(&with(p(), "roles", json!([""]))).unwrap(), invalid("identity")),
+        ];
+        for (alg, fast, key) in verifiers() {
+            let library = library_only(Tokens::new(TokenSettings {
+                signing: key.clone(),
+                verify_only: Vec::new(),
+                ..TokenSettings::hs256(SECRET, "gatehouse", "api", TTL, LEEWAY)
+            }));
+            for (name, payload, expect) in &payloads {
+                let token = signed_raw(&fast, &key, payload);
+                assert_eq!(
+                    fast.verify(&token, NOW).map(|_| ()),
+                    *expect,
+                    "{alg} fast: {name}"
+                );
+                assert_eq!(
+                    library.verify(&token, NOW).map(|_| ()),
+                    *expect,
+                    "{alg} library: {name}"
+                );
+            }
+            // The header's own leniencies can only reach the general path.
+            let kid = key.kid();
+            let good = serde_json::to_vec(&p()).unwrap();
+            let raw_header = |json: &str| {
+                let message = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(json),
+                    URL_SAFE_NO_PAD.encode(&good)
+                );
+                let signature = key.sign(message.as_bytes()).unwrap();
+                format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+            };
+            let a = alg.name();
+            #[rustfmt::skip]
+            let headers = [
+                ("crit", format!(r#"{{"alg":"{a}","typ":"at+jwt","kid":"{kid}","crit":["exp"],"exp":1}}"#)),
+                ("duplicate alg", format!(r#"{{"alg":"{a}","alg":"none","typ":"at+jwt","kid":"{kid}"}}"#)),
+                ("duplicate kid", format!(r#"{{"alg":"{a}","typ":"at+jwt","kid":"{kid}","kid":"other"}}"#)),
+                ("lone surrogate", format!(r#"{{"alg":"{a}","typ":"at+jwt","kid":"{kid}","x":"\udfff"}}"#)),
+                ("1e400", format!(r#"{{"alg":"{a}","typ":"at+jwt","kid":"{kid}","x":1e400}}"#)),
+                ("array header", format!(r#"["{a}","at+jwt","{kid}"]"#)),
+            ];
+            for (name, header) in headers {
+                let token = raw_header(&header);
+                assert_eq!(
+                    fast.verify(&token, NOW).map(|_| ()),
+                    invalid("header"),
+                    "{alg}: {name}"
+                );
+            }
+            let control = raw_header(&format!(r#"{{"kid":"{kid}","typ":"at+jwt","alg":"{a}"}}"#));
+            assert!(
+                fast.verify(&control, NOW).is_ok(),
+                "{alg}: reordered header"
+            );
+        }
+    }
+
+    #[test]
+    fn jwks_publishes_every_public_key_and_nothing_else() {
+        let verifiers = verifiers();
+        assert_eq!(verifiers[0].1.jwks(), r#"{"keys":[]}"#);
+        for (alg, tokens, key) in &verifiers[1..] {
+            let set: Value = serde_json::from_str(tokens.jwks()).unwrap();
+            let keys = set["keys"].as_array().unwrap();
+            assert_eq!(keys.len(), 2, "{alg}: {set}");
+            assert_eq!(keys[0]["kid"], key.kid());
+            assert_eq!(keys[1]["kid"], "old");
+            for jwk in keys {
+                assert_eq!(jwk["alg"], alg.name());
+                assert_eq!(jwk["use"], "sig");
+                assert!(jwk.get("d").is_none() && jwk.get("k").is_none(), "{jwk}");
             }
         }
     }
@@ -1013,13 +1384,7 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let settings = TokenSettings {
-            secret: SECRET.to_vec(),
-            issuer: "gatehouse".into(),
-            audience: "api".into(),
-            access_ttl_secs: TTL,
-            leeway_secs: LEEWAY,
-        };
+        let settings = TokenSettings::hs256(SECRET, "gatehouse", "api", TTL, LEEWAY);
         let shown = format!("{settings:?} {:?}", Tokens::new(settings.clone()));
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
     }

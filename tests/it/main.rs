@@ -11,6 +11,7 @@ mod dashboards;
 mod explain;
 mod harness;
 mod import;
+mod keys;
 mod mfa;
 mod openapi;
 mod ops;

@@ -228,3 +228,36 @@ async fn documented_routes_and_served_routes_agree() {
     }
     gh.stop().await;
 }
+
+/// The published keys and discovery documents (outside the prefix): each documented path
+/// answers its documented methods and 405 to the others.
+#[tokio::test]
+async fn documented_well_known_paths_are_served() {
+    let gh = Gatehouse::start(
+        "",
+        &[("GATEHOUSE_SERVER_PUBLIC_URL", "https://id.example.com")],
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(gatehouse::auth::openapi::DOCUMENT).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let well_known: Vec<_> = paths
+        .iter()
+        .filter(|(p, _)| p.starts_with("/.well-known/"))
+        .collect();
+    assert_eq!(well_known.len(), 3, "{:?}", paths.keys());
+    for (path, item) in well_known {
+        for method in ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"] {
+            let listed = if method == "HEAD" { "get" } else { method };
+            let documented = item.get(listed.to_ascii_lowercase()).is_some();
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let reply = gh.send(method.clone(), path, &[], Bytes::new()).await;
+            let expected = if documented { 200 } else { 405 };
+            assert_eq!(
+                reply.status.as_u16(),
+                expected,
+                "{method} {path}: {reply:?}"
+            );
+        }
+    }
+    gh.stop().await;
+}
