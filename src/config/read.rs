@@ -308,6 +308,16 @@ impl<'a> Section<'a> {
         self.cx.err(path, message);
     }
 
+    /// Records a warning on a key of this section, for checks that span keys.
+    pub(super) fn warn_at(&mut self, key: &str, message: impl Into<String>) {
+        let key = self.path_of(key);
+        self.cx.warnings.push(ConfigError {
+            key,
+            env: None,
+            message: message.into(),
+        });
+    }
+
     /// A subsection, `[server.tls]`; missing is the same as empty.
     pub(super) fn section(&mut self, name: &str) -> Section<'_> {
         self.read.push(name.to_string());
