@@ -8,6 +8,7 @@ mod binary;
 mod crash;
 mod dashboards;
 mod explain;
+mod forward;
 mod harness;
 mod openapi;
 mod ops;
