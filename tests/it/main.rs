@@ -10,6 +10,7 @@ mod dashboards;
 mod explain;
 mod forward;
 mod harness;
+mod ingress;
 mod openapi;
 mod ops;
 mod pg;
