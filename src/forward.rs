@@ -44,7 +44,7 @@ use crate::error::Error;
 use crate::token::Claims;
 
 /// The endpoint's path under `auth.prefix`. Not renamable: ingress configs name it.
-pub const PATH: &str = "/forward";
+pub const PATH: &str = crate::config::FORWARD_AUTH_PATH;
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");

@@ -102,6 +102,10 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("admin", "/admin"),
 ];
 
+/// The forward-auth endpoint's path under `auth.prefix` (`forward.rs`). Not renamable: the
+/// ingress configs name it; `[auth.paths]` may not take it.
+pub const FORWARD_AUTH_PATH: &str = "/forward";
+
 /// Registration policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {

@@ -693,8 +693,8 @@ fn renames(s: &mut Section<'_>) -> Vec<(&'static str, String)> {
         let normal = crate::path::normalize(path).is_ok_and(|n| n == path.as_str());
         if !normal || path == "/" || path.ends_with('/') || path.contains('%') {
             s.err(name, "must be a plain normalised path like \"/signin\"");
-        } else if path == crate::forward::PATH
-            || path.starts_with(&format!("{}/", crate::forward::PATH))
+        } else if path == super::FORWARD_AUTH_PATH
+            || path.starts_with(&format!("{}/", super::FORWARD_AUTH_PATH))
         {
             s.err(
                 name,

@@ -103,6 +103,11 @@ parallelism = 1
 [auth.lockout]
 max_failures = 1000000
 
+# The forward-auth endpoints are in the document; the run's requests come from loopback,
+# which the default forward_auth.trusted_proxies lists.
+[forward_auth]
+enabled = true
+
 [rate_limits]
 login = "0"
 register = "0"
