@@ -190,9 +190,9 @@ fn agreed<'h>(
     let one = single(headers, name, "").map_err(|_| repeated())?;
     let other = single(headers, alias, "").map_err(|_| repeated())?;
     match (one, other) {
-        (Some(a), Some(b)) if a != b => Err(Error::InvalidRequest(
-            format!("{shown} disagree.").into(),
-        )),
+        (Some(a), Some(b)) if a != b => {
+            Err(Error::InvalidRequest(format!("{shown} disagree.").into()))
+        }
         (a, b) => Ok(a.or(b)),
     }
 }
@@ -200,9 +200,8 @@ fn agreed<'h>(
 /// The original target: origin-form (`/path?query`), or absolute-form with an http(s)
 /// scheme. Authority-form and `*` name no path to decide on.
 fn parse_target(bytes: &[u8]) -> Result<Uri, Error> {
-    let not_a_target = || {
-        invalid("The original URI must be a path like /api/items?page=2 or an http(s) URL.")
-    };
+    let not_a_target =
+        || invalid("The original URI must be a path like /api/items?page=2 or an http(s) URL.");
     let uri = Uri::try_from(bytes).map_err(|_| not_a_target())?;
     let origin_form = bytes.first() == Some(&b'/') && uri.scheme().is_none();
     let absolute_form = matches!(uri.scheme_str(), Some("http" | "https"))
@@ -407,7 +406,12 @@ mod tests {
 
     #[test]
     fn targets_keep_their_raw_path_for_normalisation_later() {
-        for raw in ["//admin", "/api/%2e%2e/admin", "/api%2Fadmin", "http://h/x?q=1"] {
+        for raw in [
+            "//admin",
+            "/api/%2e%2e/admin",
+            "/api%2Fadmin",
+            "http://h/x?q=1",
+        ] {
             let o = read(
                 Shape::Headers,
                 "/auth/forward",

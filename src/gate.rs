@@ -221,13 +221,14 @@ async fn gate(
     if let Some(shape) = forward::addressed(config, &target) {
         // Only a listed ingress may describe a request: anyone else could ask about
         // requests of their choosing and set the address that rate limits see.
-        let original = if client_ip::is_trusted(conn.peer.ip(), &config.forward_auth.trusted_proxies) {
-            Original::read(shape, request.method(), &target, request.headers())
-        } else {
-            Err(Error::ForbiddenBecause(
-                "Forward-auth requests are accepted only from forward_auth.trusted_proxies",
-            ))
-        };
+        let original =
+            if client_ip::is_trusted(conn.peer.ip(), &config.forward_auth.trusted_proxies) {
+                Original::read(shape, request.method(), &target, request.headers())
+            } else {
+                Err(Error::ForbiddenBecause(
+                    "Forward-auth requests are accepted only from forward_auth.trusted_proxies",
+                ))
+            };
         return forward(app, conn, request, target, original).await;
     }
     let (path, decision) = match decide::route(config, Head::of(&request), &target) {

@@ -14,9 +14,8 @@ use ipnet::IpNet;
 use super::read::{Section, did_you_mean, header_name};
 use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, ForwardAuthConfig, HeadersConfig,
-    LockoutConfig,
-    LogConfig, LogFormat, RateLimitBackend, RateLimitConfig, Registration, ServerConfig,
-    StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl,
+    LockoutConfig, LogConfig, LogFormat, RateLimitBackend, RateLimitConfig, Registration,
+    ServerConfig, StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
@@ -977,9 +976,7 @@ const DEFAULT_FORWARD_AUTH_ENABLED: bool = false;
 const DEFAULT_FORWARD_AUTH_PROXIES: [&str; 2] = ["127.0.0.1/32", "::1/128"];
 
 fn forward_auth(s: &mut Section<'_>, server: &ServerConfig) -> ForwardAuthConfig {
-    let enabled = s
-        .get("enabled", DEFAULT_FORWARD_AUTH_ENABLED)
-        .get();
+    let enabled = s.get("enabled", DEFAULT_FORWARD_AUTH_ENABLED).get();
     let trusted_proxies = cidrs(
         s,
         "trusted_proxies",

@@ -38,7 +38,12 @@ fn refused(reply: &Reply, status: u16, code: &str) {
 #[track_caller]
 fn allowed(reply: &Reply, identity: (&str, &str, &str)) {
     reply.expect(200);
-    assert!(reply.body.is_empty(), "{}: body {:?}", reply.request, reply.text());
+    assert!(
+        reply.body.is_empty(),
+        "{}: body {:?}",
+        reply.request,
+        reply.text()
+    );
     for (name, want) in [
         ("x-auth-user-id", identity.0),
         ("x-auth-email", identity.1),
@@ -85,25 +90,45 @@ async fn decisions_are_the_proxy_paths() {
     // An anonymous caller on a public route: every identity header, empty.
     allowed(&ask(&gh, "GET", "/public/x", &[]).await, ANONYMOUS);
     // The query is not part of the path; a token in it is nobody's business here.
-    allowed(&ask(&gh, "GET", "/public/x?token=abc", &[]).await, ANONYMOUS);
+    allowed(
+        &ask(&gh, "GET", "/public/x?token=abc", &[]).await,
+        ANONYMOUS,
+    );
     // A protected route without a token: 401 with the challenge.
     let reply = ask(&gh, "GET", "/api/items", &[]).await;
     refused(&reply, 401, "TOKEN_MISSING");
-    assert!(reply.headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        reply.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
     // With one: 200 and the caller's identity.
     let auth = [("authorization", reader.as_str())];
     allowed(&ask(&gh, "GET", "/api/items", &auth).await, reader_id);
     // Methods are the original's: a reader may not DELETE.
-    refused(&ask(&gh, "DELETE", "/api/items/7", &auth).await, 403, "FORBIDDEN");
+    refused(
+        &ask(&gh, "DELETE", "/api/items/7", &auth).await,
+        403,
+        "FORBIDDEN",
+    );
     let admin_auth = [("authorization", admin.as_str())];
     allowed(
         &ask(&gh, "DELETE", "/api/items/7", &admin_auth).await,
         ("u-admin", "u-admin@example.com", "admin"),
     );
     // A route denied to everyone, a bad token even on a public route.
-    refused(&ask(&gh, "GET", "/blocked/x", &admin_auth).await, 403, "FORBIDDEN");
+    refused(
+        &ask(&gh, "GET", "/blocked/x", &admin_auth).await,
+        403,
+        "FORBIDDEN",
+    );
     let forged = [("authorization", "Bearer not.a.token")];
-    refused(&ask(&gh, "GET", "/public/x", &forged).await, 401, "TOKEN_INVALID");
+    refused(
+        &ask(&gh, "GET", "/public/x", &forged).await,
+        401,
+        "TOKEN_INVALID",
+    );
     // The spoofed identity headers of the client change nothing.
     let spoof = [
         ("x-auth-user-id", "root"),
@@ -111,9 +136,17 @@ async fn decisions_are_the_proxy_paths() {
         ("authorization", reader.as_str()),
     ];
     allowed(&ask(&gh, "GET", "/api/items", &spoof).await, reader_id);
-    refused(&ask(&gh, "GET", "/api/admin/x", &spoof).await, 403, "FORBIDDEN");
+    refused(
+        &ask(&gh, "GET", "/api/admin/x", &spoof).await,
+        403,
+        "FORBIDDEN",
+    );
     // Case folding, as on the proxy path.
-    refused(&ask(&gh, "GET", "/API/Admin/x", &auth).await, 403, "FORBIDDEN");
+    refused(
+        &ask(&gh, "GET", "/API/Admin/x", &auth).await,
+        403,
+        "FORBIDDEN",
+    );
 }
 
 #[tokio::test]
@@ -159,7 +192,11 @@ async fn path_tricks_are_decided_on_the_normalised_path_or_refused() {
     );
     // A lower-case method would miss a DELETE-only rule and run DELETE on a case-folding
     // framework.
-    refused(&ask(&gh, "delete", "/api/items/1", &auth).await, 400, "INVALID_REQUEST");
+    refused(
+        &ask(&gh, "delete", "/api/items/1", &auth).await,
+        400,
+        "INVALID_REQUEST",
+    );
     // Absolute-form: decided on its path, for the host the ingress names only.
     allowed(
         &ask(&gh, "GET", "http://app.example.com/public/x", &[]).await,
@@ -244,13 +281,21 @@ async fn ambiguous_descriptions_are_refused_never_guessed() {
         "INVALID_REQUEST",
     );
     refused(
-        &gh.get_with("/auth/forward/public/x", &[("x-forwarded-uri", "/api/admin/x")])
-            .await,
+        &gh.get_with(
+            "/auth/forward/public/x",
+            &[("x-forwarded-uri", "/api/admin/x")],
+        )
+        .await,
         400,
         "INVALID_REQUEST",
     );
     let reply = gh
-        .send(Method::DELETE, "/auth/forward/api/items/1", &[], Bytes::new())
+        .send(
+            Method::DELETE,
+            "/auth/forward/api/items/1",
+            &[],
+            Bytes::new(),
+        )
         .await;
     refused(&reply, 401, "TOKEN_MISSING");
     // Other spellings of the endpoint are ordinary unknown auth paths.
@@ -264,14 +309,21 @@ async fn ambiguous_descriptions_are_refused_never_guessed() {
 async fn revoked_tokens_are_refused() {
     let gh = Gatehouse::start(&routes_enabled(), &[]).await;
     gh.register("fwd@example.com").await;
-    let (access, _) = gh.session("fwd@example.com", crate::harness::PASSWORD).await;
+    let (access, _) = gh
+        .session("fwd@example.com", crate::harness::PASSWORD)
+        .await;
     let auth = format!("Bearer {access}");
     let reply = ask(&gh, "GET", "/api/items", &[("authorization", &auth)]).await;
     reply.expect(200);
     assert!(!reply.headers["x-auth-user-id"].is_empty());
-    gh.json(Method::POST, "/auth/logout", Some(&access), serde_json::json!({}))
-        .await
-        .expect(200);
+    gh.json(
+        Method::POST,
+        "/auth/logout",
+        Some(&access),
+        serde_json::json!({}),
+    )
+    .await
+    .expect(200);
     let reply = ask(&gh, "GET", "/api/items", &[("authorization", &auth)]).await;
     refused(&reply, 401, "TOKEN_REVOKED");
 }
@@ -289,7 +341,11 @@ async fn rate_limits_key_on_the_original_client() {
     allowed(&ask(&gh, "GET", "/public/y", &client).await, ANONYMOUS);
     let reply = ask(&gh, "GET", "/public/z", &client).await;
     refused(&reply, 429, "RATE_LIMITED");
-    let retry: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry > 0, "Retry-After {retry}");
     // Another client behind the same ingress has its own budget.
     let other = [("x-forwarded-for", "203.0.113.7, 198.51.100.2")];

@@ -77,15 +77,23 @@ impl Ingress {
 
 /// The deployment file with its placeholder addresses replaced.
 fn snippet(file: &str, gatehouse: SocketAddr, app: SocketAddr, port: u16) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/forward-auth").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/forward-auth")
+        .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let replaced = text
         .replace("127.0.0.1:8080", &gatehouse.to_string())
         .replace("127.0.0.1:3000", &app.to_string())
-        .replace("port_value: 8080", &format!("port_value: {}", gatehouse.port()))
+        .replace(
+            "port_value: 8080",
+            &format!("port_value: {}", gatehouse.port()),
+        )
         .replace("port_value: 3000", &format!("port_value: {}", app.port()))
-        .replace("address: 0.0.0.0, port_value: 8000", &format!("address: 127.0.0.1, port_value: {port}"))
+        .replace(
+            "address: 0.0.0.0, port_value: 8000",
+            &format!("address: 127.0.0.1, port_value: {port}"),
+        )
         .replace("listen 8000;", &format!("listen 127.0.0.1:{port};"))
         .replace(":8000 {", &format!("http://:{port} {{"));
     assert_ne!(text, replaced, "{file}: no placeholder replaced");
@@ -189,7 +197,11 @@ fn upstream_saw(reply: &Reply) -> Option<serde_json::Value> {
 fn header_values(seen: &serde_json::Value, name: &str) -> Vec<String> {
     seen["headers"][name]
         .as_array()
-        .map(|vs| vs.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect())
+        .map(|vs| {
+            vs.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -273,7 +285,9 @@ async fn forward_auth_through(name: &'static str) {
         headers.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         headers
     };
-    let send = |method: &'static str, target: &'static str, headers: Vec<(&'static str, String)>| {
+    let send = |method: &'static str,
+                target: &'static str,
+                headers: Vec<(&'static str, String)>| {
         let ingress = &ingress;
         async move {
             let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -290,7 +304,10 @@ async fn forward_auth_through(name: &'static str) {
     // A protected route without a token: 401 with the challenge, and nothing forwarded.
     let reply = send("GET", "/api/items", with(&[])).await;
     stopped(&reply, &[401]);
-    let challenge = reply.headers.get("www-authenticate").map(|v| v.to_str().unwrap());
+    let challenge = reply
+        .headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap());
     assert!(
         challenge.is_some_and(|c| c.starts_with("Bearer")),
         "{}: WWW-Authenticate {challenge:?}",
@@ -351,7 +368,13 @@ async fn forward_auth_through(name: &'static str) {
         ("X-Forwarded-Uri", "/public/x"),
     ];
     let reply = send("GET", "/auth/forward", with(&describe)).await;
-    assert_eq!(reply.status.as_u16(), 404, "{}: {}", reply.request, reply.text());
+    assert_eq!(
+        reply.status.as_u16(),
+        404,
+        "{}: {}",
+        reply.request,
+        reply.text()
+    );
 
     // gatehouse's own endpoints are served by gatehouse through the ingress.
     let reply = send("GET", "/auth/openapi.json", Vec::new()).await;
@@ -366,7 +389,10 @@ async fn forward_auth_through(name: &'static str) {
                 && line.contains(&format!("outcome=\"{outcome}\""))
                 && !line.ends_with(" 0")
         });
-        assert!(counted, "{name}: no {outcome} forward-auth decision in\n{metrics}");
+        assert!(
+            counted,
+            "{name}: no {outcome} forward-auth decision in\n{metrics}"
+        );
     }
 }
 

@@ -158,9 +158,7 @@ async fn documented_routes_and_served_routes_agree() {
     }
     let mut probes = Vec::new();
     for (path, item) in paths.iter().filter(|(p, _)| p.starts_with("/auth/")) {
-        let concrete = path
-            .replace("{id}", &victim)
-            .replace("{path}", "api/items");
+        let concrete = path.replace("{id}", &victim).replace("{path}", "api/items");
         // Destructive methods last, so the victim exists for the others; logout at the end.
         for method in ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"] {
             // HEAD is implied by GET (HTTP semantics); the document lists GET only.
