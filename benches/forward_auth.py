@@ -20,36 +20,30 @@ forward-auth, over the requests wrk completed). The helpers are benches/compare.
 """
 
 import argparse
+import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import CLK_TCK, System, children, cpu_ticks, free_port, login, wait_up, wrk  # noqa: E402
-
-ROUTES = """[roles]
-admin = { inherits = ["creator"] }
-creator = { inherits = ["reader"] }
-[[routes]]
-path = "/public/**"
-access = "public"
-[[routes]]
-path = "/api/admin/**"
-roles = ["admin"]
-[[routes]]
-path = "/api/**"
-methods = ["POST", "PUT", "PATCH", "DELETE"]
-roles = ["creator"]
-[[routes]]
-path = "/api/**"
-roles = ["reader"]
-"""
+from compare import (  # noqa: E402
+    CLK_TCK,
+    ROUTES,
+    Processes,
+    System,
+    children,
+    cpu_ticks,
+    free_port,
+    login,
+    nginx_conf,
+    plain_proxy,
+    upstream_server,
+    wait_up,
+    wrk,
+)
 
 
 def main():
@@ -62,86 +56,21 @@ def main():
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-forward-")
-    procs = []
-
-    def spawn(cmd, cpu, log):
-        p = subprocess.Popen(
-            ["taskset", "-c", str(cpu)] + cmd,
-            stdout=open(os.path.join(tmp, log), "w"),
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(p)
-        return p
-
+    processes = Processes(tmp)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
-        run(args, tmp, spawn)
+        run(args, tmp, processes.spawn)
     finally:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def nginx_conf(tmp, name, body):
-    path = os.path.join(tmp, f"{name}.conf")
-    with open(path, "w") as f:
-        f.write(
-            f"""worker_processes 1;
-daemon off;
-master_process off;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.err;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/{name}-body;
-  proxy_temp_path {tmp}/{name}-proxy;
-  {body}
-}}
-"""
-        )
-    return path
+        processes.stop()
 
 
 def run(args, tmp, spawn):
     secret = os.urandom(36).hex()
     up, ngx, fwd, gh = (free_port() for _ in range(4))
 
-    upstream = nginx_conf(
-        tmp,
-        "upstream",
-        f"""server {{
-    listen 127.0.0.1:{up} reuseport;
-    keepalive_requests 10000000;
-    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
-  }}""",
-    )
+    upstream = nginx_conf(tmp, "upstream", upstream_server(up))
     spawn(["nginx", "-c", upstream], 1, "upstream.log")
-
-    plain = nginx_conf(
-        tmp,
-        "plain",
-        f"""upstream up {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 10000000; }}
-  server {{
-    listen 127.0.0.1:{ngx};
-    keepalive_requests 10000000;
-    location / {{
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}""",
-    )
+    plain = nginx_conf(tmp, "plain", plain_proxy(ngx, up))
     nginx = spawn(["nginx", "-c", plain], 0, "plain.log")
 
     # The shipped snippet, as an operator would drop it in; only addresses change.
@@ -231,8 +160,6 @@ access = false
     print(f"forward-auth / nginx plain proxy: req/s {fa['rps'] / n['rps']:.2f}x, p99 {fa['p99'] / n['p99']:.2f}x, CPU/request {fa['cpu_us'] / n['cpu_us']:.2f}x")
     print(f"forward-auth / gatehouse as the proxy: req/s {fa['rps'] / g['rps']:.2f}x, p99 {fa['p99'] / g['p99']:.2f}x, CPU/request {fa['cpu_us'] / g['cpu_us']:.2f}x")
     if args.json:
-        import json
-
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     if any(r["bad"] for r in rows.values()):

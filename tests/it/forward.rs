@@ -59,6 +59,17 @@ fn allowed(reply: &Reply, identity: (&str, &str, &str)) {
 
 const ANONYMOUS: (&str, &str, &str) = ("", "", "");
 
+/// Spellings of `/api/admin/x` (with [`ROUTES`], admins only) that resolve to it: dot
+/// segments plain and encoded, doubled slashes, an encoded unreserved letter.
+pub const ADMIN_TRICKS: [&str; 6] = [
+    "/public/../api/admin/x",
+    "/public/%2e%2e/api/admin/x",
+    "/public/%2E%2E/api/admin/x",
+    "//api/admin/x",
+    "/api//admin/./x",
+    "/api/%61dmin/x",
+];
+
 #[tokio::test]
 async fn off_by_default_it_is_an_unknown_auth_path() {
     let gh = Gatehouse::start(ROUTES, &[]).await;
@@ -155,14 +166,7 @@ async fn path_tricks_are_decided_on_the_normalised_path_or_refused() {
     let reader = format!("Bearer {}", gh.token("u1", &["reader"]));
     let auth = [("authorization", reader.as_str())];
     // Each reaches /api/admin/x, which a reader may not see.
-    for trick in [
-        "/public/../api/admin/x",
-        "/public/%2e%2e/api/admin/x",
-        "/public/%2E%2E/api/admin/x",
-        "//api/admin/x",
-        "/api//admin/./x",
-        "/api/%61dmin/x",
-    ] {
+    for trick in ADMIN_TRICKS {
         refused(&ask(&gh, "GET", trick, &auth).await, 403, "FORBIDDEN");
         // Anonymous: 401, not the public route's 200.
         refused(&ask(&gh, "GET", trick, &[]).await, 401, "TOKEN_MISSING");
