@@ -220,26 +220,43 @@ fn invalid(message: &'static str) -> Error {
 
 /// The 200 an ingress lets the request through on: no body, and every identity header —
 /// the verified caller's, or empty for an anonymous one, so an ingress that copies them
-/// overwrites whatever the client sent under those names. A claim that cannot be a header
-/// value is sent empty rather than left out, for the same reason.
-pub fn allowed(rules: &HeadersConfig, claims: Option<&Claims>) -> Response<Full<Bytes>> {
+/// overwrites whatever the client sent under those names. A verified claim that cannot be
+/// a header value (a control character in `sub` or `email`) is refused as an invalid token:
+/// sent empty, it would pass the caller on as nobody, and left out, leave the client's own
+/// value standing at ingresses that copy only what they get.
+pub fn allowed(
+    rules: &HeadersConfig,
+    claims: Option<&Claims>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let value = |text: Option<&str>| match text {
+        None => Ok(HeaderValue::from_static("")),
+        Some(t) => HeaderValue::from_str(t)
+            .map_err(|_| Error::Token(crate::error::TokenRefusal::Invalid("claims"))),
+    };
+    let roles = claims.map(|c| c.roles.join(","));
+    let mut identity = vec![
+        (
+            rules.user_id.clone(),
+            value(claims.map(|c| c.sub.as_str()))?,
+        ),
+        (
+            rules.email.clone(),
+            value(claims.map(|c| c.email.as_str()))?,
+        ),
+        (rules.roles.clone(), value(roles.as_deref())?),
+    ];
+    if let Some(name) = &rules.session_id {
+        identity.push((name.clone(), value(claims.map(|c| c.sid.as_str()))?));
+    }
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
-    let value = |text: Option<&str>| {
-        text.and_then(|t| HeaderValue::from_str(t).ok())
-            .unwrap_or_else(|| HeaderValue::from_static(""))
-    };
-    headers.insert(rules.user_id.clone(), value(claims.map(|c| c.sub.as_str())));
-    headers.insert(rules.email.clone(), value(claims.map(|c| c.email.as_str())));
-    let roles = claims.map(|c| c.roles.join(","));
-    headers.insert(rules.roles.clone(), value(roles.as_deref()));
-    if let Some(name) = &rules.session_id {
-        headers.insert(name.clone(), value(claims.map(|c| c.sid.as_str())));
+    for (name, value) in identity {
+        headers.insert(name, value);
     }
     // The answer is about one caller's one request: no cache may keep it.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -431,7 +448,7 @@ mod tests {
             Vec::new(),
         )
         .unwrap();
-        let response = allowed(&config.headers, None);
+        let response = allowed(&config.headers, None).unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         for name in [
             "x-auth-user-id",
@@ -442,5 +459,44 @@ mod tests {
             assert_eq!(response.headers()[name], "", "{name}");
         }
         assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_a_header_is_refused_not_blanked() {
+        let config = Config::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[tokens]\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            Vec::new(),
+        )
+        .unwrap();
+        let claims = |sub: &str, email: &str| Claims {
+            sub: sub.into(),
+            email: email.into(),
+            roles: vec!["reader".into(), "creator".into()],
+            email_verified: true,
+            iss: "gatehouse".into(),
+            aud: "api".into(),
+            iat: 0,
+            nbf: 0,
+            exp: 1,
+            jti: "j".into(),
+            sid: "s".into(),
+            token_use: "access".into(),
+        };
+        let good = allowed(&config.headers, Some(&claims("u1", "a@example.com"))).unwrap();
+        assert_eq!(good.headers()["x-auth-user-id"], "u1");
+        assert_eq!(good.headers()["x-auth-roles"], "reader,creator");
+        for (sub, email) in [
+            ("u1\r\nX-Auth-Roles: admin", "a@example.com"),
+            ("u1", "a@x\0"),
+        ] {
+            let refused = allowed(&config.headers, Some(&claims(sub, email)));
+            assert!(
+                matches!(
+                    refused,
+                    Err(Error::Token(crate::error::TokenRefusal::Invalid(_)))
+                ),
+                "{sub:?} {email:?}: {refused:?}"
+            );
+        }
     }
 }

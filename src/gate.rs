@@ -362,8 +362,8 @@ async fn forward(
         // gatehouse's own endpoints check their own credentials: the ingress may pass the
         // request on (to gatehouse), with no identity.
         Routing::Auth { route, .. } => {
-            let allowed = local(forward::allowed(&config.headers, None));
-            return Exchange::new(route, Ok(allowed), target, None).forward(method);
+            let allowed = forward::allowed(&config.headers, None).map(local);
+            return Exchange::new(route, allowed, target, None).forward(method);
         }
         Routing::Proxy { decision, .. } => decision,
     };
@@ -376,7 +376,11 @@ async fn forward(
     } = admit(app, &decision, request.headers(), || {
         client_ip::client_ip(conn.peer.ip(), request.headers(), chain)
     });
-    let result = result.map(|()| local(forward::allowed(&config.headers, claims.as_deref())));
+    let result = result.and_then(|()| {
+        forward::allowed(&config.headers, claims.as_deref())
+            .map(local)
+            .inspect_err(|_| app.metrics.auth_failure("claims"))
+    });
     Exchange::new(route, result, target, claims).forward(method)
 }
 
