@@ -1,5 +1,9 @@
-//! The shared state of a running gatehouse: one [`App`] behind an `Arc`, built once at start
-//! from a validated [`Config`] and read without locks by every request.
+//! The shared state of a running gatehouse, read without locks by every request, in two
+//! halves: [`Core`], built once at start and kept for the life of the process (store,
+//! revocations, metrics, upstream pool, mailer), and [`Live`], the compiled state of one
+//! validated [`Config`] (the config itself, token keys, limiters, route counters), which a
+//! reload replaces whole. An [`App`] is one generation: a `Live` and the `Core` it runs on.
+//! `reload::Current` holds the generation new requests get.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,10 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
-use crate::config::{Config, RateLimitConfig};
+use std::collections::HashMap;
+
+use crate::config::Config;
 use crate::email::Mailer;
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteCounters};
 use crate::password::Hasher;
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::revocation::{Revocations, UserCutoff};
@@ -153,22 +159,64 @@ impl Default for RequestIds {
     }
 }
 
-/// One limiter per rate-limit class, `None` where the class is off.
 /// The per-replica limiters of the proxy path: the `proxy` class and each route's own. The
 /// auth classes live in [`SharedLimits`], shared across replicas when Redis is configured.
 pub struct Limits {
-    pub proxy: Option<RateLimiter>,
-    /// Indexed like the policy's routes.
-    pub routes: Vec<Option<RateLimiter>>,
+    /// `None` where the class is off.
+    pub proxy: Option<Arc<RateLimiter>>,
+    /// Indexed like the policy's routes of the same generation, `None` where a route has no
+    /// `rate_limit`.
+    pub routes: Vec<Option<Arc<RateLimiter>>>,
 }
 
 impl Limits {
-    pub fn new(config: &RateLimitConfig) -> Limits {
-        let make = |rate: &Option<Rate>| rate.map(|r| RateLimiter::new(r, config.capacity));
-        Limits {
-            proxy: make(&config.proxy),
-            routes: config.routes.iter().map(make).collect(),
-        }
+    /// The limiters `config` asks for. On a reload, `running` lends the limiters whose
+    /// settings did not change, so clients keep their budgets: the `proxy` class when its
+    /// rate and `rate_limits.capacity` are the same, and a route's when a rule with the same
+    /// label (its `name`, or its pattern made unique) had the same rate. A route is found by
+    /// its label, never by its index, so reordering the rules cannot hand one route's
+    /// buckets to another; a changed rate or capacity starts with fresh buckets.
+    pub fn new(config: &Config, running: Option<(&Config, &Limits)>) -> Limits {
+        let capacity = config.rate_limits.capacity;
+        let same_capacity = |old: &Config| old.rate_limits.capacity == capacity;
+        let make = |rate: Rate| Arc::new(RateLimiter::new(rate, capacity));
+        let proxy = config.rate_limits.proxy.map(|rate| {
+            running
+                .filter(|(old, _)| same_capacity(old) && old.rate_limits.proxy == Some(rate))
+                .and_then(|(_, limits)| limits.proxy.clone())
+                .unwrap_or_else(|| make(rate))
+        });
+        // The running routes' limiters by label; labels are unique within a policy.
+        let kept: HashMap<&str, (Rate, &Arc<RateLimiter>)> = match running {
+            Some((old, limits)) if same_capacity(old) => old
+                .rate_limits
+                .routes
+                .iter()
+                .zip(&limits.routes)
+                .enumerate()
+                .filter_map(|(i, (rate, limiter))| {
+                    Some((
+                        old.policy.rule_label(Some(i)),
+                        ((*rate)?, limiter.as_ref()?),
+                    ))
+                })
+                .collect(),
+            _ => HashMap::new(),
+        };
+        let routes = config
+            .rate_limits
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| {
+                let rate = (*rate)?;
+                Some(match kept.get(config.policy.rule_label(Some(i))) {
+                    Some((old_rate, limiter)) if *old_rate == rate => Arc::clone(limiter),
+                    _ => make(rate),
+                })
+            })
+            .collect();
+        Limits { proxy, routes }
     }
 }
 
@@ -220,25 +268,136 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Everything a request needs, built once.
+/// One generation of the running gatehouse: the compiled state of one config ([`Live`]) and
+/// the parts that live as long as the process ([`Core`]), which it dereferences to.
+///
+/// A request takes the current generation once, when it starts (`reload::Current`), and
+/// finishes on it: everything it reads, from the route policy to the token keys and the
+/// access-log switch, comes from that one config even if a reload swaps in another while
+/// it runs. Work a request leaves behind (a rehash, a mail) holds the same generation.
 pub struct App {
+    /// Everything built from the config, replaced whole by a reload.
+    pub live: Live,
+    core: Arc<Core>,
+}
+
+/// `app.store`, `app.metrics`…: a generation is read as the process it belongs to. Handlers
+/// and the service take `&App` and reach both halves through it, so a reload changes what
+/// they read without changing how they read it.
+impl std::ops::Deref for App {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The compiled state: what one validated [`Config`] builds, by [`Live::build`] alone. A
+/// reload builds a new one beside the running one and swaps it in whole; nothing in it is
+/// changed in place. Parts whose settings did not change are carried over from the running
+/// generation rather than rebuilt, so a reload that does not touch them is invisible to
+/// clients: the verified-token cache, rate-limit buckets, cooldowns, Redis's connection.
+///
+/// New compiled parts (more token keys, other issuers) go here as fields, built in
+/// [`Live::build`] from the config and, where state should survive a reload, from `running`.
+pub struct Live {
     pub config: Config,
+    /// Access tokens: issue and verify, with the cache of verified tokens.
+    pub tokens: Arc<Tokens>,
+    /// The proxy path's per-replica limiters (`proxy` class, per route).
+    pub limits: Limits,
+    /// The auth rate-limit classes (login, register, refresh, forgot_password,
+    /// verify_email_resend): counted in Redis across replicas when
+    /// `rate_limits.backend = "redis"`, here otherwise.
+    pub shared_limits: SharedLimits,
+    /// Per-address forgot-password and per-user resend cooldowns, shared like the limits.
+    pub cooldowns: Arc<SharedCooldowns>,
+    /// The `route` label of each route slot and its request counters (the rules' labels
+    /// come from this generation's policy).
+    pub routes: RouteCounters,
+}
+
+impl Live {
+    /// Compiles `config`. `running`, on a reload, is the generation being replaced: its
+    /// parts are reused where their settings are the same (see the type's docs). Keys that
+    /// need a restart must already hold the running values (`reload::keep_restart_keys`),
+    /// since nothing here can act on them.
+    pub fn build(config: Config, core: &Core, running: Option<&Live>) -> Result<Live, StartError> {
+        let tokens = match running {
+            // Same secret, issuer, audience, lifetimes and cache size: the cache of verified
+            // tokens stays valid, so keep it. Any difference (a new secret above all) gets a
+            // fresh one: a token verified under the old settings must be verified again.
+            Some(live) if same_tokens(&live.config, &config) => live.tokens.clone(),
+            _ => Arc::new(
+                Tokens::new(token_settings(&config)).with_cache(config.tokens.verify_cache),
+            ),
+        };
+        let shared_limits = match running {
+            Some(live) => live
+                .shared_limits
+                .reconfigured(&config.rate_limits, &live.config.rate_limits),
+            None => SharedLimits::new(&config.rate_limits, &core.metrics)
+                .map_err(StartError::RateLimits)?,
+        };
+        let cooldowns = match running {
+            Some(live) if live.config.auth.forgot_cooldown == config.auth.forgot_cooldown => {
+                live.cooldowns.clone()
+            }
+            _ => Arc::new(shared_limits.cooldowns(config.auth.forgot_cooldown)),
+        };
+        let rule_labels: Vec<&str> = (0..config.policy.len())
+            .map(|i| config.policy.rule_label(Some(i)))
+            .collect();
+        let routes = core.metrics.route_counters(&rule_labels);
+        core.widen_access_window(&config);
+        Ok(Live {
+            limits: Limits::new(&config, running.map(|live| (&live.config, &live.limits))),
+            tokens,
+            shared_limits,
+            cooldowns,
+            routes,
+            config,
+        })
+    }
+}
+
+/// Whether two configs build the same [`Tokens`]. The secrets are compared in constant
+/// time, as secrets always are here.
+fn same_tokens(a: &Config, b: &Config) -> bool {
+    let (a, b) = (&a.tokens, &b.tokens);
+    crate::token::ct_eq(a.secret.expose().as_bytes(), b.secret.expose().as_bytes())
+        && a.issuer == b.issuer
+        && a.audience == b.audience
+        && a.access_ttl == b.access_ttl
+        && a.leeway == b.leeway
+        && a.verify_cache == b.verify_cache
+}
+
+/// What the token module needs from `[tokens]`.
+fn token_settings(config: &Config) -> TokenSettings {
+    TokenSettings {
+        secret: config.tokens.secret.expose().as_bytes().to_vec(),
+        issuer: config.tokens.issuer.clone(),
+        audience: config.tokens.audience.clone(),
+        access_ttl_secs: config.tokens.access_ttl.as_secs(),
+        leeway_secs: config.tokens.leeway.as_secs(),
+    }
+}
+
+/// The parts of a running gatehouse that live as long as the process, whatever config is
+/// in force: the store, the revocation cache, metrics, the upstream pool, the mailer, the
+/// password hasher, connection slots and the drain signal. Built from the config at start;
+/// the keys they are built from need a restart to change (`reload::keep_restart_keys`).
+pub struct Core {
     pub store: Arc<dyn Store>,
     pub hasher: Hasher,
-    pub tokens: Tokens,
     pub revocations: Revocations,
     pub metrics: Metrics,
     pub upstream: Upstream,
-    pub limits: Limits,
     pub clock: Clock,
     pub request_ids: RequestIds,
     /// Outgoing mail (reset, verification, notices), delivered off the request path.
     pub mailer: Mailer,
-    /// The auth rate-limit classes (login, register, refresh, forgot_password): counted in
-    /// Redis across replicas when `rate_limits.backend = "redis"`, here otherwise.
-    pub shared_limits: SharedLimits,
-    /// Per-address forgot-password and per-user resend cooldowns, shared like the limits.
-    pub cooldowns: SharedCooldowns,
     /// The budget of forgot-password work running in the background
     /// ([`MAX_BACKGROUND_JOBS`]).
     pub background_jobs: Arc<tokio::sync::Semaphore>,
@@ -246,7 +405,7 @@ pub struct App {
     /// offline `user` commands never need the certificate files.
     pub tls: Option<ServerTls>,
     shutting_down: AtomicBool,
-    /// Bumped after every revocation reaches the cache; see [`App::revocation_epoch`].
+    /// Bumped after every revocation reaches the cache; see [`Core::revocation_epoch`].
     revocation_epoch: AtomicU64,
     /// One permit per open client connection (`server.max_connections`); a WebSocket splice
     /// takes its own, since it outlives the HTTP connection it was upgraded from.
@@ -254,8 +413,13 @@ pub struct App {
     /// Turns true when draining starts; long-lived work (WebSocket splices) ends on it.
     draining: tokio::sync::watch::Sender<bool>,
     /// The sequence number of the last revocation taken from the store's feed: where a
-    /// replica catches up from after a lost connection (see [`App::follow_revocations`]).
+    /// replica catches up from after a lost connection (see `follow_revocations`).
     feed_cursor: AtomicU64,
+    /// The longest `tokens.access_ttl` + `tokens.leeway` (seconds) of any config this
+    /// process has run with. Revocations and purging must cover the tokens minted under the
+    /// longest lifetime still possibly alive, not the current one: after a reload shortens
+    /// the lifetime, tokens minted before it still run to their old expiry.
+    access_window: AtomicU64,
 }
 
 impl App {
@@ -266,22 +430,16 @@ impl App {
         store: Arc<dyn Store>,
         clock: Clock,
     ) -> Result<App, StartError> {
-        // The policy gives every rule a unique label (its name, or its pattern made unique).
-        let rule_labels: Vec<String> = (0..config.policy.len())
-            .map(|i| config.policy.rule_label(Some(i)).to_string())
-            .collect();
-        let metrics = Metrics::new(&rule_labels).map_err(StartError::Metrics)?;
-        let shared_limits =
-            SharedLimits::new(&config.rate_limits, &metrics).map_err(StartError::RateLimits)?;
-        let cooldowns = shared_limits.cooldowns(config.auth.forgot_cooldown);
-        let tokens = Tokens::new(TokenSettings {
-            secret: config.tokens.secret.expose().as_bytes().to_vec(),
-            issuer: config.tokens.issuer.clone(),
-            audience: config.tokens.audience.clone(),
-            access_ttl_secs: config.tokens.access_ttl.as_secs(),
-            leeway_secs: config.tokens.leeway.as_secs(),
-        })
-        .with_cache(config.tokens.verify_cache);
+        App::build(config, store, clock, None).await
+    }
+
+    async fn build(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        tls: Option<ServerTls>,
+    ) -> Result<App, StartError> {
+        let metrics = Metrics::new().map_err(StartError::Metrics)?;
         let hasher = Hasher::new(&config.auth.password).map_err(StartError::Password)?;
 
         let revocations = Revocations::new();
@@ -309,28 +467,42 @@ impl App {
         )
         .map_err(StartError::Mail)?;
 
-        Ok(App {
+        let core = Core {
             store,
             hasher,
-            tokens,
             revocations,
-            metrics,
             upstream: Upstream::new(&config).map_err(StartError::Upstream)?,
-            limits: Limits::new(&config.rate_limits),
+            metrics,
             clock,
             request_ids: RequestIds::new(),
             mailer,
-            shared_limits,
-            cooldowns,
             background_jobs: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_JOBS)),
-            tls: None,
+            tls,
             shutting_down: AtomicBool::new(false),
             revocation_epoch: AtomicU64::new(0),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             draining: tokio::sync::watch::Sender::new(false),
             feed_cursor: AtomicU64::new(cursor),
-            config,
+            access_window: AtomicU64::new(0),
+        };
+        let live = Live::build(config, &core, None)?;
+        Ok(App {
+            live,
+            core: Arc::new(core),
         })
+    }
+
+    /// The next generation: `config` compiled beside this one, sharing its [`Core`].
+    pub fn reconfigure(&self, config: Config) -> Result<App, StartError> {
+        Ok(App {
+            live: Live::build(config, &self.core, Some(&self.live))?,
+            core: self.core.clone(),
+        })
+    }
+
+    /// The process-long half, for tasks that outlive any one generation.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Builds the app for serving: loads the TLS certificate, opens the configured store
@@ -348,16 +520,15 @@ impl App {
         let store = crate::store::open(&config)
             .await
             .map_err(StartError::Store)?;
-        let mut app = App::new(config, store, clock).await?;
-        if let Some(tls) = &tls {
+        let app = App::build(config, store, clock, tls).await?;
+        if let Some(tls) = &app.tls {
             tls.export_expiry(app.metrics.tls_certificate_expiry_gauge());
             tls.spawn_reloader();
         }
-        app.tls = tls;
         let app = Arc::new(app);
         app.mailer.start();
         // Logs whether Redis answers; never fails the start (limits fall back to local).
-        app.shared_limits.connect().await;
+        app.live.shared_limits.connect().await;
         // Risky settings (debug tokens among them) are logged by the CLI from the config's
         // warnings, the same list `check-config` prints.
         if app.mailer.mode() == "log" {
@@ -366,25 +537,27 @@ impl App {
             );
         }
         if let Some(signal) = app.store.revocation_signal() {
-            tokio::spawn(follow_revocations(Arc::downgrade(&app), signal));
+            tokio::spawn(follow_revocations(Arc::downgrade(app.core()), signal));
         }
         // The first purge waits one interval: start-up (and `/readyz`) never waits for a scan
         // of dead data, and a crash loop does not purge on every start.
-        let weak = Arc::downgrade(&app);
-        let every = app.config.store.purge_interval;
+        let weak = Arc::downgrade(app.core());
+        let every = app.live.config.store.purge_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(app) = weak.upgrade() else { return };
-                app.purge().await;
+                let Some(core) = weak.upgrade() else { return };
+                core.purge().await;
             }
         });
         Ok(app)
     }
+}
 
+impl Core {
     /// Removes dead records from the store (`Store::purge_expired`) and counts them. A
     /// revoked session goes once every access token it can have minted has expired: its last
     /// use plus the access-token lifetime, the leeway and a margin (the argument is in the
@@ -466,8 +639,16 @@ impl App {
     }
 
     /// When an access token issued now stops verifying: revocations must outlive it.
+    /// The lifetime is the longest any config of this process has had (see
+    /// `access_window`), so a reload that shortens it cannot end a revocation early.
     pub fn revocation_until(&self, now: u64) -> u64 {
-        now + self.config.tokens.access_ttl.as_secs() + self.config.tokens.leeway.as_secs() + 1
+        now + self.access_window.load(Ordering::Relaxed) + 1
+    }
+
+    /// Raises `access_window` to `config`'s access-token lifetime and leeway, if longer.
+    fn widen_access_window(&self, config: &Config) {
+        let window = config.tokens.access_ttl.as_secs() + config.tokens.leeway.as_secs();
+        self.access_window.fetch_max(window, Ordering::Relaxed);
     }
 
     /// For `/readyz`: is the store usable?
@@ -504,7 +685,7 @@ const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// the last one applied are read and applied to the cache. A failed read (the database is
 /// away) is retried on the next round from the same cursor, so a replica that lost its
 /// connection catches up when it returns and never skips one.
-async fn follow_revocations(app: std::sync::Weak<App>, signal: Arc<tokio::sync::Notify>) {
+async fn follow_revocations(app: std::sync::Weak<Core>, signal: Arc<tokio::sync::Notify>) {
     loop {
         // A notification or the poll, whichever comes first.
         let _ = tokio::time::timeout(FEED_POLL, signal.notified()).await;
@@ -516,7 +697,7 @@ async fn follow_revocations(app: std::sync::Weak<App>, signal: Arc<tokio::sync::
     }
 }
 
-impl App {
+impl Core {
     /// Applies the revocations recorded in the store since the last one this replica
     /// applied. Returns how many it applied; errors are counted and logged, and the next
     /// round starts from the same place.

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{App, Clock, StartError};
 use crate::config::{Config, ConfigError, Loaded, Purpose};
 use crate::explain::Identity;
+use crate::reload::{Current, Hangups};
 use crate::server::{self, Listeners};
 
 #[derive(Parser, Debug)]
@@ -34,7 +35,8 @@ const CONFIG_ENV: &str = "GATEHOUSE_CONFIG";
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the sidecar (the default command) until SIGTERM or SIGINT, then drain.
+    /// Run the sidecar (the default command) until SIGTERM or SIGINT, then drain; SIGHUP
+    /// reloads the config file.
     Serve(ServeArgs),
     /// Validate a config file with this environment's GATEHOUSE_* variables applied: print
     /// every error and warning with its key; exit 1 on any error (and on any warning
@@ -541,7 +543,7 @@ fn serve(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     crate::logging::init(&config.log);
-    log_warnings(&warnings);
+    crate::logging::config_warnings(&warnings);
     let rt = match runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -549,8 +551,9 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let source = path.to_path_buf();
     rt.block_on(async move {
-        match start(config, |_| {}).await {
+        match start(config, Some(source), |_| {}).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -561,40 +564,38 @@ fn serve(path: &Path) -> ExitCode {
     })
 }
 
-/// Logs what `check-config` warns about, once at start, where operators watch.
-fn log_warnings(warnings: &[ConfigError]) {
-    for w in warnings {
-        tracing::warn!(
-            key = %w.key,
-            env = w.env.as_deref().unwrap_or_default(),
-            "risky setting: {}",
-            w.message
-        );
-    }
-}
-
-/// Builds the app, binds and serves until SIGTERM or SIGINT.
+/// Builds the app, binds and serves until SIGTERM or SIGINT, reloading `source` (the
+/// config file, if any) on SIGHUP and, with `server.watch_config`, when it changes.
 /// `on_ready` is told the bound address before serving starts.
-async fn start(config: Config, on_ready: impl FnOnce(&str)) -> Result<(), StartError> {
+async fn start(
+    config: Config,
+    source: Option<PathBuf>,
+    on_ready: impl FnOnce(&str),
+) -> Result<(), StartError> {
+    // Signals first: from here on SIGTERM drains and SIGHUP reloads, never kills, even
+    // while the store is still opening.
     let shutdown = shutdown_signal();
+    let hangups = Hangups::install();
     let app = App::start(config, Clock::System).await?;
     let listeners = Listeners::bind(&app)
         .await
         .map_err(|(addr, error)| StartError::Listen { addr, error })?;
     // The bound address, not the configured one: with port 0 this is how scripts and tests
     // learn where gatehouse listens.
-    let bound = listeners
-        .main
-        .local_addr()
-        .map_or_else(|_| app.config.server.listen.to_string(), |a| a.to_string());
+    let bound = listeners.main.local_addr().map_or_else(
+        |_| app.live.config.server.listen.to_string(),
+        |a| a.to_string(),
+    );
+    let current = Current::new(app.clone(), source);
+    current.spawn_triggers(hangups);
     tracing::info!(
         listen = %bound,
-        upstream = %app.config.upstream.url.authority,
-        tls = app.config.server.tls.is_some(),
+        upstream = %app.live.config.upstream.url.authority,
+        tls = app.live.config.server.tls.is_some(),
         "gatehouse ready"
     );
     on_ready(&bound);
-    server::run(app, listeners, shutdown).await;
+    server::run(current, listeners, shutdown).await;
     Ok(())
 }
 
@@ -653,10 +654,10 @@ fn demo(args: &DemoArgs) -> ExitCode {
             }
         };
         crate::logging::init(&config.log);
-        log_warnings(&loaded.warnings);
+        crate::logging::config_warnings(&loaded.warnings);
         let prefix = config.auth.prefix.clone();
         let banner = move |bound: &str| print_demo_banner(bound, upstream, &prefix);
-        match start(config, banner).await {
+        match start(config, None, banner).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

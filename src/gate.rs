@@ -57,18 +57,20 @@ pub struct ConnInfo {
 }
 
 /// Serves one request on the main listener. Never fails: every error becomes its response.
+/// `app` is the config generation the request began on (`reload::Current::load`); every
+/// step reads that one, whatever a reload swaps in meanwhile.
 pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
 
     // 2. Request id: the client's when it is short and plain, otherwise a fresh one.
-    let request_id = match request.headers().get(&app.config.headers.request_id) {
+    let request_id = match request.headers().get(&app.live.config.headers.request_id) {
         Some(v) if RequestIds::accept(v) => v.clone(),
         _ => app.request_ids.next(),
     };
 
     // 3. Ops endpoints. Not counted or access-logged: probes and scrapes arrive at a fixed
     //    rate whatever the clients do, and on an admin listener they never come here at all.
-    if app.config.server.admin_listen.is_none()
+    if app.live.config.server.admin_listen.is_none()
         && let Some(response) = crate::ops::handle(&app, &request).await
     {
         return with_request_id(&app, local(response), request_id);
@@ -99,14 +101,16 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         }
     };
     let elapsed = start.elapsed();
+    let seconds = elapsed.as_secs_f64();
+    let routes = &app.live.routes;
     if forward.is_some() {
         app.metrics
-            .record_forward(route, class, outcome, elapsed.as_secs_f64());
+            .record_forward(routes, route, class, outcome, seconds);
     } else {
         app.metrics
-            .record_request(route, class, outcome, elapsed.as_secs_f64());
+            .record_request(routes, route, class, outcome, seconds);
     }
-    if app.config.log.access {
+    if app.live.config.log.access {
         let line = AccessLine {
             request_id: &request_id,
             method: &method,
@@ -153,7 +157,7 @@ fn without_body(response: Response<Body>) -> Response<Body> {
 fn with_request_id(app: &App, mut response: Response<Body>, id: HeaderValue) -> Response<Body> {
     response
         .headers_mut()
-        .insert(app.config.headers.request_id.clone(), id);
+        .insert(app.live.config.headers.request_id.clone(), id);
     response
 }
 
@@ -208,7 +212,7 @@ async fn gate(
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Exchange {
-    let config = &app.config;
+    let config = &app.live.config;
 
     // 4, 5, 7, 8 (`decide.rs`, shared with `policy explain`): refusals, the normalised path
     // (decided on and forwarded), auth endpoints, the rule of the exact and case-folded
@@ -307,7 +311,7 @@ fn admit(
     headers: &http::HeaderMap,
     client: impl FnOnce() -> std::net::IpAddr,
 ) -> Admitted {
-    let authorised = decide::authorise(&app.config, decision, || authenticate(app, headers));
+    let authorised = decide::authorise(&app.live.config, decision, || authenticate(app, headers));
     let route = Route::rule(authorised.rule);
     let claims = authorised.claims;
     if let Err(error) = authorised.result {
@@ -339,7 +343,7 @@ async fn forward(
     own_target: Uri,
     original: Result<Original, Error>,
 ) -> Exchange {
-    let config = &app.config;
+    let config = &app.live.config;
     let original = match original {
         Ok(original) => original,
         Err(error) => {
@@ -388,7 +392,7 @@ async fn forward(
 fn relay(app: &App) -> Relay<'_> {
     Relay {
         upstream: &app.upstream,
-        config: &app.config,
+        config: &app.live.config,
         metrics: &app.metrics,
         host: app,
     }
@@ -405,24 +409,24 @@ impl crate::websocket::Host for App {
     }
 
     fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
-        App::draining(self)
+        crate::app::Core::draining(self)
     }
 }
 
 /// Step 6: the client address, as the trusted proxies report it.
 fn client_ip<B>(app: &App, conn: ConnInfo, request: &Request<B>) -> std::net::IpAddr {
-    let trusted = &app.config.server.trusted_proxies;
+    let trusted = &app.live.config.server.trusted_proxies;
     client_ip::client_ip(conn.peer.ip(), request.headers(), trusted)
 }
 
 /// Step 11: the `proxy` class, then the limits of both spellings' rules, so a case variant
 /// cannot dodge a route's limit.
 fn rate_limit(app: &App, decision: &Decision, client: std::net::IpAddr) -> Result<(), Error> {
-    if let Some(limiter) = &app.limits.proxy {
+    if let Some(limiter) = &app.live.limits.proxy {
         check_rate(app, limiter, client, "proxy")?;
     }
     for i in decision.rules() {
-        if let Some(limiter) = app.limits.routes.get(i).and_then(Option::as_ref) {
+        if let Some(limiter) = app.live.limits.routes.get(i).and_then(Option::as_ref) {
             check_rate(app, limiter, client, "route")?;
         }
     }
@@ -459,7 +463,7 @@ impl AccessLine<'_> {
             method = %self.method,
             path = &*path,
             status = response.status().as_u16(),
-            route = app.metrics.route_label(self.route),
+            route = app.live.routes.label(self.route),
             user = self.user.unwrap_or_default(),
             micros = u64::try_from(self.elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes,

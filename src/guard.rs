@@ -33,6 +33,7 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Claims>
     let token = bearer(value).map_err(|e| refuse(token_refusal(e)))?;
     let now = app.clock.now();
     let claims = app
+        .live
         .tokens
         .verify_shared(token, now)
         .map_err(|e| refuse(token_refusal(e)))?;
@@ -78,6 +79,7 @@ pub fn check_rate(
 /// local otherwise. A class that is off allows everything.
 pub async fn limit_auth(app: &App, class: AuthClass, client: IpAddr) -> Result<(), Error> {
     match app
+        .live
         .shared_limits
         .check(class, client_ip::rate_key(client))
         .await

@@ -8,6 +8,7 @@
 //! # Layout, in reading order
 //!
 //! - [`server`]: listeners, connections, graceful shutdown; [`tls`]: certificates, reload.
+//! - [`reload`]: the config generation in force, swapped whole on SIGHUP or a file change.
 //! - [`gate`]: the request pipeline, one async function from request to response.
 //! - [`decide`]: the gate's pure half (refusals, path, auth prefix, rule, verdict), which
 //!   [`explain`] (`policy explain`, `policy test`) calls too.
@@ -33,7 +34,7 @@
 //! - [`email`]: reset and verification mails, delivered from a queue over SMTP.
 //! - [`ops`], [`metrics`], [`logging`]: health, readiness, Prometheus, tracing.
 //! - [`config`]: TOML + env, validated once; [`error`]: the one error type.
-//! - [`app`]: the shared state; [`cli`], [`usercli`], [`demo`]: the command line.
+//! - [`app`]: the shared state (the process-long core and the compiled config); [`cli`], [`usercli`], [`demo`]: the command line.
 //!
 //! ARCHITECTURE.md tells the life of a request step by step.
 
@@ -61,6 +62,7 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod response;
 pub mod revocation;
 pub mod server;

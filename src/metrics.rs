@@ -183,13 +183,35 @@ impl Route {
     }
 }
 
+/// The request counters of one route table, resolved from the labels of one policy
+/// ([`Metrics::route_counters`]). Each config generation has its own: a request is counted
+/// through the table of the generation that decided it, so a reload that adds, removes or
+/// reorders rules can never count a request under another rule's label, and slots past
+/// the end of a table count nothing rather than panic.
+pub struct RouteCounters {
+    /// The `route` label of each [`Route`] slot, for the access log.
+    labels: Box<[String]>,
+    /// Indexed by `(route slot * 3 + class) * 8 + outcome`.
+    requests: Vec<IntCounter>,
+}
+
+impl RouteCounters {
+    /// The `route` label a request is counted under, for its access-log line.
+    pub fn label(&self, route: Route) -> &str {
+        self.labels.get(route.0).map_or("default", String::as_str)
+    }
+
+    /// How many route rules the table has labels for.
+    pub fn rules(&self) -> usize {
+        self.labels.len() - Route::AUTH_SLOTS - 1
+    }
+}
+
 /// Every metric gatehouse exports.
 pub struct Metrics {
     registry: Registry,
-    /// The `route` label of each [`Route`] slot, for the access log.
-    route_labels: Box<[String]>,
-    /// Indexed by `(route slot * 3 + class) * 8 + outcome`.
-    requests: Vec<IntCounter>,
+    /// `gatehouse_requests_total`, whose children [`RouteCounters`] resolve.
+    requests_vec: IntCounterVec,
     request_duration: Histogram,
     auth_duration: Histogram,
     upstream_duration: Histogram,
@@ -233,7 +255,7 @@ pub struct Metrics {
     /// `certificate="listener"`; no series at all without `server.tls`, so an expiry alert
     /// never fires on a plain-HTTP sidecar. Set at load and on every hot reload.
     tls_certificate_expiry: IntGaugeVec,
-    /// Config reloads by result (`ok`, `failed`). Registered, and both series exported at 0,
+    /// Config reloads by result (`ok`, `error`). Registered, and both series exported at 0,
     /// so dashboards and alerts have them before the first reload.
     pub config_reloads: IntCounterVec,
     /// When the config last loaded successfully (Unix seconds): the start, then each
@@ -242,9 +264,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Builds the registry. `rule_labels` names the route rules in order (their globs), so
-    /// the per-request counters can be resolved now rather than per request.
-    pub fn new(rule_labels: &[String]) -> Result<Metrics, prometheus::Error> {
+    /// Builds the registry. The per-route request counters come from
+    /// [`Metrics::route_counters`], once per config.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("gatehouse".into()), None)?;
 
         let requests_vec = IntCounterVec::new(
@@ -255,26 +277,6 @@ impl Metrics {
             &["route", "method_class", "outcome"],
         )?;
         registry.register(Box::new(requests_vec.clone()))?;
-        // In slot order; see `Route`.
-        let route_labels: Box<[String]> = AUTH_ENDPOINTS
-            .iter()
-            .map(|e| format!("auth:{e}"))
-            .chain([AUTH_OTHER_LABEL.to_string(), "default".to_string()])
-            .chain(rule_labels.iter().cloned())
-            .collect();
-        let mut requests = Vec::with_capacity(route_labels.len() * 3 * Outcome::ALL.len());
-        for rule in &route_labels {
-            for class in MethodClass::ALL {
-                for outcome in Outcome::ALL {
-                    requests.push(requests_vec.with_label_values(&[
-                        rule.as_str(),
-                        class.label(),
-                        outcome.label(),
-                    ]));
-                }
-            }
-        }
-
         let request_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "request_duration_seconds",
@@ -429,12 +431,12 @@ impl Metrics {
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "config_reloads_total",
-                "Config reloads by result (ok, failed); a failed one keeps the running config.",
+                "Config reloads by result (ok, error); a refused one keeps the running config.",
             ),
             &["result"],
         )?;
         registry.register(Box::new(config_reloads.clone()))?;
-        for result in ["ok", "failed"] {
+        for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
         let config_last_reload_success = IntGauge::new(
@@ -459,8 +461,7 @@ impl Metrics {
 
         Ok(Metrics {
             registry,
-            route_labels,
-            requests,
+            requests_vec,
             request_duration,
             auth_duration,
             upstream_duration,
@@ -494,10 +495,71 @@ impl Metrics {
         self.tls_certificate_expiry.with_label_values(&["listener"])
     }
 
-    /// Records one request the gate answered: an atomic add and a histogram observation.
-    pub fn record_request(&self, route: Route, class: MethodClass, outcome: Outcome, seconds: f64) {
+    /// The request counters of a policy whose rules are labelled `rule_labels`, in order,
+    /// resolved now so that counting a request is an index and an atomic add. A label the
+    /// previous table had too resolves to the same series, which keeps counting.
+    pub fn route_counters(&self, rule_labels: &[&str]) -> RouteCounters {
+        // In slot order; see `Route`.
+        let labels: Box<[String]> = AUTH_ENDPOINTS
+            .iter()
+            .map(|e| format!("auth:{e}"))
+            .chain([AUTH_OTHER_LABEL.to_string(), "default".to_string()])
+            .chain(rule_labels.iter().map(|l| l.to_string()))
+            .collect();
+        let mut requests = Vec::with_capacity(labels.len() * 3 * Outcome::ALL.len());
+        for label in &labels {
+            for class in MethodClass::ALL {
+                for outcome in Outcome::ALL {
+                    requests.push(self.requests_vec.with_label_values(&[
+                        label.as_str(),
+                        class.label(),
+                        outcome.label(),
+                    ]));
+                }
+            }
+        }
+        RouteCounters { labels, requests }
+    }
+
+    /// Drops the series of rule labels that `old` had and `new` has not, once `new` is in
+    /// force: a removed or renamed rule stops being exported instead of lingering at its
+    /// last value for the life of the process. (A request still finishing on the old
+    /// config counts into a dropped series, which is not exported again.)
+    pub fn retire_routes(&self, old: &RouteCounters, new: &RouteCounters) {
+        for label in old.labels.iter().filter(|l| !new.labels.contains(l)) {
+            for class in MethodClass::ALL {
+                for outcome in Outcome::ALL {
+                    let _ = self.requests_vec.remove_label_values(&[
+                        label.as_str(),
+                        class.label(),
+                        outcome.label(),
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Counts one config reload: `ok` (and the time of it) or `error`.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        if ok {
+            self.config_last_reload_success.set(unix_now());
+        }
+    }
+
+    /// Records one request the gate answered, in the route table of the config that
+    /// decided it: an atomic add and a histogram observation.
+    pub fn record_request(
+        &self,
+        routes: &RouteCounters,
+        route: Route,
+        class: MethodClass,
+        outcome: Outcome,
+        seconds: f64,
+    ) {
         let index = (route.0 * 3 + class as usize) * Outcome::ALL.len() + outcome as usize;
-        if let Some(counter) = self.requests.get(index) {
+        if let Some(counter) = routes.requests.get(index) {
             counter.inc();
         }
         if route.is_auth() {
@@ -507,24 +569,25 @@ impl Metrics {
         }
     }
 
-    /// Records one forward-auth decision; `Outcome::Forwarded` stands for the 200, counted
-    /// as `allowed` (the ingress forwards, not gatehouse).
-    pub fn record_forward(&self, route: Route, class: MethodClass, outcome: Outcome, seconds: f64) {
+    /// Records one forward-auth decision, labelled from the route table of the config that
+    /// decided it; `Outcome::Forwarded` stands for the 200, counted as `allowed` (the
+    /// ingress forwards, not gatehouse).
+    pub fn record_forward(
+        &self,
+        routes: &RouteCounters,
+        route: Route,
+        class: MethodClass,
+        outcome: Outcome,
+        seconds: f64,
+    ) {
         let outcome = match outcome {
             Outcome::Forwarded => "allowed",
             other => other.label(),
         };
         self.forward_decisions
-            .with_label_values(&[self.route_label(route), class.label(), outcome])
+            .with_label_values(&[routes.label(route), class.label(), outcome])
             .inc();
         self.forward_duration.observe(seconds);
-    }
-
-    /// The `route` label a request is counted under, for its access-log line.
-    pub fn route_label(&self, route: Route) -> &str {
-        self.route_labels
-            .get(route.0)
-            .map_or("default", String::as_str)
     }
 
     pub fn record_upstream(&self, seconds: f64) {
@@ -604,16 +667,25 @@ mod tests {
 
     #[test]
     fn requests_are_counted_under_their_labels() {
-        let metrics = Metrics::new(&["/api/**".into()]).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let routes = metrics.route_counters(&["/api/**"]);
         let api = Route::rule(Some(0));
-        metrics.record_request(api, MethodClass::Write, Outcome::Forbidden, 0.001);
-        metrics.record_request(Route::DEFAULT, MethodClass::Read, Outcome::Forwarded, 0.001);
+        metrics.record_request(&routes, api, MethodClass::Write, Outcome::Forbidden, 0.001);
+        let default = Route::DEFAULT;
+        metrics.record_request(
+            &routes,
+            default,
+            MethodClass::Read,
+            Outcome::Forwarded,
+            0.001,
+        );
         let login = Route::auth("/login");
-        metrics.record_request(login, MethodClass::Write, Outcome::Served, 0.05);
-        metrics.record_request(login, MethodClass::Write, Outcome::Unauthenticated, 0.05);
-        assert_eq!(metrics.route_label(api), "/api/**");
-        assert_eq!(metrics.route_label(Route::DEFAULT), "default");
-        assert_eq!(metrics.route_label(login), "auth:/login");
+        metrics.record_request(&routes, login, MethodClass::Write, Outcome::Served, 0.05);
+        let refused = Outcome::Unauthenticated;
+        metrics.record_request(&routes, login, MethodClass::Write, refused, 0.05);
+        assert_eq!(routes.label(api), "/api/**");
+        assert_eq!(routes.label(Route::DEFAULT), "default");
+        assert_eq!(routes.label(login), "auth:/login");
         let text = String::from_utf8(metrics.render()).unwrap();
         for (route, outcome) in [
             ("auth:/login", "served"),
@@ -642,11 +714,12 @@ mod tests {
 
     #[test]
     fn every_auth_endpoint_has_its_own_route() {
-        let metrics = Metrics::new(&["/x".into()]).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let routes = metrics.route_counters(&["/x"]);
         for endpoint in AUTH_ENDPOINTS {
             let route = Route::auth(endpoint);
             assert!(route.is_auth());
-            assert_eq!(metrics.route_label(route), format!("auth:{endpoint}"));
+            assert_eq!(routes.label(route), format!("auth:{endpoint}"));
         }
         for (path, label) in [
             ("/admin/users/u1/roles", "auth:/admin"),
@@ -654,11 +727,40 @@ mod tests {
             ("/nope", "auth:other"),
             ("", "auth:other"),
         ] {
-            assert_eq!(metrics.route_label(Route::auth(path)), label, "{path}");
+            assert_eq!(routes.label(Route::auth(path)), label, "{path}");
         }
         assert_eq!(Route::auth("/nope"), Route::AUTH_OTHER);
         assert!(!Route::DEFAULT.is_auth() && !Route::rule(Some(0)).is_auth());
-        assert_eq!(metrics.route_label(Route::rule(Some(0))), "/x");
+        assert_eq!(routes.label(Route::rule(Some(0))), "/x");
+    }
+
+    /// A reload's table: a kept label keeps its series and its count, a removed one is no
+    /// longer exported, a new one is exported at 0, and a slot past the end of a table
+    /// counts nothing instead of panicking or landing on another label.
+    #[test]
+    fn route_tables_of_two_configs() {
+        let metrics = Metrics::new().unwrap();
+        let old = metrics.route_counters(&["/a/**", "/b/**"]);
+        let (read, forwarded) = (MethodClass::Read, Outcome::Forwarded);
+        metrics.record_request(&old, Route::rule(Some(0)), read, forwarded, 0.001);
+        metrics.record_request(&old, Route::rule(Some(1)), read, forwarded, 0.001);
+        // Reordered, one removed, one added.
+        let new = metrics.route_counters(&["/c/**", "/a/**"]);
+        metrics.retire_routes(&old, &new);
+        assert_eq!(new.rules(), 2);
+        metrics.record_request(&new, Route::rule(Some(1)), read, forwarded, 0.001);
+        metrics.record_request(&new, Route::rule(Some(7)), read, forwarded, 0.001);
+        assert_eq!(new.label(Route::rule(Some(7))), "default");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        let series = |route: &str| {
+            format!(
+                r#"gatehouse_requests_total{{method_class="read",outcome="forwarded",route="{route}"}}"#
+            )
+        };
+        assert!(text.contains(&format!("{} 2", series("/a/**"))), "{text}");
+        assert!(text.contains(&format!("{} 0", series("/c/**"))), "{text}");
+        assert!(!text.contains(&series("/b/**")), "{text}");
+        assert!(text.contains(&format!("{} 0", series("default"))), "{text}");
     }
 
     #[test]
@@ -670,13 +772,13 @@ mod tests {
 
     #[test]
     fn reload_and_certificate_series() {
-        let metrics = Metrics::new(&[]).unwrap();
+        let metrics = Metrics::new().unwrap();
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
             text.contains("gatehouse_config_reloads_total{result=\"ok\"} 0"),
             "{text}"
         );
-        assert!(text.contains("gatehouse_config_reloads_total{result=\"failed\"} 0"));
+        assert!(text.contains("gatehouse_config_reloads_total{result=\"error\"} 0"));
         let loaded = text
             .lines()
             .find_map(|l| l.strip_prefix("gatehouse_config_last_reload_success_timestamp_seconds "))

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::app::App;
 use crate::gate::{self, ConnInfo};
+use crate::reload::Current;
 
 /// Pause after a failed accept (out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
@@ -49,9 +50,9 @@ impl Listeners {
     /// Binds the main listener and the admin one, if configured; an error names the
     /// address that would not bind.
     pub async fn bind(app: &App) -> Result<Listeners, (SocketAddr, std::io::Error)> {
-        let listen = app.config.server.listen;
+        let listen = app.live.config.server.listen;
         let main = TcpListener::bind(listen).await.map_err(|e| (listen, e))?;
-        let admin = match app.config.server.admin_listen {
+        let admin = match app.live.config.server.admin_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| (addr, e))?),
             None => None,
         };
@@ -60,7 +61,7 @@ impl Listeners {
 }
 
 fn builder(app: &App) -> auto::Builder<TokioExecutor> {
-    let s = &app.config.server;
+    let s = &app.live.config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -81,16 +82,21 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
 
 /// Serves until `shutdown` completes, then drains. Returns when every connection has closed
 /// or the drain deadline passed.
-pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+///
+/// Every request runs on the config generation in force when it arrives (`current`): one
+/// `ArcSwap` load per request, no lock. The connection settings (timeouts, header and
+/// stream limits) of the generation in force when a connection is accepted stay with that
+/// connection; a reload changes them for connections accepted after it.
+pub async fn run(current: Arc<Current>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let builder = builder(&app);
+    let mut app = current.load();
+    let mut builder = builder(&app);
     let slots = app.connection_slots.clone();
     // Every connection's task, so that the drain deadline can close the ones still open by
     // aborting them: nothing per request or per wake-up watches for it.
     let mut connections = JoinSet::new();
     let Listeners { main, admin } = listeners;
     let tls = app.tls.as_ref().map(|tls| tls.acceptor().clone());
-    let handshake_timeout = app.config.server.header_read_timeout;
     tokio::pin!(shutdown);
 
     loop {
@@ -116,11 +122,19 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                // A reload since the last accept: this connection gets the new settings.
+                let now = current.load();
+                if !Arc::ptr_eq(&now, &app) {
+                    app = now;
+                    builder = self::builder(&app);
+                }
+                let handshake_timeout = app.live.config.server.header_read_timeout;
                 let open = Open::new(&app, slot);
-                let app = app.clone();
                 let conn = ConnInfo { peer, tls: tls.is_some() };
+                let requests = current.clone();
                 let service = service_fn(move |request| {
-                    let app = app.clone();
+                    // The generation this request runs on, start to finish.
+                    let app = requests.load();
                     async move { Ok::<_, Infallible>(gate::handle(app, conn, request).await) }
                 });
                 // The watcher is taken now so a drain also waits for connections still in
@@ -157,7 +171,7 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
             }
             accepted = accept_admin(admin.as_ref()) => {
                 if let Ok((stream, _)) = accepted {
-                    serve_admin(&app, &builder, &graceful, &mut connections, stream);
+                    serve_admin(&current, &builder, &graceful, &mut connections, stream);
                 }
             }
         }
@@ -165,9 +179,12 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
 
     drop(main);
     drop(admin);
+    // The drain follows the config in force when it starts.
+    let app = current.load();
     app.begin_shutdown();
     tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(app.config.server.shutdown_timeout, graceful.shutdown()).await {
+    let deadline = app.live.config.server.shutdown_timeout;
+    match tokio::time::timeout(deadline, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
@@ -252,15 +269,15 @@ async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(TcpStream
 }
 
 fn serve_admin(
-    app: &Arc<App>,
+    current: &Arc<Current>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     connections: &mut JoinSet<()>,
     stream: TcpStream,
 ) {
-    let app = app.clone();
+    let current = current.clone();
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        let app = app.clone();
+        let app = current.load();
         async move {
             let response = match crate::ops::handle(&app, &request).await {
                 Some(response) => response,

@@ -32,6 +32,10 @@
 //! certificate and the key in two steps may be seen half-way, log one error, and be picked up
 //! complete on the next tick. [`ServerTls::reload_stats`] counts both outcomes for metrics.
 //!
+//! A config reload (SIGHUP, `server.watch_config`) checks the files at once through
+//! [`ServerTls::reconfigure`], which may also name new paths and a new `reload_interval`:
+//! usable files become the watched ones, unusable ones refuse the reload and change nothing.
+//!
 //! The leaf's `notAfter` is read from its DER at load and on every reload (a few lines of
 //! DER walking, no X.509 library) and exported as
 //! `gatehouse_tls_certificate_expiry_timestamp_seconds` once [`ServerTls::export_expiry`]
@@ -63,7 +67,6 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -122,7 +125,6 @@ pub struct ReloadStats {
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     certs: Arc<ReloadingCert>,
-    reload_interval: Duration,
 }
 
 impl ServerTls {
@@ -139,11 +141,22 @@ impl ServerTls {
             .with_no_client_auth()
             .with_cert_resolver(certs.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        certs.set_interval(config.reload_interval);
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             certs,
-            reload_interval: config.reload_interval,
         })
+    }
+
+    /// Applies a reloaded config's `server.tls`: the files are read and checked now, and
+    /// only if they are usable do they become the watched files and the served certificate
+    /// (connections already open keep theirs). On an error nothing changes: the previous
+    /// files stay watched and their certificate served. The new `reload_interval` applies
+    /// from the next check. Blocking: reads the files.
+    pub fn reconfigure(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        self.certs.switch(&config.cert, &config.key)?;
+        self.certs.set_interval(config.reload_interval);
+        Ok(())
     }
 
     /// The acceptor for incoming connections; cheap to clone.
@@ -155,15 +168,15 @@ impl ServerTls {
     /// ends when the last config using these certificates is gone.
     pub fn spawn_reloader(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.certs);
-        let period = self.reload_interval;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            // A check that overran (a slow volume) is not followed by a burst of catch-ups.
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            // The first tick completes at once; the files were read a moment ago.
-            tick.tick().await;
             loop {
-                tick.tick().await;
+                // The interval is read each round, so a reload that changes it applies from
+                // the next check. Sleeping after each check (rather than on a fixed grid)
+                // means a check that overran (a slow volume) is not followed by a burst.
+                let Some(period) = weak.upgrade().map(|certs| certs.interval()) else {
+                    return;
+                };
+                tokio::time::sleep(period).await;
                 let Some(certs) = weak.upgrade() else { return };
                 if let Err(e) = tokio::task::spawn_blocking(move || certs.check()).await {
                     tracing::error!(error = %e, "TLS certificate check failed to run");
@@ -213,15 +226,22 @@ enum Outcome {
     Rejected,
 }
 
+/// The files the reload task watches, and what it saw in them last.
+struct Watched {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    seen: Seen,
+}
+
 /// The certificate resolver: the current certificate in a swappable slot, and the files it
 /// came from.
 struct ReloadingCert {
-    cert_path: PathBuf,
-    key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    /// Only the reload task takes this lock.
-    seen: Mutex<Seen>,
+    /// Only the reload task and a config reload take this lock.
+    watched: Mutex<Watched>,
+    /// `server.tls.reload_interval` in milliseconds.
+    interval_ms: AtomicU64,
     reloads: AtomicU64,
     failures: AtomicU64,
     /// The current leaf's `notAfter`, or [`NO_EXPIRY`] when its DER could not be read.
@@ -235,9 +255,10 @@ const NO_EXPIRY: i64 = i64::MIN;
 
 impl fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("ReloadingCert")
-            .field("cert", &self.cert_path)
-            .field("key", &self.key_path)
+            .field("cert", &watched.cert_path)
+            .field("key", &watched.key_path)
             .finish_non_exhaustive()
     }
 }
@@ -267,58 +288,101 @@ impl ReloadingCert {
         Ok(ReloadingCert {
             not_after: AtomicI64::new(not_after),
             expiry_gauge: OnceLock::new(),
-            seen: Mutex::new(Seen::Files(digest(&cert, &key))),
+            watched: Mutex::new(Watched {
+                seen: Seen::Files(digest(&cert, &key)),
+                cert_path,
+                key_path,
+            }),
+            interval_ms: AtomicU64::new(0),
             current: RwLock::new(Arc::new(certified)),
-            cert_path,
-            key_path,
             provider,
             reloads: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         })
     }
 
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    fn set_interval(&self, interval: Duration) {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.interval_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Reads the files and swaps in a new certificate when their contents changed and are
     /// good. Blocking: runs on the blocking pool.
     fn check(&self) -> Outcome {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let (cert, key) = match read_pair(&self.cert_path, &self.key_path) {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let (cert, key) = match read_pair(&watched.cert_path, &watched.key_path) {
             Ok(pair) => pair,
             Err(e) => {
                 let now = Seen::Unreadable(e.to_string());
-                if *seen == now {
+                if watched.seen == now {
                     return Outcome::Unchanged;
                 }
-                *seen = now;
+                watched.seen = now;
                 return self.reject(&e);
             }
         };
         let now = Seen::Files(digest(&cert, &key));
-        if *seen == now {
+        if watched.seen == now {
             return Outcome::Unchanged;
         }
-        *seen = now;
+        watched.seen = now;
         // Parsed from the very bytes that were hashed, so a file replaced between the two
         // steps is seen as another change on the next tick rather than mixed into this one.
-        match certified_key(&cert, &key, &self.cert_path, &self.key_path, &self.provider) {
+        match certified_key(
+            &cert,
+            &key,
+            &watched.cert_path,
+            &watched.key_path,
+            &self.provider,
+        ) {
             Ok(certified) => {
-                let fingerprint = leaf_fingerprint(&certified);
-                let not_after = leaf_not_after(&certified);
-                self.not_after
-                    .store(not_after.unwrap_or(NO_EXPIRY), Ordering::Relaxed);
-                if let (Some(gauge), Some(expiry)) = (self.expiry_gauge.get(), not_after) {
-                    gauge.set(expiry);
-                }
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
-                self.reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    cert = %self.cert_path.display(),
-                    sha256 = %fingerprint,
-                    "TLS certificate reloaded"
-                );
+                self.install(certified, &watched.cert_path);
                 Outcome::Reloaded
             }
             Err(e) => self.reject(&e),
         }
+    }
+
+    /// Checks the files at `cert_path` and `key_path` now and, when they are usable, makes
+    /// them the watched files and serves their certificate (if it differs from the one
+    /// served). On an error nothing changes and the error is returned, not counted: the
+    /// config reload that asked refuses itself and says why.
+    fn switch(&self, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let (cert, key) = read_pair(cert_path, key_path)?;
+        let certified = certified_key(&cert, &key, cert_path, key_path, &self.provider)?;
+        let now = Seen::Files(digest(&cert, &key));
+        if watched.seen != now {
+            self.install(certified, cert_path);
+        }
+        *watched = Watched {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            seen: now,
+        };
+        Ok(())
+    }
+
+    /// Serves `certified` from now on, with its expiry in the gauge; counted and logged.
+    fn install(&self, certified: CertifiedKey, cert_path: &Path) {
+        let fingerprint = leaf_fingerprint(&certified);
+        let not_after = leaf_not_after(&certified);
+        self.not_after
+            .store(not_after.unwrap_or(NO_EXPIRY), Ordering::Relaxed);
+        if let (Some(gauge), Some(expiry)) = (self.expiry_gauge.get(), not_after) {
+            gauge.set(expiry);
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            cert = %cert_path.display(),
+            sha256 = %fingerprint,
+            "TLS certificate reloaded"
+        );
     }
 
     fn reject(&self, e: &TlsError) -> Outcome {

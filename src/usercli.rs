@@ -160,7 +160,7 @@ async fn execute(app: &Arc<App>, command: UserCommand) -> Result<String, Error> 
                 .read_line(&mut password)
                 .map_err(|e| Error::InvalidRequest(format!("cannot read stdin: {e}").into()))?;
             let password = password.trim_end_matches(['\r', '\n']).to_string();
-            let roles = roles.unwrap_or_else(|| app.config.auth.default_roles.clone());
+            let roles = roles.unwrap_or_else(|| app.live.config.auth.default_roles.clone());
             let user = admin::create(
                 app,
                 CLI_ACTOR,

@@ -82,6 +82,7 @@ pub async fn forgot_password(
     let email = fold(email);
     let cooldown_key = format!("r:{email}");
     if app
+        .live
         .cooldowns
         .begin(&cooldown_key, app.clock.now())
         .await
@@ -90,7 +91,7 @@ pub async fn forgot_password(
         app.metrics.auth_event("forgot_password", "cooldown");
         return Ok(None);
     }
-    if app.config.auth.expose_debug_tokens {
+    if app.live.config.auth.expose_debug_tokens {
         return issue_reset(app, &email, caller).await;
     }
     match app.background_jobs.clone().try_acquire_owned() {
@@ -106,7 +107,7 @@ pub async fn forgot_password(
         Err(_) => {
             // Nothing was sent, so the address must not sit in its cooldown: the user's
             // retry a moment later has to get through.
-            app.cooldowns.cancel(&cooldown_key).await;
+            app.live.cooldowns.cancel(&cooldown_key).await;
             app.metrics.auth_event("forgot_password", "shed");
             tracing::warn!(
                 target: "gatehouse::audit",
@@ -131,10 +132,10 @@ async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<St
     };
     let token = issue(app, OneTimeKind::PasswordReset, &user).await?;
     app.mailer.send(Mail::reset(
-        &app.config.email,
+        &app.live.config.email,
         &user.email,
         &token,
-        app.config.auth.reset_token_ttl,
+        app.live.config.auth.reset_token_ttl,
     ));
     audit(app, "forgot_password", "mailed", Some(&user.id), caller);
     Ok(Some(token))
@@ -144,8 +145,8 @@ async fn issue_reset(app: &App, email: &str, caller: Caller) -> Result<Option<St
 async fn issue(app: &App, kind: OneTimeKind, user: &UserRecord) -> Result<String, Error> {
     let token = random_token().map_err(|e| Error::internal(e.0))?;
     let ttl = match kind {
-        OneTimeKind::PasswordReset => app.config.auth.reset_token_ttl,
-        OneTimeKind::EmailVerification => app.config.auth.verify_token_ttl,
+        OneTimeKind::PasswordReset => app.live.config.auth.reset_token_ttl,
+        OneTimeKind::EmailVerification => app.live.config.auth.verify_token_ttl,
     };
     let record = OneTimeRecord {
         user_id: user.id.clone(),
@@ -330,6 +331,7 @@ pub async fn resend_verification(
     }
     // The caller is the account holder, so unlike forgot-password the cooldown may say so.
     if let Err(left) = app
+        .live
         .cooldowns
         .begin(&format!("v:{}", user.id), app.clock.now())
         .await
@@ -343,7 +345,7 @@ pub async fn resend_verification(
     let token = send_verification(app, &user).await?;
     audit(app, "email_verification", "resent", Some(&user.id), caller);
     Ok(Resent::Sent {
-        debug_token: app.config.auth.expose_debug_tokens.then_some(token),
+        debug_token: app.live.config.auth.expose_debug_tokens.then_some(token),
     })
 }
 
@@ -351,10 +353,10 @@ pub async fn resend_verification(
 async fn send_verification(app: &App, user: &UserRecord) -> Result<String, Error> {
     let token = issue(app, OneTimeKind::EmailVerification, user).await?;
     app.mailer.send(Mail::verify(
-        &app.config.email,
+        &app.live.config.email,
         &user.email,
         &token,
-        app.config.auth.verify_token_ttl,
+        app.live.config.auth.verify_token_ttl,
     ));
     Ok(token)
 }
@@ -367,6 +369,7 @@ pub async fn after_register(app: &App, user: &UserRecord) {
     }
     // Counts as the first send, so an impatient resend right after sign-up waits.
     let _ = app
+        .live
         .cooldowns
         .begin(&format!("v:{}", user.id), app.clock.now())
         .await;

@@ -40,7 +40,7 @@ pub struct Grant {
 }
 
 fn lockout_policy(app: &App) -> Option<LockoutPolicy> {
-    let l = &app.config.auth.lockout;
+    let l = &app.live.config.auth.lockout;
     (l.max_failures > 0).then_some(LockoutPolicy {
         max_failures: l.max_failures,
         window_secs: l.window.as_secs(),
@@ -187,7 +187,7 @@ pub async fn open_session(
         user_id: user.id.clone(),
         created_at: now,
         last_used_at: now,
-        expires_at: now + app.config.tokens.refresh_ttl.as_secs(),
+        expires_at: now + app.live.config.tokens.refresh_ttl.as_secs(),
         revoked: false,
     };
     let capped = app
@@ -277,6 +277,7 @@ fn grant(
         min_iat: app.revocations.min_iat(&user.id),
     };
     let (access, claims) = app
+        .live
         .tokens
         .issue(&identity, now)
         .map_err(|e| Error::internal(format!("mint: {}", e.0)))?;
@@ -300,7 +301,7 @@ pub async fn refresh(app: &App, caller: Caller, refresh_token: &str) -> Result<G
     let old = token_hash(refresh_token);
     let next = random_token().map_err(|e| Error::internal(e.0))?;
     let new = token_hash(&next);
-    let idle = app.config.tokens.refresh_idle_ttl.as_secs();
+    let idle = app.live.config.tokens.refresh_idle_ttl.as_secs();
     let epoch = app.revocation_epoch();
     match app.store.rotate_refresh(&old, &new, now, idle).await? {
         RotateOutcome::Rotated { session, user } => {

@@ -24,12 +24,12 @@ pub struct SignUp {
 /// Audited.
 pub async fn register(app: &App, caller: Caller, sign_up: SignUp) -> Result<UserRecord, Error> {
     guard::limit_auth(app, AuthClass::Register, caller.ip).await?;
-    if app.config.auth.registration == Registration::Closed {
+    if app.live.config.auth.registration == Registration::Closed {
         return Err(Error::ForbiddenBecause("Registration is closed"));
     }
     let roles = match sign_up.roles {
         Some(roles) if !roles.is_empty() => {
-            let allowed = &app.config.auth.selectable_roles;
+            let allowed = &app.live.config.auth.selectable_roles;
             if let Some(bad) = roles.iter().find(|r| !allowed.contains(r)) {
                 let reason = if allowed.is_empty() {
                     "roles cannot be chosen at sign-up".to_string()
@@ -43,7 +43,7 @@ pub async fn register(app: &App, caller: Caller, sign_up: SignUp) -> Result<User
             }
             roles
         }
-        _ => app.config.auth.default_roles.clone(),
+        _ => app.live.config.auth.default_roles.clone(),
     };
     let created = create_user(
         app,

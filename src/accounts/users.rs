@@ -174,7 +174,7 @@ pub fn valid_role_name(role: &str) -> bool {
 /// Roles an administrator assigns must be valid names known to the policy: a typo would
 /// otherwise grant nothing and fail silently.
 pub fn check_roles(app: &App, roles: &[String]) -> Result<(), Error> {
-    let policy = &app.config.policy;
+    let policy = &app.live.config.policy;
     for role in roles {
         if !valid_role_name(role) || policy.requirement([role.as_str()]).is_empty() {
             return Err(Error::ValidationFailed(vec![(

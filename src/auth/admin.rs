@@ -88,9 +88,9 @@ async fn route(
 /// A valid token whose roles include the admin role.
 fn require_admin<B>(app: &App, request: &Request<B>) -> Result<std::sync::Arc<Claims>, Error> {
     let claims = require_bearer(app, request.headers())?;
-    let policy = &app.config.policy;
+    let policy = &app.live.config.policy;
     let held = policy.roles_mask(claims.roles.iter().map(String::as_str));
-    let needed = policy.requirement([app.config.auth.admin_role.as_str()]);
+    let needed = policy.requirement([app.live.config.auth.admin_role.as_str()]);
     match Access::Roles(needed).allows(Some(held)) {
         Verdict::Allow if !needed.is_empty() => Ok(claims),
         _ => Err(Error::Forbidden),
@@ -162,7 +162,7 @@ async fn create(
             name: body.name,
             roles: body
                 .roles
-                .unwrap_or_else(|| app.config.auth.default_roles.clone()),
+                .unwrap_or_else(|| app.live.config.auth.default_roles.clone()),
             email_verified: body.email_verified,
         },
     )

@@ -36,13 +36,13 @@ pub async fn handle(
     request: Request<Incoming>,
     path: &str,
 ) -> Result<Response<Body>, Error> {
-    let rest = &path[app.config.auth.prefix.len()..];
+    let rest = &path[app.live.config.auth.prefix.len()..];
     let rest = if rest.len() > 1 {
         rest.trim_end_matches('/')
     } else {
         rest
     };
-    let Some(rest) = app.config.auth.canonical(rest) else {
+    let Some(rest) = app.live.config.auth.canonical(rest) else {
         return Err(Error::NotFound);
     };
     let rest = rest.as_ref();

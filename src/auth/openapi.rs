@@ -20,7 +20,7 @@ const DEFAULT_PREFIX: &str = "/auth";
 
 /// Serves the document for the running config.
 pub fn serve(app: &App) -> Result<Response<Full<Bytes>>, Error> {
-    let document = document(&app.config.auth, &app.config.server.public_url)?;
+    let document = document(&app.live.config.auth, &app.live.config.server.public_url)?;
     Ok(json(StatusCode::OK, &document))
 }
 

@@ -54,7 +54,7 @@ pub fn verify_form(app: &App, token: &str) -> Page {
                  <input type=\"hidden\" name=\"token\" value=\"{token}\">\n\
                  <button type=\"submit\">Confirm my email address</button>\n\
                  </form>",
-        action = escape(&app.config.auth.path_of("/verify-email")),
+        action = escape(&app.live.config.auth.path_of("/verify-email")),
         token = escape(token),
     );
     page(StatusCode::OK, "Confirm your email address", &body, None)
@@ -80,7 +80,7 @@ pub fn reset_form_page(
     email: &str,
     problem: Option<&str>,
 ) -> Page {
-    let min = app.config.auth.password.min_length;
+    let min = app.live.config.auth.password.min_length;
     // A problem is an alert (read out at once); the empty slot is a status region the
     // script fills.
     let (class, role, message) = match problem {
@@ -107,8 +107,8 @@ pub fn reset_form_page(
          words make a strong, memorable password.</p>\n\
          <button type=\"submit\">Set the new password</button>\n\
          </form>",
-        action = escape(&app.config.auth.path_of("/reset-password")),
-        validate = escape(&app.config.auth.path_of("/reset-password/validate")),
+        action = escape(&app.live.config.auth.path_of("/reset-password")),
+        validate = escape(&app.live.config.auth.path_of("/reset-password/validate")),
         token = escape(well_formed(token).unwrap_or_default()),
         email = escape(email),
     );

@@ -85,7 +85,7 @@ async fn read_body(
     request: Request<Incoming>,
 ) -> Result<(http::request::Parts, bytes::Bytes), Error> {
     let (parts, body) = request.into_parts();
-    let limit = app.config.server.auth_max_body_bytes;
+    let limit = app.live.config.server.auth_max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -122,6 +122,16 @@ pub enum EmailMode {
     Smtp { url: Secret },
 }
 
+impl EmailMode {
+    /// The SMTP URL, in `smtp` mode.
+    pub fn smtp_url(&self) -> Option<&Secret> {
+        match self {
+            EmailMode::Smtp { url } => Some(url),
+            EmailMode::Log => None,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -131,7 +141,7 @@ pub enum LogFormat {
 
 /// A parsed upstream URL: only `http` and `https` with a host; the path prefix is kept so an
 /// upstream mounted under `/api` works.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
@@ -157,10 +167,12 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub auth_max_body_bytes: u64,
     pub http2_max_concurrent_streams: u32,
+    /// Reload when the config file's content changes, as well as on SIGHUP.
+    pub watch_config: bool,
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -262,6 +274,16 @@ pub enum RateLimitBackend {
     /// In Redis, once across replicas; per replica while Redis does not answer. The URL may
     /// carry a password.
     Redis { url: Secret },
+}
+
+impl RateLimitBackend {
+    /// The Redis URL, with the Redis backend.
+    pub fn redis_url(&self) -> Option<&Secret> {
+        match self {
+            RateLimitBackend::Redis { url } => Some(url),
+            RateLimitBackend::Local => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

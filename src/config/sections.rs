@@ -105,6 +105,10 @@ const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
 /// 0 = one runtime worker per core.
 const DEFAULT_WORKERS: usize = 0;
+/// Off: a file that changes under a running server takes effect only when the operator
+/// says so (SIGHUP), as with nginx and HAProxy. Kubernetes users turn it on, since a
+/// ConfigMap update cannot send a signal.
+const DEFAULT_WATCH_CONFIG: bool = false;
 
 fn server(s: &mut Section<'_>) -> ServerConfig {
     let listen = s
@@ -178,6 +182,7 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
         http2_max_concurrent_streams: s
             .get("http2_max_concurrent_streams", DEFAULT_H2_MAX_STREAMS)
             .at_least(1),
+        watch_config: s.get("watch_config", DEFAULT_WATCH_CONFIG).get(),
         tls,
     }
 }

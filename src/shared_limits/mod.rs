@@ -120,7 +120,7 @@ impl AuthClass {
 pub struct SharedLimits {
     /// Indexed like [`AuthClass::ALL`]; `None` where the class is off. Always counted, see
     /// the module doc.
-    local: [Option<RateLimiter>; 5],
+    local: [Option<Arc<RateLimiter>>; 5],
     /// `None` with the local backend.
     shared: Option<Arc<Shared>>,
 }
@@ -143,10 +143,33 @@ impl SharedLimits {
             local: AuthClass::ALL.map(|class| {
                 class
                     .rate(config)
-                    .map(|rate| RateLimiter::new(rate, config.capacity))
+                    .map(|rate| Arc::new(RateLimiter::new(rate, config.capacity)))
             }),
             shared,
         })
+    }
+
+    /// The limits `config` asks for after a reload from `running`: a class whose rate and
+    /// `capacity` did not change keeps its local limiter (clients keep their budgets), a
+    /// changed one starts fresh. The Redis connection is kept: `backend`, `redis_url`,
+    /// `redis_prefix` and `redis_timeout` need a restart.
+    pub fn reconfigured(
+        &self,
+        config: &RateLimitConfig,
+        running: &RateLimitConfig,
+    ) -> SharedLimits {
+        let same_capacity = config.capacity == running.capacity;
+        let mut local = self.local.clone();
+        for (slot, class) in local.iter_mut().zip(AuthClass::ALL) {
+            let rate = class.rate(config);
+            if !(same_capacity && rate == class.rate(running)) {
+                *slot = rate.map(|rate| Arc::new(RateLimiter::new(rate, config.capacity)));
+            }
+        }
+        SharedLimits {
+            local,
+            shared: self.shared.clone(),
+        }
     }
 
     /// Whether the limits are counted in Redis (`rate_limits.backend = "redis"`).
@@ -585,7 +608,7 @@ secret = "0123456789abcdef0123456789abcdef"
     }
 
     fn metrics() -> Metrics {
-        Metrics::new(&[]).unwrap()
+        Metrics::new().unwrap()
     }
 
     #[tokio::test]

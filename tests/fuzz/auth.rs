@@ -96,7 +96,7 @@ level = "error"
             let addr = listener.local_addr().expect("address");
             let (tx, rx) = oneshot::channel::<()>();
             tokio::spawn(server::run(
-                app,
+                gatehouse::reload::Current::new(app, None),
                 Listeners {
                     main: listener,
                     admin: None,

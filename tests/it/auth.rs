@@ -693,7 +693,8 @@ async fn purge_removes_a_logged_out_family_once_its_access_tokens_expired() {
     // Within the access-token lifetime nothing of the family goes.
     gh.app.purge().await;
     refresh(&first).await.expect_error(401, "TOKEN_REVOKED");
-    let ttl = gh.app.config.tokens.access_ttl.as_secs() + gh.app.config.tokens.leeway.as_secs();
+    let ttl =
+        gh.app.live.config.tokens.access_ttl.as_secs() + gh.app.live.config.tokens.leeway.as_secs();
     gh.advance(ttl);
     gh.app.purge().await;
     refresh(&first).await.expect_error(401, "TOKEN_REVOKED");

@@ -598,10 +598,16 @@ impl Running {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut command = gatehouse();
         command
-            .args(args)
             .env("GATEHOUSE_LOG_FORMAT", "json")
             .env("GATEHOUSE_LOG_LEVEL", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Running::spawn(command, args)
+    }
+
+    /// Runs `command` with `args`, its environment as the caller set it.
+    fn spawn(mut command: Command, args: &[&str]) -> Running {
+        command
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
@@ -995,5 +1001,218 @@ fn user_add_explains_a_weak_password_in_a_sentence() {
         String::from_utf8_lossy(&out.stderr).trim(),
         "error: The password must be at least 8 characters long.",
         "{all}"
+    );
+}
+
+/// A policy for the reload tests: `/flip/**` is denied, or public once flipped.
+fn flip_policy(open: bool) -> String {
+    let access = if open { "public" } else { "deny" };
+    format!("{ROUTES}\n[[routes]]\npath = \"/flip/**\"\naccess = \"{access}\"\n")
+}
+
+/// Sends `signal` (`-HUP`, `-TERM`) to the child.
+fn signal(gh: &Running, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &gh.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// One request on a new connection; the status.
+async fn status_of(addr: SocketAddr, path: &str) -> u16 {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gh\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes()).await.status.as_u16()
+}
+
+/// The metrics text.
+async fn metrics_of(addr: SocketAddr) -> String {
+    raw_exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: gh\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .text()
+}
+
+/// Polls until `done` holds for the metrics text (a reload has been counted), with a
+/// generous deadline for a loaded machine; panics with the last text otherwise.
+async fn wait_for_metrics(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..3000 {
+        text = metrics_of(addr).await;
+        if done(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the metrics never showed the reload:\n{text}");
+}
+
+fn reloads(text: &str, result: &str) -> u64 {
+    let series = format!("gatehouse_config_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request on an open keep-alive connection; the status.
+async fn on_connection(stream: &mut tokio::net::TcpStream, path: &str) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gh\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let read = crate::harness::read_response(stream, false);
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("no answer on the kept-alive connection")
+        .expect("the kept-alive connection failed");
+    status.as_u16()
+}
+
+/// Issue 11, point 1: SIGHUP reloads the policy without dropping a connection, refuses a
+/// broken file whole (logging its errors and keeping the old policy), names keys that need
+/// a restart, counts every attempt, and never ends the process.
+#[tokio::test]
+async fn sighup_reloads_the_config_and_never_kills() {
+    let upstream = gatehouse::demo::echo_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = write(
+        dir.path(),
+        "serve.toml",
+        &base_config(upstream, &store, &flip_policy(false)),
+    );
+    let mut gh = Running::start(&["serve", "--config", &config], &[]);
+    let addr = gh.ready_addr().await;
+    wait_healthy(addr).await;
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        (reloads(&text, "ok"), reloads(&text, "error")),
+        (0, 0),
+        "{text}"
+    );
+
+    // A connection kept alive across the reload.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(on_connection(&mut kept, "/flip/x").await, 403);
+
+    // The policy opens /flip/**; the upstream timeout (a restart key) changes too.
+    let opened = base_config(upstream, &store, &flip_policy(true))
+        .replace("timeout = \"5s\"", "timeout = \"7s\"");
+    write(dir.path(), "serve.toml", &opened);
+    signal(&gh, "-HUP");
+    wait_for_metrics(addr, |t| reloads(t, "ok") == 1).await;
+    assert_eq!(status_of(addr, "/flip/x").await, 200);
+    // The same connection, still open, sees the new policy on its next request.
+    assert_eq!(on_connection(&mut kept, "/flip/x").await, 200);
+    assert_eq!(on_connection(&mut kept, "/blocked/x").await, 403);
+
+    // A broken file: an unknown key, a bad duration, and a route that would close /flip.
+    let broken = base_config(upstream, &store, &flip_policy(false))
+        .replace(
+            "[log]\n",
+            "[server.tls]\nreload_intreval = \"1s\"\n\n[log]\n",
+        )
+        .replace("timeout = \"5s\"", "timeout = \"five seconds\"");
+    write(dir.path(), "serve.toml", &broken);
+    signal(&gh, "-HUP");
+    let text = wait_for_metrics(addr, |t| reloads(t, "error") == 1).await;
+    assert_eq!(reloads(&text, "ok"), 1, "{text}");
+    // The running policy stays; the process keeps serving, on the old connection too.
+    assert_eq!(status_of(addr, "/flip/x").await, 200);
+    assert_eq!(on_connection(&mut kept, "/flip/x").await, 200);
+    // More signals in a row: still no exit.
+    signal(&gh, "-HUP");
+    wait_for_metrics(addr, |t| reloads(t, "error") >= 2).await;
+    signal(&gh, "-HUP");
+    signal(&gh, "-HUP");
+    wait_healthy(addr).await;
+    assert!(gh.still_running(), "SIGHUP ended the process");
+
+    signal(&gh, "-TERM");
+    assert_eq!(gh.exit_code().await, Some(0));
+    let logs = gh.all_output().await;
+    for expected in [
+        "config reloaded: ",
+        "needs a restart: upstream.timeout",
+        "config reload refused",
+        "server.tls.reload_intreval",
+        "upstream.timeout: \\\"five seconds\\\" is not a duration",
+        "the running config stays in force",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "the log lacks {expected:?}:\n{logs}"
+        );
+    }
+}
+
+/// Issue 11, point 1: with `watch_config = true`, a Kubernetes-style ConfigMap update (a
+/// new timestamped directory, the `..data` symlink swapped to it, `config.toml` a link
+/// through `..data`) applies without a signal.
+#[tokio::test]
+async fn watch_config_follows_a_configmap_symlink_swap() {
+    use std::os::unix::fs::symlink;
+    let upstream = gatehouse::demo::echo_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mount = dir.path().join("config");
+    let version = |name: &str, open: bool| {
+        let path = mount.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        // The second version also turns debug logging on.
+        let level = if open { "debug" } else { "info" };
+        let text = base_config(upstream, &store, &flip_policy(open))
+            .replace("[server]\n", "[server]\nwatch_config = true\n")
+            .replace("level = \"warn\"", &format!("level = \"{level}\""));
+        std::fs::write(path.join("config.toml"), text).unwrap();
+    };
+    version("..2026_12_01_00_00_00.1", false);
+    symlink("..2026_12_01_00_00_00.1", mount.join("..data")).unwrap();
+    symlink("..data/config.toml", mount.join("config.toml")).unwrap();
+    let config = mount.join("config.toml");
+    // The level comes from the file (no GATEHOUSE_LOG_LEVEL), so the reload can change it.
+    let mut command = gatehouse();
+    command.env("GATEHOUSE_LOG_FORMAT", "json");
+    let mut gh = Running::spawn(command, &["serve", "--config", config.to_str().unwrap()]);
+    let addr = gh.ready_addr().await;
+    wait_healthy(addr).await;
+    assert_eq!(status_of(addr, "/flip/x").await, 403);
+    // A refusal is logged at debug: not yet.
+    let refused = |id: &str| {
+        format!(
+            "GET /blocked/x HTTP/1.1\r\nHost: gh\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    raw_exchange(addr, refused("before-reload").as_bytes())
+        .await
+        .expect(403);
+
+    // As the kubelet does it: write the new version beside the old, point a new link at
+    // it, and rename that link over `..data` (one atomic step), then remove the old one.
+    version("..2026_12_01_00_05_00.2", true);
+    symlink("..2026_12_01_00_05_00.2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    std::fs::remove_dir_all(mount.join("..2026_12_01_00_00_00.1")).unwrap();
+
+    let text = wait_for_metrics(addr, |t| reloads(t, "ok") == 1).await;
+    assert_eq!(reloads(&text, "error"), 0, "{text}");
+    assert_eq!(status_of(addr, "/flip/x").await, 200);
+    raw_exchange(addr, refused("after-reload").as_bytes())
+        .await
+        .expect(403);
+    signal(&gh, "-TERM");
+    assert_eq!(gh.exit_code().await, Some(0));
+    let logs = gh.all_output().await;
+    assert!(
+        logs.contains("file changed")
+            && logs.contains("config reloaded: policy changed, log.level info → debug"),
+        "{logs}"
+    );
+    // The new level is in force: the refusal after the reload is logged at debug, the one
+    // before it was not.
+    assert!(
+        logs.contains("after-reload") && !logs.contains("before-reload"),
+        "{logs}"
     );
 }

@@ -118,7 +118,7 @@ async fn explain_agrees_with_the_running_gate() {
             Some(token) => Identity::Token(token.clone()),
             None => Identity::Anonymous,
         };
-        let said = explain(&gh.app.config, method, &target, &identity, now)
+        let said = explain(&gh.app.live.config, method, &target, &identity, now)
             .unwrap_or_else(|e| panic!("{method} {target} ({who}): {e}"));
         let authorization = token
             .as_ref()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse::app::{App, Clock};
 use gatehouse::config::Config;
+use gatehouse::reload::Current;
 use gatehouse::server::{self, Listeners};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -63,7 +64,10 @@ pub struct Gatehouse {
     /// The admin listener, when the test asked for one ([`Setup::admin`]).
     pub admin: Option<SocketAddr>,
     pub upstream: SocketAddr,
+    /// The generation gatehouse started with; [`Gatehouse::current`] has the one in force.
     pub app: Arc<App>,
+    /// What new requests run on; a test reloads through it ([`Current::apply`]).
+    pub current: Arc<Current>,
     pub now: Arc<AtomicU64>,
     pub dir: tempfile::TempDir,
     extra: String,
@@ -202,8 +206,9 @@ impl Gatehouse {
         };
         let admin = admin_listener.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
+        let current = Current::new(app.clone(), None);
         let task = tokio::spawn(server::run(
-            app.clone(),
+            current.clone(),
             Listeners {
                 main: listener,
                 admin: admin_listener,
@@ -218,6 +223,7 @@ impl Gatehouse {
             admin,
             upstream,
             app,
+            current,
             now,
             dir,
             extra: extra.to_string(),
@@ -430,11 +436,25 @@ impl Gatehouse {
             session_id: "test-session",
             min_iat: 0,
         };
-        self.app
+        // The keys in force: after a reload that changed them, tokens are minted with the
+        // new ones, as the server's own login would.
+        self.current
+            .load()
+            .live
             .tokens
             .issue(&identity, self.now.load(Ordering::SeqCst))
             .unwrap()
             .0
+    }
+
+    /// Reloads the running server with the base config and `extra` (instead of the extra
+    /// it started with) and the same `GATEHOUSE_*` overrides, as SIGHUP would after the
+    /// file was edited.
+    pub fn reload(&self, extra: &str) -> gatehouse::reload::Outcome {
+        let text = base_config(self.upstream, &self.dir.path().join("store"), extra);
+        let loaded = Config::check(&text, self.env.clone(), gatehouse::config::Purpose::Serve);
+        self.current
+            .apply(loaded, gatehouse::reload::Trigger::Signal)
     }
 
     /// Stops the server and waits for it to drain.

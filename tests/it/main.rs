@@ -18,6 +18,7 @@ mod policy;
 mod proxy;
 mod recovery;
 mod relay;
+mod reload;
 mod replicas;
 mod shared_limits;
 mod smtp_sink;

@@ -115,7 +115,7 @@ struct Replica {
 }
 
 fn replica(config: &RateLimitConfig) -> Replica {
-    let metrics = Metrics::new(&[]).expect("metrics");
+    let metrics = Metrics::new().expect("metrics");
     let limits = SharedLimits::new(config, &metrics).expect("limits");
     Replica { limits, metrics }
 }

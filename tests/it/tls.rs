@@ -365,6 +365,64 @@ async fn a_bad_certificate_at_reload_keeps_the_old_one() {
     }
 }
 
+/// A config reload (SIGHUP) checks the certificate files at once, may point at new ones,
+/// refuses unusable ones whole, and cannot turn TLS off while running.
+#[tokio::test]
+async fn a_config_reload_checks_and_switches_the_certificate_files() {
+    use gatehouse::config::Purpose;
+    use gatehouse::reload::{Outcome, Trigger};
+    let pki = Pki::new("test CA");
+    let (first, second, third) = (pki.leaf("first"), pki.leaf("second"), pki.leaf("third"));
+    let files = CertFiles::new(&first);
+    // The background check is a day away: whatever changes below, the reload did it.
+    let gh = start_tls(&files, &[("GATEHOUSE_SERVER_TLS_RELOAD_INTERVAL", "1d")]).await;
+    let client = pki.client(&[b"http/1.1"]);
+    assert_eq!(served_leaf(gh.addr, &client).await, first.der);
+
+    let reload = |cert: Option<&Path>, key: Option<&Path>| {
+        let text = base_config(gh.upstream, &gh.dir.path().join("store"), ROUTES);
+        let mut env = vec![(
+            "GATEHOUSE_SERVER_ADMIN_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        )];
+        for (name, path) in [("CERT", cert), ("KEY", key)] {
+            if let Some(path) = path {
+                let value = path.display().to_string();
+                env.push((format!("GATEHOUSE_SERVER_TLS_{name}"), value));
+            }
+        }
+        let loaded = Config::check(&text, env, Purpose::Serve);
+        gh.current.apply(loaded, Trigger::Signal)
+    };
+
+    // New paths: served as soon as the reload returns.
+    let moved = CertFiles::new(&second);
+    let outcome = reload(Some(&moved.cert()), Some(&moved.key()));
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    assert_eq!(served_leaf(gh.addr, &client).await, second.der);
+
+    // The same paths with new contents: a reload picks them up without waiting a day.
+    moved.install(&third);
+    let outcome = reload(Some(&moved.cert()), Some(&moved.key()));
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    assert_eq!(served_leaf(gh.addr, &client).await, third.der);
+
+    // Paths to nothing: the whole reload is refused, the certificate stays.
+    let gone = gh.dir.path().join("missing.crt");
+    let Outcome::Refused(reasons) = reload(Some(&gone), Some(&moved.key())) else {
+        panic!("a reload with a missing certificate was applied");
+    };
+    assert!(reasons.join("\n").contains("missing.crt"), "{reasons:?}");
+    assert_eq!(served_leaf(gh.addr, &client).await, third.der);
+
+    // TLS off needs a restart: named, and the listener keeps speaking TLS.
+    let Outcome::Applied { needs_restart, .. } = reload(None, None) else {
+        panic!("refused");
+    };
+    assert_eq!(needs_restart, ["server.tls"]);
+    assert_eq!(served_leaf(gh.addr, &client).await, third.der);
+}
+
 #[tokio::test]
 async fn plain_http_on_the_tls_port_is_closed_without_an_answer() {
     let pki = Pki::new("test CA");
