@@ -410,6 +410,9 @@ pub struct Core {
     /// One permit per open client connection (`server.max_connections`); a WebSocket splice
     /// takes its own, since it outlives the HTTP connection it was upgraded from.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// WebSocket auth-channel connections open at once (`auth.ws.max_connections`); each
+    /// also holds one of `connection_slots`.
+    pub auth_channel_slots: Arc<tokio::sync::Semaphore>,
     /// Turns true when draining starts; long-lived work (WebSocket splices) ends on it.
     draining: tokio::sync::watch::Sender<bool>,
     /// The sequence number of the last revocation taken from the store's feed: where a
@@ -481,6 +484,9 @@ impl App {
             shutting_down: AtomicBool::new(false),
             revocation_epoch: AtomicU64::new(0),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            auth_channel_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.auth.ws.max_connections,
+            )),
             draining: tokio::sync::watch::Sender::new(false),
             feed_cursor: AtomicU64::new(cursor),
             access_window: AtomicU64::new(0),

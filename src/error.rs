@@ -309,34 +309,22 @@ impl Error {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         match &self {
             Error::Token(refusal) => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(*refusal));
             }
-            Error::AccountLocked {
-                retry_after_secs: Some(secs),
-            } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
-            }
             Error::RateLimited {
-                retry_after_secs,
-                quota,
+                quota: Some((limit, reset)),
                 ..
             } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-                if let Some((limit, reset)) = quota {
-                    // draft-ietf-httpapi-ratelimit-headers: the quota, what is left (nothing,
-                    // we are refusing) and when it is whole again.
-                    headers.insert("ratelimit-limit", HeaderValue::from(*limit));
-                    headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
-                    headers.insert("ratelimit-reset", HeaderValue::from(*reset));
-                }
-            }
-            Error::StoreUnavailable => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(STORE_RETRY_AFTER_SECS),
-                );
+                // draft-ietf-httpapi-ratelimit-headers: the quota, what is left (nothing, we
+                // are refusing) and when it is whole again.
+                headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
+                headers.insert("ratelimit-reset", HeaderValue::from(*reset));
             }
             Error::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -348,6 +336,14 @@ impl Error {
 
     /// The JSON body: `{"error": {"code", "message", "fields"?}}`.
     pub fn json_body(&self) -> Vec<u8> {
+        let body = serde_json::json!({ "error": self.error_object() });
+        // Serialising a Value built from strings cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The `error` object of the body: `{"code", "message", "fields"?}`. The WebSocket auth
+    /// channel, which has no headers, adds `retry_after` ([`Error::retry_after_secs`]).
+    pub fn error_object(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut error = serde_json::Map::new();
         error.insert("code".into(), self.code().into());
         error.insert("message".into(), self.message().into_owned().into());
@@ -358,9 +354,19 @@ impl Error {
                 .collect();
             error.insert("fields".into(), fields.into());
         }
-        let body = serde_json::json!({ "error": error });
-        // Serialising a Value built from strings cannot fail.
-        serde_json::to_vec(&body).unwrap_or_default()
+        error
+    }
+
+    /// What `Retry-After` says for this error, if anything.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::AccountLocked { retry_after_secs } => *retry_after_secs,
+            Error::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Error::StoreUnavailable => Some(STORE_RETRY_AFTER_SECS),
+            _ => None,
+        }
     }
 }
 

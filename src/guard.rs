@@ -31,6 +31,17 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Claims>
         return Err(refuse(TokenRefusal::Invalid("malformed")));
     }
     let token = bearer(value).map_err(|e| refuse(token_refusal(e)))?;
+    verify_access_token(app, token).map(Some)
+}
+
+/// Verifies an access token given as a string (the bearer's value, or the token a WebSocket
+/// auth channel holds): signature, claims, expiry, then revocation, in memory. Refusals are
+/// counted.
+pub fn verify_access_token(app: &App, token: &str) -> Result<Arc<Claims>, Error> {
+    let refuse = |refusal: TokenRefusal| {
+        app.metrics.auth_failure(refusal.reason());
+        Error::Token(refusal)
+    };
     let now = app.clock.now();
     let claims = app
         .live
@@ -40,7 +51,7 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Claims>
     if app.revocations.is_revoked(&claims, now) {
         return Err(refuse(TokenRefusal::Revoked));
     }
-    Ok(Some(claims))
+    Ok(claims)
 }
 
 /// Like [`authenticate`], but an anonymous caller is refused with 401 `TOKEN_MISSING`.

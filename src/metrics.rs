@@ -109,7 +109,7 @@ impl MethodClass {
 /// The identity service's endpoints, by their default paths: each is counted under its own
 /// `route` label (`auth:/login`). Fixed whatever `[auth.paths]` renames them to, so
 /// dashboards survive a rename. Keep in step with the routing in `auth::handle`.
-pub const AUTH_ENDPOINTS: [&str; 14] = [
+pub const AUTH_ENDPOINTS: [&str; 15] = [
     "/register",
     "/login",
     "/refresh",
@@ -124,6 +124,7 @@ pub const AUTH_ENDPOINTS: [&str; 14] = [
     "/verify-email/resend",
     "/admin",
     "/openapi.json",
+    "/ws",
 ];
 
 /// The label of paths under the auth prefix that name no endpoint (404).
@@ -236,6 +237,13 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub revocations_cached: IntGauge,
+    /// WebSocket auth-channel connections open now.
+    pub auth_channel_open: IntGauge,
+    /// Auth-channel messages by `action` (or `invalid`) and `result` (the `outcome` labels of
+    /// `requests_total`).
+    auth_channel_messages: IntCounterVec,
+    /// Auth-channel connections closed, by `reason`.
+    auth_channel_closes: IntCounterVec,
     /// Dead records removed from the store by the background purge, by `kind` (`session`,
     /// `refresh_token`, `one_time_token`, `revocation`, `login_failure`).
     pub store_purged: IntCounterVec,
@@ -367,6 +375,27 @@ impl Metrics {
             "Client connections closed at once because server.max_connections was reached.",
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let auth_channel_open = IntGauge::new(
+            "auth_channel_connections",
+            "WebSocket auth-channel connections ({prefix}/ws) open now.",
+        )?;
+        registry.register(Box::new(auth_channel_open.clone()))?;
+        let auth_channel_messages = IntCounterVec::new(
+            Opts::new(
+                "auth_channel_messages_total",
+                "WebSocket auth-channel messages by action (invalid when unreadable) and result (the outcome labels of requests_total).",
+            ),
+            &["action", "result"],
+        )?;
+        registry.register(Box::new(auth_channel_messages.clone()))?;
+        let auth_channel_closes = IntCounterVec::new(
+            Opts::new(
+                "auth_channel_closes_total",
+                "WebSocket auth-channel connections ended, by reason (client, idle, drain, too_big, binary, flood, protocol, slow_reader, gone).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(auth_channel_closes.clone()))?;
         let revocations_cached = IntGauge::new(
             "revocations_cached",
             "Revocation entries held in memory for the proxy path.",
@@ -477,6 +506,9 @@ impl Metrics {
             connections_open,
             connections_refused,
             revocations_cached,
+            auth_channel_open,
+            auth_channel_messages,
+            auth_channel_closes,
             store_purged,
             store_purges,
             revocation_feed_rounds,
@@ -621,6 +653,18 @@ impl Metrics {
     }
 
     /// Counts an identity event (`login`/`ok`, `refresh`/`reuse`, …).
+    /// Counts one auth-channel message by its action and how it was answered.
+    pub fn auth_channel_message(&self, action: &str, outcome: Outcome) {
+        self.auth_channel_messages
+            .with_label_values(&[action, outcome.label()])
+            .inc();
+    }
+
+    /// Counts one auth-channel connection ending, by why.
+    pub fn auth_channel_closed(&self, reason: &str) {
+        self.auth_channel_closes.with_label_values(&[reason]).inc();
+    }
+
     pub fn auth_event(&self, event: &str, outcome: &str) {
         self.auth_events.with_label_values(&[event, outcome]).inc();
     }

@@ -335,6 +335,8 @@ fn digest(text: &str) -> [u8; 32] {
 /// - `server.listen`, `server.admin_listen`: the sockets are bound once;
 /// - `server.workers`: the runtime is built once;
 /// - `server.max_connections`: the connection slots are counted by one semaphore;
+/// - `auth.ws.max_connections`: so are the auth channel's (its other keys reload, and a
+///   channel keeps the settings of the generation it was opened on);
 /// - `server.tls` on or off: the listener speaks TLS or not (with TLS on, the files and
 ///   `reload_interval` do reload);
 /// - `upstream.*`: the connection pools (and their TLS roots) are built from them;
@@ -385,6 +387,7 @@ pub fn keep_restart_keys(running: &Config, new: &mut Config) -> Vec<&'static str
     same!("server.admin_listen", server.admin_listen);
     same!("server.workers", server.workers);
     same!("server.max_connections", server.max_connections);
+    same!("auth.ws.max_connections", auth.ws.max_connections);
     if running.server.tls.is_some() != new.server.tls.is_some() {
         new.server.tls = running.server.tls.clone();
         keep("server.tls", true);
@@ -552,6 +555,9 @@ from = "x@example.com"
 registration = "closed"
 [auth.password]
 min_length = 12
+[auth.ws]
+max_connections = 7
+idle_timeout = "5s"
 [log]
 format = "json"
 level = "debug"
@@ -565,6 +571,7 @@ level = "debug"
                 "server.admin_listen",
                 "server.workers",
                 "server.max_connections",
+                "auth.ws.max_connections",
                 "upstream.timeout",
                 "store.path",
                 "store.purge_interval",
@@ -585,6 +592,8 @@ level = "debug"
         assert!(new.rate_limits.proxy.is_some());
         assert_eq!(new.log.level, "debug");
         assert_eq!(new.auth.registration, crate::config::Registration::Closed);
+        assert_eq!(new.auth.ws.max_connections, running.auth.ws.max_connections);
+        assert_eq!(new.auth.ws.idle_timeout, std::time::Duration::from_secs(5));
         // A second comparison finds nothing left to keep.
         assert!(keep_restart_keys(&running, &mut new).is_empty());
     }

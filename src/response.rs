@@ -50,6 +50,45 @@ pub fn served_to(mut response: Response<Full<Bytes>>, user_id: &str) -> Response
     response
 }
 
+/// An auth endpoint's JSON answer before it is put on a transport: the status and body an
+/// HTTP response carries, and the user it served (for the access log). The HTTP handlers
+/// render it with [`Answer::into_response`]; the WebSocket auth channel merges `body` into
+/// its message's payload. One value for both, so the two transports cannot drift apart.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// A JSON object.
+    pub body: serde_json::Value,
+    /// The user the endpoint served, when it knows one.
+    pub user: Option<String>,
+}
+
+impl Answer {
+    /// An answer with no user to name.
+    pub fn new(status: StatusCode, body: serde_json::Value) -> Answer {
+        Answer {
+            status,
+            body,
+            user: None,
+        }
+    }
+
+    /// The same answer, naming the user it served.
+    pub fn served_to(mut self, user_id: &str) -> Answer {
+        self.user = Some(user_id.to_owned());
+        self
+    }
+
+    /// The HTTP response: JSON, never cached, marked with the user it served.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let response = json(self.status, &self.body);
+        match &self.user {
+            Some(user) => served_to(response, user),
+            None => response,
+        }
+    }
+}
+
 /// An empty 204.
 pub fn no_content() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));

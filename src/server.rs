@@ -7,6 +7,8 @@
 //! in-flight requests get up to `server.shutdown_timeout` to finish; connections still open
 //! at that deadline are closed (their requests cancelled) before `run` returns, so an
 //! embedding process is not left with connections serving after `run` said it was done.
+//! Upgraded connections (WebSocket splices, auth channels) close themselves on the drain
+//! signal; `run` waits, within the same deadline, until their connection slots are back.
 //!
 //! With `server.tls` the main listener speaks TLS only (the admin listener stays plain, for
 //! in-cluster probes and scrapes). The handshake runs in the connection's own task, bounded
@@ -183,8 +185,8 @@ pub async fn run(current: Arc<Current>, listeners: Listeners, shutdown: impl Fut
     let app = current.load();
     app.begin_shutdown();
     tracing::info!("shutting down: draining in-flight requests");
-    let deadline = app.live.config.server.shutdown_timeout;
-    match tokio::time::timeout(deadline, graceful.shutdown()).await {
+    let deadline = tokio::time::Instant::now() + app.live.config.server.shutdown_timeout;
+    match tokio::time::timeout_at(deadline, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
@@ -194,6 +196,17 @@ pub async fn run(current: Arc<Current>, listeners: Listeners, shutdown: impl Fut
         }
     }
     while connections.join_next().await.is_some() {}
+    // Upgraded connections (auth channels, proxied WebSockets) live in tasks of their own,
+    // each holding a slot, and close themselves on the drain signal (a channel with a 1001
+    // close frame). Waiting until every slot is back, within the same deadline, lets those
+    // close frames out before `run` returns and the process exits.
+    let all = u32::try_from(app.live.config.server.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout_at(deadline, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed with upgraded connections still open");
+    }
 }
 
 /// An open connection, counted in `gatehouse_connections_open` and holding one slot of

@@ -56,16 +56,23 @@ pub fn upgrade_key<B>(request: &Request<B>) -> Option<HeaderValue> {
 /// (an endpoint that echoes a status code, say) would hand the client a raw HTTP pipe past
 /// the gate: "WebSocket smuggling".
 pub fn upstream_accepted(key: &HeaderValue, response: &HeaderMap) -> bool {
+    let expected = accept_key(key);
+    has_token(response, header::UPGRADE, "websocket")
+        && response
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2): base64 of the SHA-1 of
+/// the key and the protocol's GUID. Used to check an upstream's 101, and to write gatehouse's
+/// own for the auth channel.
+pub fn accept_key(key: &HeaderValue) -> String {
     let mut input = Vec::with_capacity(key.len() + ACCEPT_GUID.len());
     input.extend_from_slice(key.as_bytes());
     input.extend_from_slice(ACCEPT_GUID);
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
     use base64::Engine as _;
-    let expected = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
-    has_token(response, header::UPGRADE, "websocket")
-        && response
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {

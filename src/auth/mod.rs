@@ -8,11 +8,14 @@
 //! - [`session`]: login, refresh, logout, verify;
 //! - [`recovery`]: forgot/reset password, email verification; [`pages`]: their HTML;
 //! - [`admin`]: user management behind the admin role;
+//! - [`channel`]: `GET {prefix}/ws`, the WebSocket auth channel, whose actions call the
+//!   session and recovery handlers' own functions;
 //! - [`openapi`]: `GET {prefix}/openapi.json`, the OpenAPI document of all of these;
 //! - [`wire`]: reading JSON and form bodies, the JSON views of users and token grants.
 
 pub mod account;
 pub mod admin;
+pub mod channel;
 pub mod openapi;
 pub mod pages;
 pub mod recovery;
@@ -78,12 +81,14 @@ pub async fn handle(
             recovery::resend_verification(app, caller, request).await
         }
         "/openapi.json" if m == Method::GET || m == Method::HEAD => openapi::serve(app),
+        "/ws" if !app.live.config.auth.ws.enabled => Err(Error::NotFound),
+        "/ws" if m == Method::GET || m == Method::HEAD => channel::upgrade(app, caller, request),
         "/register" | "/login" | "/refresh" | "/logout" => Err(Error::MethodNotAllowed("POST")),
         "/forgot-password" | "/reset-password/validate" | "/verify-email/resend" => {
             Err(Error::MethodNotAllowed("POST"))
         }
         "/reset-password" | "/verify-email" => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
-        "/verify" | "/me" | "/openapi.json" => Err(Error::MethodNotAllowed("GET, HEAD")),
+        "/verify" | "/me" | "/openapi.json" | "/ws" => Err(Error::MethodNotAllowed("GET, HEAD")),
         "/change-password" => Err(Error::MethodNotAllowed("PUT, POST")),
         _ if rest == "/admin" || rest.starts_with("/admin/") => {
             admin::handle(app, caller, request, &rest["/admin".len()..]).await

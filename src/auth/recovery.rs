@@ -19,10 +19,11 @@ use crate::accounts::{Caller, admin};
 use crate::app::App;
 use crate::error::Error;
 use crate::guard::require_bearer;
-use crate::response::{json, served_to};
+use crate::response::{Answer, json, served_to};
 
+/// The body of a forgot-password request.
 #[derive(Deserialize)]
-struct ForgotBody {
+pub struct ForgotBody {
     email: String,
 }
 
@@ -36,13 +37,23 @@ pub async fn forgot_password(
     caller: Caller,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
-    let (_, body): (_, ForgotBody) = read_json(app, request).await?;
+    let (_, body) = read_json(app, request).await?;
+    Ok(forgot_answer(app, caller, body).await?.into_response())
+}
+
+/// Forgot-password, whatever the transport: 202 and the same message whatever happened,
+/// with `debug_token` under `auth.expose_debug_tokens` when a token was issued.
+pub async fn forgot_answer(
+    app: &Arc<App>,
+    caller: Caller,
+    body: ForgotBody,
+) -> Result<Answer, Error> {
     let debug_token = recovery::forgot_password(app, caller, &body.email).await?;
     let mut answer = serde_json::json!({ "message": FORGOT_MESSAGE });
     if let Some(token) = debug_token {
         answer["debug_token"] = token.into();
     }
-    Ok(json(StatusCode::ACCEPTED, &answer))
+    Ok(Answer::new(StatusCode::ACCEPTED, answer))
 }
 
 #[derive(Deserialize)]
@@ -63,10 +74,20 @@ pub async fn validate_reset(
     ))
 }
 
+/// The JSON body of a password reset.
 #[derive(Deserialize)]
-struct ResetBody {
+pub struct ResetBody {
     token: String,
     new_password: String,
+}
+
+/// A password reset from a JSON body, whatever the transport.
+pub async fn reset_answer(app: &App, caller: Caller, body: ResetBody) -> Result<Answer, Error> {
+    recovery::reset_password(app, caller, &body.token, body.new_password).await?;
+    Ok(Answer::new(
+        StatusCode::OK,
+        serde_json::json!({ "password_reset": true }),
+    ))
 }
 
 /// `POST {prefix}/reset-password`: JSON `{token, new_password}` answered with JSON, or the
@@ -77,12 +98,8 @@ pub async fn reset_password(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
     if !is_form(&request) {
-        let (_, body): (_, ResetBody) = read_json(app, request).await?;
-        recovery::reset_password(app, caller, &body.token, body.new_password).await?;
-        return Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "password_reset": true }),
-        ));
+        let (_, body) = read_json(app, request).await?;
+        return Ok(reset_answer(app, caller, body).await?.into_response());
     }
     let form = read_form(app, request).await?;
     let (token, password) = (form.get("token"), form.get("new_password"));

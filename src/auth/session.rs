@@ -14,10 +14,12 @@ use crate::accounts::{Caller, sessions};
 use crate::app::App;
 use crate::error::Error;
 use crate::guard::require_bearer;
-use crate::response::{json, served_to};
+use crate::response::{Answer, json, served_to};
+use crate::token::Claims;
 
+/// The body of a login, over HTTP or the WebSocket auth channel.
 #[derive(Deserialize)]
-struct LoginBody {
+pub struct LoginBody {
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
@@ -31,20 +33,27 @@ pub async fn login(
     caller: Caller,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
-    let (_, body): (_, LoginBody) = read_json(app, request).await?;
+    let (_, body) = read_json(app, request).await?;
+    Ok(login_answer(app, caller, body).await?.into_response())
+}
+
+/// Login, whatever the transport: the token response.
+pub async fn login_answer(
+    app: &Arc<App>,
+    caller: Caller,
+    body: LoginBody,
+) -> Result<Answer, Error> {
     let present = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
     let login = present(body.email)
         .or_else(|| present(body.username))
         .unwrap_or_default();
     let grant = sessions::login(app, caller, &login, body.password).await?;
-    Ok(served_to(
-        json(StatusCode::OK, &grant_json(&grant)),
-        &grant.user.id,
-    ))
+    Ok(Answer::new(StatusCode::OK, grant_json(&grant)).served_to(&grant.user.id))
 }
 
+/// The body of a refresh.
 #[derive(Deserialize)]
-struct RefreshBody {
+pub struct RefreshBody {
     refresh_token: String,
 }
 
@@ -55,16 +64,19 @@ pub async fn refresh(
     caller: Caller,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
-    let (_, body): (_, RefreshBody) = read_json(app, request).await?;
-    let grant = sessions::refresh(app, caller, &body.refresh_token).await?;
-    Ok(served_to(
-        json(StatusCode::OK, &grant_json(&grant)),
-        &grant.user.id,
-    ))
+    let (_, body) = read_json(app, request).await?;
+    Ok(refresh_answer(app, caller, body).await?.into_response())
 }
 
+/// Refresh, whatever the transport: the new token response.
+pub async fn refresh_answer(app: &App, caller: Caller, body: RefreshBody) -> Result<Answer, Error> {
+    let grant = sessions::refresh(app, caller, &body.refresh_token).await?;
+    Ok(Answer::new(StatusCode::OK, grant_json(&grant)).served_to(&grant.user.id))
+}
+
+/// The body of a logout; it may be empty.
 #[derive(Deserialize, Default)]
-struct LogoutBody {
+pub struct LogoutBody {
     /// Accepted for clients that send it; the session is the access token's `sid`, whose
     /// refresh tokens all stop working.
     #[serde(default)]
@@ -82,27 +94,39 @@ pub async fn logout(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let claims = require_bearer(app, request.headers())?;
-    // This session ends first, whatever the body says: a client whose logout body we cannot
-    // read must not stay logged in.
-    let ended = sessions::end_session(app, &claims).await?;
-    // An empty body is a plain logout.
-    let has_body = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_none_or(|v| v != "0");
-    let body: LogoutBody = if has_body && request.headers().contains_key(header::CONTENT_TYPE) {
-        read_json(app, request).await?.1
-    } else {
-        LogoutBody::default()
+    let body = async {
+        // An empty body is a plain logout.
+        let has_body = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v != "0");
+        if has_body && request.headers().contains_key(header::CONTENT_TYPE) {
+            Ok(read_json(app, request).await?.1)
+        } else {
+            Ok(LogoutBody::default())
+        }
     };
-    let sessions = sessions::finish_logout(app, caller, &claims, ended, body.all_sessions).await?;
-    Ok(served_to(
-        json(
-            StatusCode::OK,
-            &serde_json::json!({ "logged_out": true, "sessions_revoked": sessions }),
-        ),
-        &claims.sub,
-    ))
+    Ok(logout_answer(app, caller, &claims, body)
+        .await?
+        .into_response())
+}
+
+/// Logout of the session of `claims`, whatever the transport. The session ends first,
+/// before `body` is read: a client whose logout body cannot be read must not stay logged in.
+pub async fn logout_answer(
+    app: &App,
+    caller: Caller,
+    claims: &Claims,
+    body: impl Future<Output = Result<LogoutBody, Error>>,
+) -> Result<Answer, Error> {
+    let ended = sessions::end_session(app, claims).await?;
+    let body = body.await?;
+    let sessions = sessions::finish_logout(app, caller, claims, ended, body.all_sessions).await?;
+    Ok(Answer::new(
+        StatusCode::OK,
+        serde_json::json!({ "logged_out": true, "sessions_revoked": sessions }),
+    )
+    .served_to(&claims.sub))
 }
 
 /// `GET {prefix}/verify`: is this token good right now? Answers from the token and the

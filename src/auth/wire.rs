@@ -33,6 +33,13 @@ pub async fn read_json<T: DeserializeOwned>(
         ));
     }
     let (parts, bytes) = read_body(app, request).await?;
+    Ok((parts, decode(&bytes)?))
+}
+
+/// Parses a JSON body into `T`: the one judgement of a body's shape, for HTTP bodies and the
+/// WebSocket auth channel's payloads alike. A missing field or a wrong type is a 400; field
+/// *values* are judged by the service (422).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // serde fills a struct from a JSON array by position too, which would make
     // `["a@example.com", "pw"]` a registration; every body here is an object.
     let first = bytes
@@ -43,10 +50,9 @@ pub async fn read_json<T: DeserializeOwned>(
             "the JSON body must be an object".into(),
         ));
     }
-    let value = serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         Error::InvalidRequest(format!("invalid JSON body: {}", json_error_message(&e)).into())
-    })?;
-    Ok((parts, value))
+    })
 }
 
 /// Reads an `application/x-www-form-urlencoded` body under the same cap as JSON bodies.
@@ -106,7 +112,7 @@ async fn read_body(
 
 /// serde_json's message without the position (it never includes values, but keep the text
 /// short and stable).
-fn json_error_message(e: &serde_json::Error) -> String {
+pub fn json_error_message(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.find(" at line ") {
         Some(i) => text[..i].to_string(),

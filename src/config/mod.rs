@@ -100,11 +100,21 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("verify_email", "/verify-email"),
     ("verify_email_resend", "/verify-email/resend"),
     ("admin", "/admin"),
+    ("ws", "/ws"),
 ];
 
 /// The forward-auth endpoint's path under `auth.prefix` (`forward.rs`). Not renamable: the
 /// ingress configs name it; `[auth.paths]` may not take it.
 pub const FORWARD_AUTH_PATH: &str = "/forward";
+
+/// The origin of an http(s) URL as a browser's `Origin` header spells it (lower case, no
+/// default port, no path); `None` for anything else.
+pub fn web_origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let bare = parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none();
+    (matches!(parsed.scheme(), "http" | "https") && bare && parsed.host().is_some())
+        .then(|| parsed.origin().ascii_serialization())
+}
 
 /// Registration policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +239,29 @@ pub struct AuthConfig {
     pub lockout: LockoutConfig,
     /// `(default path, configured path)` for renamed endpoints, both relative to `prefix`.
     pub renames: Vec<(&'static str, String)>,
+    /// `[auth.ws]`: the WebSocket auth channel.
+    pub ws: WsConfig,
+}
+
+/// `[auth.ws]`: the WebSocket auth channel at `{prefix}/ws`.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Off: `{prefix}/ws` answers 404 like any unknown path.
+    pub enabled: bool,
+    /// Auth-channel connections open at once; each also holds a `server.max_connections`
+    /// slot.
+    pub max_connections: usize,
+    /// The largest message (all its fragments together); a larger one closes with 1009.
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing (not even a ping) for this long is closed with 1000.
+    pub idle_timeout: Duration,
+    /// Messages one connection may send: a burst of `count`, refilled over `per`; `None` is
+    /// no limit.
+    pub message_rate: Option<crate::ratelimit::Rate>,
+    /// Browser origins (`https://app.example.com`, serialised as browsers send them) that may
+    /// open the channel besides `server.public_url`'s; `*` is any. An upgrade without
+    /// `Origin` (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AuthConfig {

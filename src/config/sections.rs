@@ -16,6 +16,7 @@ use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, ForwardAuthConfig, HeadersConfig,
     LockoutConfig, LogConfig, LogFormat, RateLimitBackend, RateLimitConfig, Registration,
     ServerConfig, StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl,
+    WsConfig,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
@@ -594,6 +595,7 @@ fn auth(s: &mut Section<'_>) -> AuthConfig {
     let password = password(&mut s.section("password"));
     let lockout = lockout(&mut s.section("lockout"));
     let renames = renames(&mut s.map("paths"));
+    let ws = ws(&mut s.section("ws"));
     let auth = AuthConfig {
         prefix,
         registration,
@@ -625,6 +627,7 @@ fn auth(s: &mut Section<'_>) -> AuthConfig {
         password,
         lockout,
         renames,
+        ws,
     };
     if auth.selectable_roles.contains(&auth.admin_role) {
         s.err(
@@ -669,6 +672,61 @@ fn lockout(s: &mut Section<'_>) -> LockoutConfig {
         duration: s
             .duration("duration", DEFAULT_LOCKOUT_DURATION)
             .within(secs(1), days(30)),
+    }
+}
+
+/// Auth-channel connections at once: each costs a task, a 4 KiB read buffer and a
+/// connection slot; a thousand is far more than one sidecar's clients keep open to log in,
+/// and bounded well below the default `server.max_connections` so the channel alone cannot
+/// starve the proxy path.
+const DEFAULT_WS_MAX_CONNECTIONS: usize = 1024;
+/// 64 KiB: the largest auth message (a login with a 256-byte password) is under 1 KiB, so
+/// anything near this is not a client of the channel.
+const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// A client that logged in and went quiet for a minute is gone or does not need the channel;
+/// it reconnects in one round trip.
+const DEFAULT_WS_IDLE_TIMEOUT: &str = "60s";
+/// A burst of 20 messages, one every half second after that: a client logs in, refreshes and
+/// logs out a handful of times an hour, while parsing a flood would cost CPU for nothing.
+/// (Logins are also under the per-IP `rate_limits.login` class, as over HTTP.)
+const DEFAULT_WS_MESSAGE_RATE: &str = "20/10s";
+
+fn ws(s: &mut Section<'_>) -> WsConfig {
+    WsConfig {
+        enabled: s.get("enabled", true).get(),
+        max_connections: s
+            .get("max_connections", DEFAULT_WS_MAX_CONNECTIONS)
+            .at_least(1),
+        max_message_bytes: s
+            .get("max_message_bytes", DEFAULT_WS_MAX_MESSAGE_BYTES)
+            .check(|n| {
+                if (1024..=1024 * 1024).contains(n) {
+                    Ok(())
+                } else {
+                    Err("must be between 1024 and 1048576".into())
+                }
+            }),
+        idle_timeout: s
+            .duration("idle_timeout", DEFAULT_WS_IDLE_TIMEOUT)
+            .within(ms(100), hours(1)),
+        message_rate: s.rate("message_rate", DEFAULT_WS_MESSAGE_RATE).get(),
+        allowed_origins: s.list("allowed_origins", &[]).then(
+            |origins| {
+                origins
+                    .iter()
+                    .map(|o| {
+                        if o == "*" {
+                            return Ok(o.clone());
+                        }
+                        super::web_origin(o).ok_or_else(|| {
+                            format!("{o:?} is not an origin like \"https://app.example.com\" or \"*\"")
+                        })
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+        .get(),
     }
 }
 

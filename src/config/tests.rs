@@ -249,7 +249,7 @@ fn every_kind_of_mistake_is_reported_at_once() {
         "upstream.timeout: 0 is out of range: must be between 100ms and 1h",
         r#"auth.registration: "maybe" is not open or closed"#,
         "auth.lockout.max_failures: -1 is out of range (0 to 4294967295)",
-        "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, admin)",
+        "auth.paths.logn: unknown endpoint; did you mean login? (one of register, login, refresh, logout, verify, me, change_password, forgot_password, reset_password, reset_password_validate, verify_email, verify_email_resend, admin, ws)",
         "routes[2].acess: unknown key; did you mean routes[2].access?",
         "roles.owner.inherit: unknown key; did you mean roles.owner.inherits?",
         // With its typo ignored, routes[2] says nothing about access; the policy says so.
@@ -259,6 +259,49 @@ fn every_kind_of_mistake_is_reported_at_once() {
         "GATEHOUSE_TOKEN_SECRET: unknown environment override (no such config key); did you mean GATEHOUSE_TOKENS_SECRET?",
     ];
     assert_eq!(errors, expected);
+}
+
+#[test]
+fn auth_channel_keys_are_checked() {
+    let config = Config::from_toml(&minimal(), no_env()).unwrap();
+    let ws = &config.auth.ws;
+    assert!(ws.enabled);
+    assert_eq!(ws.max_message_bytes, 64 * 1024);
+    assert_eq!(ws.idle_timeout, Duration::from_secs(60));
+    assert_eq!(
+        ws.message_rate.map(|r| r.to_string()).as_deref(),
+        Some("20/10s")
+    );
+    assert!(ws.allowed_origins.is_empty());
+
+    let text = format!(
+        "{}\n[auth.ws]\nallowed_origins = [\"HTTPS://App.Example.com:443\", \"*\"]\n",
+        minimal()
+    );
+    let config = Config::from_toml(&text, no_env()).unwrap();
+    assert_eq!(
+        config.auth.ws.allowed_origins,
+        ["https://app.example.com", "*"]
+    );
+
+    let text = format!(
+        "{}\n[auth.ws]\nmax_message_bytes = 10\nidle_timeout = \"0\"\nmessage_rate = \"x\"\n\
+         allowed_origins = [\"https://a.example/app\"]\nmax_connections = 0\n",
+        minimal()
+    );
+    let errors = errors_of(&text, no_env());
+    for key in [
+        "auth.ws.max_message_bytes",
+        "auth.ws.idle_timeout",
+        "auth.ws.message_rate",
+        "auth.ws.allowed_origins",
+        "auth.ws.max_connections",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(&format!("{key}: "))),
+            "{key} not reported: {errors:?}"
+        );
+    }
 }
 
 #[test]

@@ -39,16 +39,31 @@ use tokio::sync::oneshot;
 use crate::engine::{Outcome, Rng, Target, feature};
 
 pub struct AuthTarget {
-    runtime: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// Stops the server when the target is dropped.
+    server: Server,
+    dictionary: Vec<&'static [u8]>,
+}
+
+/// JSON's delimiters and escapes that trip parsers, for the targets that send JSON.
+pub const JSON_TOKENS: &[&[u8]] = &[
+    b"{", b"}", b"\"", b":", b",", b"[", b"null", b"\\u0000", b"\\ud800",
+];
+
+/// A gatehouse running in-process for the targets that drive a whole server (`auth`, `ws`):
+/// the demo echo upstream, a sled store in a temp dir, cheap argon2, auth rate limits off,
+/// debug tokens on.
+pub struct Server {
+    pub runtime: tokio::runtime::Runtime,
+    pub addr: SocketAddr,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// Stops the server when dropped.
     _shutdown: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
 
-impl AuthTarget {
-    pub fn new() -> AuthTarget {
+impl Server {
+    /// Starts one, with `extra` TOML (whole tables) appended to the config, and waits until
+    /// `/readyz` answers 200.
+    pub fn start(extra: &str) -> Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -84,6 +99,7 @@ refresh = "0"
 forgot_password = "0"
 [log]
 level = "error"
+{extra}
 "#,
                 store = store.display()
             );
@@ -123,12 +139,30 @@ level = "error"
             }
             (addr, tx, client)
         });
-        AuthTarget {
+        Server {
             runtime,
             addr,
             client,
             _shutdown: shutdown,
             _dir: dir,
+        }
+    }
+}
+
+impl AuthTarget {
+    pub fn new() -> AuthTarget {
+        let own: &[&[u8]] = &[
+            b"%FF",
+            b"&",
+            b"=",
+            b"\"email\":",
+            b"\"password\":",
+            b"\"refresh_token\":",
+            b"\"token\":",
+        ];
+        AuthTarget {
+            server: Server::start(""),
+            dictionary: [JSON_TOKENS, own].concat(),
         }
     }
 }
@@ -178,7 +212,8 @@ const FIELDS: &[&str] = &[
     "current_password",
     "all_sessions",
 ];
-const STRINGS: &[&str] = &[
+/// Odd and ordinary field values, shared with the `ws` target.
+pub const STRINGS: &[&str] = &[
     "a@example.com",
     "A@EXAMPLE.COM",
     "correct horse battery",
@@ -285,25 +320,7 @@ impl Target for AuthTarget {
     }
 
     fn dictionary(&self) -> &[&[u8]] {
-        const DICT: &[&[u8]] = &[
-            b"{",
-            b"}",
-            b"\"",
-            b":",
-            b",",
-            b"null",
-            b"\\u0000",
-            b"\\ud800",
-            b"%FF",
-            b"&",
-            b"=",
-            b"\"email\":",
-            b"\"password\":",
-            b"\"refresh_token\":",
-            b"\"token\":",
-            b"[",
-        ];
-        DICT
+        &self.dictionary
     }
 
     fn check(&mut self, input: &[u8]) -> Outcome {
@@ -331,7 +348,7 @@ impl Target for AuthTarget {
         }
         let mut builder = Request::builder()
             .method(method.clone())
-            .uri(format!("http://{}{path}", self.addr));
+            .uri(format!("http://{}{path}", self.server.addr));
         let mut form_post = false;
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -365,8 +382,8 @@ impl Target for AuthTarget {
         let Ok(request) = builder.body(Full::new(Bytes::copy_from_slice(body))) else {
             return Outcome::Pass(feature(&["unbuildable"]));
         };
-        let client = self.client.clone();
-        let answer = self.runtime.block_on(async move {
+        let client = self.server.client.clone();
+        let answer = self.server.runtime.block_on(async move {
             let response = client
                 .request(request)
                 .await

@@ -17,6 +17,7 @@
 //! | `config` | `Config::from_toml` with `GATEHOUSE_*` variables | error keys |
 //! | `auth` | `/auth/*` bodies through an in-process gatehouse, `wire::Form::parse` | no 5xx, JSON error bodies |
 //! | `hygiene` | `hygiene::check` | the module's promises, restated |
+//! | `ws` | the WebSocket auth channel's messages through an in-process gatehouse | one answer each, echoed id/action, close codes |
 //!
 //! # Why not libFuzzer or AFL
 //!
@@ -42,10 +43,11 @@ mod hygiene;
 mod path;
 mod policy;
 mod token;
+mod ws;
 
 use engine::{Budget, run};
 
-/// The share of the per-target budget the in-process server target gets: each of its
+/// The share of the per-target budget the in-process server targets get: each of its
 /// executions is an HTTP round trip, so it finds less per second and costs more wall time.
 const AUTH_SHARE: f64 = 0.33;
 
@@ -80,4 +82,12 @@ fn fuzz_auth() {
 #[test]
 fn fuzz_hygiene() {
     run(&mut hygiene::HygieneTarget, &Budget::from_env());
+}
+
+#[test]
+fn fuzz_ws() {
+    run(
+        &mut ws::WsTarget::new(),
+        &Budget::from_env().scaled(AUTH_SHARE),
+    );
 }

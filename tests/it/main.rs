@@ -4,6 +4,7 @@
 mod abuse;
 mod architecture;
 mod auth;
+mod auth_channel;
 mod binary;
 mod crash;
 mod dashboards;

@@ -436,7 +436,7 @@ async fn a_renamed_auth_endpoint_keeps_its_label() {
 /// the test's own current-thread runtime, so the request path's events land here, and other
 /// tests' (on their own threads) do not.
 #[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -459,7 +459,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
 impl Captured {
     /// Captures INFO and above as JSON lines until the guard drops.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
         let subscriber = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
@@ -469,12 +469,12 @@ impl Captured {
         tracing::subscriber::set_default(subscriber)
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
     /// The `gatehouse::access` lines.
-    fn access_lines(&self) -> Vec<serde_json::Value> {
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
         self.text()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
