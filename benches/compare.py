@@ -175,6 +175,84 @@ class System:
         return children(self.pid) if self.pid else []
 
 
+class Processes:
+    """The processes a bench starts, each pinned to a core with its output in `tmp`; all
+    stopped (SIGTERM, then SIGKILL after 10 s) and `tmp` removed on `stop`."""
+
+    def __init__(self, tmp):
+        self.tmp, self.procs = tmp, []
+
+    def spawn(self, cmd, cpu, log, env=None):
+        p = subprocess.Popen(
+            ["taskset", "-c", str(cpu)] + cmd,
+            stdout=open(os.path.join(self.tmp, log), "w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def nginx_conf(tmp, name, body):
+    """A one-worker, foreground nginx config around `body` (the inside of `http {}`)."""
+    path = os.path.join(tmp, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(
+            f"""worker_processes 1;
+daemon off;
+master_process off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/{name}-body;
+  proxy_temp_path {tmp}/{name}-proxy;
+  {body}
+}}
+"""
+        )
+    return path
+
+
+def upstream_server(up):
+    """The upstream every system forwards to: nginx answering a small JSON 200."""
+    return f"""server {{
+    listen 127.0.0.1:{up} reuseport;
+    keepalive_requests 10000000;
+    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+  }}"""
+
+
+def plain_proxy(port, up):
+    """nginx as a plain reverse proxy to the upstream, no auth: the floor."""
+    return f"""upstream up {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{port};
+    keepalive_requests 10000000;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}"""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/gatehouse")
@@ -186,85 +264,22 @@ def main():
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-compare-")
-    procs = []
-
-    def spawn(cmd, cpu, log, env=None):
-        p = subprocess.Popen(
-            ["taskset", "-c", str(cpu)] + cmd,
-            stdout=open(os.path.join(tmp, log), "w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        procs.append(p)
-        return p
-
-    def cleanup(*_):
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
-
+    processes = Processes(tmp)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
-        run(args, tmp, spawn)
+        run(args, tmp, processes.spawn)
     finally:
-        cleanup()
+        processes.stop()
 
 
 def run(args, tmp, spawn):
     secret = os.urandom(36).hex()
     up, ngx, hap, pub, ver = (free_port() for _ in range(5))
 
-    def nginx_conf(name, body):
-        path = os.path.join(tmp, f"{name}.conf")
-        with open(path, "w") as f:
-            f.write(
-                f"""worker_processes 1;
-daemon off;
-master_process off;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.err;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  {body}
-}}
-"""
-            )
-        return path
-
-    upstream_conf = nginx_conf(
-        "upstream",
-        f"""server {{
-    listen 127.0.0.1:{up} reuseport;
-    keepalive_requests 10000000;
-    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
-  }}""",
-    )
+    upstream_conf = nginx_conf(tmp, "upstream", upstream_server(up))
     spawn(["nginx", "-c", upstream_conf], 1, "upstream.log")
 
-    proxy_conf = nginx_conf(
-        "nginx",
-        f"""upstream up {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 10000000; }}
-  server {{
-    listen 127.0.0.1:{ngx};
-    keepalive_requests 10000000;
-    location / {{
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}""",
-    )
+    proxy_conf = nginx_conf(tmp, "nginx", plain_proxy(ngx, up))
     nginx = spawn(["nginx", "-c", proxy_conf], 0, "nginx.log")
 
     # HAProxy: the same checks gatehouse makes on its own tokens, in the order a careful

@@ -3,7 +3,8 @@
 # (kubernetes-validate, strict), and the gatehouse config each one embeds with
 # `gatehouse check-config`, the secrets it expects supplied as the pods get them; the
 # Dockerfile with hadolint; the Prometheus alerts with `promtool check rules` and their unit
-# tests with `promtool test rules`; the Grafana dashboard as JSON. (That every metric the
+# tests with `promtool test rules`; the Grafana dashboard as JSON; the Traefik forward-auth
+# config's structure (the other three ingresses' configs are run by tests/it/ingress.rs). (That every metric the
 # dashboard and alerts name exists is tests/it/dashboards.rs, run by `cargo test`.)
 #
 #   bash deploy/check.sh [path/to/gatehouse]     # from the repository root
@@ -57,6 +58,35 @@ for panel in dash["panels"]:
     assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
     assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
 print(f"{len(ids)} panels, every one on the datasource variable")
+PY
+
+echo "== deploy/forward-auth/traefik.yaml (structure: Traefik is in neither Debian nor PyPI)"
+# The nginx, Envoy and Caddy files are run for real by tests/it/ingress.rs; this one can
+# only be checked for what it must say.
+"$VENV/bin/python" - deploy/forward-auth/traefik.yaml <<'PY' || die "deploy/forward-auth/traefik.yaml is not a sound ForwardAuth config"
+import sys, yaml
+http = yaml.safe_load(open(sys.argv[1]))["http"]
+routers, middlewares, services = http["routers"], http["middlewares"], http["services"]
+identity = ["X-Auth-User-Id", "X-Auth-Email", "X-Auth-Roles"]
+for name, router in routers.items():
+    assert router["service"] in services, f"router {name}: unknown service {router['service']}"
+    for m in router.get("middlewares", []):
+        assert m in middlewares, f"router {name}: unknown middleware {m}"
+forward = [n for n, m in middlewares.items() if "forwardAuth" in m]
+assert len(forward) == 1, "exactly one forwardAuth middleware"
+fa = middlewares[forward[0]]["forwardAuth"]
+assert fa["address"].endswith("/auth/forward"), "forwardAuth.address must be {prefix}/forward"
+assert fa.get("trustForwardHeader") is False, "trustForwardHeader must be false"
+assert set(identity) <= set(fa["authResponseHeaders"]), "every identity header is copied"
+assert "Authorization" in fa.get("authRequestHeaders", ["Authorization"]), "the token goes to gatehouse"
+app = routers["app"]["middlewares"]
+strip = [m for m in app if all(
+    middlewares[m].get("headers", {}).get("customRequestHeaders", {}).get(h) == "" for h in identity)]
+assert strip and app.index(strip[0]) < app.index(forward[0]), "client identity headers stripped before the check"
+drop = [m for m in app if middlewares[m].get("headers", {}).get("customRequestHeaders", {}).get("Authorization") == ""]
+assert drop and app.index(drop[0]) > app.index(forward[0]), "the token removed after the check"
+assert "!PathPrefix(`/auth/forward`)" in routers["gatehouse"]["rule"], "the forward endpoint is not public"
+print("traefik.yaml: routers, middlewares and services agree; identity stripped, then copied")
 PY
 
 echo "== kubernetes-validate --strict deploy/kubernetes/*.yaml"

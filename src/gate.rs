@@ -40,6 +40,7 @@ use crate::app::{App, RequestIds};
 use crate::client_ip;
 use crate::decide::{self, Routing};
 use crate::error::{Error, TokenRefusal};
+use crate::forward::{self, Original};
 use crate::guard::{authenticate, check_rate};
 use crate::hygiene::Head;
 use crate::metrics::{MethodClass, Outcome, Route};
@@ -86,20 +87,23 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
         };
     }
 
-    let class = MethodClass::of(request.method());
-    let method = request.method().clone();
+    let own_method = request.method().clone();
     let Exchange {
         route,
         result,
         target,
         claims,
         user,
+        forward,
     } = gate(&app, conn, request, &request_id).await;
+    // A forward-auth decision counts and logs under the original request's method.
+    let method = forward.clone().unwrap_or_else(|| own_method.clone());
+    let class = MethodClass::of(&method);
 
     // 14. Respond: every request the pipeline answered is counted and logged under its
     //     route, whether the upstream, an auth endpoint or a refusal answered it.
     let (response, outcome) = match result {
-        Ok(response) if route.is_auth() => (response, Outcome::Served),
+        Ok(response) if route.is_auth() && forward.is_none() => (response, Outcome::Served),
         Ok(response) => (response, Outcome::Forwarded),
         Err(error) => {
             error.log(request_id.to_str().unwrap_or_default());
@@ -109,8 +113,14 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
     };
     let elapsed = start.elapsed();
     let seconds = elapsed.as_secs_f64();
-    app.metrics
-        .record_request(&app.live.routes, route, class, outcome, seconds);
+    let routes = &app.live.routes;
+    if forward.is_some() {
+        app.metrics
+            .record_forward(routes, route, class, outcome, seconds);
+    } else {
+        app.metrics
+            .record_request(routes, route, class, outcome, seconds);
+    }
     if app.live.config.log.access {
         let line = AccessLine {
             request_id: &request_id,
@@ -120,16 +130,17 @@ pub async fn handle(app: Arc<App>, conn: ConnInfo, request: Request<Incoming>) -
             user: claims.as_ref().map(|c| c.sub.as_str()).or(user.as_deref()),
             elapsed,
             peer: conn.peer,
+            forward_auth: forward.is_some(),
         };
         line.emit(&app, &response);
     }
     // `proxy::relay` already put the id on the upstream's response.
-    let response = if outcome == Outcome::Forwarded {
+    let response = if outcome == Outcome::Forwarded && forward.is_none() {
         response
     } else {
         with_request_id(&app, response, request_id)
     };
-    if method == Method::HEAD {
+    if own_method == Method::HEAD {
         without_body(response)
     } else {
         response
@@ -175,6 +186,10 @@ struct Exchange {
     claims: Option<Arc<Claims>>,
     /// The user an auth endpoint served (it says so in a [`ServedUser`] extension).
     user: Option<String>,
+    /// For a forward-auth request, the method of the request it described (or its own,
+    /// when that could not be read): the decision is counted in its own series and logged
+    /// as that request.
+    forward: Option<Method>,
 }
 
 impl Exchange {
@@ -190,7 +205,14 @@ impl Exchange {
             target,
             claims,
             user: None,
+            forward: None,
         }
+    }
+
+    /// The exchange of a forward-auth request that described a `method` request.
+    fn forward(mut self, method: Method) -> Exchange {
+        self.forward = Some(method);
+        self
     }
 }
 
@@ -208,6 +230,22 @@ async fn gate(
     // spellings. The target is taken off the request first, so the access log can still
     // name the path once the request has been sent on.
     let target = std::mem::take(request.uri_mut());
+    // Forward-auth (`forward.rs`): a request an ingress describes, decided by the steps
+    // below and answered instead of forwarded. Recognised on the raw path, so the original
+    // path after `/forward/` is normalised on its own.
+    if let Some(shape) = forward::addressed(config, &target) {
+        // Only a listed ingress may describe a request: anyone else could ask about
+        // requests of their choosing and set the address that rate limits see.
+        let original =
+            if client_ip::is_trusted(conn.peer.ip(), &config.forward_auth.trusted_proxies) {
+                Original::read(shape, request.method(), &target, request.headers())
+            } else {
+                Err(Error::ForbiddenBecause(
+                    "Forward-auth requests are accepted only from forward_auth.trusted_proxies",
+                ))
+            };
+        return forward(app, conn, request, target, original).await;
+    }
     let (path, decision) = match decide::route(config, Head::of(&request), &target) {
         Routing::Refused(error) => return Exchange::new(Route::DEFAULT, Err(error), target, None),
         Routing::Auth { path, route } => {
@@ -235,26 +273,15 @@ async fn gate(
         Routing::Proxy { path, decision } => (path, decision),
     };
 
-    // 9–10. Authenticate (`guard.rs`) and authorise (`decide.rs`): a rule that denies
-    //     everyone answers before any token is read; a presented token must be good even
-    //     where none is required, so a forged or revoked token is never silently downgraded
-    //     to anonymous; then the stricter verdict of the spellings, and the verified-email
-    //     requirement. The request counts under the rule the outcome came from.
-    let authorised = decide::authorise(config, &decision, || authenticate(app, request.headers()));
-    let route = Route::rule(authorised.rule);
-    let claims = authorised.claims;
-    if let Err(error) = authorised.result {
-        if matches!(error, Error::Token(TokenRefusal::Missing)) {
-            app.metrics.auth_failure("missing");
-        }
-        return Exchange::new(route, Err(error), target, claims);
-    }
-
-    // 6. Client address (`client_ip.rs`): it keys rate limits.
-    let client = client_ip(app, conn, &request);
-
-    // 11. Rate limits (`ratelimit.rs`), keyed by the client.
-    if let Err(error) = rate_limit(app, &decision, client) {
+    // 9–11. Authenticate, authorise, rate-limit (see `admit`).
+    let Admitted {
+        route,
+        claims,
+        result,
+    } = admit(app, &decision, request.headers(), || {
+        client_ip(app, conn, &request)
+    });
+    if let Err(error) = result {
         return Exchange::new(route, Err(error), target, claims);
     }
 
@@ -269,6 +296,107 @@ async fn gate(
     };
     let result = relay(app).send(request, pass).await;
     Exchange::new(route, result, target, claims)
+}
+
+/// What steps 9–11 made of a policy-decided request.
+struct Admitted {
+    /// The rule the outcome came from, as a counter slot.
+    route: Route,
+    claims: Option<Arc<Claims>>,
+    result: Result<(), Error>,
+}
+
+/// Steps 9–11, for a proxied request and a forward-auth decision alike.
+///
+/// 9–10. Authenticate (`guard.rs`) and authorise (`decide.rs`): a rule that denies everyone
+/// answers before any token is read; a presented token must be good even where none is
+/// required, so a forged or revoked token is never silently downgraded to anonymous; then
+/// the stricter verdict of the spellings, and the verified-email requirement. The request
+/// counts under the rule the outcome came from.
+///
+/// 6 and 11. The client address (`client_ip.rs`), worked out only now that it is needed,
+/// keys the rate limits (`ratelimit.rs`).
+fn admit(
+    app: &App,
+    decision: &Decision,
+    headers: &http::HeaderMap,
+    client: impl FnOnce() -> std::net::IpAddr,
+) -> Admitted {
+    let authorised = decide::authorise(&app.live.config, decision, || authenticate(app, headers));
+    let route = Route::rule(authorised.rule);
+    let claims = authorised.claims;
+    if let Err(error) = authorised.result {
+        if matches!(error, Error::Token(TokenRefusal::Missing)) {
+            app.metrics.auth_failure("missing");
+        }
+        return Admitted {
+            route,
+            claims,
+            result: Err(error),
+        };
+    }
+    let result = rate_limit(app, decision, client());
+    Admitted {
+        route,
+        claims,
+        result,
+    }
+}
+
+/// Forward-auth: the request `original` describes goes through steps 4–11 exactly as a
+/// proxied request would — refusals, normalisation, the auth prefix, the rule, the token,
+/// revocation, rate limits keyed by the original client — and the answer is the refusal or
+/// a 200 with the identity headers (`forward::allowed`), never a forwarded request.
+async fn forward(
+    app: &Arc<App>,
+    conn: ConnInfo,
+    mut request: Request<Incoming>,
+    own_target: Uri,
+    original: Result<Original, Error>,
+) -> Exchange {
+    let config = &app.live.config;
+    let original = match original {
+        Ok(original) => original,
+        Err(error) => {
+            let method = request.method().clone();
+            return Exchange::new(Route::DEFAULT, Err(error), own_target, None).forward(method);
+        }
+    };
+    // The check request stands in for the original: its method, and the host the client
+    // addressed; its other headers (Authorization, overrides) are the client's already.
+    *request.method_mut() = original.method;
+    if let Some(host) = original.host {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    let method = request.method().clone();
+    let target = original.target;
+    let decision = match decide::route(config, Head::of(&request), &target) {
+        Routing::Refused(error) => {
+            return Exchange::new(Route::DEFAULT, Err(error), target, None).forward(method);
+        }
+        // gatehouse's own endpoints check their own credentials: the ingress may pass the
+        // request on (to gatehouse), with no identity.
+        Routing::Auth { route, .. } => {
+            let allowed = forward::allowed(&config.headers, None).map(local);
+            return Exchange::new(route, allowed, target, None).forward(method);
+        }
+        Routing::Proxy { decision, .. } => decision,
+    };
+    // The original client, as the trusted-proxy walk finds it through the ingress.
+    let chain = &config.forward_auth.chain;
+    let Admitted {
+        route,
+        claims,
+        result,
+    } = admit(app, &decision, request.headers(), || {
+        client_ip::client_ip(conn.peer.ip(), request.headers(), chain)
+    });
+    let result = result.and_then(|()| {
+        forward::allowed(&config.headers, claims.as_deref())
+            .map(local)
+            .inspect_err(|_| app.metrics.auth_failure("claims"))
+    });
+    Exchange::new(route, result, target, claims).forward(method)
 }
 
 /// The shared state's parts that forwarding borrows.
@@ -325,6 +453,8 @@ struct AccessLine<'a> {
     user: Option<&'a str>,
     elapsed: Duration,
     peer: SocketAddr,
+    /// A forward-auth decision: method and path are the original request's.
+    forward_auth: bool,
 }
 
 impl AccessLine<'_> {
@@ -349,6 +479,7 @@ impl AccessLine<'_> {
             micros = u64::try_from(self.elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes,
             peer = %self.peer,
+            forward_auth = self.forward_auth,
         );
     }
 }

@@ -12,6 +12,8 @@
 //! - [`gate`]: the request pipeline, one async function from request to response.
 //! - [`decide`]: the gate's pure half (refusals, path, auth prefix, rule, verdict), which
 //!   [`explain`] (`policy explain`, `policy test`) calls too.
+//! - [`forward`]: forward-auth: reading the request an ingress asks about, the 200 it
+//!   copies identity headers from; decided by the gate's own steps.
 //! - [`guard`]: bearer authentication and rate limits, for the gate and the auth endpoints.
 //! - [`response`]: the response body type and the responses gatehouse writes itself.
 //! - [`hygiene`]: requests refused before anything is decided (overrides, hosts, CONNECT).
@@ -51,6 +53,7 @@ pub mod demo;
 pub mod email;
 pub mod error;
 pub mod explain;
+pub mod forward;
 pub mod gate;
 pub mod guard;
 pub mod hygiene;

@@ -221,6 +221,12 @@ pub struct Metrics {
     auth_duration: Histogram,
     upstream_duration: Histogram,
     auth_failures: IntCounterVec,
+    /// Forward-auth decisions (`{prefix}/forward`), apart from the requests gatehouse
+    /// answered or forwarded itself: `route`, `method_class` and `outcome` of the original
+    /// request, `allowed` for a 200. Resolved per decision, so a sidecar that never serves
+    /// forward-auth exports no series of it.
+    forward_decisions: IntCounterVec,
+    forward_duration: Histogram,
     upstream_errors: IntCounterVec,
     rate_limited: IntCounterVec,
     /// Audit events of the identity service: `event` and `outcome`.
@@ -320,6 +326,22 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(auth_failures.clone()))?;
+        let forward_decisions = IntCounterVec::new(
+            Opts::new(
+                "forward_auth_decisions_total",
+                "Forward-auth decisions by the original request's route, method class and outcome (allowed, or the refusal's).",
+            ),
+            &["route", "method_class", "outcome"],
+        )?;
+        registry.register(Box::new(forward_decisions.clone()))?;
+        let forward_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "forward_auth_duration_seconds",
+                "Time from receiving a forward-auth request to sending its answer.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(forward_duration.clone()))?;
         let upstream_errors = IntCounterVec::new(
             Opts::new("upstream_errors_total", "Upstream failures by kind."),
             &["kind"],
@@ -489,6 +511,8 @@ impl Metrics {
             auth_duration,
             upstream_duration,
             auth_failures,
+            forward_decisions,
+            forward_duration,
             upstream_errors,
             rate_limited,
             auth_events,
@@ -592,6 +616,27 @@ impl Metrics {
         } else {
             self.request_duration.observe(seconds);
         }
+    }
+
+    /// Records one forward-auth decision, labelled from the route table of the config that
+    /// decided it; `Outcome::Forwarded` stands for the 200, counted as `allowed` (the
+    /// ingress forwards, not gatehouse).
+    pub fn record_forward(
+        &self,
+        routes: &RouteCounters,
+        route: Route,
+        class: MethodClass,
+        outcome: Outcome,
+        seconds: f64,
+    ) {
+        let outcome = match outcome {
+            Outcome::Forwarded => "allowed",
+            other => other.label(),
+        };
+        self.forward_decisions
+            .with_label_values(&[routes.label(route), class.label(), outcome])
+            .inc();
+        self.forward_duration.observe(seconds);
     }
 
     pub fn record_upstream(&self, seconds: f64) {

@@ -107,6 +107,10 @@ pub const AUTH_ENDPOINTS: &[(&str, &str)] = &[
     ("ws", "/ws"),
 ];
 
+/// The forward-auth endpoint's path under `auth.prefix` (`forward.rs`). Not renamable: the
+/// ingress configs name it; `[auth.paths]` may not take it.
+pub const FORWARD_AUTH_PATH: &str = "/forward";
+
 /// The origin of an http(s) URL as a browser's `Origin` header spells it (lower case, no
 /// default port, no path); `None` for anything else.
 pub fn web_origin(url: &str) -> Option<String> {
@@ -403,6 +407,18 @@ pub struct HeadersConfig {
     pub forward_authorization: bool,
 }
 
+/// `[forward_auth]`: `{prefix}/forward` decides requests an ingress describes (API.md §10).
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    pub enabled: bool,
+    /// The peers whose description of a request is believed; any other peer gets 403.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The hops the `X-Forwarded-For` walk believes for a forward-auth request: the
+    /// ingresses above, then `server.trusted_proxies` (load balancers in front of the
+    /// ingress), so the original client is found as the proxy path would find it.
+    pub chain: Vec<IpNet>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -450,6 +466,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub email: EmailConfig,
     pub headers: HeadersConfig,
+    pub forward_auth: ForwardAuthConfig,
     pub policy: Policy,
     pub log: LogConfig,
 }

@@ -308,10 +308,11 @@ impl<'a> Section<'a> {
         self.cx.err(path, message);
     }
 
-    /// Records a warning on a key anywhere, for checks that span sections.
-    pub(super) fn warn_at(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    /// Records a warning on a key of this section, for checks that span keys (on the root, any dotted key).
+    pub(super) fn warn_at(&mut self, key: &str, message: impl Into<String>) {
+        let key = self.path_of(key);
         self.cx.warnings.push(ConfigError {
-            key: path.into(),
+            key,
             env: None,
             message: message.into(),
         });

@@ -13,9 +13,10 @@ use ipnet::IpNet;
 
 use super::read::{Section, did_you_mean, header_name};
 use super::{
-    AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, HeadersConfig, LockoutConfig,
-    LogConfig, LogFormat, MfaConfig, RateLimitBackend, RateLimitConfig, Registration, ServerConfig,
-    StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, UpstreamUrl, WsConfig,
+    AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, ForwardAuthConfig, HeadersConfig,
+    LockoutConfig, LogConfig, LogFormat, MfaConfig, RateLimitBackend, RateLimitConfig,
+    Registration, ServerConfig, StoreBackend, StoreConfig, TlsConfig, TokensConfig,
+    UpstreamConfig, UpstreamUrl, WsConfig,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
@@ -53,6 +54,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     let rate_limits = rate_limits(&mut root.section("rate_limits"), &routes);
     let email = email(&mut root.section("email"), &server, &auth);
     let headers = headers(&mut root.section("headers"));
+    let forward_auth = forward_auth(&mut root.section("forward_auth"), &server);
     let policy = policy(&mut root.section("policy"), &routes, &roles, &auth);
     let log = log(&mut root.section("log"));
     if tokens.algorithm.is_asymmetric() && server.public_url.is_empty() {
@@ -74,6 +76,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
         rate_limits,
         email,
         headers,
+        forward_auth,
         policy: policy?,
         log,
     })
@@ -132,35 +135,13 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
             v => socket_addr(v, "an address").map(Some),
         })
         .flatten();
-    let trusted_proxies = s
-        .list("trusted_proxies", &[])
-        .warn(|list| {
-            let everyone: Vec<&str> = list
-                .iter()
-                .map(String::as_str)
-                .filter(|cidr| cidr.parse::<IpNet>().is_ok_and(|net| net.prefix_len() == 0))
-                .collect();
-            (!everyone.is_empty()).then(|| {
-                let verb = if everyone.len() == 1 {
-                    "trusts"
-                } else {
-                    "trust"
-                };
-                format!(
-                    "{} {verb} every peer: any client can set X-Forwarded-For and pick the \
-                     address that rate limits, lockouts and audit events see; list your \
-                     proxies' own ranges",
-                    everyone.join(" and ")
-                )
-            })
-        })
-        .parse_each(|cidr| {
-            // A bare address means a single host.
-            cidr.parse::<IpNet>()
-                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|net| net.trunc())
-                .map_err(|_| format!("{cidr:?} is not a CIDR like 10.0.0.0/8"))
-        });
+    let trusted_proxies = cidrs(s, "trusted_proxies", &[], |everyone, verb| {
+        format!(
+            "{everyone} {verb} every peer: any client can set X-Forwarded-For and pick the \
+             address that rate limits, lockouts and audit events see; list your proxies' own \
+             ranges"
+        )
+    });
     let public_url = s
         .str("public_url", "")
         .map(|v| v.trim_end_matches('/').to_string())
@@ -218,6 +199,41 @@ fn server(s: &mut Section<'_>) -> ServerConfig {
         watch_config: s.get("watch_config", DEFAULT_WATCH_CONFIG).get(),
         tls,
     }
+}
+
+/// A list of CIDRs (a bare address is one host), truncated to their network, with a warning
+/// built by `everyone_warning(cidrs, verb)` when any of them is a whole address family
+/// (`0.0.0.0/0`, `::/0`). `server.trusted_proxies` and `forward_auth.trusted_proxies` read
+/// their lists through this one function, so both accept and refuse the same spellings.
+fn cidrs(
+    s: &mut Section<'_>,
+    key: &str,
+    default: &[&str],
+    everyone_warning: impl FnOnce(&str, &str) -> String,
+) -> Vec<IpNet> {
+    s.list(key, default)
+        .warn(|list| {
+            let everyone: Vec<&str> = list
+                .iter()
+                .map(String::as_str)
+                .filter(|cidr| cidr.parse::<IpNet>().is_ok_and(|net| net.prefix_len() == 0))
+                .collect();
+            (!everyone.is_empty()).then(|| {
+                let verb = if everyone.len() == 1 {
+                    "trusts"
+                } else {
+                    "trust"
+                };
+                everyone_warning(&everyone.join(" and "), verb)
+            })
+        })
+        .parse_each(|cidr| {
+            // A bare address means a single host.
+            cidr.parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| format!("{cidr:?} is not a CIDR like 10.0.0.0/8"))
+        })
 }
 
 fn tls(s: &mut Section<'_>) -> Option<TlsConfig> {
@@ -888,6 +904,13 @@ fn renames(s: &mut Section<'_>) -> Vec<(&'static str, String)> {
         let normal = crate::path::normalize(path).is_ok_and(|n| n == path.as_str());
         if !normal || path == "/" || path.ends_with('/') || path.contains('%') {
             s.err(name, "must be a plain normalised path like \"/signin\"");
+        } else if path == super::FORWARD_AUTH_PATH
+            || path.starts_with(&format!("{}/", super::FORWARD_AUTH_PATH))
+        {
+            s.err(
+                name,
+                format!("{path} is the forward-auth endpoint ([forward_auth]); pick another path"),
+            );
         } else if renames.iter().any(|(_, p)| p == path)
             || AUTH_ENDPOINTS
                 .iter()
@@ -1151,6 +1174,54 @@ fn headers(s: &mut Section<'_>) -> HeadersConfig {
         request_id: s.header("request_id", DEFAULT_REQUEST_ID_HEADER).get(),
         // The upstream trusts gatehouse's identity headers, not the raw token.
         forward_authorization: s.get("forward_authorization", false).get(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [forward_auth]
+// ---------------------------------------------------------------------------------------
+
+/// Off: an ingress must be set up to call `{prefix}/forward` and to copy its answer, so
+/// turning it on is a decision the operator makes with the ingress config in hand.
+const DEFAULT_FORWARD_AUTH_ENABLED: bool = false;
+/// An ingress on the same host (a sidecar's pod, a VM running nginx beside gatehouse): the
+/// one set of peers that is safe to believe without knowing the network.
+const DEFAULT_FORWARD_AUTH_PROXIES: [&str; 2] = ["127.0.0.1/32", "::1/128"];
+
+fn forward_auth(s: &mut Section<'_>, server: &ServerConfig) -> ForwardAuthConfig {
+    let enabled = s.get("enabled", DEFAULT_FORWARD_AUTH_ENABLED).get();
+    let trusted_proxies = cidrs(
+        s,
+        "trusted_proxies",
+        &DEFAULT_FORWARD_AUTH_PROXIES,
+        |everyone, verb| {
+            format!(
+                "{everyone} {verb} every peer: any client that reaches gatehouse can describe \
+                 a request of its choosing to {{prefix}}/forward and set the X-Forwarded-For \
+                 that rate limits see; list your ingresses' own ranges"
+            )
+        },
+    );
+    if enabled && trusted_proxies.is_empty() {
+        s.warn_at(
+            "trusted_proxies",
+            "is empty: every request to {prefix}/forward is refused with 403; list the \
+             addresses your ingress connects from",
+        );
+    }
+    // The ingress is the last hop of X-Forwarded-For; proxies in front of it are the
+    // server's trusted proxies. The walk believes both.
+    let mut chain = trusted_proxies.clone();
+    chain.extend(
+        server
+            .trusted_proxies
+            .iter()
+            .filter(|net| !trusted_proxies.contains(net)),
+    );
+    ForwardAuthConfig {
+        enabled,
+        trusted_proxies,
+        chain,
     }
 }
 
