@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use crate::config::Config;
 use crate::email::Mailer;
 use crate::error::Error;
+use crate::issuers::Issuers;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::password::Hasher;
 use crate::ratelimit::{Rate, RateLimiter};
@@ -240,6 +241,8 @@ pub enum StartError {
     Upstream(String),
     /// `rate_limits.*`: the shared limits could not be set up.
     RateLimits(String),
+    /// `issuers`: the client that fetches their keys could not be built.
+    Issuers(String),
     /// The metrics registry refused a metric (a bug).
     Metrics(prometheus::Error),
     /// `server.listen` / `server.admin_listen` could not be bound.
@@ -262,6 +265,7 @@ impl std::fmt::Display for StartError {
             StartError::Mail(e) => write!(f, "email: {e}"),
             StartError::Upstream(e) => write!(f, "upstream: {e}"),
             StartError::RateLimits(e) => write!(f, "{e}"),
+            StartError::Issuers(e) => write!(f, "issuers: {e}"),
             StartError::Metrics(e) => write!(f, "metrics: {e}"),
             StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::Task(e) => write!(f, "start-up task: {e}"),
@@ -318,6 +322,9 @@ pub struct Live {
     /// The `route` label of each route slot and its request counters (the rules' labels
     /// come from this generation's policy).
     pub routes: RouteCounters,
+    /// `[[issuers]]`: other issuers' key sets, kept across reloads where their entry did
+    /// not change.
+    pub issuers: Issuers,
 }
 
 impl Live {
@@ -353,8 +360,16 @@ impl Live {
             .map(|i| config.policy.rule_label(Some(i)))
             .collect();
         let routes = core.metrics.route_counters(&rule_labels);
+        let issuers = Issuers::build(
+            &config,
+            &core.metrics,
+            &core.clock,
+            running.map(|live| &live.issuers),
+        )
+        .map_err(StartError::Issuers)?;
         core.widen_access_window(&config);
         Ok(Live {
+            issuers,
             limits: Limits::new(&config, running.map(|live| (&live.config, &live.limits))),
             tokens,
             shared_limits,
@@ -530,6 +545,8 @@ impl App {
         }
         let app = Arc::new(app);
         app.mailer.start();
+        // Their first fetch starts now; nothing waits for it (`/readyz` does not).
+        app.live.issuers.start();
         // Logs whether Redis answers; never fails the start (limits fall back to local).
         app.live.shared_limits.connect().await;
         // Risky settings (debug tokens among them) are logged by the CLI from the config's

@@ -41,7 +41,7 @@ use crate::client_ip;
 use crate::decide::{self, Routing};
 use crate::error::{Error, TokenRefusal};
 use crate::forward::{self, Original};
-use crate::guard::{authenticate, check_rate};
+use crate::guard::{authenticate_request, check_rate};
 use crate::hygiene::Head;
 use crate::metrics::{MethodClass, Outcome, Route};
 use crate::path;
@@ -280,7 +280,8 @@ async fn gate(
         result,
     } = admit(app, &decision, request.headers(), || {
         client_ip(app, conn, &request)
-    });
+    })
+    .await;
     if let Err(error) = result {
         return Exchange::new(route, Err(error), target, claims);
     }
@@ -316,13 +317,21 @@ struct Admitted {
 ///
 /// 6 and 11. The client address (`client_ip.rs`), worked out only now that it is needed,
 /// keys the rate limits (`ratelimit.rs`).
-fn admit(
+async fn admit(
     app: &App,
     decision: &Decision,
     headers: &http::HeaderMap,
     client: impl FnOnce() -> std::net::IpAddr,
 ) -> Admitted {
-    let authorised = decide::authorise(&app.live.config, decision, || authenticate(app, headers));
+    // Authenticated first, since a token of another issuer may wait for its keys (an
+    // unknown `kid`); but not at all when a rule denies everyone, as `authorise` decides
+    // such a request before any token is read.
+    let authenticated = if decision.denial().is_some() {
+        Ok(None)
+    } else {
+        authenticate_request(app, headers).await
+    };
+    let authorised = decide::authorise(&app.live.config, decision, || authenticated);
     let route = Route::rule(authorised.rule);
     let claims = authorised.claims;
     if let Err(error) = authorised.result {
@@ -390,7 +399,8 @@ async fn forward(
         result,
     } = admit(app, &decision, request.headers(), || {
         client_ip::client_ip(conn.peer.ip(), request.headers(), chain)
-    });
+    })
+    .await;
     let result = result.and_then(|()| {
         forward::allowed(&config.headers, claims.as_deref())
             .map(local)

@@ -58,6 +58,7 @@ pub mod gate;
 pub mod guard;
 pub mod hygiene;
 pub mod imported_hash;
+pub mod issuers;
 pub mod logging;
 pub mod metrics;
 pub mod mfa;

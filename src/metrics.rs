@@ -277,6 +277,14 @@ pub struct Metrics {
     /// When the config last loaded successfully (Unix seconds): the start, then each
     /// successful reload.
     pub config_last_reload_success: IntGauge,
+    /// Key-set fetches of each `[[issuers]]` entry, by `issuer` (its name) and `result`
+    /// (`ok`, `error`: unreachable or not 200, `invalid`: no usable key set).
+    pub issuer_jwks_refresh: IntCounterVec,
+    /// Keys in each issuer's key set now (0 until one was fetched).
+    pub issuer_keys: IntGaugeVec,
+    /// Bearer tokens of each issuer by `result`: `accepted`, or the refusal's reason label
+    /// (`expired`, `kid`, `audience`, `signature`, …).
+    pub issuer_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -490,6 +498,30 @@ impl Metrics {
         )?;
         config_last_reload_success.set(unix_now());
         registry.register(Box::new(config_last_reload_success.clone()))?;
+        let issuer_jwks_refresh = IntCounterVec::new(
+            Opts::new(
+                "issuer_jwks_refresh_total",
+                "Key-set fetches of each external issuer by result (ok; error: unreachable or not 200; invalid: no usable key set). The last good set stays in use after a failure.",
+            ),
+            &["issuer", "result"],
+        )?;
+        registry.register(Box::new(issuer_jwks_refresh.clone()))?;
+        let issuer_keys = IntGaugeVec::new(
+            Opts::new(
+                "issuer_keys",
+                "Keys in each external issuer's key set now (0 until one was fetched).",
+            ),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(issuer_keys.clone()))?;
+        let issuer_tokens = IntCounterVec::new(
+            Opts::new(
+                "issuer_tokens_total",
+                "Bearer tokens of each external issuer by result: accepted, or the refusal reason.",
+            ),
+            &["issuer", "result"],
+        )?;
+        registry.register(Box::new(issuer_tokens.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new(
                 "build_info",
@@ -535,6 +567,9 @@ impl Metrics {
             tls_certificate_expiry,
             config_reloads,
             config_last_reload_success,
+            issuer_jwks_refresh,
+            issuer_keys,
+            issuer_tokens,
         })
     }
 

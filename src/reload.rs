@@ -196,6 +196,8 @@ impl Current {
         let level_changed = running.live.config.log.level != next.live.config.log.level;
         let next = Arc::new(next);
         self.app.store(next.clone());
+        // New or changed issuers fetch their keys; kept ones are running already.
+        next.live.issuers.start();
         if level_changed {
             crate::logging::set_level(&next.live.config.log.level);
         }

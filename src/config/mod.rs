@@ -42,9 +42,9 @@ use crate::ratelimit::Rate;
 
 pub use read::{KeyDoc, Kind, env_name};
 pub use secret::Secret;
-pub use sections::MIN_SECRET_BYTES;
 #[cfg(test)]
 use sections::parse_upstream_url;
+pub use sections::{MIN_SECRET_BYTES, fetchable_url};
 
 /// A configuration error with the TOML key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +246,36 @@ impl TokensConfig {
             leeway_secs: self.leeway.as_secs(),
         })
     }
+}
+
+/// One `[[issuers]]` entry: another issuer whose access tokens are verified with its
+/// published keys (API.md §9). Two entries equal in every field build the same key set,
+/// so a reload that leaves an issuer alone keeps its fetched keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// The label of its metrics and log lines; unique.
+    pub name: String,
+    /// Equal to its tokens' `iss`; unique, and not `tokens.issuer`.
+    pub issuer: String,
+    /// Where its keys are published.
+    pub keys: IssuerKeys,
+    /// A token's `aud` (one of them) must be one of these.
+    pub audiences: Vec<String>,
+    /// The algorithms its keys may have: EdDSA, ES256, RS256.
+    pub algorithms: Vec<crate::token::Algorithm>,
+    /// Where its tokens carry roles: a claim name, or a dotted path (`realm_access.roles`).
+    pub roles_claim: String,
+    /// Where its tokens carry the email, the same way.
+    pub email_claim: String,
+}
+
+/// Where an issuer's JWK set is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerKeys {
+    /// `jwks_url`.
+    Url(String),
+    /// `discovery = true`: the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
+    Discovery,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +497,8 @@ pub struct Config {
     pub email: EmailConfig,
     pub headers: HeadersConfig,
     pub forward_auth: ForwardAuthConfig,
+    /// `[[issuers]]`: other issuers whose access tokens the proxy path accepts (API.md §9).
+    pub issuers: Vec<IssuerConfig>,
     pub policy: Policy,
     pub log: LogConfig,
 }

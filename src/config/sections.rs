@@ -14,9 +14,9 @@ use ipnet::IpNet;
 use super::read::{Section, did_you_mean, header_name};
 use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, ForwardAuthConfig, HeadersConfig,
-    LockoutConfig, LogConfig, LogFormat, MfaConfig, RateLimitBackend, RateLimitConfig,
-    Registration, ServerConfig, StoreBackend, StoreConfig, TlsConfig, TokensConfig,
-    UpstreamConfig, UpstreamUrl, WsConfig,
+    IssuerConfig, IssuerKeys, LockoutConfig, LogConfig, LogFormat, MfaConfig, RateLimitBackend,
+    RateLimitConfig, Registration, ServerConfig, StoreBackend, StoreConfig, TlsConfig,
+    TokensConfig, UpstreamConfig, UpstreamUrl, WsConfig,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
@@ -55,6 +55,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     let email = email(&mut root.section("email"), &server, &auth);
     let headers = headers(&mut root.section("headers"));
     let forward_auth = forward_auth(&mut root.section("forward_auth"), &server);
+    let issuers = issuers(root, &tokens);
     let policy = policy(&mut root.section("policy"), &routes, &roles, &auth);
     let log = log(&mut root.section("log"));
     if tokens.algorithm.is_asymmetric() && server.public_url.is_empty() {
@@ -77,6 +78,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
         email,
         headers,
         forward_auth,
+        issuers,
         policy: policy?,
         log,
     })
@@ -1222,6 +1224,157 @@ fn forward_auth(s: &mut Section<'_>, server: &ServerConfig) -> ForwardAuthConfig
         enabled,
         trusted_proxies,
         chain,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// [[issuers]]
+// ---------------------------------------------------------------------------------------
+
+/// RS256 is the one algorithm every OpenID provider must support (OIDC Core §15.1).
+const DEFAULT_ISSUER_ALGORITHMS: &[&str] = &["RS256"];
+/// The claim most providers (and RFC 9068's examples) carry roles in.
+const DEFAULT_ROLES_CLAIM: &str = "roles";
+/// The OpenID Connect standard claim.
+const DEFAULT_EMAIL_CLAIM: &str = "email";
+
+/// `[[issuers]]`, each entry checked on its own keys (`issuers[1].audiences`), then names
+/// and issuers unique across entries and distinct from `tokens.issuer`.
+fn issuers(root: &mut Section<'_>, tokens: &TokensConfig) -> Vec<IssuerConfig> {
+    let entries = root.tables("issuers", |s| {
+        let name = s.str("name", "").check(|n| {
+            check_kid(n).map_err(|_| {
+                format!("{n:?} is not a name: use 1 to 64 characters of A-Z a-z 0-9 . _ - (it labels metrics)")
+            })
+        });
+        let issuer = s.str("issuer", "").check(|i| {
+            if i.is_empty() {
+                Err("is required: the `iss` its tokens carry".into())
+            } else if *i == tokens.issuer {
+                Err(format!(
+                    "{i:?} is tokens.issuer, gatehouse's own: its tokens are verified with [tokens] keys"
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        let jwks_url = s.optional::<String>("jwks_url").check(|url| {
+            url.as_deref().map_or(Ok(()), |u| fetchable_url(u))
+        });
+        let discovery = s.get("discovery", false).get();
+        let keys = match (jwks_url, discovery) {
+            (Some(_), true) => {
+                s.err("discovery", "and jwks_url are exclusive: set one");
+                None
+            }
+            (Some(url), false) => Some(IssuerKeys::Url(url)),
+            (None, true) => {
+                if let Err(e) = fetchable_url(&issuer) {
+                    s.err("issuer", format!("with discovery = true, {e}"));
+                }
+                Some(IssuerKeys::Discovery)
+            }
+            (None, false) => {
+                s.err("", "needs jwks_url, or discovery = true to read it from the issuer");
+                None
+            }
+        };
+        let audiences = s.list("audiences", &[]).check(|list| {
+            if list.is_empty() {
+                Err("must list at least one audience: a token's aud must name this API".into())
+            } else if list.iter().any(String::is_empty) {
+                Err("must not contain an empty audience".into())
+            } else {
+                Ok(())
+            }
+        });
+        let algorithms = s
+            .list("algorithms", DEFAULT_ISSUER_ALGORITHMS)
+            .then(
+                |list| {
+                    if list.is_empty() {
+                        Err("must list at least one of EdDSA, ES256, RS256".to_string())
+                    } else {
+                        Ok(list)
+                    }
+                },
+                Vec::new(),
+            )
+            .parse_each(|a| match Algorithm::from_name(a) {
+                Some(alg) if alg.is_asymmetric() => Ok(alg),
+                Some(_) => Err(format!(
+                    "{a} is symmetric: its key would be a secret shared with the issuer; \
+                     use EdDSA, ES256 or RS256"
+                )),
+                None => Err(format!("{a:?} is not supported: EdDSA, ES256 or RS256")),
+            });
+        let roles_claim = s.str("roles_claim", DEFAULT_ROLES_CLAIM).check(|c| claim_path(c));
+        let email_claim = s.str("email_claim", DEFAULT_EMAIL_CLAIM).check(|c| claim_path(c));
+        Some(IssuerConfig {
+            name,
+            issuer,
+            keys: keys?,
+            audiences,
+            algorithms,
+            roles_claim,
+            email_claim,
+        })
+    });
+    let mut issuers: Vec<(usize, IssuerConfig)> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let Some(entry) = entry else { continue };
+        if let Some((j, _)) = issuers.iter().find(|(_, o)| o.name == entry.name) {
+            root.err_at(
+                format!("issuers[{i}].name"),
+                format!(
+                    "{:?} is already the name of issuers[{j}]; names must be unique",
+                    entry.name
+                ),
+            );
+        }
+        if let Some((j, _)) = issuers.iter().find(|(_, o)| o.issuer == entry.issuer) {
+            root.err_at(
+                format!("issuers[{i}].issuer"),
+                format!(
+                    "{:?} is already the issuer of issuers[{j}]; issuers must be unique",
+                    entry.issuer
+                ),
+            );
+        }
+        issuers.push((i, entry));
+    }
+    issuers.into_iter().map(|(_, entry)| entry).collect()
+}
+
+/// A URL keys may be fetched from: `https://`, or `http://` to a loopback address only (a
+/// local test provider, or a sidecar of its own): keys fetched in clear over a network
+/// could be anyone's.
+pub fn fetchable_url(value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("{value:?} is not a URL ({e})"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{value:?} must be https:// (http:// only to a loopback address): keys fetched in clear could be anyone's"
+        )),
+        _ => Err(format!("{value:?} must be an https:// URL")),
+    }
+}
+
+/// A claim name, or a dotted path of them: no empty part.
+fn claim_path(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.starts_with('.') || value.ends_with('.') || value.contains("..") {
+        Err(format!(
+            "{value:?} is not a claim: a name, or a dotted path like realm_access.roles"
+        ))
+    } else {
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! - **Only what the bytes decide is cached.** An entry says "these exact bytes carry a good
 //!   signature, the right issuer, audience and type, and these claims". Time (`nbf`, `exp`)
-//!   is checked on every use by the caller ([`super::Tokens::check_time`]), and revocation is
+//!   is checked on every use by the caller (`super::check_time`), and revocation is
 //!   never cached: a hit still goes through the revocation check. A token is only ever
 //!   inserted after it verified, so the cache cannot make a token good that was not.
 //! - **Direct-mapped and fixed.** `entries` slots (a power of two), allocated once; a new

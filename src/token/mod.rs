@@ -55,6 +55,7 @@
 //!   store yields no usable token. Stored hashes are compared in constant time.
 
 mod cache;
+pub mod external;
 pub mod keys;
 mod strict;
 
@@ -250,11 +251,18 @@ struct OwnHeader<'a> {
 /// The header members the general path reads. Unknown members are ignored, never
 /// followed (`jku`, `x5u`, `jwk`, `x5c`); `crit` is refused by its presence.
 #[derive(Deserialize)]
-struct JoseHeader {
+struct RawHeader {
     alg: Option<String>,
     kid: Option<String>,
     typ: Option<String>,
     crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A header that passed [`read_header`]: strict JSON, no `crit`, an `alg`.
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
 }
 
 /// Issues and verifies access tokens. Built once from one set of keys; every key, header and
@@ -422,10 +430,7 @@ impl Tokens {
     /// (the key's), the JSON's strictness, signature, issuer, audience, type, the identity
     /// claims, `nbf`, `iat` and `exp`. Runs on every proxied request the cache misses.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Invalid("oversized"));
-        }
-        check_shape(token.as_bytes())?;
+        check_size_and_shape(token)?;
 
         let own = self
             .keys
@@ -435,8 +440,17 @@ impl Tokens {
             Some(entry) => self.verify_own_header(token, entry)?,
             None => self.verify_with_library(token)?,
         };
-        self.check_time(&claims, now_unix)?;
+        check_time(&claims, now_unix, self.leeway_secs)?;
         Ok(claims)
+    }
+
+    /// Whether `token` starts with a header gatehouse writes: such a token is gatehouse's
+    /// own (or forged as such) and never another issuer's, so the gate need not look at
+    /// its `iss` to know which verifier it goes to.
+    pub fn has_own_header(&self, token: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|k| !k.prefix.is_empty() && token.starts_with(&k.prefix))
     }
 
     /// [`Tokens::verify`] through the cache of verified tokens: a token verified before skips
@@ -444,29 +458,12 @@ impl Tokens {
     /// proxied request; the claims come back shared, so a hit copies no string.
     pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<Arc<Claims>, TokenError> {
         if let Some(claims) = self.cache.get(token) {
-            self.check_time(&claims, now_unix)?;
+            check_time(&claims, now_unix, self.leeway_secs)?;
             return Ok(claims);
         }
         let claims = Arc::new(self.verify(token, now_unix)?);
         self.cache.insert(token, claims.clone());
         Ok(claims)
-    }
-
-    /// `nbf`, `iat` and `exp` against the injected clock, with the leeway (see the module
-    /// doc). An `iat` in the future would survive a user-wide revocation, which revokes the
-    /// tokens issued at or before its cutoff.
-    fn check_time(&self, claims: &Claims, now_unix: u64) -> Result<(), TokenError> {
-        let ahead = now_unix.saturating_add(self.leeway_secs);
-        if ahead < claims.nbf {
-            return Err(TokenError::Invalid("not_yet_valid"));
-        }
-        if ahead.saturating_add(IAT_FLOOR_SECS) < claims.iat {
-            return Err(TokenError::Invalid("issued_in_future"));
-        }
-        if now_unix >= claims.exp.saturating_add(self.leeway_secs) {
-            return Err(TokenError::Expired);
-        }
-        Ok(())
     }
 
     /// The fast path, for a token whose header segment is byte for byte one we write (`alg`,
@@ -493,20 +490,7 @@ impl Tokens {
         };
         strict::check_json(json).map_err(|_| TokenError::Invalid("claims"))?;
 
-        // A longer signature than the largest key makes is never ours, and is decoded on the
-        // heap only to tell bad base64 from a wrong signature.
-        let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
-        let signature = if signature.len() <= MAX_SIGNATURE_BYTES / 3 * 4 {
-            let n = URL_SAFE_NO_PAD
-                .decode_slice(signature, &mut sig_buf)
-                .map_err(|_| MALFORMED)?;
-            &sig_buf[..n]
-        } else {
-            return Err(long_signature(signature));
-        };
-        if !entry.key.verify(message.as_bytes(), signature) {
-            return Err(TokenError::Invalid("signature"));
-        }
+        check_signature(&entry.key, message, signature)?;
 
         let claims: Claims =
             serde_json::from_slice(json).map_err(|_| TokenError::Invalid("claims"))?;
@@ -535,15 +519,8 @@ impl Tokens {
         let header = segments.next().unwrap_or_default();
         let payload = segments.next().unwrap_or_default();
 
-        let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| MALFORMED)?;
-        strict::check_json(&header).map_err(|_| TokenError::Invalid("header"))?;
-        let header: JoseHeader =
-            serde_json::from_slice(&header).map_err(|_| TokenError::Invalid("header"))?;
-        // RFC 7515 §4.1.11: no critical extension is understood here.
-        if header.crit.is_some() {
-            return Err(TokenError::Invalid("header"));
-        }
-        let alg = header.alg.ok_or(TokenError::Invalid("header"))?;
+        let header = read_header(header)?;
+        let alg = header.alg;
         let entry = match header.kid.as_deref() {
             Some(kid) => self.keys.iter().find(|k| k.key.kid() == kid),
             // Tokens minted before kids were written carry none; under HS256 the one secret
@@ -557,8 +534,7 @@ impl Tokens {
             return Err(TokenError::Invalid("algorithm"));
         }
 
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| MALFORMED)?;
-        strict::check_json(&payload).map_err(|_| TokenError::Invalid("claims"))?;
+        decode_payload(payload)?;
 
         let data =
             jsonwebtoken::decode::<Claims>(token, entry.key.decoding_key(), &entry.validation)
@@ -571,6 +547,78 @@ impl Tokens {
         strict::check_identity(&data.claims).map_err(|_| TokenError::Invalid("identity"))?;
         Ok(data.claims)
     }
+}
+
+/// The cheap refusals every path starts with: the size cap, then three non-empty unpadded
+/// base64url segments, before any decoding.
+fn check_size_and_shape(token: &str) -> Result<(), TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Invalid("oversized"));
+    }
+    check_shape(token.as_bytes())
+}
+
+/// Decodes and judges a header segment (strict JSON, no `crit`, an `alg`) and reads the
+/// members a verifier needs. Every path that parses a header goes through here.
+fn read_header(segment: &str) -> Result<JoseHeader, TokenError> {
+    let header = URL_SAFE_NO_PAD.decode(segment).map_err(|_| MALFORMED)?;
+    strict::check_json(&header).map_err(|_| TokenError::Invalid("header"))?;
+    let header: RawHeader =
+        serde_json::from_slice(&header).map_err(|_| TokenError::Invalid("header"))?;
+    // RFC 7515 §4.1.11: no critical extension is understood here.
+    if header.crit.is_some() {
+        return Err(TokenError::Invalid("header"));
+    }
+    Ok(JoseHeader {
+        alg: header.alg.ok_or(TokenError::Invalid("header"))?,
+        kid: header.kid,
+        typ: header.typ,
+    })
+}
+
+/// Decodes a payload segment and judges it strict: the JSON a verifier may read.
+fn decode_payload(segment: &str) -> Result<Vec<u8>, TokenError> {
+    let payload = URL_SAFE_NO_PAD.decode(segment).map_err(|_| MALFORMED)?;
+    strict::check_json(&payload).map_err(|_| TokenError::Invalid("claims"))?;
+    Ok(payload)
+}
+
+/// Checks `signature` (the token's third segment) over `message` (the first two and their
+/// dot) with `key`, under the key's own algorithm.
+fn check_signature(key: &VerifyKey, message: &str, signature: &str) -> Result<(), TokenError> {
+    // A longer signature than the largest key makes is never ours, and is decoded on the
+    // heap only to tell bad base64 from a wrong signature.
+    let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
+    let signature = if signature.len() <= MAX_SIGNATURE_BYTES / 3 * 4 {
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(signature, &mut sig_buf)
+            .map_err(|_| MALFORMED)?;
+        &sig_buf[..n]
+    } else {
+        return Err(long_signature(signature));
+    };
+    if key.verify(message.as_bytes(), signature) {
+        Ok(())
+    } else {
+        Err(TokenError::Invalid("signature"))
+    }
+}
+
+/// `nbf`, `iat` and `exp` against the injected clock, with the leeway (see the module
+/// doc). An `iat` in the future would survive a user-wide revocation, which revokes the
+/// tokens issued at or before its cutoff.
+fn check_time(claims: &Claims, now_unix: u64, leeway_secs: u64) -> Result<(), TokenError> {
+    let ahead = now_unix.saturating_add(leeway_secs);
+    if ahead < claims.nbf {
+        return Err(TokenError::Invalid("not_yet_valid"));
+    }
+    if ahead.saturating_add(IAT_FLOOR_SECS) < claims.iat {
+        return Err(TokenError::Invalid("issued_in_future"));
+    }
+    if now_unix >= claims.exp.saturating_add(leeway_secs) {
+        return Err(TokenError::Expired);
+    }
+    Ok(())
 }
 
 /// A signature segment too long for any key we hold: bad base64 is `malformed`, as the
