@@ -1259,7 +1259,7 @@ fn issuers(root: &mut Section<'_>, tokens: &TokensConfig) -> Vec<IssuerConfig> {
             }
         });
         let jwks_url = s.optional::<String>("jwks_url").check(|url| {
-            url.as_deref().map_or(Ok(()), |u| fetchable_url(u))
+            url.as_deref().map_or(Ok(()), fetchable_url)
         });
         let discovery = s.get("discovery", false).get();
         let keys = match (jwks_url, discovery) {

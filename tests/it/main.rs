@@ -13,6 +13,7 @@ mod forward;
 mod harness;
 mod import;
 mod ingress;
+mod issuers;
 mod keys;
 mod mfa;
 mod openapi;
