@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
 use std::collections::HashMap;
 
+pub use crate::clock::Clock;
 use crate::config::Config;
 use crate::email::Mailer;
 use crate::error::Error;
@@ -33,31 +33,6 @@ const PURGE_MARGIN_SECS: u64 = 2;
 /// Forgot-password lookups running in the background at once; beyond that, requests are
 /// answered as usual and their work shed. Each holds a blocking-pool thread briefly.
 pub const MAX_BACKGROUND_JOBS: usize = 64;
-
-/// Unix time for token claims, lockouts and expiries. Injected so tests can move it without
-/// sleeping: the manual clock is an atomic that tests advance.
-#[derive(Clone)]
-pub enum Clock {
-    System,
-    Manual(Arc<AtomicU64>),
-}
-
-impl Clock {
-    pub fn manual(start_unix: u64) -> (Clock, Arc<AtomicU64>) {
-        let now = Arc::new(AtomicU64::new(start_unix));
-        (Clock::Manual(now.clone()), now)
-    }
-
-    /// Seconds since the Unix epoch.
-    pub fn now(&self) -> u64 {
-        match self {
-            Clock::System => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            Clock::Manual(now) => now.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Request ids for requests that arrive without a usable one: a random per-process prefix
 /// and a counter, unique without a syscall or an RNG call per request.

@@ -47,7 +47,7 @@ use hyper_util::rt::TokioExecutor;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::watch;
 
-use crate::app::Clock;
+use crate::clock::Clock;
 use crate::config::{Config, IssuerConfig, IssuerKeys, fetchable_url};
 use crate::metrics::Metrics;
 use crate::token::external::{self, IssuerRules, KeySet, Refusal};

@@ -46,6 +46,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod cooldown;
 pub mod decide;
