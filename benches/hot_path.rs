@@ -4,6 +4,8 @@
 //! - token verify (HS256), and a token found in the verified-token cache, vs. jsonwebtoken's
 //!   stock `decode` with a default `Validation`; verify per algorithm (HS256, EdDSA, ES256,
 //!   RS256 with a 2048-bit key) on the fast path, the general path and from the cache;
+//! - an external issuer's token (`[[issuers]]`, a Keycloak-shaped payload) per algorithm:
+//!   reading its `iss`, verifying it the first time, and from its key set's cache;
 //! - policy decide over 100 rules vs. a linear scan that splits and allocates per request;
 //! - header rewrite (strip spoofed/hop-by-hop, set identity and forwarding headers);
 //! - rate-limit check vs. a `Mutex<HashMap>` GCRA;
@@ -20,7 +22,7 @@ use gatehouse::policy::{Policy, PolicySpec, RoleSpec, RouteSpec};
 use gatehouse::proxy::{Forwarding, Identity, rewrite_request};
 use gatehouse::ratelimit::{Rate, RateLimiter};
 use gatehouse::token::{
-    Algorithm, Identity as TokenIdentity, SigningKey, TokenSettings, Tokens, keys,
+    Algorithm, Identity as TokenIdentity, SigningKey, TokenSettings, Tokens, external, keys,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
@@ -177,6 +179,12 @@ fn naive_decide(rules: &[RouteSpec], method: &str, path: &str) -> Option<usize> 
     None
 }
 
+/// Base64url without padding, as JWTs write their segments.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 fn bench_tokens(c: &mut Criterion) {
     let tokens = tokens();
     let token = token(&tokens);
@@ -220,6 +228,47 @@ fn bench_tokens(c: &mut Criterion) {
         let general = tokens.general_path_only();
         group.bench_function(format!("{alg}/general"), |b| {
             b.iter(|| general.verify(black_box(&token), NOW).unwrap())
+        });
+    }
+    group.finish();
+
+    // Another issuer's token: the `iss` peek that routes it, then its key set's verify.
+    let mut group = c.benchmark_group("token_verify_external");
+    for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+        let (pem, _) = keys::generate(alg).unwrap();
+        let key = SigningKey::from_pem(pem.as_bytes(), alg, Some("idp-1")).unwrap();
+        let jwks = serde_json::json!({"keys": [key.verify_key().jwk()]}).to_string();
+        let rules = external::IssuerRules {
+            issuer: "https://idp.example.com/realms/main".into(),
+            audiences: vec!["api".into()],
+            algorithms: vec![alg],
+            roles_claim: "realm_access.roles".into(),
+            email_claim: "email".into(),
+            leeway_secs: 5,
+        };
+        let header = serde_json::json!({"alg": alg.name(), "typ": "JWT", "kid": "idp-1"});
+        let claims = serde_json::json!({
+            "iss": rules.issuer, "sub": "f3b1c2d4-kc", "aud": ["account", "api"], "typ": "Bearer",
+            "exp": NOW + 300, "iat": NOW, "azp": "web", "email": "ada@example.com",
+            "email_verified": true, "realm_access": {"roles": ["reader", "creator"]},
+        });
+        let message = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let token = format!("{message}.{}", b64(&key.sign(message.as_bytes()).unwrap()));
+        let uncached = external::KeySet::from_jwks(jwks.as_bytes(), &[alg], 0).unwrap();
+        let cached = external::KeySet::from_jwks(jwks.as_bytes(), &[alg], 4096).unwrap();
+        let _ = external::verify(&token, &rules, &cached, NOW).unwrap();
+        group.bench_function(format!("{alg}/issuer_of"), |b| {
+            b.iter(|| external::issuer_of(black_box(&token)).unwrap())
+        });
+        group.bench_function(format!("{alg}/first"), |b| {
+            b.iter(|| external::verify(black_box(&token), &rules, &uncached, NOW).unwrap())
+        });
+        group.bench_function(format!("{alg}/cached"), |b| {
+            b.iter(|| external::verify(black_box(&token), &rules, &cached, NOW).unwrap())
         });
     }
     group.finish();
