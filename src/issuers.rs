@@ -218,7 +218,11 @@ impl Issuer {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = crate::tls::upstream_connector(tcp, None).map_err(|e| e.to_string())?;
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        // No pooled connections: fetches are minutes apart, and a kept-alive connection the
+        // provider closed meanwhile would only turn the next fetch into an error.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
         let name = config.name.as_str();
         let refresh = |result: &str| {
             metrics
