@@ -42,6 +42,9 @@ struct Provider {
     down: AtomicBool,
     /// Requests for `/certs`, answered or not.
     jwks_hits: AtomicUsize,
+    /// While true `/certs` answers only once `release` is notified.
+    stall: AtomicBool,
+    release: tokio::sync::Notify,
 }
 
 impl Provider {
@@ -56,6 +59,8 @@ impl Provider {
             discovery_issuer: Mutex::new(format!("http://{addr}")),
             down: AtomicBool::new(false),
             jwks_hits: AtomicUsize::new(0),
+            stall: AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
         });
         let serving = provider.clone();
         tokio::spawn(async move {
@@ -67,7 +72,16 @@ impl Provider {
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let provider = provider.clone();
-                        async move { Ok::<_, Infallible>(provider.answer(&request)) }
+                        async move {
+                            if request.uri().path() == "/certs"
+                                && provider.stall.load(Ordering::SeqCst)
+                            {
+                                provider.jwks_hits.fetch_add(1, Ordering::SeqCst);
+                                provider.release.notified().await;
+                                return Ok(provider.answer_unstalled(&request));
+                            }
+                            Ok::<_, Infallible>(provider.answer(&request))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -79,10 +93,14 @@ impl Provider {
     }
 
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = request.uri().path();
-        if path == "/certs" {
+        if request.uri().path() == "/certs" {
             self.jwks_hits.fetch_add(1, Ordering::SeqCst);
         }
+        self.answer_unstalled(request)
+    }
+
+    fn answer_unstalled(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
         let mut response = Response::builder();
         if self.down.load(Ordering::SeqCst) {
             return response
@@ -479,6 +497,56 @@ async fn known_keys_keep_working_while_the_issuer_is_down() {
 }
 
 #[tokio::test]
+async fn no_request_waits_on_the_issuer_but_an_unknown_kid_for_at_most_2s() {
+    let k1 = key(Algorithm::EdDSA, "k1");
+    let provider = Provider::start(&[&k1]).await;
+    let gh = start(&provider, "").await;
+    let issuer = corp(&gh);
+
+    // The provider hangs; a background refresh is due and stays in flight.
+    provider.stall.store(true, Ordering::SeqCst);
+    gh.advance(300);
+    eventually("the refresh in flight", || provider.hits() == 2).await;
+    // A known kid is answered from memory while the fetch hangs: the fetch has not ended
+    // (it would have rescheduled the next refresh, by success or by its timeout).
+    let known = token(&k1, &claims(&provider, &["reader"]));
+    call(&gh, Method::GET, "/api/orders", &known)
+        .await
+        .expect(200);
+    assert_eq!(
+        issuer.next_refresh(),
+        T0 + 300,
+        "answered before the fetch ended"
+    );
+    // An unknown kid joins that fetch and gives up after its bounded wait, long before
+    // the fetch's own 10 s timeout.
+    let k2 = key(Algorithm::EdDSA, "k2");
+    provider.publish(&k2);
+    let unknown = token(&k2, &claims(&provider, &["reader"]));
+    refused(
+        &call(&gh, Method::GET, "/api/orders", &unknown).await,
+        401,
+        "TOKEN_INVALID",
+    );
+    assert_eq!(
+        issuer.next_refresh(),
+        T0 + 300,
+        "refused before the fetch ended"
+    );
+    assert_eq!(provider.hits(), 2, "it joined the fetch in flight");
+    gh.get("/readyz").await.expect(200);
+
+    // The provider answers: the fetch lands, and the new key works without a refetch.
+    provider.stall.store(false, Ordering::SeqCst);
+    provider.release.notify_waiters();
+    eventually("the fetch landed", || issuer.key_count() == 2).await;
+    call(&gh, Method::GET, "/api/orders", &unknown)
+        .await
+        .expect(200);
+    assert_eq!(provider.hits(), 2);
+}
+
+#[tokio::test]
 async fn cache_control_sets_the_refresh_within_bounds() {
     let k1 = key(Algorithm::EdDSA, "k1");
     let provider = Provider::start(&[&k1]).await;
@@ -532,15 +600,12 @@ async fn discovery_reads_the_key_set_from_the_issuer() {
     let entry = entry.replace(&provider.issuer(), &other.issuer());
     let gh = Gatehouse::start(&entry, &[]).await;
     let refresh = r#"gatehouse_issuer_jwks_refresh_total{issuer="corp",result="invalid"}"#;
-    for _ in 0..1000 {
-        if metric(&gh, refresh).await == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let issuer = corp(&gh);
+    // A failed fetch schedules its retry after the first backoff.
+    eventually("the refusal", || issuer.next_refresh() == T0 + 10).await;
     assert_eq!(metric(&gh, refresh).await, Some(1.0));
     assert_eq!(other.hits(), 0, "its jwks_uri was never read");
-    assert_eq!(corp(&gh).key_count(), 0);
+    assert_eq!(issuer.key_count(), 0);
 }
 
 #[tokio::test]
