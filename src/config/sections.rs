@@ -15,8 +15,8 @@ use super::read::{Section, did_you_mean, header_name};
 use super::{
     AUTH_ENDPOINTS, AuthConfig, Config, EmailConfig, EmailMode, ForwardAuthConfig, HeadersConfig,
     LockoutConfig, LogConfig, LogFormat, MfaConfig, RateLimitBackend, RateLimitConfig,
-    Registration, ServerConfig, StoreBackend, StoreConfig, TlsConfig, TokensConfig,
-    UpstreamConfig, UpstreamUrl, WsConfig,
+    Registration, ServerConfig, StoreBackend, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig,
+    UpstreamUrl, WsConfig,
 };
 use crate::policy::{Access, Policy, PolicySpec, RoleSpec, RouteSpec, Verdict};
 use crate::ratelimit::{Rate, parse_rate};
