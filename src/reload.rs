@@ -464,6 +464,9 @@ pub fn summarise(old: &Config, new: &Config) -> String {
     if public(old) != public(new) {
         parts.push("tokens.keys changed".to_string());
     }
+    if old.issuers != new.issuers {
+        parts.push("issuers changed".to_string());
+    }
     if old.log.level != new.log.level {
         parts.push(format!("log.level {} → {}", old.log.level, new.log.level));
     }

@@ -678,7 +678,12 @@ async fn a_reload_keeps_an_unchanged_issuers_keys() {
     // Its audiences change: a new issuer, which fetches its keys, and the new audience
     // is the one required.
     let changed = issuer_toml(&provider, "").replace(AUDIENCE, "billing-api");
-    gh.reload(&format!("{ROUTES}{changed}"));
+    match gh.reload(&format!("{ROUTES}{changed}")) {
+        gatehouse::reload::Outcome::Applied { summary, .. } => {
+            assert!(summary.contains("issuers changed"), "{summary}")
+        }
+        other => panic!("{other:?}"),
+    }
     let after = corp(&gh);
     assert!(!Arc::ptr_eq(&before, &after));
     eventually("the new issuer's keys", || after.key_count() == 1).await;
