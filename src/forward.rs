@@ -22,7 +22,9 @@
 //!   disagree, or a header that disagrees with the path after `/forward` is refused: deciding
 //!   on one value while the ingress routes on another is how auth is bypassed. A missing
 //!   target is 400, never a decision about `/`; a missing method is 400 too, except after
-//!   `/forward/`, where Envoy sends the check with the original method itself.
+//!   `/forward/`, where Envoy sends the check with the original method itself, and where a
+//!   method header that disagrees with it is refused (Envoy passes the client's headers
+//!   that its `allowed_headers` name, and forwards its own method).
 //! - **The target is origin-form (`/path?query`) or absolute-form for http(s).** Its query
 //!   takes part only as on the proxy path (method-override parameters are refused), and is
 //!   never logged. An absolute-form target must name the host of `X-Forwarded-Host`, as the
@@ -114,10 +116,20 @@ impl Original {
             "X-Forwarded-Uri and X-Original-URI",
         )?;
         let method = match (method_header, shape) {
+            // Envoy's check carries the original method as its own, and passes the
+            // client's headers its `allowed_headers` name: a method header that says
+            // otherwise is the client's, describing a request other than the one Envoy
+            // forwards.
+            (Some(value), Shape::Suffix(_))
+                if value.as_bytes() != own_method.as_str().as_bytes() =>
+            {
+                return Err(invalid(
+                    "X-Forwarded-Method (or X-Original-Method) disagrees with the method of the request after /forward.",
+                ));
+            }
             (Some(value), _) => Method::from_bytes(value.as_bytes()).map_err(|_| {
                 invalid("X-Forwarded-Method (or X-Original-Method) is not an HTTP method.")
             })?,
-            // Envoy's check carries the original method as its own.
             (None, Shape::Suffix(_)) => own_method.clone(),
             (None, Shape::Headers) => {
                 return Err(invalid(
@@ -334,6 +346,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("disagrees"), "{e}");
+        // So with the method: the check's own (GET here) is the original's.
+        for name in ["x-forwarded-method", "x-original-method"] {
+            let e = read(Shape::Suffix("/a"), "/auth/forward/a", &[(name, "DELETE")]).unwrap_err();
+            assert!(e.contains("disagrees"), "{name}: {e}");
+            assert!(read(Shape::Suffix("/a"), "/auth/forward/a", &[(name, "GET")]).is_ok());
+        }
     }
 
     #[test]

@@ -309,6 +309,38 @@ async fn ambiguous_descriptions_are_refused_never_guessed() {
     allowed(&ask(&gh, "POST", "/auth/login", &[]).await, ANONYMOUS);
 }
 
+/// After `/forward/` (Envoy's `path_prefix`) the check carries the original method as its
+/// own, and Envoy passes the client's headers that match its `allowed_headers` (the
+/// deployment file lets through every name containing `method`, for the override headers).
+/// A client's `X-Forwarded-Method: GET` on a `DELETE` must not have the `GET` decided while
+/// Envoy forwards the `DELETE`.
+#[tokio::test]
+async fn a_method_header_that_disagrees_with_the_checks_own_method_is_refused() {
+    let gh = Gatehouse::start(&routes_enabled(), &[]).await;
+    let reader = format!("Bearer {}", gh.token("u1", &["reader"]));
+    for name in ["x-forwarded-method", "x-original-method"] {
+        let reply = gh
+            .send(
+                Method::DELETE,
+                "/auth/forward/api/items/1",
+                &[(name, "GET"), ("authorization", &reader)],
+                Bytes::new(),
+            )
+            .await;
+        refused(&reply, 400, "INVALID_REQUEST");
+    }
+    // One that agrees is only redundant.
+    let reply = gh
+        .send(
+            Method::GET,
+            "/auth/forward/api/items/1",
+            &[("x-forwarded-method", "GET"), ("authorization", &reader)],
+            Bytes::new(),
+        )
+        .await;
+    allowed(&reply, ("u1", "u1@example.com", "reader"));
+}
+
 #[tokio::test]
 async fn revoked_tokens_are_refused() {
     let gh = Gatehouse::start(&routes_enabled(), &[]).await;

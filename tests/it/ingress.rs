@@ -327,6 +327,17 @@ async fn forward_auth_through(name: &'static str) {
 
     // The original method decides: a reader may not DELETE; nobody reaches a denied route.
     stopped(&send("DELETE", "/api/items/7", with(&token)).await, &[403]);
+    // A client cannot describe its own request: its X-Forwarded-Method or X-Original-Method
+    // saying GET on a DELETE is replaced by the ingress, or refused by gatehouse.
+    let spoofed_method = [
+        ("Authorization", reader.as_str()),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Original-Method", "GET"),
+    ];
+    stopped(
+        &send("DELETE", "/api/items/7", with(&spoofed_method)).await,
+        &[400, 403, 500],
+    );
     stopped(&send("GET", "/api/admin/x", with(&token)).await, &[403]);
     stopped(&send("GET", "/blocked/x", with(&token)).await, &[403]);
 
