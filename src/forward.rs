@@ -89,6 +89,22 @@ pub fn addressed<'t>(config: &Config, target: &'t Uri) -> Option<Shape<'t>> {
     }
 }
 
+/// Whether an original target under `auth.prefix` (its auth `route` as `decide::route`
+/// found it) names one of gatehouse's own endpoints *as sent*, and may so be allowed with
+/// no identity: those endpoints check their own credentials. An ingress routes
+/// `{prefix}/…` to gatehouse without asking; what it asks about it routes to the app. So a
+/// path that names no endpoint (`{prefix}`, `{prefix}/nope`, the forward-auth endpoint
+/// itself, which Traefik's router leaves to the app's), or that reaches the prefix only once
+/// normalised (`/%61uth/login`, `//auth/login`, which an ingress may route elsewhere), is
+/// the app's path, for the policy to decide.
+pub fn names_endpoint(config: &Config, target: &Uri, route: crate::metrics::Route) -> bool {
+    let as_sent = target
+        .path()
+        .strip_prefix(config.auth.prefix.as_str())
+        .is_some_and(|rest| rest.starts_with('/'));
+    as_sent && route != crate::metrics::Route::AUTH_OTHER
+}
+
 /// The request an ingress asks about.
 #[derive(Debug)]
 pub struct Original {

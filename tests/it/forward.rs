@@ -381,6 +381,34 @@ async fn dot_segments_in_the_original_are_refused_not_resolved() {
     );
 }
 
+/// A path under the auth prefix is allowed with no identity only when it names one of
+/// gatehouse's endpoints as sent: those check their own credentials. An ingress asks about a
+/// request it is about to route to the app (it routes `{prefix}/` to gatehouse without
+/// asking), so anything else under the prefix — an unknown path, the forward-auth endpoint
+/// itself (Traefik's router leaves `/auth/forward…` to the app's), a spelling that reaches the
+/// prefix only once decoded — is the app's path and is decided by the policy like any other.
+#[tokio::test]
+async fn only_gatehouse_endpoints_under_the_prefix_skip_the_policy() {
+    let gh = Gatehouse::start(&routes_enabled(), &[]).await;
+    for target in [
+        "/auth",
+        "/auth/",
+        "/auth/nope",
+        "/auth/forward",
+        "/auth/forward/api/admin/x",
+        "/auth/forwarded",
+        "/%61uth/login",
+        "//auth/login",
+    ] {
+        // The policy's default: deny.
+        refused(&ask(&gh, "GET", target, &[]).await, 403, "FORBIDDEN");
+    }
+    // gatehouse's own endpoints, named as sent: allowed, anonymous.
+    allowed(&ask(&gh, "POST", "/auth/login", &[]).await, ANONYMOUS);
+    allowed(&ask(&gh, "GET", "/auth/openapi.json", &[]).await, ANONYMOUS);
+    allowed(&ask(&gh, "GET", "/auth/admin/users", &[]).await, ANONYMOUS);
+}
+
 #[tokio::test]
 async fn revoked_tokens_are_refused() {
     let gh = Gatehouse::start(&routes_enabled(), &[]).await;
