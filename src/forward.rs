@@ -338,6 +338,13 @@ mod tests {
         map
     }
 
+    /// The 400's message for a description sent to `{prefix}/forward`, or what was read.
+    fn refusal(pairs: &[(&str, &str)]) -> String {
+        read(Shape::Headers, "/auth/forward", pairs)
+            .map(|o| format!("accepted: {o:?}"))
+            .unwrap_or_else(|e| e)
+    }
+
     fn read(shape: Shape<'_>, target: &str, pairs: &[(&str, &str)]) -> Result<Original, String> {
         let own: Uri = target.parse().unwrap();
         Original::read(shape, &Method::GET, &own, &headers(pairs)).map_err(|e| match e {
@@ -484,9 +491,7 @@ mod tests {
             ),
         ];
         for (pairs, expected) in cases {
-            let e = read(Shape::Headers, "/auth/forward", pairs)
-                .map(|o| format!("accepted: {o:?}"))
-                .unwrap_or_else(|e| e);
+            let e = refusal(pairs);
             assert!(e.contains(expected), "{pairs:?}: {e}");
         }
     }
@@ -520,13 +525,7 @@ mod tests {
             "/a/b/..",
             "http://h/a/../b",
         ] {
-            let e = read(
-                Shape::Headers,
-                "/auth/forward",
-                &[("x-forwarded-method", "GET"), ("x-forwarded-uri", path)],
-            )
-            .map(|o| format!("accepted: {o:?}"))
-            .unwrap_or_else(|e| e);
+            let e = refusal(&[("x-forwarded-method", "GET"), ("x-forwarded-uri", path)]);
             assert!(e.contains("dot segment"), "{path}: {e}");
         }
         for path in [
