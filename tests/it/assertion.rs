@@ -20,7 +20,7 @@ use gatehouse::token::{Algorithm, keys};
 const HEADER: &str = "x-auth-assertion";
 
 /// A fresh EdDSA key in `dir` and the `[[tokens.keys]]` entry naming it.
-fn key_toml(dir: &Path) -> String {
+pub fn key_toml(dir: &Path) -> String {
     let (pem, _) = keys::generate(Algorithm::EdDSA).unwrap();
     let path = dir.join("k.pem");
     std::fs::write(&path, pem).unwrap();
@@ -40,7 +40,7 @@ const EDDSA: [(&str, &str); 1] = [("GATEHOUSE_TOKENS_ALGORITHM", "EdDSA")];
 /// Verifies `token` as an upstream would, sharing nothing with gatehouse: the key set
 /// parsed as JWKs, the key picked by `kid`, the algorithm the JWK's, `iss` and `aud`
 /// checked, `exp` against the harness clock. Returns the header and the claims.
-fn verify_as_upstream(
+pub fn verify_as_upstream(
     jwks: &Value,
     token: &str,
     audience: &str,
