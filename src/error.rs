@@ -123,7 +123,7 @@ pub enum Error {
     /// 409: the second factor is not in the state the request needs (already enabled, no
     /// setup pending, not enabled); the message says which.
     MfaState(&'static str),
-    /// 501: TOTP needs `auth.mfa.encryption_key`, which is not configured.
+    /// 404: TOTP needs `auth.mfa.encryption_key`, which is not configured.
     MfaNotConfigured,
     /// 404: unknown auth endpoint or admin resource.
     NotFound,
@@ -181,7 +181,9 @@ impl Error {
             | Error::EmailNotVerified
             | Error::MfaMissing => StatusCode::FORBIDDEN,
             Error::MfaState(_) => StatusCode::CONFLICT,
-            Error::MfaNotConfigured => StatusCode::NOT_IMPLEMENTED,
+            // A feature that is off, like any endpoint that is off: not a server fault (a 5xx would
+            // page whoever watches gatehouse's error rate).
+            Error::MfaNotConfigured => StatusCode::NOT_FOUND,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -540,7 +542,7 @@ mod tests {
             409,
             "MFA_STATE_CONFLICT",
         );
-        check(Error::MfaNotConfigured, 501, "MFA_NOT_CONFIGURED");
+        check(Error::MfaNotConfigured, 404, "MFA_NOT_CONFIGURED");
         check(Error::NotFound, 404, "NOT_FOUND");
         check(
             Error::Conflict(Conflict::Email),

@@ -186,7 +186,15 @@ pub async fn login(
     };
     // Before the attempt is counted: a server without its key is not the user's guess.
     let sealer = match factor {
-        SecondFactor::Code(_) => Some(sealer(app)?),
+        SecondFactor::Code(_) => Some(sealer(app).inspect_err(|_| {
+            // A user has a second factor the server can no longer check: only the
+            // operator can fix that, so say it where they look.
+            tracing::warn!(
+                user_id = %user.id,
+                "a TOTP code cannot be checked: auth.mfa.encryption_key is not set; \
+                 only recovery codes work until it is restored"
+            );
+        })?),
         SecondFactor::RecoveryCode(_) => None,
     };
     let attempt = Attempt::admit(app, caller, challenge.login.clone(), "login_mfa").await?;

@@ -473,7 +473,7 @@ async fn setup_needs_an_encryption_key_and_a_pending_secret() {
         json!({}),
     )
     .await
-    .expect_error(501, "MFA_NOT_CONFIGURED");
+    .expect_error(404, "MFA_NOT_CONFIGURED");
     gh.json(Method::POST, "/auth/mfa/totp/setup", None, json!({}))
         .await
         .expect_error(401, "TOKEN_MISSING");

@@ -103,6 +103,10 @@ parallelism = 1
 [auth.lockout]
 max_failures = 1000000
 
+# TOTP on, so setup answers its secret (confirm needs a code no generator can guess).
+[auth.mfa]
+encryption_key = "$(head -c 48 /dev/urandom | base64 | tr -d '\n')"
+
 # The forward-auth endpoints are in the document; the run's requests come from loopback,
 # which the default forward_auth.trusted_proxies lists.
 [forward_auth]
@@ -158,7 +162,7 @@ run() {
     shift
     step "$name"
     # From target/schemathesis, where its crash cache (.schemathesis/) lands.
-    (cd "$OUT" && "$VENV/bin/schemathesis" --no-color --config-file "$ROOT/tests/schemathesis/schemathesis.toml" run "http://127.0.0.1:$PORT/auth/openapi.json" \
+    (cd "$OUT" && PYTHONPATH="$ROOT/tests/schemathesis" SCHEMATHESIS_HOOKS=hooks "$VENV/bin/schemathesis" --no-color --config-file "$ROOT/tests/schemathesis/schemathesis.toml" run "http://127.0.0.1:$PORT/auth/openapi.json" \
         --checks "$CHECKS" \
         --phases examples,coverage,fuzzing \
         --max-examples "$EXAMPLES" \
