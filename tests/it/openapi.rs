@@ -117,8 +117,13 @@ fn the_document_is_structurally_openapi_3_1() {
 
 #[tokio::test]
 async fn documented_routes_and_served_routes_agree() {
-    // Forward-auth on, so its documented endpoints answer (404 when it is off).
-    let gh = Gatehouse::start("[forward_auth]\nenabled = true\n", &[]).await;
+    // Forward-auth and TOTP on, so their documented endpoints answer (404 when off).
+    let gh = Gatehouse::start(
+        "[forward_auth]\nenabled = true\n\
+         [auth.mfa]\nencryption_key = \"openapi-test-key-0123456789abcdef-0123\"\n",
+        &[],
+    )
+    .await;
     let served = gh.get("/auth/openapi.json").await;
     served.expect(200);
     assert_eq!(served.header("content-type"), Some("application/json"));
