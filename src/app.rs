@@ -439,6 +439,10 @@ pub struct Core {
     pub auth_channel_slots: Arc<tokio::sync::Semaphore>,
     /// Turns true when draining starts; long-lived work (WebSocket splices) ends on it.
     draining: tokio::sync::watch::Sender<bool>,
+    /// The generation in force, for work that outlives the request it began with (an auth
+    /// channel's messages): set by `reload::Current` on start and on every swap. Weak, so
+    /// a `Core` never keeps alive the `App` that owns it.
+    in_force: std::sync::Mutex<std::sync::Weak<App>>,
     /// The sequence number of the last revocation taken from the store's feed: where a
     /// replica catches up from after a lost connection (see `follow_revocations`).
     feed_cursor: AtomicU64,
@@ -512,6 +516,7 @@ impl App {
                 config.auth.ws.max_connections,
             )),
             draining: tokio::sync::watch::Sender::new(false),
+            in_force: std::sync::Mutex::new(std::sync::Weak::new()),
             feed_cursor: AtomicU64::new(cursor),
             access_window: AtomicU64::new(0),
         };
@@ -594,6 +599,25 @@ impl App {
 }
 
 impl Core {
+    /// The generation in force now, once `reload::Current` has named one. A request runs on
+    /// the generation it arrived on; an auth channel's message is a request of its own and
+    /// takes this one, so a reload (a lockout turned on during an attack) reaches channels
+    /// opened before it.
+    pub fn in_force(&self) -> Option<Arc<App>> {
+        self.in_force
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .upgrade()
+    }
+
+    /// Names `app` the generation in force (`reload::Current`, as it stores it).
+    pub fn set_in_force(&self, app: &Arc<App>) {
+        *self
+            .in_force
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::downgrade(app);
+    }
+
     /// Teaches the hasher every kind of password hash the store holds (imported bcrypt,
     /// scrypt, pbkdf2 or argon2 hashes not yet upgraded), so that from then on every failed
     /// login does the work of each and none tells an account from an unknown name (see

@@ -22,7 +22,15 @@
 //!   disagree, or a header that disagrees with the path after `/forward` is refused: deciding
 //!   on one value while the ingress routes on another is how auth is bypassed. A missing
 //!   target is 400, never a decision about `/`; a missing method is 400 too, except after
-//!   `/forward/`, where Envoy sends the check with the original method itself.
+//!   `/forward/`, where Envoy sends the check with the original method itself, and where a
+//!   method header that disagrees with it is refused (Envoy passes the client's headers
+//!   that its `allowed_headers` name, and forwards its own method).
+//! - **No dot segments.** gatehouse's own proxy forwards the normalised path it decided on;
+//!   an ingress forwards the path as the client sent it. `/api/admin/../../public/x` would
+//!   be decided as `/public/x` and routed by an app that does not resolve dot segments as
+//!   the admin API, so a `.` or `..` segment (plain or `%2e`) is 400, never resolved.
+//!   `//` and encoded letters stay: the normalised reading they are decided as is the
+//!   stricter one.
 //! - **The target is origin-form (`/path?query`) or absolute-form for http(s).** Its query
 //!   takes part only as on the proxy path (method-override parameters are refused), and is
 //!   never logged. An absolute-form target must name the host of `X-Forwarded-Host`, as the
@@ -81,6 +89,22 @@ pub fn addressed<'t>(config: &Config, target: &'t Uri) -> Option<Shape<'t>> {
     }
 }
 
+/// Whether an original target under `auth.prefix` (its auth `route` as `decide::route`
+/// found it) names one of gatehouse's own endpoints *as sent*, and may so be allowed with
+/// no identity: those endpoints check their own credentials. An ingress routes
+/// `{prefix}/…` to gatehouse without asking; what it asks about it routes to the app. So a
+/// path that names no endpoint (`{prefix}`, `{prefix}/nope`, the forward-auth endpoint
+/// itself, which Traefik's router leaves to the app's), or that reaches the prefix only once
+/// normalised (`/%61uth/login`, `//auth/login`, which an ingress may route elsewhere), is
+/// the app's path, for the policy to decide.
+pub fn names_endpoint(config: &Config, target: &Uri, route: crate::metrics::Route) -> bool {
+    let as_sent = target
+        .path()
+        .strip_prefix(config.auth.prefix.as_str())
+        .is_some_and(|rest| rest.starts_with('/'));
+    as_sent && route != crate::metrics::Route::AUTH_OTHER
+}
+
 /// The request an ingress asks about.
 #[derive(Debug)]
 pub struct Original {
@@ -114,10 +138,20 @@ impl Original {
             "X-Forwarded-Uri and X-Original-URI",
         )?;
         let method = match (method_header, shape) {
+            // Envoy's check carries the original method as its own, and passes the
+            // client's headers its `allowed_headers` name: a method header that says
+            // otherwise is the client's, describing a request other than the one Envoy
+            // forwards.
+            (Some(value), Shape::Suffix(_))
+                if value.as_bytes() != own_method.as_str().as_bytes() =>
+            {
+                return Err(invalid(
+                    "X-Forwarded-Method (or X-Original-Method) disagrees with the method of the request after /forward.",
+                ));
+            }
             (Some(value), _) => Method::from_bytes(value.as_bytes()).map_err(|_| {
                 invalid("X-Forwarded-Method (or X-Original-Method) is not an HTTP method.")
             })?,
-            // Envoy's check carries the original method as its own.
             (None, Shape::Suffix(_)) => own_method.clone(),
             (None, Shape::Headers) => {
                 return Err(invalid(
@@ -207,11 +241,41 @@ fn parse_target(bytes: &[u8]) -> Result<Uri, Error> {
     let absolute_form = matches!(uri.scheme_str(), Some("http" | "https"))
         && uri.authority().is_some()
         && (uri.path().is_empty() || uri.path().starts_with('/'));
-    if origin_form || absolute_form {
-        Ok(uri)
-    } else {
-        Err(not_a_target())
+    if !(origin_form || absolute_form) {
+        return Err(not_a_target());
     }
+    if has_dot_segment(uri.path()) {
+        return Err(invalid(
+            "The original path has a dot segment (. or .., plain or encoded): the ingress \
+             forwards it as sent, so the app could route it as another path than the one \
+             decided on. Resolve it at the ingress or in the client.",
+        ));
+    }
+    Ok(uri)
+}
+
+/// Whether a raw path has a `.` or `..` segment, plain or percent-encoded (`%2e`, any case).
+/// gatehouse's own proxy forwards the normalised path it decided on; an ingress forwards
+/// the path as the client sent it (nginx's `proxy_pass` without a URI, Caddy's
+/// `reverse_proxy`), to apps of which many route on it without resolving dot segments. A
+/// path with one would be decided as where it resolves (`/api/admin/../../public/x` as
+/// `/public/x`) and served as what it starts with. Empty segments (`//`) and encoded
+/// letters only ever make the decided path the stricter reading, so they are decided on as
+/// normalised.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let mut rest = segment.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            match rest {
+                [b'.', tail @ ..] => rest = tail,
+                [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
+                _ => return false,
+            }
+            dots += 1;
+        }
+        matches!(dots, 1 | 2)
+    })
 }
 
 fn invalid(message: &'static str) -> Error {
@@ -282,6 +346,13 @@ mod tests {
         map
     }
 
+    /// The 400's message for a description sent to `{prefix}/forward`, or what was read.
+    fn refusal(pairs: &[(&str, &str)]) -> String {
+        read(Shape::Headers, "/auth/forward", pairs)
+            .map(|o| format!("accepted: {o:?}"))
+            .unwrap_or_else(|e| e)
+    }
+
     fn read(shape: Shape<'_>, target: &str, pairs: &[(&str, &str)]) -> Result<Original, String> {
         let own: Uri = target.parse().unwrap();
         Original::read(shape, &Method::GET, &own, &headers(pairs)).map_err(|e| match e {
@@ -316,16 +387,16 @@ mod tests {
 
     #[test]
     fn the_path_after_forward_is_the_original_with_the_own_query_and_method() {
-        let own: Uri = "/auth/forward/api/../admin?x=1".parse().unwrap();
+        let own: Uri = "/auth/forward/api//admin?x=1".parse().unwrap();
         let o = Original::read(
-            Shape::Suffix("/api/../admin"),
+            Shape::Suffix("/api//admin"),
             &Method::PUT,
             &own,
             &HeaderMap::new(),
         )
         .unwrap();
         assert_eq!(o.method, Method::PUT);
-        assert_eq!(o.target, "/api/../admin?x=1");
+        assert_eq!(o.target, "/api//admin?x=1");
         // An agreeing header is fine; a disagreeing one is refused.
         assert!(
             read(
@@ -342,6 +413,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("disagrees"), "{e}");
+        // So with the method: the check's own (GET here) is the original's.
+        for name in ["x-forwarded-method", "x-original-method"] {
+            let e = read(Shape::Suffix("/a"), "/auth/forward/a", &[(name, "DELETE")]).unwrap_err();
+            assert!(e.contains("disagrees"), "{name}: {e}");
+            assert!(read(Shape::Suffix("/a"), "/auth/forward/a", &[(name, "GET")]).is_ok());
+        }
     }
 
     #[test]
@@ -422,21 +499,14 @@ mod tests {
             ),
         ];
         for (pairs, expected) in cases {
-            let e = read(Shape::Headers, "/auth/forward", pairs)
-                .map(|o| format!("accepted: {o:?}"))
-                .unwrap_or_else(|e| e);
+            let e = refusal(pairs);
             assert!(e.contains(expected), "{pairs:?}: {e}");
         }
     }
 
     #[test]
     fn targets_keep_their_raw_path_for_normalisation_later() {
-        for raw in [
-            "//admin",
-            "/api/%2e%2e/admin",
-            "/api%2Fadmin",
-            "http://h/x?q=1",
-        ] {
+        for raw in ["//admin", "/api/%61dmin", "/api%2Fadmin", "http://h/x?q=1"] {
             let o = read(
                 Shape::Headers,
                 "/auth/forward",
@@ -446,6 +516,35 @@ mod tests {
             // A lower-case method is read as it came; the gate's refusals answer it.
             assert_eq!(o.method.as_str(), "get");
             assert_eq!(o.target.to_string(), raw, "{raw}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_plain_or_encoded() {
+        for path in [
+            "/.",
+            "/..",
+            "/a/./b",
+            "/a/../b",
+            "/a/%2e/b",
+            "/a/%2E%2e/b",
+            "/a/.%2e/b",
+            "/a/%2e./b",
+            "/a/b/..",
+            "http://h/a/../b",
+        ] {
+            let e = refusal(&[("x-forwarded-method", "GET"), ("x-forwarded-uri", path)]);
+            assert!(e.contains("dot segment"), "{path}: {e}");
+        }
+        for path in [
+            "/a/.../b",
+            "/a/.b/c.",
+            "/a/%2e%2e%2e",
+            "/a/%2ex",
+            "/a//b/",
+            "/",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
         }
     }
 

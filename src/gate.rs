@@ -381,10 +381,13 @@ async fn forward(
         }
         // gatehouse's own endpoints check their own credentials: the ingress may pass the
         // request on (to gatehouse), with no identity.
-        Routing::Auth { route, .. } => {
+        Routing::Auth { route, .. } if forward::names_endpoint(config, &target, route) => {
             let allowed = forward::allowed(&config.headers, None, None).map(local);
             return Exchange::new(route, allowed, target, None).forward(method);
         }
+        // Under the prefix, but no endpoint of gatehouse's as sent: the ingress is about to
+        // route it to the app, so the policy decides it like any other path.
+        Routing::Auth { path, .. } => config.policy.decide(&method, &path),
         Routing::Proxy { decision, .. } => decision,
     };
     // The original client, as the trusted-proxy walk finds it through the ingress.

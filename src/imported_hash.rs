@@ -235,7 +235,12 @@ fn bcrypt_kind(hash: &str) -> Result<Kind, String> {
         });
     };
     let (cost, body) = rest.split_once('$').ok_or(FORM)?;
-    if cost.len() != 2 || !cost.bytes().all(|b| b.is_ascii_digit()) || body.len() != 53 {
+    // ASCII first: 53 bytes of anything else need not split into salt and hash at byte 22.
+    if cost.len() != 2
+        || !cost.bytes().all(|b| b.is_ascii_digit())
+        || body.len() != 53
+        || !body.is_ascii()
+    {
         return Err(FORM.into());
     }
     let cost: u32 = cost.parse().map_err(|_| FORM)?;
@@ -436,6 +441,11 @@ mod tests {
         refused(&format!("$2b$15${}", &bcrypt[7..]), "cost 15");
         refused(&format!("$2b$31${}", &bcrypt[7..]), "cost 31");
         refused(&format!("{}!", &bcrypt[..59]), "not a bcrypt hash");
+        // 53 bytes, but not 53 characters: a multi-byte character across the salt's end
+        // must be refused, not split (a panic on the import request, and on every login of
+        // such a stored hash).
+        let straddling = format!("$2b$12${}é{}", "a".repeat(21), "a".repeat(30));
+        refused(&straddling, "not a bcrypt hash");
         // Costs over the caps, written by hand: computing them is what the caps prevent.
         refused(
             "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI",

@@ -100,6 +100,7 @@ impl Current {
             .as_deref()
             .and_then(|path| read(path).ok())
             .map(|t| digest(&t));
+        app.set_in_force(&app);
         Arc::new(Current {
             app: ArcSwap::new(app),
             source,
@@ -196,6 +197,7 @@ impl Current {
         let level_changed = running.live.config.log.level != next.live.config.log.level;
         let next = Arc::new(next);
         self.app.store(next.clone());
+        next.set_in_force(&next);
         if level_changed {
             crate::logging::set_level(&next.live.config.log.level);
         }

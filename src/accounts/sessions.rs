@@ -174,10 +174,15 @@ pub async fn login(
             retry_after_secs: None,
         });
     }
-    if needs_rehash {
-        rehash_later(app, &user.id, &user.password_hash, password);
-    }
-    if let Some(mfa_token) = mfa_challenge(app, &user, &key).await? {
+    if second_factor_enabled(app, &user).await? {
+        // The challenge is bound to the stored hash, so a due upgrade is stored first: one
+        // landing while the user types the code would void it.
+        let user = if needs_rehash {
+            upgrade_hash(app, &user, password).await
+        } else {
+            user
+        };
+        let mfa_token = mfa_challenge(app, &user, &key).await?;
         // The password alone does not complete the login, so the attempt stays counted.
         audit(app, "login", "mfa_required", Some(&user.id), caller);
         return Err(Error::MfaRequired { mfa_token });
@@ -188,17 +193,24 @@ pub async fn login(
         Err(Error::NotFound) => return Err(Error::InvalidCredentials),
         other => other?,
     };
+    // Only now: the session is created only if the hash is still the one verified, so an
+    // upgrade stored first would refuse this very login.
+    if needs_rehash {
+        rehash_later(app, &user.id, &user.password_hash, password);
+    }
     audit(app, "login", "ok", Some(&user.id), caller);
     Ok(grant)
 }
 
-/// For a login whose password matched: an `mfa_token` when the user has an enabled second
-/// factor, `None` otherwise. `login` is the folded login name the password was given for.
-async fn mfa_challenge(app: &App, user: &UserRecord, login: &str) -> Result<Option<String>, Error> {
-    match app.store.get_mfa(&user.id).await? {
-        Some(record) if record.enabled => {}
-        _ => return Ok(None),
-    }
+/// Whether the user has an enabled second factor (the login then answers `MFA_REQUIRED`).
+async fn second_factor_enabled(app: &App, user: &UserRecord) -> Result<bool, Error> {
+    Ok(matches!(app.store.get_mfa(&user.id).await?, Some(record) if record.enabled))
+}
+
+/// For a login whose password matched, of a user with a second factor: the `mfa_token`,
+/// bound to the user's stored hash. `login` is the folded login name the password was
+/// given for.
+async fn mfa_challenge(app: &App, user: &UserRecord, login: &str) -> Result<String, Error> {
     let token = random_token().map_err(|e| Error::internal(e.0))?;
     let record = MfaChallenge {
         user_id: user.id.clone(),
@@ -209,7 +221,7 @@ async fn mfa_challenge(app: &App, user: &UserRecord, login: &str) -> Result<Opti
     app.store
         .put_mfa_challenge(&token_hash(&token), &record)
         .await?;
-    Ok(Some(token))
+    Ok(token)
 }
 
 /// Re-hashes a password whose stored hash uses old parameters or another scheme (an imported
@@ -221,39 +233,57 @@ fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: St
     let id = user_id.to_string();
     let verified = verified_hash.to_string();
     tokio::spawn(async move {
-        let Ok(hash) = app.hasher.hash(password).await else {
-            return;
-        };
-        let now = app.clock.now();
-        let result = app
-            .store
-            .update_user(
-                &id,
-                // Only if the password is still the one that was verified: a change or reset
-                // meanwhile must never be undone by this job.
-                &UserUpdate {
-                    password_hash: Some(hash),
-                    updated_at: now,
-                    if_password_hash: Some(verified.clone()),
-                    ..UserUpdate::default()
-                },
-            )
-            .await;
-        match result {
-            Ok(_) => {
-                let scheme = crate::imported_hash::scheme_of(&verified)
-                    .map_or("unknown", crate::imported_hash::Scheme::label);
-                app.metrics
-                    .password_upgrades
-                    .with_label_values(&[scheme])
-                    .inc();
-            }
-            // The password changed meanwhile (a reset, or another login's upgrade): the hash
-            // that was verified is gone, and this job must not undo its replacement.
-            Err(crate::store::StoreError::NotFound) => {}
-            Err(e) => Error::from(e).log("rehash"),
-        }
+        rehash(&app, &id, &verified, password).await;
     });
+}
+
+/// [`rehash_later`]'s work, awaited: for a login that goes on to a second factor, whose
+/// challenge must bind the hash that stays. Returns the user as stored after it (the user as
+/// read, when the upgrade did not happen).
+async fn upgrade_hash(app: &App, user: &UserRecord, password: String) -> UserRecord {
+    match rehash(app, &user.id, &user.password_hash, password).await {
+        Some(upgraded) => upgraded,
+        None => user.clone(),
+    }
+}
+
+/// Hashes `password` with the configured argon2id and stores it if the user's hash is still
+/// `verified`; counts the upgrade by the old scheme. `None` when it was not stored.
+async fn rehash(app: &App, id: &str, verified: &str, password: String) -> Option<UserRecord> {
+    let hash = app.hasher.hash(password).await.ok()?;
+    let now = app.clock.now();
+    let result = app
+        .store
+        .update_user(
+            id,
+            // Only if the password is still the one that was verified: a change or reset
+            // meanwhile must never be undone by this job.
+            &UserUpdate {
+                password_hash: Some(hash),
+                updated_at: now,
+                if_password_hash: Some(verified.to_owned()),
+                ..UserUpdate::default()
+            },
+        )
+        .await;
+    match result {
+        Ok(user) => {
+            let scheme = crate::imported_hash::scheme_of(verified)
+                .map_or("unknown", crate::imported_hash::Scheme::label);
+            app.metrics
+                .password_upgrades
+                .with_label_values(&[scheme])
+                .inc();
+            Some(user)
+        }
+        // The password changed meanwhile (a reset, or another login's upgrade): the hash
+        // that was verified is gone, and this job must not undo its replacement.
+        Err(crate::store::StoreError::NotFound) => None,
+        Err(e) => {
+            Error::from(e).log("rehash");
+            None
+        }
+    }
 }
 
 /// Opens a session for a user and mints its tokens.

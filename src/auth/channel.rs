@@ -17,6 +17,9 @@
 //!
 //! Framing, and why:
 //!
+//! - Each message runs on the config generation in force when it arrives (like an HTTP
+//!   request), not the one the channel was opened on: a reload that turns the lockout on or
+//!   tightens a limit reaches open channels too.
 //! - Messages are handled one at a time, in order: a connection never has two argon2 hashes
 //!   in flight, and answers come back in the order asked. An action that started always
 //!   finishes (a drain or idle timeout waits for it), so nothing is left half-done.
@@ -327,6 +330,13 @@ impl Channel {
     /// metrics and the access-log line.
     async fn on_text(&mut self, text: &str) -> Next {
         let start = Instant::now();
+        // Each message is a request of its own: it runs on the generation in force now
+        // (limits, lockout, keys), not the one the channel was opened on.
+        if let Some(current) = self.app.in_force()
+            && !Arc::ptr_eq(&current, &self.app)
+        {
+            self.app = current;
+        }
         let request_id = self.app.request_ids.next();
         let caller = Caller {
             ip: self.caller.ip,

@@ -611,6 +611,41 @@ async fn lockout_and_rate_limits_are_shared_with_http() {
     gh.stop().await;
 }
 
+/// A channel outlives the config generation it was opened on. An operator who turns the
+/// lockout on by a reload in the middle of a guessing attack must stop guesses arriving on
+/// channels opened before, not only on new connections: each message runs on the
+/// generation in force when it arrives, as an HTTP request would.
+#[tokio::test]
+async fn a_reload_reaches_channels_already_open() {
+    let gh = Gatehouse::start("[auth.lockout]\nmax_failures = 0\n", &[]).await;
+    gh.register("victim@example.com").await;
+    let mut ws = connect(&gh).await;
+    let guess = json!({"email": "victim@example.com", "password": "wrong password"});
+    for _ in 0..4 {
+        assert_eq!(
+            error_code(&ws.ask("login", guess.clone()).await),
+            "INVALID_CREDENTIALS"
+        );
+    }
+    assert!(matches!(
+        gh.reload("[auth.lockout]\nmax_failures = 3\n"),
+        gatehouse::reload::Outcome::Applied { .. }
+    ));
+    for expected in [
+        "INVALID_CREDENTIALS",
+        "INVALID_CREDENTIALS",
+        "ACCOUNT_LOCKED",
+    ] {
+        assert_eq!(error_code(&ws.ask("login", guess.clone()).await), expected);
+    }
+    // Over HTTP too: one lockout.
+    gh.login("victim@example.com", PASSWORD)
+        .await
+        .expect_error(423, "ACCOUNT_LOCKED");
+    drop(ws);
+    gh.stop().await;
+}
+
 /// A bearer token on the upgrade must be good, and is then the one `logout` ends; the
 /// endpoint refuses what is not a WebSocket upgrade.
 #[tokio::test]

@@ -59,15 +59,18 @@ fn allowed(reply: &Reply, identity: (&str, &str, &str)) {
 
 const ANONYMOUS: (&str, &str, &str) = ("", "", "");
 
-/// Spellings of `/api/admin/x` (with [`ROUTES`], admins only) that resolve to it: dot
-/// segments plain and encoded, doubled slashes, an encoded unreserved letter.
-pub const ADMIN_TRICKS: [&str; 6] = [
+/// Spellings of `/api/admin/x` (with [`ROUTES`], admins only) that resolve to it and are
+/// decided as it: doubled slashes, an encoded unreserved letter.
+pub const ADMIN_TRICKS: [&str; 3] = ["//api/admin/x", "/api//admin/x", "/api/%61dmin/x"];
+
+/// Spellings that resolve to `/api/admin/x` through dot segments, plain and encoded: an
+/// ingress that forwards the path as sent hands them to the app unresolved, so gatehouse
+/// refuses them (400) rather than decide on where they resolve.
+pub const DOT_TRICKS: [&str; 4] = [
     "/public/../api/admin/x",
     "/public/%2e%2e/api/admin/x",
     "/public/%2E%2E/api/admin/x",
-    "//api/admin/x",
     "/api//admin/./x",
-    "/api/%61dmin/x",
 ];
 
 #[tokio::test]
@@ -170,6 +173,10 @@ async fn path_tricks_are_decided_on_the_normalised_path_or_refused() {
         refused(&ask(&gh, "GET", trick, &auth).await, 403, "FORBIDDEN");
         // Anonymous: 401, not the public route's 200.
         refused(&ask(&gh, "GET", trick, &[]).await, 401, "TOKEN_MISSING");
+    }
+    for trick in DOT_TRICKS {
+        refused(&ask(&gh, "GET", trick, &auth).await, 400, "INVALID_REQUEST");
+        refused(&ask(&gh, "GET", trick, &[]).await, 400, "INVALID_REQUEST");
     }
     // Encodings upstreams read differently are refused, as on the proxy path.
     for bad in [
@@ -274,7 +281,7 @@ async fn ambiguous_descriptions_are_refused_never_guessed() {
     // own method and query; a header that says otherwise is refused.
     allowed(&gh.get("/auth/forward/public/x?page=2").await, ANONYMOUS);
     refused(
-        &gh.get("/auth/forward/public/../api/admin/x").await,
+        &gh.get("/auth/forward/api//admin/x").await,
         401,
         "TOKEN_MISSING",
     );
@@ -307,6 +314,99 @@ async fn ambiguous_descriptions_are_refused_never_guessed() {
     refused(&gh.get("/auth/%66orward").await, 404, "NOT_FOUND");
     // gatehouse's own endpoints check their own credentials: allowed, anonymous.
     allowed(&ask(&gh, "POST", "/auth/login", &[]).await, ANONYMOUS);
+}
+
+/// After `/forward/` (Envoy's `path_prefix`) the check carries the original method as its
+/// own, and Envoy passes the client's headers that match its `allowed_headers` (the
+/// deployment file lets through every name containing `method`, for the override headers).
+/// A client's `X-Forwarded-Method: GET` on a `DELETE` must not have the `GET` decided while
+/// Envoy forwards the `DELETE`.
+#[tokio::test]
+async fn a_method_header_that_disagrees_with_the_checks_own_method_is_refused() {
+    let gh = Gatehouse::start(&routes_enabled(), &[]).await;
+    let reader = format!("Bearer {}", gh.token("u1", &["reader"]));
+    for name in ["x-forwarded-method", "x-original-method"] {
+        let reply = gh
+            .send(
+                Method::DELETE,
+                "/auth/forward/api/items/1",
+                &[(name, "GET"), ("authorization", &reader)],
+                Bytes::new(),
+            )
+            .await;
+        refused(&reply, 400, "INVALID_REQUEST");
+    }
+    // One that agrees is only redundant.
+    let reply = gh
+        .send(
+            Method::GET,
+            "/auth/forward/api/items/1",
+            &[("x-forwarded-method", "GET"), ("authorization", &reader)],
+            Bytes::new(),
+        )
+        .await;
+    allowed(&reply, ("u1", "u1@example.com", "reader"));
+}
+
+/// An ingress forwards the path as the client sent it (nginx's `proxy_pass` without a URI,
+/// Caddy's `reverse_proxy`): gatehouse cannot hand the app the normalised path as its own
+/// proxy does. A dot segment that resolves a protected path into a public one would be
+/// decided as the public path and served by an app that routes it as sent (Express, Flask
+/// and their kin do not resolve `..`) as the protected one. So an original path with a dot
+/// segment, plain or encoded, is refused, never decided.
+#[tokio::test]
+async fn dot_segments_in_the_original_are_refused_not_resolved() {
+    let gh = Gatehouse::start(&routes_enabled(), &[]).await;
+    for trick in [
+        "/api/admin/../../public/x",
+        "/api/admin/%2e%2e/%2E%2E/public/x",
+        "/api/admin/.%2e/.%2E/public/x",
+        "/api/admin//../../public/x",
+        "/api/./admin/x",
+        "/public/../api/admin/x",
+        "http://app.example.com/api/admin/../../public/x",
+    ] {
+        refused(&ask(&gh, "GET", trick, &[]).await, 400, "INVALID_REQUEST");
+    }
+    // After /forward/ the same.
+    refused(
+        &gh.get("/auth/forward/api/admin/../../public/x").await,
+        400,
+        "INVALID_REQUEST",
+    );
+    // Dots inside a segment are not dot segments.
+    allowed(
+        &ask(&gh, "GET", "/public/x..y/.z/...", &[]).await,
+        ANONYMOUS,
+    );
+}
+
+/// A path under the auth prefix is allowed with no identity only when it names one of
+/// gatehouse's endpoints as sent: those check their own credentials. An ingress asks about a
+/// request it is about to route to the app (it routes `{prefix}/` to gatehouse without
+/// asking), so anything else under the prefix — an unknown path, the forward-auth endpoint
+/// itself (Traefik's router leaves `/auth/forward…` to the app's), a spelling that reaches the
+/// prefix only once decoded — is the app's path and is decided by the policy like any other.
+#[tokio::test]
+async fn only_gatehouse_endpoints_under_the_prefix_skip_the_policy() {
+    let gh = Gatehouse::start(&routes_enabled(), &[]).await;
+    for target in [
+        "/auth",
+        "/auth/",
+        "/auth/nope",
+        "/auth/forward",
+        "/auth/forward/api/admin/x",
+        "/auth/forwarded",
+        "/%61uth/login",
+        "//auth/login",
+    ] {
+        // The policy's default: deny.
+        refused(&ask(&gh, "GET", target, &[]).await, 403, "FORBIDDEN");
+    }
+    // gatehouse's own endpoints, named as sent: allowed, anonymous.
+    allowed(&ask(&gh, "POST", "/auth/login", &[]).await, ANONYMOUS);
+    allowed(&ask(&gh, "GET", "/auth/openapi.json", &[]).await, ANONYMOUS);
+    allowed(&ask(&gh, "GET", "/auth/admin/users", &[]).await, ANONYMOUS);
 }
 
 #[tokio::test]

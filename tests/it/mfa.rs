@@ -428,6 +428,58 @@ async fn admin_reset(gh: &Gatehouse) {
         .expect_error(404, "NOT_FOUND");
 }
 
+/// A login whose stored hash is due an upgrade (an imported bcrypt hash, or argon2
+/// parameters changed since) rehashes it to the configured argon2id. With a second factor,
+/// that upgrade landing between the password step and the code (a human types the code;
+/// the upgrade takes milliseconds) must not void the challenge, which is bound to the
+/// password hash that was verified.
+#[tokio::test]
+async fn an_upgraded_hash_does_not_void_the_challenge() {
+    let gh = Gatehouse::start(&extra(), &[]).await;
+    let email = "upgrade@example.com";
+    let (_, secret, _) = enrolled(&gh, email).await;
+    let store = &gh.app.store;
+    let login = gatehouse::store::fold(email);
+    let user = store.find_user_by_login(&login).await.unwrap().unwrap();
+    let imported = bcrypt::hash(PASSWORD, 4).unwrap();
+    store
+        .update_user(
+            &user.id,
+            &gatehouse::store::UserUpdate {
+                password_hash: Some(imported.clone()),
+                updated_at: now(&gh),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // A fresh step: the confirmation spent the current one.
+    gh.advance(30);
+    let token = challenge(&gh, email).await;
+    // The upgrade has landed by the time the code arrives (polled, never timed).
+    let mut upgraded = false;
+    for _ in 0..3000 {
+        let hash = store
+            .find_user_by_login(&login)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        if hash.starts_with("$argon2id$") {
+            upgraded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(upgraded, "the bcrypt hash was never upgraded");
+    let reply = second_step(&gh, &token, "code", &code_at(&secret, now(&gh))).await;
+    reply.expect(200);
+    assert_eq!(
+        claims(reply.json()["access_token"].as_str().unwrap())["amr"],
+        json!(["pwd", "otp"])
+    );
+}
+
 #[tokio::test]
 async fn totp_on_sled() {
     let gh = Gatehouse::start(&extra(), &[]).await;

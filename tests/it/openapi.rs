@@ -117,13 +117,8 @@ fn the_document_is_structurally_openapi_3_1() {
 
 #[tokio::test]
 async fn documented_routes_and_served_routes_agree() {
-    // Forward-auth and TOTP on, so their documented endpoints answer (404 when off).
-    let gh = Gatehouse::start(
-        "[forward_auth]\nenabled = true\n\
-         [auth.mfa]\nencryption_key = \"openapi-test-key-0123456789abcdef-0123\"\n",
-        &[],
-    )
-    .await;
+    // Forward-auth on, so its documented endpoints answer (404 when it is off).
+    let gh = Gatehouse::start("[forward_auth]\nenabled = true\n", &[]).await;
     let served = gh.get("/auth/openapi.json").await;
     served.expect(200);
     assert_eq!(served.header("content-type"), Some("application/json"));
@@ -197,8 +192,14 @@ async fn documented_routes_and_served_routes_agree() {
                 status, 405,
                 "{method} {path} is documented but refused: {reply:?}"
             );
+            // The router's own 404 says NOT_FOUND; a routed endpoint may answer 404 with a
+            // code of its own (MFA_NOT_CONFIGURED: a feature that is off).
+            let code = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+            let unrouted = status == 404 && code.as_deref().is_none_or(|c| c == "NOT_FOUND");
             assert!(
-                status != 404 || path.contains(&victim),
+                !unrouted || path.contains(&victim),
                 "{method} {path} is documented but not found: {reply:?}"
             );
         } else {
