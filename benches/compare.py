@@ -11,6 +11,11 @@ In one run, on one machine, against the same nginx upstream, wrk drives:
   gatehouse-verified  gatehouse verifying the bearer token on a role-protected route
                       (signature, iss/aud/exp/nbf/typ, revocation, role policy, identity
                       headers, a per-IP rate limit that never trips)
+  gatehouse-eddsa     the same, with tokens signed by an Ed25519 key made by
+                      `gatehouse keys generate` (tokens.algorithm = "EdDSA")
+  gatehouse-eddsa-assertion
+                      the same EdDSA set-up also sending the upstream a signed identity
+                      (headers.assertion = "X-Auth-Assertion", cached per identity)
 
 Each system under test gets one worker on core 0; wrk and the upstream share core 1.
 Every system is measured `--rounds` times, interleaved, and the median round is reported:
@@ -23,6 +28,7 @@ parameters, so its RSS figures include whatever hashing left behind.
 """
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -77,9 +83,11 @@ roles = ["reader"]
 """
 
 
-def gatehouse_config(tmp, name, port, upstream_port, secret, extra):
-    """Writes TMP/NAME.toml: one worker, a sled store in TMP, rate limits that never trip."""
+def gatehouse_config(tmp, name, port, upstream_port, secret, extra, tokens=None):
+    """Writes TMP/NAME.toml: one worker, a sled store in TMP, rate limits that never trip.
+    `tokens` replaces the [tokens] section's body (HS256 under `secret` by default)."""
     path = os.path.join(tmp, f"{name}.toml")
+    tokens = tokens or f'secret = "{secret}"'
     with open(path, "w") as f:
         f.write(
             f"""[server]
@@ -90,7 +98,7 @@ url = "http://127.0.0.1:{upstream_port}"
 [store]
 path = "{tmp}/store-{name}"
 [tokens]
-secret = "{secret}"
+{tokens}
 [rate_limits]
 login = "0"
 register = "0"
@@ -272,9 +280,22 @@ def main():
         processes.stop()
 
 
+def eddsa_tokens(bin, tmp):
+    """A [tokens] section body for EdDSA, its key written by `gatehouse keys generate` as an
+    operator would make it."""
+    key = os.path.join(tmp, "ed25519.pem")
+    kid = subprocess.run(
+        [bin, "keys", "generate", "--algorithm", "EdDSA", "--out", key],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f'algorithm = "EdDSA"\n[[tokens.keys]]\nkid = "{kid}"\nprivate_key = "{key}"'
+
+
 def run(args, tmp, spawn):
     secret = os.urandom(36).hex()
-    up, ngx, hap, pub, ver = (free_port() for _ in range(5))
+    up, ngx, hap, pub, ver, ed, eda = (free_port() for _ in range(7))
 
     upstream_conf = nginx_conf(tmp, "upstream", upstream_server(up))
     spawn(["nginx", "-c", upstream_conf], 1, "upstream.log")
@@ -344,7 +365,21 @@ backend be
         0,
         "verified.log",
     )
-    for port, path in ((up, "/"), (ngx, "/"), (pub, "/readyz"), (ver, "/readyz")):
+    # EdDSA: the same policy, tokens signed with an Ed25519 key; then the same again, also
+    # sending the upstream the signed identity. Both share one key file, each its own store.
+    eddsa = eddsa_tokens(args.bin, tmp)
+    eddsa_verified = spawn(
+        [args.bin, "serve", "--config", gatehouse_config(tmp, "eddsa", ed, up, secret, VERIFIED_POLICY, eddsa)],
+        0,
+        "eddsa.log",
+    )
+    assertion = '[headers]\nassertion = "X-Auth-Assertion"\n' + VERIFIED_POLICY
+    eddsa_assertion = spawn(
+        [args.bin, "serve", "--config", gatehouse_config(tmp, "eddsa-assertion", eda, up, secret, assertion, eddsa)],
+        0,
+        "eddsa-assertion.log",
+    )
+    for port, path in ((up, "/"), (ngx, "/"), (pub, "/readyz"), (ver, "/readyz"), (ed, "/readyz"), (eda, "/readyz")):
         wait_up(port, path)
     time.sleep(0.3)  # HAProxy has no readiness endpoint; its bind is synchronous at start
 
@@ -352,6 +387,15 @@ backend be
     # A reader role so the role route allows the token.
     assert_ok(ver, token)
     header = f"Authorization: Bearer {token}"
+    # One login each: the EdDSA systems are measured for their verify path, not for what
+    # argon2 leaves in memory.
+    ed_token = login(ed, 1)
+    assert_ok(ed, ed_token)
+    eda_token = login(eda, 1)
+    assert_ok(eda, eda_token)
+    for port, t in ((ed, ed_token), (eda, eda_token)):
+        if jwt_alg(t) != "EdDSA":
+            sys.exit(f"port {port} signed its token with {jwt_alg(t)}, not EdDSA")
     check = urllib.request.Request(f"http://127.0.0.1:{hap}/api/items", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(check, timeout=5) as r:
         if r.status != 200:
@@ -374,6 +418,13 @@ backend be
         System("HAProxy jwt_verify", f"http://127.0.0.1:{hap}/api/items", haproxy.pid, header),
         System("gatehouse, public route", f"http://127.0.0.1:{pub}/api/items", public.pid),
         System("gatehouse, verified token", f"http://127.0.0.1:{ver}/api/items", verified.pid, header),
+        System("gatehouse, verified EdDSA token", f"http://127.0.0.1:{ed}/api/items", eddsa_verified.pid, f"Authorization: Bearer {ed_token}"),
+        System(
+            "gatehouse, verified EdDSA token + assertion",
+            f"http://127.0.0.1:{eda}/api/items",
+            eddsa_assertion.pid,
+            f"Authorization: Bearer {eda_token}",
+        ),
     ]
     for s in systems:  # warm pools and caches
         wrk(s.url, 2, args.conns, s.header)
@@ -389,6 +440,12 @@ backend be
             print(f"  round {r + 1} {s.name}: {res['rps']:.0f} req/s, p99 {res['p99']:.2f} ms", file=sys.stderr)
 
     report(systems, args)
+
+
+def jwt_alg(token):
+    """The `alg` of a compact JWT's header."""
+    head = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["alg"]
 
 
 def login(port, count):
@@ -452,6 +509,9 @@ def report(systems, args):
     print(f"gatehouse verified / HAProxy: req/s {g['rps'] / h['rps']:.2f}x, p99 {g['p99'] / h['p99']:.2f}x, CPU/request {g['cpu_us'] / h['cpu_us']:.2f}x")
     print(f"gatehouse verified / nginx plain proxy: req/s {g['rps'] / n['rps']:.2f}x, CPU/request {g['cpu_us'] / n['cpu_us']:.2f}x")
     print(f"gatehouse verified / public: req/s {g['rps'] / p['rps']:.2f}x, CPU/request {g['cpu_us'] / p['cpu_us']:.2f}x")
+    e, a = rows["gatehouse, verified EdDSA token"], rows["gatehouse, verified EdDSA token + assertion"]
+    print(f"gatehouse EdDSA / HS256 verified: req/s {e['rps'] / g['rps']:.2f}x, p99 {e['p99'] / g['p99']:.2f}x, CPU/request {e['cpu_us'] / g['cpu_us']:.2f}x")
+    print(f"gatehouse EdDSA + assertion / EdDSA: req/s {a['rps'] / e['rps']:.2f}x, p99 {a['p99'] / e['p99']:.2f}x, CPU/request {a['cpu_us'] / e['cpu_us']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

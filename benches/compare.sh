@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # gatehouse beside its peers, in one run on this machine: the upstream directly, nginx as a
-# plain proxy, HAProxy with jwt_verify, gatehouse public and gatehouse verifying a token.
+# plain proxy, HAProxy with jwt_verify, gatehouse public, gatehouse verifying an HS256 token,
+# gatehouse verifying an EdDSA token (key from `gatehouse keys generate`), and the same
+# EdDSA set-up also sending the upstream a signed identity (headers.assertion).
 # Prints req/s, p50/p99, CPU µs/request and RSS per system, and the ratios. See
 # benches/compare.py for what each system does and how each figure is taken.
 #

@@ -9,6 +9,8 @@
 //! - policy decide over 100 rules vs. a linear scan that splits and allocates per request;
 //! - header rewrite (strip spoofed/hop-by-hop, set identity and forwarding headers);
 //! - rate-limit check vs. a `Mutex<HashMap>` GCRA;
+//! - the signed identity for upstreams (`headers.assertion`) per asymmetric algorithm:
+//!   signed for every request (cache off) vs. taken from the cache;
 //! - the three together, as the gate runs them.
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use gatehouse::config::Config;
 use gatehouse::policy::{Policy, PolicySpec, RoleSpec, RouteSpec};
 use gatehouse::proxy::{Forwarding, Identity, rewrite_request};
 use gatehouse::ratelimit::{Rate, RateLimiter};
+use gatehouse::token::assertion::{AssertionSettings, Assertions};
 use gatehouse::token::{
     Algorithm, Identity as TokenIdentity, SigningKey, TokenSettings, Tokens, external, keys,
 };
@@ -274,6 +277,41 @@ fn bench_tokens(c: &mut Criterion) {
     group.finish();
 }
 
+/// `headers.assertion`: what each proxied request with an identity pays for its signed
+/// assertion, signed every time (the cache off) and from the cache (the common case: one
+/// signature per identity per half lifetime).
+fn bench_assertions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("assertion");
+    for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+        let (pem, _) = keys::generate(alg).unwrap();
+        let key = SigningKey::from_pem(pem.as_bytes(), alg, None).unwrap();
+        let tokens = Tokens::new(TokenSettings {
+            signing: key.clone(),
+            ..TokenSettings::hs256(SECRET.as_bytes(), "gatehouse", "api", 900, 5)
+        });
+        let claims = tokens.verify(&token(&tokens), NOW).unwrap();
+        let assertions = |cache| {
+            Assertions::new(AssertionSettings {
+                signing: key.clone(),
+                issuer: "gatehouse".into(),
+                audience: "http://127.0.0.1:3000".into(),
+                ttl_secs: 30,
+                cache,
+            })
+        };
+        let uncached = assertions(0);
+        group.bench_function(format!("{alg}/signed"), |b| {
+            b.iter(|| uncached.for_claims(black_box(&claims), NOW).unwrap())
+        });
+        let cached = assertions(4096);
+        let _ = cached.for_claims(&claims, NOW).unwrap();
+        group.bench_function(format!("{alg}/cached"), |b| {
+            b.iter(|| cached.for_claims(black_box(&claims), NOW).unwrap())
+        });
+    }
+    group.finish();
+}
+
 fn bench_policy(c: &mut Criterion) {
     let spec = policy_spec();
     let policy = Policy::compile(&spec).unwrap();
@@ -334,6 +372,7 @@ fn bench_rewrite(c: &mut Criterion) {
                     email: "ada@example.com",
                     roles: &roles,
                     session_id: "s",
+                    assertion: None,
                 };
                 let fwd = Forwarding {
                     forwarded_for: HeaderValue::from_static("203.0.113.9"),
@@ -417,6 +456,7 @@ fn bench_together(c: &mut Criterion) {
                     email: &claims.email,
                     roles: &claims.roles,
                     session_id: &claims.sid,
+                    assertion: None,
                 };
                 let fwd = Forwarding {
                     forwarded_for: HeaderValue::from_static("203.0.113.9"),
@@ -436,6 +476,7 @@ fn bench_together(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_tokens,
+    bench_assertions,
     bench_policy,
     bench_rewrite,
     bench_ratelimit,

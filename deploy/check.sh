@@ -67,7 +67,7 @@ echo "== deploy/forward-auth/traefik.yaml (structure: Traefik is in neither Debi
 import sys, yaml
 http = yaml.safe_load(open(sys.argv[1]))["http"]
 routers, middlewares, services = http["routers"], http["middlewares"], http["services"]
-identity = ["X-Auth-User-Id", "X-Auth-Email", "X-Auth-Roles"]
+identity = ["X-Auth-User-Id", "X-Auth-Email", "X-Auth-Roles", "X-Auth-Assertion"]
 for name, router in routers.items():
     assert router["service"] in services, f"router {name}: unknown service {router['service']}"
     for m in router.get("middlewares", []):

@@ -25,6 +25,7 @@ use crate::shared_limits::{SharedCooldowns, SharedLimits};
 use crate::store::{Revocation, Store, StoreError};
 use crate::tls::ServerTls;
 use crate::token::Tokens;
+use crate::token::assertion::Assertions;
 use crate::upstream::Upstream;
 
 /// Seconds added to an access token's lifetime and leeway before a revoked session may be
@@ -286,6 +287,9 @@ pub struct Live {
     pub config: Config,
     /// Access tokens: issue and verify, with the cache of verified tokens.
     pub tokens: Arc<Tokens>,
+    /// The signed identity for upstreams (`headers.assertion`), with its cache; `None`
+    /// when off.
+    pub assertions: Option<Arc<Assertions>>,
     /// The proxy path's per-replica limiters (`proxy` class, per route).
     pub limits: Limits,
     /// The auth rate-limit classes (login, register, refresh, forgot_password,
@@ -318,6 +322,19 @@ impl Live {
                     .with_cache(config.tokens.verify_cache),
             ),
         };
+        let assertions = config
+            .headers
+            .assertion_settings(&config.tokens)
+            .map(|settings| match running {
+                // The same key, issuer, audience, lifetime and cache size: the cached
+                // assertions are still exactly what would be signed now.
+                Some(Live {
+                    assertions: Some(running),
+                    config: old,
+                    ..
+                }) if same_tokens(old, &config) && same_assertions(old, &config) => running.clone(),
+                _ => Arc::new(Assertions::new(settings)),
+            });
         let shared_limits = match running {
             Some(live) => live
                 .shared_limits
@@ -347,6 +364,7 @@ impl Live {
             issuers,
             limits: Limits::new(&config, running.map(|live| (&live.config, &live.limits))),
             tokens,
+            assertions,
             shared_limits,
             cooldowns,
             routes,
@@ -369,6 +387,15 @@ fn same_tokens(a: &Config, b: &Config) -> bool {
         && a.access_ttl == b.access_ttl
         && a.leeway == b.leeway
         && a.verify_cache == b.verify_cache
+}
+
+/// Whether two configs with the same tokens build the same [`Assertions`]; the header's
+/// name is read per request and may change freely.
+fn same_assertions(a: &Config, b: &Config) -> bool {
+    let (a, b) = (&a.headers, &b.headers);
+    a.assertion_audience == b.assertion_audience
+        && a.assertion_ttl == b.assertion_ttl
+        && a.assertion_cache == b.assertion_cache
 }
 
 /// The parts of a running gatehouse that live as long as the process, whatever config is

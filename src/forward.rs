@@ -288,9 +288,13 @@ fn invalid(message: &'static str) -> Error {
 /// a header value (a control character in `sub` or `email`) is refused as an invalid token:
 /// sent empty, it would pass the caller on as nobody, and left out, leave the client's own
 /// value standing at ingresses that copy only what they get.
+///
+/// With `headers.assertion`, the signed identity goes along under its name (empty for an
+/// anonymous caller, for the same reason), for ingresses to copy to the app like the rest.
 pub fn allowed(
     rules: &HeadersConfig,
     claims: Option<&Claims>,
+    assertion: Option<HeaderValue>,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let value = |text: Option<&str>| match text {
         None => Ok(HeaderValue::from_static("")),
@@ -311,6 +315,10 @@ pub fn allowed(
     ];
     if let Some(name) = &rules.session_id {
         identity.push((name.clone(), value(claims.map(|c| c.sid.as_str()))?));
+    }
+    if let Some(name) = &rules.assertion {
+        let assertion = assertion.unwrap_or_else(|| HeaderValue::from_static(""));
+        identity.push((name.clone(), assertion));
     }
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::OK;
@@ -547,7 +555,7 @@ mod tests {
             Vec::new(),
         )
         .unwrap();
-        let response = allowed(&config.headers, None).unwrap();
+        let response = allowed(&config.headers, None, None).unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         for name in [
             "x-auth-user-id",
@@ -582,14 +590,14 @@ mod tests {
             token_use: "access".into(),
             amr: vec!["pwd".into()],
         };
-        let good = allowed(&config.headers, Some(&claims("u1", "a@example.com"))).unwrap();
+        let good = allowed(&config.headers, Some(&claims("u1", "a@example.com")), None).unwrap();
         assert_eq!(good.headers()["x-auth-user-id"], "u1");
         assert_eq!(good.headers()["x-auth-roles"], "reader,creator");
         for (sub, email) in [
             ("u1\r\nX-Auth-Roles: admin", "a@example.com"),
             ("u1", "a@x\0"),
         ] {
-            let refused = allowed(&config.headers, Some(&claims(sub, email)));
+            let refused = allowed(&config.headers, Some(&claims(sub, email)), None);
             assert!(
                 matches!(
                     refused,

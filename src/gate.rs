@@ -285,12 +285,17 @@ async fn gate(
     if let Err(error) = result {
         return Exchange::new(route, Err(error), target, claims);
     }
+    let assertion = match assertion(app, claims.as_deref()) {
+        Ok(assertion) => assertion,
+        Err(error) => return Exchange::new(route, Err(error), target, claims),
+    };
 
     // 12–13. Rewrite and forward (`proxy.rs`); splice a WebSocket upgrade (`websocket.rs`).
     let pass = Pass {
         target: &target,
         path: &path,
         claims: claims.as_deref(),
+        assertion: assertion.as_ref(),
         peer: conn.peer,
         tls: conn.tls,
         request_id,
@@ -386,7 +391,7 @@ async fn forward(
         // gatehouse's own endpoints check their own credentials: the ingress may pass the
         // request on (to gatehouse), with no identity.
         Routing::Auth { route, .. } if forward::names_endpoint(config, &target, route) => {
-            let allowed = forward::allowed(&config.headers, None).map(local);
+            let allowed = forward::allowed(&config.headers, None, None).map(local);
             return Exchange::new(route, allowed, target, None).forward(method);
         }
         // Under the prefix, but no endpoint of gatehouse's as sent: the ingress is about to
@@ -404,12 +409,29 @@ async fn forward(
         client_ip::client_ip(conn.peer.ip(), request.headers(), chain)
     })
     .await;
-    let result = result.and_then(|()| {
-        forward::allowed(&config.headers, claims.as_deref())
-            .map(local)
-            .inspect_err(|_| app.metrics.auth_failure("claims"))
-    });
+    let result = result
+        .and_then(|()| assertion(app, claims.as_deref()))
+        .and_then(|assertion| {
+            forward::allowed(&config.headers, claims.as_deref(), assertion)
+                .map(local)
+                .inspect_err(|_| app.metrics.auth_failure("claims"))
+        });
     Exchange::new(route, result, target, claims).forward(method)
+}
+
+/// The signed identity for the upstream or the ingress (`headers.assertion`,
+/// `token::assertion`) of a verified caller: `None` when off or anonymous. Taken from the
+/// cache while it has half its lifetime left; a signer failure is a 500.
+fn assertion(app: &App, claims: Option<&Claims>) -> Result<Option<HeaderValue>, Error> {
+    let (Some(assertions), Some(claims)) = (&app.live.assertions, claims) else {
+        return Ok(None);
+    };
+    let (value, source) = assertions
+        .for_claims(claims, app.clock.now())
+        .map_err(Error::internal)?;
+    app.metrics
+        .assertion(source == crate::token::assertion::Source::Cached);
+    Ok(Some(value))
 }
 
 /// The shared state's parts that forwarding borrows.

@@ -227,6 +227,10 @@ pub struct Metrics {
     /// forward-auth exports no series of it.
     forward_decisions: IntCounterVec,
     forward_duration: Histogram,
+    /// Assertions sent (`headers.assertion`), signed for the request or reused from the
+    /// cache: `[signed, cached]`, resolved at start because every proxied request with an
+    /// identity counts one.
+    assertions: [IntCounter; 2],
     upstream_errors: IntCounterVec,
     rate_limited: IntCounterVec,
     /// Audit events of the identity service: `event` and `outcome`.
@@ -350,6 +354,18 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(forward_duration.clone()))?;
+        let assertions_vec = IntCounterVec::new(
+            Opts::new(
+                "assertions_total",
+                "Signed identities sent to the upstream or the ingress (headers.assertion), by source: signed for the request, or cached.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(assertions_vec.clone()))?;
+        let assertions = [
+            assertions_vec.with_label_values(&["signed"]),
+            assertions_vec.with_label_values(&["cached"]),
+        ];
         let upstream_errors = IntCounterVec::new(
             Opts::new("upstream_errors_total", "Upstream failures by kind."),
             &["kind"],
@@ -545,6 +561,7 @@ impl Metrics {
             auth_failures,
             forward_decisions,
             forward_duration,
+            assertions,
             upstream_errors,
             rate_limited,
             auth_events,
@@ -690,6 +707,11 @@ impl Metrics {
                 .with_label_values(&["error"])
                 .inc(),
         }
+    }
+
+    /// One assertion sent: `cached` when it came from the cache, else signed for it.
+    pub fn assertion(&self, cached: bool) {
+        self.assertions[usize::from(cached)].inc();
     }
 
     pub fn auth_failure(&self, reason: &str) {

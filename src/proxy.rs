@@ -10,8 +10,9 @@
 //!   `Connection`), identity headers a client tried to send go (the configured names, anything
 //!   under the configured prefix, in any case and in `_` spelling, because some upstream
 //!   frameworks fold `_` into `-`), forwarding headers from untrusted peers go, and then
-//!   gatehouse sets its own: identity from the verified claims, `X-Forwarded-For/Proto/Host`,
-//!   the request id;
+//!   gatehouse sets its own: identity from the verified claims (and the signed assertion the
+//!   gate minted from them, with `headers.assertion`), `X-Forwarded-For/Proto/Host`, the
+//!   request id;
 //! * response: hop-by-hop headers go, the request id is added.
 //!
 //! Bodies are never buffered: the client's body streams to the upstream (capped by
@@ -92,6 +93,8 @@ pub struct Identity<'a> {
     pub email: &'a str,
     pub roles: &'a [String],
     pub session_id: &'a str,
+    /// The signed identity (`headers.assertion`), when configured.
+    pub assertion: Option<&'a HeaderValue>,
 }
 
 /// What the gate knows about the connection, for the forwarding headers.
@@ -125,6 +128,9 @@ pub struct Pass<'a> {
     /// The verified token, the only source of identity headers; `None` for an anonymous
     /// caller of a public route.
     pub claims: Option<&'a Claims>,
+    /// The signed identity for `headers.assertion`, minted by the gate from `claims`; `None`
+    /// when off or anonymous.
+    pub assertion: Option<&'a HeaderValue>,
     /// The socket peer, and whether it came over TLS.
     pub peer: std::net::SocketAddr,
     pub tls: bool,
@@ -160,6 +166,7 @@ impl Relay<'_> {
             email: &c.email,
             roles: &c.roles,
             session_id: &c.sid,
+            assertion: pass.assertion,
         });
         let forwarding = Forwarding {
             forwarded_for: client_ip::forwarded_for_header(peer, &parts.headers, trusted),
@@ -259,10 +266,10 @@ fn is_identity_header(name: &HeaderName, rules: &HeadersConfig) -> bool {
         || header_name_matches(name, rules.user_id.as_str(), true)
         || header_name_matches(name, rules.email.as_str(), true)
         || header_name_matches(name, rules.roles.as_str(), true)
-        || rules
-            .session_id
-            .as_ref()
-            .is_some_and(|h| header_name_matches(name, h.as_str(), true))
+        || [&rules.session_id, &rules.assertion]
+            .into_iter()
+            .flatten()
+            .any(|h| header_name_matches(name, h.as_str(), true))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header nominates.
@@ -334,6 +341,9 @@ pub fn rewrite_request(
         {
             headers.insert(name.clone(), v);
         }
+        if let (Some(name), Some(value)) = (&rules.assertion, id.assertion) {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 
     // X-Forwarded-For: the chain gatehouse believes (see `client_ip`); a client's own value
@@ -392,6 +402,7 @@ mod tests {
             email: "a@example.com",
             roles: &roles,
             session_id: "s1",
+            assertion: None,
         };
         let fwd = Forwarding {
             forwarded_for: HeaderValue::from_static(if trusted {

@@ -435,6 +435,37 @@ pub struct HeadersConfig {
     pub strip_prefix: String,
     pub request_id: HeaderName,
     pub forward_authorization: bool,
+    /// `headers.assertion`: the header that carries the signed identity to the upstream
+    /// (`token::assertion`); `None` (the default) sends none.
+    pub assertion: Option<HeaderName>,
+    /// The `aud` of assertions: `headers.assertion_audience`, or the upstream URL's origin.
+    pub assertion_audience: String,
+    /// Lifetime of an assertion, at most a minute.
+    pub assertion_ttl: Duration,
+    /// Slots of the cache of signed assertions (0: sign on every request).
+    pub assertion_cache: usize,
+}
+
+impl HeadersConfig {
+    /// What `token::assertion::Assertions` is built from: `None` with assertions off, or
+    /// when no asymmetric key is loaded (which validation refuses with assertions on).
+    pub fn assertion_settings(
+        &self,
+        tokens: &TokensConfig,
+    ) -> Option<crate::token::assertion::AssertionSettings> {
+        self.assertion.as_ref()?;
+        let signing = tokens.keys.first()?;
+        if !signing.algorithm().is_asymmetric() {
+            return None;
+        }
+        Some(crate::token::assertion::AssertionSettings {
+            signing: signing.clone(),
+            issuer: tokens.issuer.clone(),
+            audience: self.assertion_audience.clone(),
+            ttl_secs: self.assertion_ttl.as_secs(),
+            cache: self.assertion_cache,
+        })
+    }
 }
 
 /// `[forward_auth]`: `{prefix}/forward` decides requests an ingress describes (API.md §10).

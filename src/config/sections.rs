@@ -53,7 +53,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
     let roles = roles(&mut root.map("roles"));
     let rate_limits = rate_limits(&mut root.section("rate_limits"), &routes);
     let email = email(&mut root.section("email"), &server, &auth);
-    let headers = headers(&mut root.section("headers"));
+    let headers = headers(&mut root.section("headers"), &upstream);
     let forward_auth = forward_auth(&mut root.section("forward_auth"), &server);
     let issuers = issuers(root, &tokens);
     let policy = policy(&mut root.section("policy"), &routes, &roles, &auth);
@@ -68,6 +68,7 @@ pub(super) fn config(root: &mut Section<'_>) -> Option<Config> {
             ),
         );
     }
+    assertion_needs(root, &headers, &tokens);
     Some(Config {
         server,
         upstream,
@@ -1151,7 +1152,17 @@ const DEFAULT_STRIP_PREFIX: &str = "X-Auth-";
 /// The de-facto standard name, which most tracing setups already propagate.
 const DEFAULT_REQUEST_ID_HEADER: &str = "X-Request-Id";
 
-fn headers(s: &mut Section<'_>) -> HeadersConfig {
+/// Off: an upstream must be written to verify it, and it needs an asymmetric key.
+const DEFAULT_ASSERTION_HEADER: &str = "";
+/// Long enough for a request to reach the upstream and for modest clock skew, short enough
+/// that a leaked assertion is worth little; cached assertions are reused for half of it.
+const DEFAULT_ASSERTION_TTL: &str = "30s";
+/// Enough for the identities active within one lifetime on a busy sidecar; each slot holds
+/// one identity and its assertion (under 1 KiB).
+const DEFAULT_ASSERTION_CACHE: usize = 4096;
+const MAX_ASSERTION_CACHE: usize = 1 << 20;
+
+fn headers(s: &mut Section<'_>, upstream: &UpstreamConfig) -> HeadersConfig {
     HeadersConfig {
         user_id: s.header("user_id", DEFAULT_USER_ID_HEADER).get(),
         email: s.header("email", DEFAULT_EMAIL_HEADER).get(),
@@ -1176,6 +1187,87 @@ fn headers(s: &mut Section<'_>) -> HeadersConfig {
         request_id: s.header("request_id", DEFAULT_REQUEST_ID_HEADER).get(),
         // The upstream trusts gatehouse's identity headers, not the raw token.
         forward_authorization: s.get("forward_authorization", false).get(),
+        assertion: s
+            .str("assertion", DEFAULT_ASSERTION_HEADER)
+            .parse(|v| match v.as_str() {
+                "" => Ok(None),
+                v => header_name(v).map(Some),
+            })
+            .flatten(),
+        assertion_audience: s
+            .str("assertion_audience", "")
+            .get()
+            .into_non_empty()
+            .unwrap_or_else(|| origin(&upstream.url)),
+        assertion_ttl: s.duration("assertion_ttl", DEFAULT_ASSERTION_TTL).within(
+            secs(1),
+            secs(crate::token::assertion::MAX_ASSERTION_TTL_SECS),
+        ),
+        assertion_cache: s
+            .get("assertion_cache", DEFAULT_ASSERTION_CACHE)
+            .check(|n| {
+                if *n > MAX_ASSERTION_CACHE {
+                    Err(format!(
+                        "must be at most {MAX_ASSERTION_CACHE} (0 turns it off)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }),
+    }
+}
+
+/// The upstream URL's origin (RFC 6454 §6.1): scheme, lower-case host, and the port unless
+/// it is the scheme's default. The default audience of assertions.
+fn origin(url: &super::UpstreamUrl) -> String {
+    let scheme = url.scheme.as_str();
+    let host = url.authority.host().to_ascii_lowercase();
+    match url.authority.port_u16() {
+        Some(port) if !matches!((scheme, port), ("http", 80) | ("https", 443)) => {
+            format!("{scheme}://{host}:{port}")
+        }
+        _ => format!("{scheme}://{host}"),
+    }
+}
+
+/// `headers.assertion` across sections: an asymmetric key to sign with, an audience no
+/// access token carries, and a name of its own.
+fn assertion_needs(root: &mut Section<'_>, headers: &HeadersConfig, tokens: &TokensConfig) {
+    let Some(name) = &headers.assertion else {
+        return;
+    };
+    if !tokens.algorithm.is_asymmetric() {
+        root.err_at(
+            "headers.assertion",
+            format!(
+                "needs an asymmetric tokens.algorithm (EdDSA, ES256 or RS256); it is {}: \
+                 upstreams verify assertions with the public keys of /.well-known/jwks.json, \
+                 and under HS256 they would need the secret, which mints access tokens",
+                tokens.algorithm
+            ),
+        );
+    }
+    if headers.assertion_audience == tokens.audience {
+        root.err_at(
+            "headers.assertion_audience",
+            "must differ from tokens.audience, so that no verifier can take an assertion \
+             for an access token or the other way round",
+        );
+    }
+    let others = [
+        Some(&headers.user_id),
+        Some(&headers.email),
+        Some(&headers.roles),
+        headers.session_id.as_ref(),
+        Some(&headers.request_id),
+    ];
+    if others.into_iter().flatten().any(|other| other == name)
+        || *name == http::header::AUTHORIZATION
+    {
+        root.err_at(
+            "headers.assertion",
+            format!("{name} is already another header's name; give the assertion its own"),
+        );
     }
 }
 

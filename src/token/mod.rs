@@ -5,7 +5,8 @@
 //! `Authorization` header, and deciding whether it is genuine and current. Whether a genuine
 //! token has since been revoked is the business of `revocation`; what its roles allow is the
 //! business of the policy. The keys themselves are `keys.rs`; what a signed token may
-//! contain is `strict.rs`.
+//! contain is `strict.rs`; the signed identity gatehouse hands upstreams (never an access
+//! token) is `assertion.rs`.
 //!
 //! Decisions, and why:
 //!
@@ -54,6 +55,7 @@
 //!   is stored: with that much entropy a fast unsalted hash cannot be brute-forced, and a stolen
 //!   store yields no usable token. Stored hashes are compared in constant time.
 
+pub mod assertion;
 mod cache;
 pub mod external;
 pub mod keys;

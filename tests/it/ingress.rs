@@ -243,7 +243,12 @@ fn stopped(reply: &Reply, statuses: &[u16]) {
 /// what the client sent.
 #[track_caller]
 fn identity(seen: &serde_json::Value, want: Option<(&str, &str)>, context: &str) {
-    for name in ["x-auth-user-id", "x-auth-email", "x-auth-roles"] {
+    for name in [
+        "x-auth-user-id",
+        "x-auth-email",
+        "x-auth-roles",
+        "x-auth-assertion",
+    ] {
         let values = header_values(seen, name);
         match (want, name) {
             (Some((user, _)), "x-auth-user-id") => assert_eq!(values, [user], "{context}: {name}"),
@@ -270,14 +275,24 @@ fn identity(seen: &serde_json::Value, want: Option<(&str, &str)>, context: &str)
 
 /// The scenario every ingress must pass.
 async fn forward_auth_through(name: &'static str) {
-    let gh = Gatehouse::start(&format!("{ROUTES}\n[forward_auth]\nenabled = true\n"), &[]).await;
+    // EdDSA, so that gatehouse also answers the signed identity (`headers.assertion`),
+    // which the ingress copies like the other identity headers.
+    let keys = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{ROUTES}\n{}\n[headers]\nassertion = \"X-Auth-Assertion\"\n\
+         assertion_audience = \"http://app.example.com\"\n[forward_auth]\nenabled = true\n",
+        crate::assertion::key_toml(keys.path())
+    );
+    let gh = Gatehouse::start(&extra, &[("GATEHOUSE_TOKENS_ALGORITHM", "EdDSA")]).await;
+    let jwks = gh.get("/.well-known/jwks.json").await.json();
     let ingress = start(name, &gh).await;
     let reader = format!("Bearer {}", gh.token("u-reader", &["reader"]));
-    let spoofs: [(&str, &str); 4] = [
+    let spoofs: [(&str, &str); 5] = [
         ("X-Auth-User-Id", "root"),
         ("X-Auth-Roles", "admin"),
         ("X_Auth_Roles", "admin"),
         ("X-Auth_Roles", "admin"),
+        ("X-Auth-Assertion", "forged"),
     ];
     let with = |extra: &[(&'static str, &str)]| {
         let mut headers: Vec<(&str, String)> =
@@ -319,11 +334,17 @@ async fn forward_auth_through(name: &'static str) {
     let token = [("Authorization", reader.as_str())];
     let reply = send("GET", "/api/items", with(&token)).await;
     reply.expect(200);
-    identity(
-        &forwarded(&reply, &ingress),
-        Some(("u-reader", "reader")),
-        &reply.request,
+    let seen = forwarded(&reply, &ingress);
+    identity(&seen, Some(("u-reader", "reader")), &reply.request);
+    // The assertion the app got is gatehouse's, and verifies against the key set.
+    let assertion = header_values(&seen, "x-auth-assertion").remove(0);
+    let (_, claims) = crate::assertion::verify_as_upstream(
+        &jwks,
+        &assertion,
+        "http://app.example.com",
+        crate::harness::T0,
     );
+    assert_eq!(claims["sub"], "u-reader", "{}", reply.request);
 
     // The original method decides: a reader may not DELETE; nobody reaches a denied route.
     stopped(&send("DELETE", "/api/items/7", with(&token)).await, &[403]);

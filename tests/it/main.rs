@@ -3,6 +3,7 @@
 
 mod abuse;
 mod architecture;
+mod assertion;
 mod auth;
 mod auth_channel;
 mod binary;
