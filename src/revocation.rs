@@ -495,6 +495,51 @@ mod tests {
         assert!(!r.is_revoked(&fresh, T));
     }
 
+    /// Found by the crash torture: several user-wide revocations and logins of one user in
+    /// one second ratchet the cutoff, and so the next token's `iat`, seconds past the clock.
+    /// Those tokens must still verify (the verifier allows gatehouse's own floor) and must
+    /// not be revoked, while each revocation still covers the tokens minted before it.
+    #[test]
+    fn a_burst_of_revocations_in_one_second_leaves_fresh_tokens_usable() {
+        use crate::token::{Identity, TokenSettings, Tokens};
+        // Leeway 1 s, as the torture runs.
+        let tokens = Tokens::new(TokenSettings::hs256(&[7; 32], "gatehouse", "api", TTL, 1));
+        let r = Revocations::new();
+        let roles = vec!["reader".to_owned()];
+        let issue = |sid: &str| {
+            let id = Identity {
+                user_id: "u1",
+                email: "u1@example.com",
+                roles: &roles,
+                email_verified: true,
+                session_id: sid,
+                min_iat: r.min_iat("u1"),
+                amr: &["pwd"],
+            };
+            tokens.issue(&id, T).unwrap().0
+        };
+        let mut earlier = Vec::new();
+        for round in 0..8 {
+            let token = issue(&format!("s{round}"));
+            let claims = tokens
+                .verify(&token, T)
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            assert!(!r.is_revoked(&claims, T), "round {round}: born revoked");
+            earlier.push(claims);
+            // A password reset in the same second, its cutoff as `App::revoke_user_tokens`
+            // computes it.
+            let cutoff = T.max(r.min_iat("u1"));
+            apply(&r, &[Op::User("u1", cutoff, None)]);
+            for (i, old) in earlier.iter().enumerate() {
+                assert!(r.is_revoked(old, T), "round {round}: token {i} survived");
+            }
+        }
+        assert!(
+            r.min_iat("u1") > T + 5,
+            "the floor did run ahead of the clock"
+        );
+    }
+
     #[test]
     fn repeated_session_revocation_keeps_the_later_expiry() {
         let r = Revocations::new();

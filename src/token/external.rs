@@ -216,7 +216,7 @@ pub fn verify(
     now_unix: u64,
 ) -> Result<Arc<Claims>, Refusal> {
     if let Some(claims) = keys.cache.get(token) {
-        check_time(&claims, now_unix, rules.leeway_secs)?;
+        check_time(&claims, now_unix, rules.leeway_secs, 0)?;
         return Ok(claims);
     }
     check_size_and_shape(token)?;
@@ -244,7 +244,7 @@ pub fn verify(
     }
     let claims = read_claims(&payload, rules)?;
     strict::check_identity(&claims).map_err(|_| TokenError::Invalid("identity"))?;
-    check_time(&claims, now_unix, rules.leeway_secs)?;
+    check_time(&claims, now_unix, rules.leeway_secs, 0)?;
     let claims = Arc::new(claims);
     keys.cache.insert(token, claims.clone());
     Ok(claims)

@@ -30,7 +30,8 @@
 //!   time checks are switched off and both are checked here against `now_unix`, with
 //!   `leeway_secs` for clock skew, as RFC 7519 words them: a token is usable while
 //!   `now < exp + leeway` and once `now + leeway >= nbf`, and is refused when its `iat` is
-//!   more than the leeway (plus the one second of [`Identity::min_iat`]) in the future. The presence of `exp`, `nbf`, `iss`,
+//!   more than the leeway (plus, for our own tokens, the floor of [`Identity::min_iat`],
+//!   at most [`OWN_IAT_FLOOR_MAX_SECS`]) in the future. The presence of `exp`, `nbf`, `iss`,
 //!   `aud` and `sub` is still required by the library, and `iss` and `aud` are matched by it.
 //! - **Only access tokens pass.** The header carries `typ: "at+jwt"` (RFC 9068 §2.1) and the
 //!   payload `token_use: "access"`; both are checked, so no other JWT that might one day be signed
@@ -224,9 +225,15 @@ impl std::error::Error for MintError {}
 
 const MALFORMED: TokenError = TokenError::Invalid("malformed");
 
-/// `iat` may run this far ahead of the clock beyond the leeway: [`Identity::min_iat`] raises
-/// it by up to one second so that a login in the second of a user-wide revocation survives it.
-const IAT_FLOOR_SECS: u64 = 1;
+/// How far gatehouse's own tokens' `iat` may run ahead of the clock beyond the leeway.
+/// [`Identity::min_iat`] raises it one second past the user's last revocation cutoff so that
+/// a login in the second of a user-wide revocation survives it; a revocation in that same
+/// second must then cover that login's token, so its cutoff is one second later again, and a
+/// burst of revocations and logins of one user (the crash torture does several a second)
+/// ratchets the floor a few seconds past the clock. It only ever comes from our own minting
+/// and every later revocation's cutoff passes it, so a raised `iat` never outlives a
+/// revocation. Past this bound a token is refused (fail closed) until the clock catches up.
+pub(crate) const OWN_IAT_FLOOR_MAX_SECS: u64 = 60;
 
 /// Longest signature segment the fast path decodes on the stack: an RS256 signature of an
 /// 8192-bit key (1024 bytes), the largest key accepted.
@@ -442,7 +449,7 @@ impl Tokens {
             Some(entry) => self.verify_own_header(token, entry)?,
             None => self.verify_with_library(token)?,
         };
-        check_time(&claims, now_unix, self.leeway_secs)?;
+        check_time(&claims, now_unix, self.leeway_secs, OWN_IAT_FLOOR_MAX_SECS)?;
         Ok(claims)
     }
 
@@ -460,7 +467,7 @@ impl Tokens {
     /// proxied request; the claims come back shared, so a hit copies no string.
     pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<Arc<Claims>, TokenError> {
         if let Some(claims) = self.cache.get(token) {
-            check_time(&claims, now_unix, self.leeway_secs)?;
+            check_time(&claims, now_unix, self.leeway_secs, OWN_IAT_FLOOR_MAX_SECS)?;
             return Ok(claims);
         }
         let claims = Arc::new(self.verify(token, now_unix)?);
@@ -609,12 +616,19 @@ fn check_signature(key: &VerifyKey, message: &str, signature: &str) -> Result<()
 /// `nbf`, `iat` and `exp` against the injected clock, with the leeway (see the module
 /// doc). An `iat` in the future would survive a user-wide revocation, which revokes the
 /// tokens issued at or before its cutoff.
-fn check_time(claims: &Claims, now_unix: u64, leeway_secs: u64) -> Result<(), TokenError> {
+/// `iat_floor_secs` is how far past the leeway `iat` may be: [`OWN_IAT_FLOOR_MAX_SECS`] for
+/// gatehouse's own tokens, 0 for other issuers'.
+pub(crate) fn check_time(
+    claims: &Claims,
+    now_unix: u64,
+    leeway_secs: u64,
+    iat_floor_secs: u64,
+) -> Result<(), TokenError> {
     let ahead = now_unix.saturating_add(leeway_secs);
     if ahead < claims.nbf {
         return Err(TokenError::Invalid("not_yet_valid"));
     }
-    if ahead.saturating_add(IAT_FLOOR_SECS) < claims.iat {
+    if ahead.saturating_add(iat_floor_secs) < claims.iat {
         return Err(TokenError::Invalid("issued_in_future"));
     }
     if now_unix >= claims.exp.saturating_add(leeway_secs) {
@@ -1276,7 +1290,7 @@ mod tests {
             ("lone surrogate in an unread member", payload_with(r#""x":"\ud800""#), invalid("claims")),
             ("1e400 in an unread member", payload_with(r#""x":1e400"#), invalid("claims")),
             ("-1e400 deep in an unread member", payload_with(r#""x":[{"y":-1e400}]"#), invalid("claims")),
-            ("iat in the future", serde_json::to_vec(&with(p(), "iat", json!(NOW + LEEWAY + 2))).unwrap(), invalid("issued_in_future")),
+            ("iat in the future", serde_json::to_vec(&with(p(), "iat", json!(NOW + LEEWAY + OWN_IAT_FLOOR_MAX_SECS + 1))).unwrap(), invalid("issued_in_future")),
             ("sub with CR LF", serde_json::to_vec(&with(p(), "sub", json!("u1\r\nX-Auth-Roles: admin"))).unwrap(), invalid("identity")),
             ("sub with NUL", serde_json::to_vec(&with(p(), "sub", json!("u1\u{0}"))).unwrap(), invalid("identity")),
             ("empty sub", serde_json::to_vec(&with(p(), "sub", json!(""))).unwrap(), invalid("identity")),
