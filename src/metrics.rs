@@ -291,199 +291,198 @@ pub struct Metrics {
     pub issuer_tokens: IntCounterVec,
 }
 
+/// Registers `metric` and hands it back, for the fields of [`Metrics`].
+fn registered<M>(registry: &Registry, metric: M) -> Result<M, prometheus::Error>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// A registered counter family.
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// A registered latency histogram, on the buckets every latency here shares.
+fn latency(registry: &Registry, name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
+    registered(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))?,
+    )
+}
+
 impl Metrics {
     /// Builds the registry. The per-route request counters come from
     /// [`Metrics::route_counters`], once per config.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("gatehouse".into()), None)?;
 
-        let requests_vec = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests by route (matched route rule, or auth endpoint), method class and outcome.",
-            ),
+        let requests_vec = counter_vec(
+            &registry,
+            "requests_total",
+            "Requests by route (matched route rule, or auth endpoint), method class and outcome.",
             &["route", "method_class", "outcome"],
         )?;
-        registry.register(Box::new(requests_vec.clone()))?;
-        let request_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Time from receiving a proxied request to sending its response headers.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let request_duration = latency(
+            &registry,
+            "request_duration_seconds",
+            "Time from receiving a proxied request to sending its response headers.",
         )?;
-        registry.register(Box::new(request_duration.clone()))?;
-        let auth_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "auth_request_duration_seconds",
-                "Time from receiving a request for an auth endpoint to sending its response headers.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let auth_duration = latency(
+            &registry,
+            "auth_request_duration_seconds",
+            "Time from receiving a request for an auth endpoint to sending its response headers.",
         )?;
-        registry.register(Box::new(auth_duration.clone()))?;
-        let upstream_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "upstream_duration_seconds",
-                "Time the upstream took to send response headers; request minus this is gatehouse's own overhead.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let upstream_duration = latency(
+            &registry,
+            "upstream_duration_seconds",
+            "Time the upstream took to send response headers; request minus this is gatehouse's own overhead.",
         )?;
-        registry.register(Box::new(upstream_duration.clone()))?;
 
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
-                "auth_failures_total",
-                "Bearer tokens refused on the proxy path, by reason.",
-            ),
+        let auth_failures = counter_vec(
+            &registry,
+            "auth_failures_total",
+            "Bearer tokens refused on the proxy path, by reason.",
             &["reason"],
         )?;
-        registry.register(Box::new(auth_failures.clone()))?;
-        let forward_decisions = IntCounterVec::new(
-            Opts::new(
-                "forward_auth_decisions_total",
-                "Forward-auth decisions by the original request's route, method class and outcome (allowed, or the refusal's).",
-            ),
+        let forward_decisions = counter_vec(
+            &registry,
+            "forward_auth_decisions_total",
+            "Forward-auth decisions by the original request's route, method class and outcome (allowed, or the refusal's).",
             &["route", "method_class", "outcome"],
         )?;
-        registry.register(Box::new(forward_decisions.clone()))?;
-        let forward_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "forward_auth_duration_seconds",
-                "Time from receiving a forward-auth request to sending its answer.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let forward_duration = latency(
+            &registry,
+            "forward_auth_duration_seconds",
+            "Time from receiving a forward-auth request to sending its answer.",
         )?;
-        registry.register(Box::new(forward_duration.clone()))?;
-        let assertions_vec = IntCounterVec::new(
-            Opts::new(
-                "assertions_total",
-                "Signed identities sent to the upstream or the ingress (headers.assertion), by source: signed for the request, or cached.",
-            ),
+        let assertions_vec = counter_vec(
+            &registry,
+            "assertions_total",
+            "Signed identities sent to the upstream or the ingress (headers.assertion), by source: signed for the request, or cached.",
             &["source"],
         )?;
-        registry.register(Box::new(assertions_vec.clone()))?;
         let assertions = [
             assertions_vec.with_label_values(&["signed"]),
             assertions_vec.with_label_values(&["cached"]),
         ];
-        let upstream_errors = IntCounterVec::new(
-            Opts::new("upstream_errors_total", "Upstream failures by kind."),
+        let upstream_errors = counter_vec(
+            &registry,
+            "upstream_errors_total",
+            "Upstream failures by kind.",
             &["kind"],
         )?;
-        registry.register(Box::new(upstream_errors.clone()))?;
-        let rate_limited = IntCounterVec::new(
-            Opts::new(
-                "rate_limited_total",
-                "Requests refused by a rate limit, by class.",
-            ),
+        let rate_limited = counter_vec(
+            &registry,
+            "rate_limited_total",
+            "Requests refused by a rate limit, by class.",
             &["class"],
         )?;
-        registry.register(Box::new(rate_limited.clone()))?;
-        let auth_events = IntCounterVec::new(
-            Opts::new(
-                "auth_events_total",
-                "Identity events (logins, refreshes, logouts, lockouts, admin actions) by outcome.",
-            ),
+        let auth_events = counter_vec(
+            &registry,
+            "auth_events_total",
+            "Identity events (logins, refreshes, logouts, lockouts, admin actions) by outcome.",
             &["event", "outcome"],
         )?;
-        registry.register(Box::new(auth_events.clone()))?;
-        let mail = IntCounterVec::new(
-            Opts::new("mail_total", "Mails by result."),
+        let mail = counter_vec(
+            &registry,
+            "mail_total",
+            "Mails by result.",
             &["kind", "result"],
         )?;
-        registry.register(Box::new(mail.clone()))?;
-        let tls_reloads = IntCounterVec::new(
-            Opts::new(
-                "tls_reloads_total",
-                "Certificate reloads from disk by result; a failed one keeps the old certificate.",
-            ),
+        let tls_reloads = counter_vec(
+            &registry,
+            "tls_reloads_total",
+            "Certificate reloads from disk by result; a failed one keeps the old certificate.",
             &["result"],
         )?;
-        registry.register(Box::new(tls_reloads.clone()))?;
-        let connections_open = IntGauge::new("connections_open", "Client connections open now.")?;
-        registry.register(Box::new(connections_open.clone()))?;
-        let connections_refused = IntCounter::new(
-            "connections_refused_total",
-            "Client connections closed at once because server.max_connections was reached.",
+        let connections_open = registered(
+            &registry,
+            IntGauge::new("connections_open", "Client connections open now.")?,
         )?;
-        registry.register(Box::new(connections_refused.clone()))?;
-        let auth_channel_open = IntGauge::new(
-            "auth_channel_connections",
-            "WebSocket auth-channel connections ({prefix}/ws) open now.",
+        let connections_refused = registered(
+            &registry,
+            IntCounter::new(
+                "connections_refused_total",
+                "Client connections closed at once because server.max_connections was reached.",
+            )?,
         )?;
-        registry.register(Box::new(auth_channel_open.clone()))?;
-        let auth_channel_messages = IntCounterVec::new(
-            Opts::new(
-                "auth_channel_messages_total",
-                "WebSocket auth-channel messages by action (invalid when unreadable) and result (the outcome labels of requests_total).",
-            ),
+        let auth_channel_open = registered(
+            &registry,
+            IntGauge::new(
+                "auth_channel_connections",
+                "WebSocket auth-channel connections ({prefix}/ws) open now.",
+            )?,
+        )?;
+        let auth_channel_messages = counter_vec(
+            &registry,
+            "auth_channel_messages_total",
+            "WebSocket auth-channel messages by action (invalid when unreadable) and result (the outcome labels of requests_total).",
             &["action", "result"],
         )?;
-        registry.register(Box::new(auth_channel_messages.clone()))?;
-        let auth_channel_closes = IntCounterVec::new(
-            Opts::new(
-                "auth_channel_closes_total",
-                "WebSocket auth-channel connections ended, by reason (client, idle, drain, too_big, binary, flood, protocol, slow_reader, gone).",
-            ),
+        let auth_channel_closes = counter_vec(
+            &registry,
+            "auth_channel_closes_total",
+            "WebSocket auth-channel connections ended, by reason (client, idle, drain, too_big, binary, flood, protocol, slow_reader, gone).",
             &["reason"],
         )?;
-        registry.register(Box::new(auth_channel_closes.clone()))?;
-        let revocations_cached = IntGauge::new(
-            "revocations_cached",
-            "Revocation entries held in memory for the proxy path.",
+        let revocations_cached = registered(
+            &registry,
+            IntGauge::new(
+                "revocations_cached",
+                "Revocation entries held in memory for the proxy path.",
+            )?,
         )?;
-        registry.register(Box::new(revocations_cached.clone()))?;
-        let store_purged = IntCounterVec::new(
-            Opts::new(
-                "store_purged_total",
-                "Dead records the background purge removed from the store, by kind.",
-            ),
+        let store_purged = counter_vec(
+            &registry,
+            "store_purged_total",
+            "Dead records the background purge removed from the store, by kind.",
             &["kind"],
         )?;
-        registry.register(Box::new(store_purged.clone()))?;
         for kind in crate::store::PurgeStats::default()
             .by_kind()
             .map(|(k, _)| k)
         {
             store_purged.with_label_values(&[kind]);
         }
-        let store_purges = IntCounterVec::new(
-            Opts::new(
-                "store_purges_total",
-                "Background purges of the store by result (ok, error).",
-            ),
+        let store_purges = counter_vec(
+            &registry,
+            "store_purges_total",
+            "Background purges of the store by result (ok, error).",
             &["result"],
         )?;
-        registry.register(Box::new(store_purges.clone()))?;
-        let revocation_feed_rounds = IntCounterVec::new(
-            Opts::new(
-                "revocation_feed_rounds_total",
-                "Reads of the shared store's revocation feed by result (ok, error); errors are retried from the same place.",
-            ),
+        let revocation_feed_rounds = counter_vec(
+            &registry,
+            "revocation_feed_rounds_total",
+            "Reads of the shared store's revocation feed by result (ok, error); errors are retried from the same place.",
             &["result"],
         )?;
-        registry.register(Box::new(revocation_feed_rounds.clone()))?;
-        let password_upgrades = IntCounterVec::new(
-            Opts::new(
-                "password_upgrades_total",
-                "Password hashes upgraded to the configured argon2id at a successful login, by the scheme they had (bcrypt, scrypt, pbkdf2-sha256, argon2).",
-            ),
+        let password_upgrades = counter_vec(
+            &registry,
+            "password_upgrades_total",
+            "Password hashes upgraded to the configured argon2id at a successful login, by the scheme they had (bcrypt, scrypt, pbkdf2-sha256, argon2).",
             &["scheme"],
         )?;
-        registry.register(Box::new(password_upgrades.clone()))?;
-        let revocation_feed_applied = IntCounter::new(
-            "revocation_feed_applied_total",
-            "Revocations applied from the shared store's feed (made on any replica).",
+        let revocation_feed_applied = registered(
+            &registry,
+            IntCounter::new(
+                "revocation_feed_applied_total",
+                "Revocations applied from the shared store's feed (made on any replica).",
+            )?,
         )?;
-        registry.register(Box::new(revocation_feed_applied.clone()))?;
-        let shared_limit_fallbacks = IntCounterVec::new(
-            Opts::new(
-                "shared_limit_fallbacks_total",
-                "Auth rate-limit and cooldown checks counted on this replica alone because Redis failed (error), did not answer in time (timeout) or had just failed (down).",
-            ),
+        let shared_limit_fallbacks = counter_vec(
+            &registry,
+            "shared_limit_fallbacks_total",
+            "Auth rate-limit and cooldown checks counted on this replica alone because Redis failed (error), did not answer in time (timeout) or had just failed (down).",
             &["class", "reason"],
         )?;
-        registry.register(Box::new(shared_limit_fallbacks.clone()))?;
         let shared_limit_redis_up = IntGauge::new(
             "shared_limit_redis_up",
             "1 while Redis answers for the shared auth rate limits; 0 after a failure, before it was first reached, and with rate_limits.backend = \"local\".",
@@ -497,14 +496,12 @@ impl Metrics {
             &["certificate"],
         )?;
         registry.register(Box::new(tls_certificate_expiry.clone()))?;
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "config_reloads_total",
-                "Config reloads by result (ok, error); a refused one keeps the running config.",
-            ),
+        let config_reloads = counter_vec(
+            &registry,
+            "config_reloads_total",
+            "Config reloads by result (ok, error); a refused one keeps the running config.",
             &["result"],
         )?;
-        registry.register(Box::new(config_reloads.clone()))?;
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -514,30 +511,28 @@ impl Metrics {
         )?;
         config_last_reload_success.set(unix_now());
         registry.register(Box::new(config_last_reload_success.clone()))?;
-        let issuer_jwks_refresh = IntCounterVec::new(
-            Opts::new(
-                "issuer_jwks_refresh_total",
-                "Key-set fetches of each external issuer by result (ok; error: unreachable or not 200; invalid: no usable key set). The last good set stays in use after a failure.",
-            ),
+        let issuer_jwks_refresh = counter_vec(
+            &registry,
+            "issuer_jwks_refresh_total",
+            "Key-set fetches of each external issuer by result (ok; error: unreachable or not 200; invalid: no usable key set). The last good set stays in use after a failure.",
             &["issuer", "result"],
         )?;
-        registry.register(Box::new(issuer_jwks_refresh.clone()))?;
-        let issuer_keys = IntGaugeVec::new(
-            Opts::new(
-                "issuer_keys",
-                "Keys in each external issuer's key set now (0 until one was fetched).",
-            ),
-            &["issuer"],
+        let issuer_keys = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "issuer_keys",
+                    "Keys in each external issuer's key set now (0 until one was fetched).",
+                ),
+                &["issuer"],
+            )?,
         )?;
-        registry.register(Box::new(issuer_keys.clone()))?;
-        let issuer_tokens = IntCounterVec::new(
-            Opts::new(
-                "issuer_tokens_total",
-                "Bearer tokens of each external issuer by result: accepted, or the refusal reason.",
-            ),
+        let issuer_tokens = counter_vec(
+            &registry,
+            "issuer_tokens_total",
+            "Bearer tokens of each external issuer by result: accepted, or the refusal reason.",
             &["issuer", "result"],
         )?;
-        registry.register(Box::new(issuer_tokens.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new(
                 "build_info",

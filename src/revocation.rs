@@ -466,24 +466,30 @@ mod tests {
         assert!(!r.is_revoked(&claims("u1", "new", T.max(r.min_iat("u1"))), T));
     }
 
+    /// A token of `u1` for session `sid`, minted at `now` with the floor `r` gives it.
+    fn issue_for(tokens: &crate::token::Tokens, r: &Revocations, sid: &str, now: u64) -> String {
+        let roles = vec!["reader".to_owned()];
+        let id = crate::token::Identity {
+            user_id: "u1",
+            email: "u1@example.com",
+            roles: &roles,
+            email_verified: true,
+            session_id: sid,
+            min_iat: r.min_iat("u1"),
+            amr: &["pwd"],
+        };
+        tokens.issue(&id, now).unwrap().0
+    }
+
     #[test]
     fn works_with_issued_tokens() {
-        use crate::token::{Identity, TokenSettings, Tokens};
+        use crate::token::{TokenSettings, Tokens};
         let tokens = Tokens::new(TokenSettings::hs256(&[7; 32], "gatehouse", "api", TTL, 5));
         let r = Revocations::new();
-        let roles = vec!["reader".to_owned()];
         let issue = |sid: &str, now: u64| {
-            let id = Identity {
-                user_id: "u1",
-                email: "u1@example.com",
-                roles: &roles,
-                email_verified: true,
-                session_id: sid,
-                min_iat: r.min_iat("u1"),
-                amr: &["pwd"],
-            };
-            let (token, _) = tokens.issue(&id, now).unwrap();
-            tokens.verify(&token, now).unwrap()
+            tokens
+                .verify(&issue_for(&tokens, &r, sid, now), now)
+                .unwrap()
         };
         let old = issue("old", T);
         let current = issue("current", T);
@@ -501,26 +507,13 @@ mod tests {
     /// not be revoked, while each revocation still covers the tokens minted before it.
     #[test]
     fn a_burst_of_revocations_in_one_second_leaves_fresh_tokens_usable() {
-        use crate::token::{Identity, TokenSettings, Tokens};
+        use crate::token::{TokenSettings, Tokens};
         // Leeway 1 s, as the torture runs.
         let tokens = Tokens::new(TokenSettings::hs256(&[7; 32], "gatehouse", "api", TTL, 1));
         let r = Revocations::new();
-        let roles = vec!["reader".to_owned()];
-        let issue = |sid: &str| {
-            let id = Identity {
-                user_id: "u1",
-                email: "u1@example.com",
-                roles: &roles,
-                email_verified: true,
-                session_id: sid,
-                min_iat: r.min_iat("u1"),
-                amr: &["pwd"],
-            };
-            tokens.issue(&id, T).unwrap().0
-        };
         let mut earlier = Vec::new();
         for round in 0..8 {
-            let token = issue(&format!("s{round}"));
+            let token = issue_for(&tokens, &r, &format!("s{round}"), T);
             let claims = tokens
                 .verify(&token, T)
                 .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
