@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -261,23 +260,45 @@ def plain_proxy(port, up):
   }}"""
 
 
-def main():
+def check_token(port, token, what, refusals=(401,)):
+    """`what` on `port` allows the token on the role route and refuses a forged one."""
+    url = f"http://127.0.0.1:{port}/api/items"
+    ok = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(ok, timeout=5) as r:
+        if r.status != 200:
+            sys.exit(f"{what} refused the bench token: {r.status}")
+    forged = token[: token.rindex(".") + 1] + ("A" * 43)
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {forged}"}), timeout=5)
+        sys.exit(f"{what} accepted a forged token: its config is wrong")
+    except urllib.error.HTTPError as e:
+        if e.code not in refusals:
+            sys.exit(f"{what} answered {e.code} to a forged token")
+
+
+def bench_main(prefix, run, logins=False):
+    """Parses the common options, runs `run(args, tmp, spawn)` and stops every process."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/gatehouse")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--logins", type=int, default=100)
+    if logins:
+        ap.add_argument("--logins", type=int, default=100)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
-    tmp = tempfile.mkdtemp(prefix="gatehouse-compare-")
+    tmp = tempfile.mkdtemp(prefix=prefix)
     processes = Processes(tmp)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         run(args, tmp, processes.spawn)
     finally:
         processes.stop()
+
+
+def main():
+    bench_main("gatehouse-compare-", run, logins=True)
 
 
 def eddsa_tokens(bin, tmp):
@@ -396,21 +417,8 @@ backend be
     for port, t in ((ed, ed_token), (eda, eda_token)):
         if jwt_alg(t) != "EdDSA":
             sys.exit(f"port {port} signed its token with {jwt_alg(t)}, not EdDSA")
-    check = urllib.request.Request(f"http://127.0.0.1:{hap}/api/items", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(check, timeout=5) as r:
-        if r.status != 200:
-            sys.exit(f"haproxy refused the token: {r.status}")
     # And refuses a forged one, so the comparison is with a real check.
-    forged = token[: token.rindex(".") + 1] + ("A" * 43)
-    try:
-        urllib.request.urlopen(
-            urllib.request.Request(f"http://127.0.0.1:{hap}/api/items", headers={"Authorization": f"Bearer {forged}"}),
-            timeout=5,
-        )
-        sys.exit("haproxy accepted a forged token: its config is wrong")
-    except urllib.error.HTTPError as e:
-        if e.code not in (401, 403):
-            sys.exit(f"haproxy answered {e.code} to a forged token")
+    check_token(hap, token, "haproxy", refusals=(401, 403))
 
     systems = [
         System("upstream direct (nginx)", f"http://127.0.0.1:{up}/api/items"),

@@ -19,21 +19,17 @@ the median round is reported: requests/s, p50 and p99 (wrk --latency), and CPU p
 forward-auth, over the requests wrk completed). The helpers are benches/compare.py's.
 """
 
-import argparse
 import json
 import os
-import signal
 import sys
-import tempfile
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (  # noqa: E402
     CLK_TCK,
     VERIFIED_POLICY,
-    Processes,
     System,
+    bench_main,
+    check_token,
     children,
     cpu_ticks,
     free_port,
@@ -47,21 +43,7 @@ from compare import (  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/gatehouse")
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--conns", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
-
-    tmp = tempfile.mkdtemp(prefix="gatehouse-forward-")
-    processes = Processes(tmp)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    try:
-        run(args, tmp, processes.spawn)
-    finally:
-        processes.stop()
+    bench_main("gatehouse-forward-", run)
 
 
 def run(args, tmp, spawn):
@@ -117,7 +99,7 @@ access = false
     token = login(gh, 1)
     header = f"Authorization: Bearer {token}"
     for port, what in ((fwd, "nginx + forward-auth"), (gh, "gatehouse")):
-        check(port, token, what)
+        check_token(port, token, what)
 
     class Pair(System):
         """nginx and gatehouse together: forward-auth's cost is both processes'."""
@@ -164,24 +146,6 @@ access = false
             json.dump(rows, f, indent=2)
     if any(r["bad"] for r in rows.values()):
         sys.exit("some requests failed or were refused: the figures above are not comparable")
-
-
-def check(port, token, what):
-    """The token is allowed on the role route, and a forged one refused, through `what`."""
-    ok = urllib.request.Request(f"http://127.0.0.1:{port}/api/items", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(ok, timeout=5) as r:
-        if r.status != 200:
-            sys.exit(f"{what} refused the bench token: {r.status}")
-    forged = token[: token.rindex(".") + 1] + ("A" * 43)
-    try:
-        urllib.request.urlopen(
-            urllib.request.Request(f"http://127.0.0.1:{port}/api/items", headers={"Authorization": f"Bearer {forged}"}),
-            timeout=5,
-        )
-        sys.exit(f"{what} accepted a forged token")
-    except urllib.error.HTTPError as e:
-        if e.code != 401:
-            sys.exit(f"{what} answered {e.code} to a forged token")
 
 
 if __name__ == "__main__":
