@@ -21,7 +21,7 @@ use crate::harness::{Gatehouse, PASSWORD, ROUTES};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A client of the auth channel.
-struct Client {
+pub(crate) struct Client {
     ws: WebSocketStream<TcpStream>,
     next_id: u64,
 }
@@ -51,14 +51,14 @@ async fn try_connect_with(gh: &Gatehouse, headers: &[(&str, &str)]) -> Result<Cl
     Ok(Client { ws, next_id: 0 })
 }
 
-async fn connect(gh: &Gatehouse) -> Client {
+pub(crate) async fn connect(gh: &Gatehouse) -> Client {
     try_connect(gh, None).await.expect("the upgrade")
 }
 
 impl Client {
     /// Sends an auth message for `action` with `fields` in its payload and returns the
     /// answer's payload, after checking that the envelope echoes the id and the action.
-    async fn ask(&mut self, action: &str, fields: Value) -> Value {
+    pub(crate) async fn ask(&mut self, action: &str, fields: Value) -> Value {
         self.next_id += 1;
         let id = format!("m{}", self.next_id);
         let mut payload = fields;
@@ -118,7 +118,7 @@ impl Client {
 
 /// The payload's error code, asserting `success: false`.
 #[track_caller]
-fn error_code(payload: &Value) -> &str {
+pub(crate) fn error_code(payload: &Value) -> &str {
     assert_eq!(payload["success"], false, "{payload}");
     assert!(payload["error"]["message"].is_string(), "{payload}");
     payload["error"]["code"].as_str().unwrap_or_default()

@@ -158,6 +158,43 @@ async fn mfa_session(gh: &Gatehouse, email: &str, secret: &str) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
+/// A login on the WebSocket auth channel for an account with TOTP answers `MFA_REQUIRED`
+/// with the `mfa_token` beside the error, as HTTP does, and that token completes the login
+/// over HTTP with `otp` in `amr`; the channel never hands out tokens on the password alone.
+#[tokio::test]
+async fn the_auth_channel_answers_mfa_required_with_its_token() {
+    let gh = Gatehouse::start(&extra(), &[]).await;
+    let (_, secret, _) = enrolled(&gh, "ch@example.com").await;
+    let mut channel = crate::auth_channel::connect(&gh).await;
+    let payload = channel
+        .ask(
+            "login",
+            json!({"username": "ch@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        crate::auth_channel::error_code(&payload),
+        "MFA_REQUIRED",
+        "{payload}"
+    );
+    assert!(payload.get("access_token").is_none(), "{payload}");
+    let mfa_token = payload["mfa_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no mfa_token: {payload}"));
+    // Not the code of the enrolment's step: that one is spent.
+    gh.advance(30);
+    let body = second_step(&gh, mfa_token, "code", &code_at(&secret, now(&gh)))
+        .await
+        .expect(200)
+        .json();
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(claims(access)["amr"], json!(["pwd", "otp"]));
+    // Single use, whichever transport minted it.
+    second_step(&gh, mfa_token, "code", &code_at(&secret, now(&gh)))
+        .await
+        .expect_error(401, "INVALID_CREDENTIALS");
+}
+
 /// The whole flow, on whatever store `gh` has.
 async fn flow(gh: &Gatehouse) {
     let (plain_access, secret, recovery) = enrolled(gh, "ann@example.com").await;
