@@ -26,7 +26,6 @@
 //!   on requests served from the cache and is no replay nonce.
 //! - **Time is injected** as everywhere in `token/`.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 use base64::Engine as _;
@@ -35,6 +34,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use serde::Serialize;
 
+use super::cache::Slots;
 use super::{Claims, MintError, SigningKey};
 
 /// The JOSE header `typ` of an assertion: never `at+jwt`, so no verifier that checks the
@@ -78,9 +78,7 @@ pub struct Assertions {
     issuer: String,
     audience: String,
     ttl_secs: u64,
-    slots: Box<[Mutex<Option<Entry>>]>,
-    mask: usize,
-    hasher: RandomState,
+    slots: Slots<Entry>,
 }
 
 impl std::fmt::Debug for Assertions {
@@ -151,19 +149,13 @@ impl Assertions {
         let prefix = serde_json::to_vec(&header)
             .map(|h| format!("{}.", URL_SAFE_NO_PAD.encode(h)))
             .unwrap_or_default();
-        let len = match s.cache {
-            0 => 0,
-            n => n.next_power_of_two(),
-        };
         Assertions {
             signing: s.signing,
             prefix,
             issuer: s.issuer,
             audience: s.audience,
             ttl_secs: s.ttl_secs.clamp(1, MAX_ASSERTION_TTL_SECS),
-            slots: (0..len).map(|_| Mutex::new(None)).collect(),
-            mask: len.saturating_sub(1),
-            hasher: RandomState::new(),
+            slots: Slots::new(s.cache),
         }
     }
 
@@ -237,17 +229,10 @@ impl Assertions {
     }
 
     fn slot(&self, claims: &Claims) -> Option<&Mutex<Option<Entry>>> {
-        if self.slots.is_empty() {
-            return None;
-        }
         // Keyed by everything the payload takes from the claims, under a per-process SipHash
         // key, so which slot an identity lands in says nothing an attacker can use.
-        let hash = self
-            .hasher
-            .hash_one((&claims.sub, &claims.email, &claims.roles, &claims.amr));
-        // Truncation is the point: the low bits pick the slot.
-        #[allow(clippy::cast_possible_truncation)]
-        self.slots.get(hash as usize & self.mask)
+        self.slots
+            .slot((&claims.sub, &claims.email, &claims.roles, &claims.amr))
     }
 }
 

@@ -32,16 +32,55 @@
 //!   tens of microseconds and an RS256 one more, against well under one for a hit
 //!   (`benches/hot_path.rs`, `token_verify_by_algorithm`; figures in the README).
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex};
 
 use super::Claims;
 
-/// The cache. `entries == 0` turns it off: every lookup misses and nothing is stored.
-pub struct VerifiedCache {
-    slots: Box<[Mutex<Option<Entry>>]>,
+/// A fixed, direct-mapped table: a power of two of slots, each a whole entry or none, the
+/// slot picked by SipHash of a key under a key drawn at start. The verified-token cache and
+/// the signed assertions' cache (`assertion.rs`) are both one.
+pub(super) struct Slots<E> {
+    slots: Box<[Mutex<Option<E>>]>,
     mask: usize,
     hasher: RandomState,
+}
+
+impl<E> Slots<E> {
+    /// `entries` slots, rounded up to a power of two (0: none, every lookup misses).
+    pub(super) fn new(entries: usize) -> Slots<E> {
+        let len = if entries == 0 {
+            0
+        } else {
+            entries.next_power_of_two()
+        };
+        Slots {
+            slots: (0..len).map(|_| Mutex::new(None)).collect(),
+            mask: len.saturating_sub(1),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The number of slots (0 when off).
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot `key` maps to; `None` when there are no slots.
+    pub(super) fn slot(&self, key: impl Hash) -> Option<&Mutex<Option<E>>> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let hash = self.hasher.hash_one(key);
+        // Truncation is the point: the low bits pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        self.slots.get(hash as usize & self.mask)
+    }
+}
+
+/// The cache. `entries == 0` turns it off: every lookup misses and nothing is stored.
+pub struct VerifiedCache {
+    slots: Slots<Entry>,
 }
 
 struct Entry {
@@ -52,15 +91,8 @@ struct Entry {
 impl VerifiedCache {
     /// A cache of `entries` slots, rounded up to a power of two (0: off).
     pub fn new(entries: usize) -> VerifiedCache {
-        let len = if entries == 0 {
-            0
-        } else {
-            entries.next_power_of_two()
-        };
         VerifiedCache {
-            slots: (0..len).map(|_| Mutex::new(None)).collect(),
-            mask: len.saturating_sub(1),
-            hasher: RandomState::new(),
+            slots: Slots::new(entries),
         }
     }
 
@@ -93,13 +125,7 @@ impl VerifiedCache {
     }
 
     fn slot(&self, signature: &str) -> Option<&Mutex<Option<Entry>>> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let hash = self.hasher.hash_one(signature.as_bytes());
-        // Truncation is the point: the low bits pick the slot.
-        #[allow(clippy::cast_possible_truncation)]
-        self.slots.get(hash as usize & self.mask)
+        self.slots.slot(signature.as_bytes())
     }
 }
 
