@@ -1218,16 +1218,12 @@ fn headers(s: &mut Section<'_>, upstream: &UpstreamConfig) -> HeadersConfig {
 }
 
 /// The upstream URL's origin (RFC 6454 §6.1): scheme, lower-case host, and the port unless
-/// it is the scheme's default. The default audience of assertions.
+/// it is the scheme's default, as [`super::web_origin`] spells it. The default audience of
+/// assertions.
 fn origin(url: &super::UpstreamUrl) -> String {
-    let scheme = url.scheme.as_str();
-    let host = url.authority.host().to_ascii_lowercase();
-    match url.authority.port_u16() {
-        Some(port) if !matches!((scheme, port), ("http", 80) | ("https", 443)) => {
-            format!("{scheme}://{host}:{port}")
-        }
-        _ => format!("{scheme}://{host}"),
-    }
+    let bare = format!("{}://{}", url.scheme, url.authority);
+    // An upstream URL is http(s) with a host, so this always has an origin.
+    super::web_origin(&bare).unwrap_or(bare)
 }
 
 /// `headers.assertion` across sections: an asymmetric key to sign with, an audience no
