@@ -178,7 +178,8 @@ pub async fn login(
         // The challenge is bound to the stored hash, so a due upgrade is stored first: one
         // landing while the user types the code would void it.
         let user = if needs_rehash {
-            upgrade_hash(app, &user, password).await
+            let upgraded = rehash(app, &user.id, &user.password_hash, password).await;
+            upgraded.unwrap_or(user)
         } else {
             user
         };
@@ -237,18 +238,10 @@ fn rehash_later(app: &Arc<App>, user_id: &str, verified_hash: &str, password: St
     });
 }
 
-/// [`rehash_later`]'s work, awaited: for a login that goes on to a second factor, whose
-/// challenge must bind the hash that stays. Returns the user as stored after it (the user as
-/// read, when the upgrade did not happen).
-async fn upgrade_hash(app: &App, user: &UserRecord, password: String) -> UserRecord {
-    match rehash(app, &user.id, &user.password_hash, password).await {
-        Some(upgraded) => upgraded,
-        None => user.clone(),
-    }
-}
-
 /// Hashes `password` with the configured argon2id and stores it if the user's hash is still
-/// `verified`; counts the upgrade by the old scheme. `None` when it was not stored.
+/// `verified`; counts the upgrade by the old scheme. The user as stored after it, `None` when
+/// it was not stored. Awaited before a second-factor challenge (which binds the hash that
+/// stays); after a completed login, [`rehash_later`] runs it in the background.
 async fn rehash(app: &App, id: &str, verified: &str, password: String) -> Option<UserRecord> {
     let hash = app.hasher.hash(password).await.ok()?;
     let now = app.clock.now();

@@ -332,9 +332,7 @@ impl Channel {
         let start = Instant::now();
         // Each message is a request of its own: it runs on the generation in force now
         // (limits, lockout, keys), not the one the channel was opened on.
-        if let Some(current) = self.app.in_force()
-            && !Arc::ptr_eq(&current, &self.app)
-        {
+        if let Some(current) = self.app.in_force() {
             self.app = current;
         }
         let request_id = self.app.request_ids.next();

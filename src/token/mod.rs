@@ -233,7 +233,7 @@ const MALFORMED: TokenError = TokenError::Invalid("malformed");
 /// ratchets the floor a few seconds past the clock. It only ever comes from our own minting
 /// and every later revocation's cutoff passes it, so a raised `iat` never outlives a
 /// revocation. Past this bound a token is refused (fail closed) until the clock catches up.
-pub(crate) const OWN_IAT_FLOOR_MAX_SECS: u64 = 60;
+const OWN_IAT_FLOOR_MAX_SECS: u64 = 60;
 
 /// Longest signature segment the fast path decodes on the stack: an RS256 signature of an
 /// 8192-bit key (1024 bytes), the largest key accepted.
@@ -618,7 +618,7 @@ fn check_signature(key: &VerifyKey, message: &str, signature: &str) -> Result<()
 /// tokens issued at or before its cutoff.
 /// `iat_floor_secs` is how far past the leeway `iat` may be: [`OWN_IAT_FLOOR_MAX_SECS`] for
 /// gatehouse's own tokens, 0 for other issuers'.
-pub(crate) fn check_time(
+fn check_time(
     claims: &Claims,
     now_unix: u64,
     leeway_secs: u64,
